@@ -1,0 +1,1 @@
+"""Subcommands of the ``stbench`` CLI, one module each (see stbench/cli.py)."""
