@@ -1,5 +1,20 @@
 """Layouts: what may attend to what. Generators return exact, inspectable ``Layout`` objects."""
 
+from .generators import (
+    bigbird,
+    causal,
+    fixed,
+    from_block_mask,
+    from_predicate,
+    from_token_mask,
+    local,
+    longformer,
+    merged_strided,
+    sliding_window,
+    st_mix,
+    strided,
+    variable,
+)
 from .layout import (
     ALLOWED_BLOCKS,
     DIAG,
@@ -9,8 +24,14 @@ from .layout import (
     LayoutError,
 )
 from .plan import Plan, build_plan, plan_for
+from .transforms import reblock, stack_heads, union
 
 __all__ = [
     "ALLOWED_BLOCKS", "DIAG", "FULL", "PARTIAL", "Layout", "LayoutError", "Plan", "build_plan",
     "plan_for",
+    # generators
+    "bigbird", "causal", "fixed", "from_block_mask", "from_predicate", "from_token_mask",
+    "local", "longformer", "merged_strided", "sliding_window", "st_mix", "strided", "variable",
+    # transforms
+    "reblock", "stack_heads", "union",
 ]

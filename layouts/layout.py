@@ -68,6 +68,28 @@ def tril_mask(block: int) -> torch.Tensor:
     return torch.ones(block, block, dtype=torch.bool).tril_()
 
 
+def pack_bits(masks: torch.Tensor) -> torch.Tensor:
+    """bool [n, b, b] -> int64 [n, b*b/64]: a compact, exact key per mask (for dedup/compare)."""
+    n = masks.shape[0]
+    packed = np.packbits(masks.reshape(n, masks.shape[1] * masks.shape[2]).numpy(), axis=1)  # uint8 [n, b*b/8]
+    return torch.from_numpy(np.ascontiguousarray(packed).view(np.int64))
+
+
+def dedup_masks(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct masks of bool [n, b, b]: returns (unique bool [M, b, b], inverse int64 [n]).
+
+    Compares bit-packed keys (8x smaller than the bools), so it stays fast for many blocks."""
+    n, b, _ = masks.shape
+    if n == 0:
+        return masks.reshape(0, b, b).clone(), torch.zeros(0, dtype=torch.int64)
+    keys = pack_bits(masks.contiguous())
+    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    m = int(inverse.max()) + 1
+    first = torch.full((m,), n, dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, torch.arange(n), reduce="amin")
+    return masks[first].contiguous(), inverse
+
+
 def classify_blocks(
     block_masks: torch.Tensor, q_blocks: torch.Tensor, k_blocks: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,22 +100,23 @@ def classify_blocks(
     blocks are marked keep=False; mask_ids index the deduplicated ``masks`` for PARTIAL blocks.
     """
     n, b, _ = block_masks.shape
-    counts = block_masks.reshape(n, -1).sum(1)
+    counts = block_masks.reshape(n, b * b).sum(1)
     keep = counts > 0
     full = counts == b * b
-    is_diag_pos = q_blocks == k_blocks
+    is_diag_pos = torch.as_tensor(q_blocks) == torch.as_tensor(k_blocks)
     tril = tril_mask(b)
-    is_tril = (block_masks == tril).reshape(n, -1).all(1)
+    is_tril = counts == b * (b + 1) // 2
+    if is_tril.any():
+        cand = is_tril.nonzero().squeeze(1)
+        is_tril[cand] = (block_masks[cand] == tril).reshape(cand.numel(), b * b).all(1)
     kinds = torch.full((n,), PARTIAL, dtype=torch.int8)
     kinds[full] = FULL
     kinds[is_diag_pos & is_tril & ~full] = DIAG
     mask_ids = torch.full((n,), -1, dtype=torch.int32)
     partial = keep & (kinds == PARTIAL)
     if partial.any():
-        packed = block_masks[partial].reshape(-1, b * b)
-        masks, inverse = torch.unique(packed, dim=0, return_inverse=True)
+        masks, inverse = dedup_masks(block_masks[partial])
         mask_ids[partial] = inverse.to(torch.int32)
-        masks = masks.reshape(-1, b, b)
     else:
         masks = torch.zeros(0, b, b, dtype=torch.bool)
     return keep, kinds, mask_ids, masks
@@ -258,7 +281,7 @@ class Layout:
     def pairs_per_block(self) -> torch.Tensor:
         """int64 [nnz]: allowed (query, key) pairs in each stored block."""
         b = self.block
-        per_mask = self.masks.reshape(self.masks.shape[0], -1).sum(1)
+        per_mask = self.masks.reshape(self.masks.shape[0], b * b).sum(1)
         out = torch.full((self.nnz,), b * b, dtype=torch.int64)
         out[self.kinds == DIAG] = b * (b + 1) // 2
         partial = self.kinds == PARTIAL
@@ -375,6 +398,12 @@ class Layout:
     def renamed(self, name: str) -> "Layout":
         """The same pattern under another name."""
         return _replace(self, name=name)
+
+    def reblock(self, block: int) -> "Layout":
+        """The same token pattern at another block size, exact (see ``layouts.reblock``)."""
+        from .transforms import reblock
+
+        return reblock(self, block)
 
 
 def _replace(layout: Layout, **changes) -> Layout:

@@ -1,0 +1,231 @@
+"""Triton backend vs FlexAttention, side by side in one run (TARGETS.md items 1, 2, 3, 6).
+
+    python3 benchmarks/triton_vs_flex.py --suite standard --ns 1024,4096,16384,65536 \
+        --out reports/triton/triton_vs_flex.jsonl
+    python3 benchmarks/triton_vs_flex.py --suite paper --out ...      # exact masks, item 3
+    python3 benchmarks/triton_vs_flex.py --suite scale --ns 131072,1048576 --out ...
+
+Per problem: the Triton output is checked against the dense reference first (forward; the
+gradients too up to N = 4096), then a few Triton configurations are timed (a mini-tune over
+``CANDIDATES``; every candidate is a ``tune`` row, the best the ``sweep`` row) and the FlexAttention
+peer (``stbench.kernels.flex``; for the paper's masks, a BlockMask from the token predicate at
+its default block 128 and at block 64 with 64 tiles, as a user would write it). Times come from
+``stbench.timing.bench`` (CUDA events, L2 flush, median, p20/p80); FLOPs use the shared
+numerator (allowed pairs). Rows follow stbench/results.py's schema; the last lines printed are a
+table of triton/flex ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+from stbench import accuracy, environment, problems, results, timing
+from stbench.kernels import flex
+from stbench.kernels.triton import backend as tb
+from stbench.reference import dense
+
+# forward tile candidates (BLOCK_M, BLOCK_N, num_warps, num_stages), then backward ones
+FWD_CANDIDATES = ((128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 4, 3))
+BWD_CANDIDATES = ((64, 64, 4), (128, 64, 8), (64, 128, 8))
+GRAD_CHECK_MAX_N = 4096
+
+PAPER_PREDICATES = {
+    # fixed, l = 128, c = 32 (head h' = 0): own period, or the last c keys of every period
+    "paper_fixed": lambda q, k: (k <= q) & ((q // 128 == k // 128) | (k % 128 >= 96)),
+    # merged strided head: local(128) or (q - k) % 128 == 0
+    "paper_union": lambda q, k: (k <= q) & (((q - k) < 128) | ((q - k) % 128 == 0)),
+}
+
+
+def candidates(layout, mode):
+    base = tb.default_config(layout, 64, torch.bfloat16).as_dict()
+    out = [base]
+    if mode == "fwd":
+        for bm, bn, w, s in FWD_CANDIDATES:
+            if layout.n_ctx % bm == 0:
+                out.append({**base, "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": s})
+    else:
+        for bm, bn, w in BWD_CANDIDATES:
+            if layout.n_ctx % max(bm, bn) == 0:
+                out.append({**base, "BWD_BLOCK_M": bm, "BWD_BLOCK_N": bn, "bwd_warps": w})
+    uniq = []
+    for c in out:
+        if c not in uniq:
+            uniq.append(c)
+    return uniq
+
+
+def make_call(fn, q, k, v, do, mode):
+    if mode == "fwd":
+        return lambda: fn(q, k, v)
+
+    def step():
+        fn(q, k, v).backward(do)
+
+    return step
+
+
+def check(layout, q, k, v, do, mode, scale, cfg):
+    """(err, tol, how) of the Triton output (and grads for small N) against dense."""
+    grads = mode == "fwd+bwd" and layout.n_ctx <= GRAD_CHECK_MAX_N
+    g = torch.Generator(device="cpu").manual_seed(12345 + layout.n_ctx)  # fresh inputs
+    fresh = [torch.randn(q.shape, generator=g).to(q.device) for _ in range(4)]
+    hi = [t.float().requires_grad_(grads) for t in fresh[:3]]
+    lo = [t.to(q.dtype).requires_grad_(grads) for t in fresh[:3]]
+    ins = [t.to(q.dtype).requires_grad_(grads) for t in fresh[:3]]
+    ref_hi = dense.attention(*hi, layout, scale)
+    ref_lo = dense.attention(*lo, layout, scale)
+    out = tb.attention(*ins, layout, scale, cfg)
+    ok, err, tol = accuracy.within(out, ref_hi, ref_lo, q.dtype)
+    how = "fwd"
+    if grads:
+        for t, r in ((out, ref_lo), (ref_hi, None), (ref_lo, None)):
+            t.backward(fresh[3].to(t.dtype))
+        for a, b, c in zip(ins, hi, lo):
+            ok2, e2, t2 = accuracy.within(a.grad, b.grad, c.grad, q.dtype)
+            ok, err, tol = ok and ok2, max(err, e2), max(tol, t2)
+        how = "fwd+grads"
+    return ok, err, tol, how + " vs dense fp32/bf16"
+
+
+def row(prob, layout, backend, status, env, **kw):
+    return results.ResultRow(
+        batch=prob.batch, heads=prob.heads, n_ctx=prob.n_ctx, head_dim=prob.head_dim,
+        dtype=prob.dtype, mode=prob.mode, layout=prob.layout.name, block=layout.block,
+        token_density=layout.token_density, block_density=layout.block_density,
+        layout_hash=layout.content_hash, nnz=layout.nnz, backend=backend, status=status,
+        env=env, timestamp=results.now(), **kw,
+    )
+
+
+def timed(fn, grads):
+    t = timing.bench(fn, warmup_ms=10, rep_ms=60, grad_to_none=grads)
+    return dict(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, reps=t.reps)
+
+
+def run_problem(prob, out_path, env, table, flex_variants):
+    layout = prob.build_layout()
+    q, k, v = prob.inputs("cuda")
+    do = torch.randn_like(q)
+    scale = prob.head_dim**-0.5
+    grads = [q, k, v] if prob.mode == "fwd+bwd" else None
+    flops = timing.attention_flops(layout, prob.batch, prob.head_dim, prob.mode)
+    rows, best = [], None
+    cands = candidates(layout, prob.mode)
+    ok, err, tol, how = check(layout, q, k, v, do, prob.mode, scale, cands[0])
+    if not ok:
+        rows.append(row(prob, layout, "triton", "incorrect", env, err=err, tol=tol, check=how,
+                        config=cands[0]))
+        results.append_rows(out_path, rows)
+        print(f"INCORRECT {prob.label()} err={err:.3g} tol={tol:.3g}", flush=True)
+        return
+    for cfg in cands:
+        try:
+            fn = make_call(lambda a, b, c, cfg=cfg: tb.attention(a, b, c, layout, scale, cfg),
+                           q, k, v, do, prob.mode)
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            prep = (time.perf_counter() - t0) * 1e3
+            t = timed(fn, grads)
+            r = row(prob, layout, "triton", "ok", env, config=cfg, kind="tune", err=err, tol=tol,
+                    check=how, prepare_ms=prep, tflops=timing.tflops(flops, t["median_ms"]), **t)
+        except Exception as exc:  # a failing config is a data point
+            r = row(prob, layout, "triton", "runtime_error", env, config=cfg, kind="tune",
+                    error=repr(exc)[:400])
+        rows.append(r)
+        if r.status == "ok" and (best is None or r.median_ms < best.median_ms):
+            best = r
+    if best is not None:
+        rows.append(replace(best, kind="sweep", tuned=True))
+    fl_best = None
+    for name, fn_flex in flex_variants(layout, prob, scale):
+        try:
+            fn = make_call(fn_flex, q, k, v, do, prob.mode)
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            prep = (time.perf_counter() - t0) * 1e3
+            t = timed(fn, grads)
+            r = row(prob, layout, "flex", "ok", env, config={"variant": name}, prepare_ms=prep,
+                    tflops=timing.tflops(flops, t["median_ms"]), **t)
+        except Exception as exc:
+            r = row(prob, layout, "flex", "compile_error", env, config={"variant": name},
+                    error=repr(exc)[:400])
+        rows.append(r)
+        if r.status == "ok":
+            fl_best = r if fl_best is None else fl_best
+            table.append((prob.label(), name, best.median_ms if best else math.nan,
+                          r.median_ms, (r.median_ms / best.median_ms) if best else math.nan))
+    results.append_rows(out_path, rows)
+    bt = f"{best.median_ms:.4f} ms {best.config}" if best else "FAILED"
+    print(f"{prob.label()}: triton {bt}", flush=True)
+    for lbl, name, tt, tf, ratio in table[-2:]:
+        if lbl == prob.label():
+            print(f"    flex[{name}] {tf:.4f} ms  speedup {ratio:.2f}x", flush=True)
+
+
+def block_flex(layout, prob, scale):
+    return [("blockmask", lambda a, b, c: flex.attention(a, b, c, layout, scale))]
+
+
+def paper_flex(layout, prob, scale):
+    pred = PAPER_PREDICATES[prob.layout.name]
+    out = []
+    for blk in (128, 64):
+        if prob.mode == "fwd+bwd" and blk != 128:
+            continue  # its backward does not compile below 128 (TARGETS.md); tried once below
+        bm = flex.flex_block_mask_from_predicate(pred, prob.n_ctx, None, blk, "cuda")
+        opts = None if blk == 128 else {"BLOCK_M": blk, "BLOCK_N": blk}
+        out.append((f"predicate_block{blk}",
+                    lambda a, b, c, bm=bm, opts=opts: flex.flex_with_block_mask(
+                        a, b, c, bm, scale, kernel_options=opts)))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--suite", choices=("standard", "paper", "scale"), default="standard")
+    ap.add_argument("--ns", default="1024,4096,16384,65536")
+    ap.add_argument("--layouts", default=",".join(problems.STANDARD_LAYOUTS))
+    ap.add_argument("--modes", default="fwd,fwd+bwd")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new problems after")
+    args = ap.parse_args(argv)
+    modes = tuple(args.modes.split(","))
+    ns = [int(x) for x in args.ns.split(",")]
+    if args.suite == "standard":
+        probs = problems.standard_problems(ns, tuple(args.layouts.split(",")), modes)
+        variants = block_flex
+    elif args.suite == "paper":
+        probs = [p for p in problems.paper_problems(modes) if p.n_ctx in ns or not ns]
+        variants = paper_flex
+    else:
+        spec = problems.layout_spec("st_mix")
+        probs = [problems.Problem(spec, n, 1, mode=m) for n in ns for m in modes]
+        variants = block_flex
+    env = environment.collect().to_dict()
+    start, table = time.time(), []
+    for prob in probs:
+        if time.time() - start > args.budget_s:
+            print(f"budget reached; skipped {prob.label()}", flush=True)
+            continue
+        try:
+            run_problem(prob, args.out, env, table, variants)
+        except torch.cuda.OutOfMemoryError as exc:
+            print(f"OOM {prob.label()}: {exc}", flush=True)
+            torch.cuda.empty_cache()
+    print("\nproblem | flex variant | triton ms | flex ms | flex/triton")
+    for lbl, name, tt, tf, ratio in table:
+        print(f"{lbl} | {name} | {tt:.4f} | {tf:.4f} | {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The ``cupy`` backend: CUDA C++ block-sparse attention launched through ``cupy.RawModule``.
+
+Kernels (this folder's ``.cu`` files, compiled by NVRTC, see ``compile.py``):
+
+- ``mma``: float16 / bfloat16 on tensor cores (mma.sync m16n8k16, fp32 accumulation), online
+  softmax with the log-sum-exp saved for the backward pass; backward in two kernels, dQ walking
+  the plan's row lists and dK/dV walking its transposed column lists, both recomputing the
+  scores from the saved lse. One warp per 16 owned rows, ``BLOCK_M / 16`` warps per CTA.
+- ``scalar``: plain fp32 FMA, any of float32 / float16 / bfloat16, head dim up to 128; the
+  float32 path and the simple cross-check of the tensor-core kernels.
+
+Both read the shared device plan (``stbench.layouts.plan_for``) and fold the strided transpose's
+permutation into their row indexing, so q, k, v, out and the gradients stay in original token
+order and nothing is permuted in memory. Tensors cross to CuPy zero-copy by DLPack (16-bit
+types as int16 views: the kernels see raw bits) and every launch goes on torch's current CUDA
+stream. Memory beyond inputs, outputs and gradients: lse and delta, 4 B each per (b, h, token).
+
+Config (``config_space``): ``{"kernel": "mma", "BLOCK_M": m, "BLOCK_N": n}`` with m, n tile
+sizes dividing the layout block (warps = m / 16), or ``{"kernel": "scalar"}``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from stbench.backends import BackendUnavailable
+from stbench.layouts import PARTIAL, Layout, Plan, plan_for
+
+from .compile import (
+    DTYPE_CODES,
+    MMA_MAX_HEAD_DIM,
+    SCALAR_MAX_HEAD_DIM,
+    SCALAR_ROWS,
+    Variant,
+    get_kernel,
+)
+
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x * LOG2E): the kernels work in base 2
+MMA_MIN_CAPABILITY = (8, 0)  # mma.sync with bf16 and cvt.rn.bf16x2 need sm_80
+MMA_TILES = (16, 32, 64, 128)
+INSTALL_HINT = "pip install 'stbench[cupy]' (the cupy-cuda13x wheel; cupy-cuda12x for CUDA 12)"
+
+
+# ------------------------------------------------------------------ availability
+def _import_cupy():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend 'cupy' needs CuPy, which failed to import ({exc}): "
+                                 f"{INSTALL_HINT}") from None
+    return cupy
+
+
+def check_available(device: torch.device, dtype: torch.dtype) -> None:
+    """Raise BackendUnavailable unless the kernels can run on ``device`` with ``dtype``."""
+    _import_cupy()
+    device = torch.device(device)
+    if dtype not in DTYPE_CODES:
+        raise BackendUnavailable(
+            f"backend 'cupy' does not support dtype {dtype}: use torch.float16, torch.bfloat16 "
+            "or torch.float32 (or backend='dense' for float64)"
+        )
+    if device.type != "cuda":
+        raise BackendUnavailable(
+            f"backend 'cupy' runs on CUDA GPUs only, got device {device}: move q, k, v to "
+            "'cuda', or use backend='dense' on the CPU"
+        )
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("backend 'cupy' needs a CUDA GPU, and torch sees none here")
+
+
+def supports(layout: Layout) -> str | None:
+    """Every Layout runs (any block 16..128, permutation, partial blocks)."""
+    return None
+
+
+# ------------------------------------------------------------------ configurations
+def _default_mma(block: int, head_dim: int) -> dict:
+    return {"kernel": "mma", "BLOCK_M": min(64, block),
+            "BLOCK_N": min(64 if head_dim <= 64 else 32, block)}
+
+
+def mma_possible(head_dim: int, dtype: torch.dtype) -> bool:
+    return dtype in (torch.float16, torch.bfloat16) and head_dim % 16 == 0 \
+        and head_dim <= MMA_MAX_HEAD_DIM
+
+
+def config_space(layout: Layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
+    """Tunable configurations: tensor-core tiles (BLOCK_M rows owned, BLOCK_N rows streamed,
+    both dividing the layout block; BLOCK_N <= 32 at head dim 128 to stay within registers),
+    then the scalar kernel."""
+    space = []
+    if mma_possible(head_dim, dtype):
+        b = layout.block
+        n_max = 64 if head_dim <= 64 else 32
+        for m in MMA_TILES:
+            for n in MMA_TILES:
+                if m <= b and n <= b and n <= n_max:
+                    space.append({"kernel": "mma", "BLOCK_M": m, "BLOCK_N": n})
+    if head_dim <= SCALAR_MAX_HEAD_DIM:
+        space.append({"kernel": "scalar"})
+    return space
+
+
+def resolve_config(config: dict | None, block: int, head_dim: int, dtype: torch.dtype,
+                   capability: tuple[int, int] = MMA_MIN_CAPABILITY) -> dict:
+    """The validated config to run (``None``: the default for these shapes) on a GPU of compute
+    capability ``capability``; ValueError / BackendUnavailable name the bad key and the fix."""
+    mma_ok = mma_possible(head_dim, dtype) and tuple(capability) >= MMA_MIN_CAPABILITY
+    if config is None:
+        if mma_ok:
+            return _default_mma(block, head_dim)
+        config = {"kernel": "scalar"}
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict or None, got {type(config).__name__}")
+    kernel = config.get("kernel", "mma")
+    if kernel == "scalar":
+        if head_dim > SCALAR_MAX_HEAD_DIM:
+            raise BackendUnavailable(
+                f"backend 'cupy' supports head dim <= {SCALAR_MAX_HEAD_DIM}, got {head_dim}: "
+                "split the head or use backend='dense'"
+            )
+        unknown = set(config) - {"kernel"}
+        if unknown:
+            raise ValueError(f"config keys {sorted(unknown)} do not apply to kernel 'scalar'")
+        return {"kernel": "scalar"}
+    if kernel != "mma":
+        raise ValueError(f"config['kernel']={kernel!r}: use 'mma' or 'scalar'")
+    if not mma_ok:
+        raise BackendUnavailable(
+            f"the tensor-core kernel needs float16/bfloat16, head dim a multiple of 16 up to "
+            f"{MMA_MAX_HEAD_DIM} and a GPU of compute capability >= 8.0; got {dtype}, "
+            f"head dim {head_dim}: use config={{'kernel': 'scalar'}}"
+        )
+    out = dict(_default_mma(block, head_dim))
+    for key in ("BLOCK_M", "BLOCK_N"):
+        if key in config:
+            val = config[key]
+            if val not in MMA_TILES or val > block:
+                raise ValueError(
+                    f"config[{key!r}]={val!r} must be one of {MMA_TILES} and at most the "
+                    f"layout block {block}"
+                )
+            out[key] = val
+    unknown = set(config) - {"kernel", "BLOCK_M", "BLOCK_N"}
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}: use kernel, BLOCK_M, BLOCK_N")
+    return out
+
+
+# ------------------------------------------------------------------ launching
+@functools.lru_cache(maxsize=8)
+def _dummy(device: torch.device) -> torch.Tensor:
+    """A 1-element int32 tensor passed where a plan array is empty or absent (never read)."""
+    return torch.zeros(1, dtype=torch.int32, device=device)
+
+
+def _arr(t: torch.Tensor | None, device: torch.device):
+    """A torch tensor as a zero-copy CuPy array (16-bit floats as raw int16 bits)."""
+    import cupy
+
+    if t is None or t.numel() == 0:
+        t = _dummy(device)
+    if t.dtype in (torch.float16, torch.bfloat16):
+        t = t.view(torch.int16)
+    return cupy.from_dlpack(t)
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous and 16-byte aligned (the kernels load rows 16 bytes at a time; a view
+    with a storage offset may not be)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_flags(plan: Plan) -> tuple[bool, bool]:
+    """(permuted, has_partial) of a plan: the two plan features that select a variant."""
+    return plan.perm is not None, bool((plan.col_kind == PARTIAL).any())
+
+
+def variants_for(cfg: dict, dtype: torch.dtype, head_dim: int, block: int, permuted: bool,
+                 partial: bool) -> tuple[Variant, Variant]:
+    """(forward, backward) kernel variants a resolved config runs (the same Variant twice for
+    the scalar file, which holds both)."""
+    code = DTYPE_CODES[dtype]
+    if cfg["kernel"] == "scalar":
+        v = Variant("scalar", code, head_dim, block, 0, 0, permuted, partial)
+        return v, v
+    m, n = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    return (Variant("fwd_mma", code, head_dim, block, m, n, permuted, partial),
+            Variant("bwd_mma", code, head_dim, block, m, n, permuted, partial))
+
+
+def _launch_geometry(cfg: dict, n_ctx: int, bh: int) -> tuple[tuple, tuple]:
+    if cfg["kernel"] == "scalar":
+        return (n_ctx // SCALAR_ROWS, bh, 1), (SCALAR_ROWS * 32, 1, 1)
+    m = cfg["BLOCK_M"]
+    return (n_ctx // m, bh, 1), ((m // 16) * 32, 1, 1)
+
+
+class _Launcher:
+    """Everything one (layout, shapes, config) needs to launch: kernels, plan arrays, grid."""
+
+    def __init__(self, shape: tuple, dtype: torch.dtype, device: torch.device, layout: Layout,
+                 scale: float, cfg: dict):
+        import cupy
+        import numpy as np
+
+        b, h, n, d = shape
+        self.device = device
+        self.index = device.index if device.index is not None else torch.cuda.current_device()
+        self.cfg = cfg
+        self.plan = plan_for(layout, device)
+        fwd_v, bwd_v = variants_for(cfg, dtype, d, layout.block, *_plan_flags(self.plan))
+        scalar = cfg["kernel"] == "scalar"
+        self.fwd = get_kernel(fwd_v, "st_fwd_scalar" if scalar else "st_fwd_mma", self.index)
+        self.fwd_variant, self.bwd_variant = fwd_v, bwd_v
+        dq_name, dkv_name = ("st_bwd_dq_scalar", "st_bwd_dkv_scalar") if scalar else \
+            ("st_bwd_dq", "st_bwd_dkv")
+        # the backward module compiles here too, so prepare() takes all compilation out of the
+        # timed region
+        self.dq_k = get_kernel(bwd_v, dq_name, self.index)
+        self.dkv_k = get_kernel(bwd_v, dkv_name, self.index)
+        self.grid, self.block = _launch_geometry(cfg, n, b * h)
+        p = self.plan
+        a = functools.partial(_arr, device=device)
+        self.fwd_plan = [a(p.head_pattern), a(p.row_ptr), a(p.col_idx), a(p.col_kind),
+                         a(p.col_mask), a(p.masks), a(p.perm), a(p.pattern_perm)]
+        self.bwd_plan = [a(p.head_pattern), a(p.col_ptr), a(p.row_idx), a(p.row_kind),
+                         a(p.row_mask), a(p.masks), a(p.perm), a(p.pattern_perm)]
+        self.ints = (np.int32(h), np.int32(n))
+        self.scale = np.float32(scale)
+        self.scale_log2 = np.float32(scale * LOG2E)
+        self._cupy = cupy
+
+    def _stream(self):
+        return self._cupy.cuda.ExternalStream(
+            torch.cuda.current_stream(self.device).cuda_stream, self.index
+        )
+
+    def forward(self, q, k, v):
+        """q, k, v [B, H, N, D] -> (out [B, H, N, D], lse float32 [B, H, N], base-2 units)."""
+        q, k, v = _aligned(q), _aligned(k), _aligned(v)
+        out = torch.empty_like(q)
+        lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
+        a = functools.partial(_arr, device=q.device)
+        # DLPack hand-over inside the stream context: CuPy then asks torch for its own current
+        # stream, so no cross-stream synchronisation is inserted
+        with self._cupy.cuda.Device(self.index), self._stream():
+            args = (a(q), a(k), a(v), a(out), a(lse), *self.fwd_plan, *self.ints,
+                    self.scale_log2)
+            self.fwd(self.grid, self.block, args)
+        return out, lse
+
+    def backward(self, q, k, v, out, lse, dout):
+        """Gradients (dq, dk, dv) for upstream ``dout``; all [B, H, N, D], q, k, v, out
+        contiguous and 16-byte aligned (as ``forward`` leaves them)."""
+        dout = _aligned(dout)
+        delta = (dout.float() * out.float()).sum(-1)  # [B, H, N]: rowsum(dO * O)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        a = functools.partial(_arr, device=q.device)
+        tail = (*self.ints, self.scale, self.scale_log2)
+        with self._cupy.cuda.Device(self.index), self._stream():
+            common = (a(q), a(k), a(v), a(dout), a(lse), a(delta))
+            self.dq_k(self.grid, self.block, (*common, a(dq), *self.fwd_plan, *tail))
+            self.dkv_k(self.grid, self.block, (*common, a(dk), a(dv), *self.bwd_plan, *tail))
+        return dq, dk, dv
+
+
+class _CupyAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, launcher):
+        q, k, v = _aligned(q), _aligned(k), _aligned(v)
+        out, lse = launcher.forward(q, k, v)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.launcher = launcher
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = ctx.launcher.backward(q, k, v, out, lse, dout.contiguous())
+        return dq, dk, dv, None
+
+
+@functools.lru_cache(maxsize=64)
+def _launcher(layout: Layout, shape: tuple, dtype: torch.dtype, device: torch.device,
+              scale: float, cfg_items: tuple) -> _Launcher:
+    return _Launcher(shape, dtype, device, layout, scale, dict(cfg_items))
+
+
+def _resolve_for(q: torch.Tensor, layout: Layout, config: dict | None) -> dict:
+    cap = torch.cuda.get_device_capability(q.device)
+    return resolve_config(config, layout.block, q.shape[-1], q.dtype, cap)
+
+
+def prepare(q: torch.Tensor, layout: Layout, scale: float, config: dict | None = None):
+    """Plan, compile and cache everything for these shapes (timed apart as ``prepare_ms``);
+    returns the resolved config."""
+    check_available(q.device, q.dtype)
+    cfg = _resolve_for(q, layout, config)
+    _launcher(layout, tuple(q.shape), q.dtype, q.device, float(scale), tuple(sorted(cfg.items())))
+    return cfg
+
+
+def attention(q, k, v, layout: Layout, scale: float, config: dict | None = None):
+    """out [B, H, N, D] = block-sparse attention of q, k, v [B, H, N, D] over ``layout``
+    (semantics of DESIGN.md; rows with no allowed key are 0); differentiable in q, k, v."""
+    check_available(q.device, q.dtype)
+    cfg = _resolve_for(q, layout, config)
+    launcher = _launcher(layout, tuple(q.shape), q.dtype, q.device, float(scale),
+                         tuple(sorted(cfg.items())))
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _CupyAttention.apply(q, k, v, launcher)
+    return launcher.forward(q, k, v)[0]

@@ -1,0 +1,171 @@
+"""Kernel variants of the CuPy backend: their CUDA source, their defines, their compiled modules.
+
+A ``Variant`` names one compilation of one ``.cu`` file of this folder: the element type, the
+head dimension, the layout block, the tile sizes and the two plan features that change the
+code (a token permutation; PARTIAL blocks reading a bitmask). Its ``source()`` is the ``.cu``
+text with the local ``#include "st_common.cuh"`` pasted in, so the text alone determines the
+binary; its ``options()`` are the NVRTC options (``-D`` defines). The same source and defines
+feed NVRTC through ``cupy.RawModule`` on the GPU and ``nvcc`` in the CPU build test
+(``nvcc_command``), so what CI compiles is what runs.
+
+Caching: ``load_module`` keeps one ``cupy.RawModule`` per (variant, device) in memory
+(``functools.lru_cache``; the device's architecture is fixed per device). On disk CuPy caches
+every NVRTC compilation under ``$CUPY_CACHE_DIR`` (default ``~/.cupy/kernel_cache``), keyed by
+a hash of the source text, the options, the architecture and the NVRTC version; since headers
+are pasted into the source, editing ``st_common.cuh`` invalidates that cache as it should.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+KERNEL_DIR = Path(__file__).resolve().parent
+COMMON_HEADER = "st_common.cuh"
+
+# ST_DTYPE codes shared with st_common.cuh
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+DTYPE_NAMES = {0: "fp32", 1: "fp16", 2: "bf16"}
+
+# kernel family -> (file, kernel names in it)
+FILES = {
+    "fwd_mma": ("st_fwd_mma.cu", ("st_fwd_mma",)),
+    "bwd_mma": ("st_bwd_mma.cu", ("st_bwd_dq", "st_bwd_dkv")),
+    "scalar": ("st_scalar.cu", ("st_fwd_scalar", "st_bwd_dq_scalar", "st_bwd_dkv_scalar")),
+}
+SCALAR_ROWS = 8  # SC_ROWS in st_scalar.cu: rows (warps) per CTA of the scalar kernels
+MMA_MAX_HEAD_DIM = 128  # registers: Q and O fragments take 3 * HEAD_DIM / 4 words per thread
+SCALAR_MAX_HEAD_DIM = 128  # shared memory: two fp32 chunks of 32 rows in 48 KB
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One compilation of one kernel file. ``block_m`` / ``block_n`` are ignored (0) for the
+    scalar file, whose tiles are fixed (SCALAR_ROWS rows, min(32, block) streamed)."""
+
+    family: str  # key of FILES
+    dtype_code: int  # ST_DTYPE
+    head_dim: int
+    layout_block: int
+    block_m: int = 0
+    block_n: int = 0
+    permuted: bool = False
+    has_partial: bool = False
+
+    def __post_init__(self):
+        if self.family not in FILES:
+            raise ValueError(f"family={self.family!r}: choose one of {', '.join(FILES)}")
+        if self.dtype_code not in DTYPE_NAMES:
+            raise ValueError(f"dtype_code={self.dtype_code}: use 0 (fp32), 1 (fp16), 2 (bf16)")
+        if self.family != "scalar" and self.dtype_code == 0:
+            raise ValueError("the tensor-core kernels take fp16 / bf16; fp32 uses family 'scalar'")
+
+    @property
+    def path(self) -> Path:
+        return KERNEL_DIR / FILES[self.family][0]
+
+    @property
+    def kernel_names(self) -> tuple[str, ...]:
+        return FILES[self.family][1]
+
+    def defines(self) -> tuple[str, ...]:
+        d = [
+            f"ST_DTYPE={self.dtype_code}",
+            f"HEAD_DIM={self.head_dim}",
+            f"LAYOUT_BLOCK={self.layout_block}",
+            f"PERMUTED={int(self.permuted)}",
+            f"HAS_PARTIAL={int(self.has_partial)}",
+        ]
+        if self.family != "scalar":
+            d += [f"BLOCK_M={self.block_m}", f"BLOCK_N={self.block_n}"]
+        return tuple(d)
+
+    def options(self) -> tuple[str, ...]:
+        """NVRTC options (CuPy adds the architecture)."""
+        return ("-std=c++17",) + tuple(f"-D{d}" for d in self.defines())
+
+    def source(self) -> str:
+        return read_source(self.path.name)
+
+    def label(self) -> str:
+        tiles = "" if self.family == "scalar" else f"_m{self.block_m}n{self.block_n}"
+        return (
+            f"{self.family}_{DTYPE_NAMES[self.dtype_code]}_d{self.head_dim}_b{self.layout_block}"
+            f"{tiles}{'_perm' if self.permuted else ''}{'_partial' if self.has_partial else ''}"
+        )
+
+
+_INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$', re.M)
+
+
+@functools.lru_cache(maxsize=None)
+def read_source(filename: str) -> str:
+    """The text of ``filename`` with local ``#include "x.cuh"`` lines replaced by the header."""
+    text = (KERNEL_DIR / filename).read_text()
+
+    def paste(match: re.Match) -> str:
+        header = (KERNEL_DIR / match.group(1)).read_text()
+        header = header.replace("#pragma once\n", "")
+        return f"// ---- begin {match.group(1)}\n{header}// ---- end {match.group(1)}"
+
+    return _INCLUDE.sub(paste, text)
+
+
+def nvcc_command(variant: Variant, src_path: str, out_path: str, arch: str = "sm_90",
+                 extra: tuple[str, ...] = ()) -> list[str]:
+    """The nvcc command that compiles ``variant``'s pasted source (written to ``src_path``) to a
+    cubin, with the same defines NVRTC gets."""
+    return [
+        "nvcc", f"-arch={arch}", "-std=c++17", "-cubin", "-o", out_path,
+        *(f"-D{d}" for d in variant.defines()), *extra, src_path,
+    ]
+
+
+@functools.lru_cache(maxsize=256)
+def load_module(variant: Variant, device_index: int):
+    """The compiled ``cupy.RawModule`` of ``variant`` for CUDA device ``device_index``."""
+    import cupy
+
+    with cupy.cuda.Device(device_index):
+        module = cupy.RawModule(
+            code=variant.source(), options=variant.options(), backend="nvrtc"
+        )
+        module.compile()  # compile now, so errors surface here and not at the first launch
+    return module
+
+
+def get_kernel(variant: Variant, name: str, device_index: int):
+    """The ``cupy.RawKernel`` ``name`` of ``variant`` on device ``device_index``."""
+    if name not in variant.kernel_names:
+        raise ValueError(f"kernel {name!r} is not in {variant.path.name}")
+    return load_module(variant, device_index).get_function(name)
+
+
+def _compile_in_worker(args: tuple[Variant, int]) -> tuple[str, str | None]:
+    variant, device_index = args
+    try:
+        load_module(variant, device_index)
+        return variant.label(), None
+    except Exception as exc:  # noqa: BLE001  (reported per variant by the caller)
+        return variant.label(), f"{type(exc).__name__}: {exc}"[:2000]
+
+
+def precompile(variants, device_index: int = 0, workers: int = 8) -> dict[str, str | None]:
+    """Compile ``variants`` in ``workers`` processes so CuPy's disk cache holds them; the calling
+    process then only loads cubins. Returns {label: None or the error}. NVRTC takes about 1-3 s a
+    variant; this is how scripts/gpu_cupy.py keeps many variants within its time budget."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    todo = list(dict.fromkeys(variants))
+    if not todo:
+        return {}
+    if workers <= 1 or len(todo) == 1:
+        return dict(_compile_in_worker((v, device_index)) for v in todo)
+    ctx = mp.get_context("spawn")  # CUDA state must not be forked
+    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
+        return dict(pool.map(_compile_in_worker, [(v, device_index) for v in todo]))

@@ -1,0 +1,248 @@
+// st_bwd_mma.cu: block-sparse flash attention backward, float16 / bfloat16 tensor cores.
+//
+// Scores are recomputed from the saved lse (base-2 units, st_fwd_mma.cu); with
+// delta_i = sum_d dO[i, d] * O[i, d] (computed by the caller):
+//   P = exp2(Q K^T * scale * LOG2E - lse),  0 where the mask forbids (i, j)
+//   dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dS^T Q
+//
+// st_bwd_dq:  grid (N / BLOCK_M, B * H), warp w owns 16 query rows; walks the forward lists
+//             (row_ptr / col_idx ...) streaming BLOCK_N keys at a time; writes dq once per row.
+// st_bwd_dkv: grid (N / BLOCK_M, B * H), warp w owns 16 key rows; walks the transposed lists
+//             (col_ptr / row_idx ...) streaming BLOCK_N queries at a time; writes dk, dv once.
+// No atomics: every output row has exactly one writer.
+// Shared memory: dq: 2 * BLOCK_N * (HEAD_DIM + 8) * 2 bytes; dkv: the same plus 8 * BLOCK_N.
+#include "st_common.cuh"
+
+#if ST_DTYPE == 0
+#error "st_bwd_mma.cu is for float16 / bfloat16; float32 uses st_scalar.cu"
+#endif
+
+#define NWARPS (BLOCK_M / 16)
+#define SROW (HEAD_DIM + 8)
+
+static_assert(HEAD_DIM % 16 == 0, "HEAD_DIM must be a multiple of 16");
+static_assert(BLOCK_M % 16 == 0 && LAYOUT_BLOCK % BLOCK_M == 0, "BLOCK_M must divide the block");
+static_assert(BLOCK_N % 16 == 0 && LAYOUT_BLOCK % BLOCK_N == 0, "BLOCK_N must divide the block");
+
+using namespace st;
+
+// Rows r0 = w*16 + g and r0 + 8 of a [rows, HEAD_DIM] matrix as A fragments (16 x HEAD_DIM).
+__device__ __forceinline__ void load_a_rows(unsigned (*a)[4], const elem_t* row0,
+                                            const elem_t* row1, int t) {
+#pragma unroll
+  for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+    const int c = kk * 16 + 2 * t;
+    a[kk][0] = *reinterpret_cast<const unsigned*>(row0 + c);
+    a[kk][1] = *reinterpret_cast<const unsigned*>(row1 + c);
+    a[kk][2] = *reinterpret_cast<const unsigned*>(row0 + c + 8);
+    a[kk][3] = *reinterpret_cast<const unsigned*>(row1 + c + 8);
+  }
+}
+
+// acc[BLOCK_N / 8][4] = A (16 x HEAD_DIM, fragments) * S^T where S is the [BLOCK_N, HEAD_DIM]
+// tile in shared memory (B fragment: k = d, n = row of S, two consecutive d in one word).
+__device__ __forceinline__ void mma_a_bt(float (*acc)[4], const unsigned (*a)[4],
+                                         const elem_t* sm, int g, int t) {
+#pragma unroll
+  for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+    acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    const elem_t* r = sm + (nt * 8 + g) * SROW + 2 * t;
+#pragma unroll
+    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+      const unsigned b0 = *reinterpret_cast<const unsigned*>(r + kk * 16);
+      const unsigned b1 = *reinterpret_cast<const unsigned*>(r + kk * 16 + 8);
+      mma16816(acc[nt], a[kk], b0, b1);
+    }
+  }
+}
+
+// out[HEAD_DIM / 8][4] += X (16 x BLOCK_N, given as accumulator tiles x[BLOCK_N / 8][4]) * S,
+// S the [BLOCK_N, HEAD_DIM] tile in shared memory (B fragment: k = row of S, n = d).
+__device__ __forceinline__ void mma_acc_s(float (*out)[4], float (*x)[4], const elem_t* sm,
+                                          int g, int t) {
+#pragma unroll
+  for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
+    unsigned pa[4];
+    pa[0] = pack2(x[2 * kk][0], x[2 * kk][1]);
+    pa[1] = pack2(x[2 * kk][2], x[2 * kk][3]);
+    pa[2] = pack2(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+    pa[3] = pack2(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+    const elem_t* r = sm + (kk * 16 + 2 * t) * SROW + g;
+#pragma unroll
+    for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+      const unsigned b0 = pair_strided(r + dt * 8, SROW);
+      const unsigned b1 = pair_strided(r + 8 * SROW + dt * 8, SROW);
+      mma16816(out[dt], pa, b0, b1);
+    }
+  }
+}
+
+// Copy BLOCK_N rows (layout positions pos0 .. pos0 + BLOCK_N - 1, gathered through perm) of
+// two [N, HEAD_DIM] matrices into shared memory, 16 bytes per load.
+__device__ __forceinline__ void load_tile2(elem_t* sa, elem_t* sb, const elem_t* a,
+                                           const elem_t* b, const int* prow, int pos0,
+                                           int tid) {
+  for (int i = tid; i < BLOCK_N * (HEAD_DIM / 8); i += NWARPS * 32) {
+    const int row = i / (HEAD_DIM / 8), c8 = (i % (HEAD_DIM / 8)) * 8;
+    const long long src = (long long)token(prow, pos0 + row) * HEAD_DIM + c8;
+    *reinterpret_cast<uint4*>(sa + row * SROW + c8) = *reinterpret_cast<const uint4*>(a + src);
+    *reinterpret_cast<uint4*>(sb + row * SROW + c8) = *reinterpret_cast<const uint4*>(b + src);
+  }
+}
+
+__device__ __forceinline__ void store_rows(elem_t* row0, elem_t* row1, float (*acc)[4],
+                                           float mult, int t) {
+#pragma unroll
+  for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+    const int c = dt * 8 + 2 * t;
+    *reinterpret_cast<unsigned*>(row0 + c) = pack2(acc[dt][0] * mult, acc[dt][1] * mult);
+    *reinterpret_cast<unsigned*>(row1 + c) = pack2(acc[dt][2] * mult, acc[dt][3] * mult);
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(NWARPS * 32)
+st_bwd_dq(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
+          const elem_t* __restrict__ v, const elem_t* __restrict__ dout,
+          const float* __restrict__ lse, const float* __restrict__ delta,
+          elem_t* __restrict__ dq, const int* __restrict__ head_pattern,
+          const int* __restrict__ row_ptr, const int* __restrict__ col_idx,
+          const signed char* __restrict__ col_kind, const int* __restrict__ col_mask,
+          const unsigned* __restrict__ masks, const int* __restrict__ perm,
+          const int* __restrict__ pattern_perm, int H, int N, float scale, float scale_log2) {
+  __shared__ __align__(16) elem_t sK[BLOCK_N * SROW];
+  __shared__ __align__(16) elem_t sV[BLOCK_N * SROW];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y, h = bh % H;
+  const int q0 = blockIdx.x * BLOCK_M;
+  const int qb = q0 / LAYOUT_BLOCK, qin0 = q0 % LAYOUT_BLOCK;
+  const int nb = N / LAYOUT_BLOCK;
+  const int pat = head_pattern[h];
+  const int* prow = perm_row(head_pattern, pattern_perm, perm, h, N);
+  const long long base = (long long)bh * N * HEAD_DIM;
+
+  const int r0 = warp * 16 + g, r1 = r0 + 8;
+  const int iq0 = qin0 + r0, iq1 = qin0 + r1;
+  const int tok0 = token(prow, q0 + r0), tok1 = token(prow, q0 + r1);
+  unsigned qa[HEAD_DIM / 16][4], da[HEAD_DIM / 16][4];
+  load_a_rows(qa, q + base + (long long)tok0 * HEAD_DIM, q + base + (long long)tok1 * HEAD_DIM, t);
+  load_a_rows(da, dout + base + (long long)tok0 * HEAD_DIM,
+              dout + base + (long long)tok1 * HEAD_DIM, t);
+  const float lse0 = lse[(long long)bh * N + tok0], lse1 = lse[(long long)bh * N + tok1];
+  const float dl0 = delta[(long long)bh * N + tok0], dl1 = delta[(long long)bh * N + tok1];
+
+  float acc[HEAD_DIM / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < HEAD_DIM / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.f;
+
+  const int e_begin = row_ptr[pat * (nb + 1) + qb], e_end = row_ptr[pat * (nb + 1) + qb + 1];
+  for (int e = e_begin; e < e_end; ++e) {
+    const int kb = col_idx[e], kind = col_kind[e], mid = col_mask[e];
+    for (int kc = 0; kc < LAYOUT_BLOCK; kc += BLOCK_N) {
+      if (kind == ST_KIND_DIAG && kc > qin0 + BLOCK_M - 1) break;
+      __syncthreads();
+      load_tile2(sK, sV, k + base, v + base, prow, kb * LAYOUT_BLOCK + kc, tid);
+      __syncthreads();
+
+      float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
+      mma_a_bt(s, qa, sK, g, t);   // S = Q K^T
+      mma_a_bt(dp, da, sV, g, t);  // dP = dO V^T
+#pragma unroll
+      for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int jk = kc + nt * 8 + 2 * t + (i & 1);
+          const bool row1 = i >= 2;
+          const float p = allowed(kind, mid, row1 ? iq1 : iq0, jk, masks)
+                              ? fast_exp2(s[nt][i] * scale_log2 - (row1 ? lse1 : lse0))
+                              : 0.f;
+          s[nt][i] = p * (dp[nt][i] - (row1 ? dl1 : dl0));  // dS
+        }
+      }
+      mma_acc_s(acc, s, sK, g, t);  // dQ += dS K
+    }
+  }
+  store_rows(dq + base + (long long)tok0 * HEAD_DIM, dq + base + (long long)tok1 * HEAD_DIM, acc,
+             scale, t);
+}
+
+extern "C" __global__ void __launch_bounds__(NWARPS * 32)
+st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
+           const elem_t* __restrict__ v, const elem_t* __restrict__ dout,
+           const float* __restrict__ lse, const float* __restrict__ delta,
+           elem_t* __restrict__ dk, elem_t* __restrict__ dv,
+           const int* __restrict__ head_pattern, const int* __restrict__ col_ptr,
+           const int* __restrict__ row_idx, const signed char* __restrict__ row_kind,
+           const int* __restrict__ row_mask, const unsigned* __restrict__ masks,
+           const int* __restrict__ perm, const int* __restrict__ pattern_perm, int H, int N,
+           float scale, float scale_log2) {
+  __shared__ __align__(16) elem_t sQ[BLOCK_N * SROW];
+  __shared__ __align__(16) elem_t sD[BLOCK_N * SROW];
+  __shared__ float sLse[BLOCK_N];
+  __shared__ float sDelta[BLOCK_N];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int bh = blockIdx.y, h = bh % H;
+  const int k0 = blockIdx.x * BLOCK_M;  // layout position of the CTA's first key
+  const int kb = k0 / LAYOUT_BLOCK, kin0 = k0 % LAYOUT_BLOCK;
+  const int nb = N / LAYOUT_BLOCK;
+  const int pat = head_pattern[h];
+  const int* prow = perm_row(head_pattern, pattern_perm, perm, h, N);
+  const long long base = (long long)bh * N * HEAD_DIM;
+
+  const int r0 = warp * 16 + g, r1 = r0 + 8;
+  const int jk0 = kin0 + r0, jk1 = kin0 + r1;
+  const int tok0 = token(prow, k0 + r0), tok1 = token(prow, k0 + r1);
+  unsigned ka[HEAD_DIM / 16][4], va[HEAD_DIM / 16][4];
+  load_a_rows(ka, k + base + (long long)tok0 * HEAD_DIM, k + base + (long long)tok1 * HEAD_DIM, t);
+  load_a_rows(va, v + base + (long long)tok0 * HEAD_DIM, v + base + (long long)tok1 * HEAD_DIM, t);
+
+  float dka[HEAD_DIM / 8][4], dva[HEAD_DIM / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+    dka[dt][0] = dka[dt][1] = dka[dt][2] = dka[dt][3] = 0.f;
+    dva[dt][0] = dva[dt][1] = dva[dt][2] = dva[dt][3] = 0.f;
+  }
+
+  const int e_begin = col_ptr[pat * (nb + 1) + kb], e_end = col_ptr[pat * (nb + 1) + kb + 1];
+  for (int e = e_begin; e < e_end; ++e) {
+    const int qb = row_idx[e], kind = row_kind[e], mid = row_mask[e];
+    for (int qc = 0; qc < LAYOUT_BLOCK; qc += BLOCK_N) {
+      if (kind == ST_KIND_DIAG && qc + BLOCK_N - 1 < kin0) continue;  // chunk above diagonal
+      __syncthreads();
+      const int pos0 = qb * LAYOUT_BLOCK + qc;
+      load_tile2(sQ, sD, q + base, dout + base, prow, pos0, tid);
+      for (int i = tid; i < BLOCK_N; i += NWARPS * 32) {
+        const long long tq = (long long)bh * N + token(prow, pos0 + i);
+        sLse[i] = lse[tq];
+        sDelta[i] = delta[tq];
+      }
+      __syncthreads();
+
+      float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
+      mma_a_bt(s, ka, sQ, g, t);   // S^T = K Q^T   (rows: keys, columns: queries)
+      mma_a_bt(dp, va, sD, g, t);  // dP^T = V dO^T
+#pragma unroll
+      for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int c = nt * 8 + 2 * t + (i & 1);  // query within the chunk
+          const int jk = (i >= 2) ? jk1 : jk0;
+          const float p = allowed(kind, mid, qc + c, jk, masks)
+                              ? fast_exp2(s[nt][i] * scale_log2 - sLse[c])
+                              : 0.f;
+          s[nt][i] = p;                          // P^T
+          dp[nt][i] = p * (dp[nt][i] - sDelta[c]);  // dS^T
+        }
+      }
+      mma_acc_s(dva, s, sD, g, t);   // dV += P^T dO
+      mma_acc_s(dka, dp, sQ, g, t);  // dK += dS^T Q
+    }
+  }
+  store_rows(dk + base + (long long)tok0 * HEAD_DIM, dk + base + (long long)tok1 * HEAD_DIM, dka,
+             scale, t);
+  store_rows(dv + base + (long long)tok0 * HEAD_DIM, dv + base + (long long)tok1 * HEAD_DIM, dva,
+             1.f, t);
+}

@@ -1,0 +1,297 @@
+"""Peer backend ``flex``: PyTorch FlexAttention (compiled), the layout given as a BlockMask.
+
+The BlockMask is built DIRECTLY from the device plan's CSR lists, never by evaluating a mask
+over N x N tokens:
+
+    per pattern p, query block r:   FULL entries  -> full_kv_num_blocks / full_kv_indices
+                                    DIAG, PARTIAL -> kv_num_blocks / kv_indices (mask_mod runs)
+    per head h: the lists of pattern head_pattern[h]  (one broadcast head when all heads agree)
+
+``mask_mod(b, h, q, k)`` is exact at every (q, k): it reads a per-pattern block table
+``slot[p, q // b, k // b]`` (0 empty, 1 full, 2 causal diagonal, 3 + m partial mask m of the
+plan's packed bitmask table) and, for partial blocks, the bit ``k % b`` of row ``q % b`` of
+packed mask m; for diagonal blocks ``q % b >= k % b``. The table is O(P nb^2) int8/int16 bytes
+(nb = N / b blocks per side, P distinct head patterns): 134 MB at N = 1,048,576, b = 128,
+P = 2. FlexAttention itself keeps its index lists as dense [H, nb, nb] int32 (kv and the
+transposed q lists), so the BlockMask costs about 16 H nb^2 bytes on top.
+
+Layouts carrying a permutation (OpenAI's strided transpose): q, k, v are gathered into the
+layout's own order per head before the kernel and the output is gathered back after it, as a
+FlexAttention user would run that head; the two gathers are part of the measured time.
+
+BLOCK_SIZE is the layout's block (FlexAttention's default is 128; smaller blocks are allowed as
+BLOCK_SIZE=(b, b), with the forward tiles BLOCK_M = BLOCK_N = b unless the config says
+otherwise; its backward may not compile below 128, see TARGETS.md). ``config``: the keys of
+FlexAttention's kernel_options (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``, ...,
+optionally ``fwd_`` / ``bwd_`` prefixed) pass through; ``{"block": b}`` re-blocks the layout
+exactly first (``layout.reblock``; the autotuner does that itself, so ``config_space`` lists
+kernel tiles only).
+
+Availability: CUDA only. On the CPU torch 2.13's FlexAttention has no backward at all and its
+first compiled forward takes about 30 s even at N = 256 (measured on the 2-core dev box), too
+slow for ``stbench check``; the uncompiled forward (``compiled=False``) is used by the CPU tests
+to check the BlockMask and the mask_mod. Empty rows give zeros (FlexAttention's rule).
+
+``flex_block_mask_from_predicate`` builds the BlockMask the way a user with a token predicate
+would (``create_block_mask``), the baseline of TARGETS.md item 3.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from stbench.backends import BackendUnavailable
+from stbench.layouts import DIAG, FULL, Layout, plan_for
+
+DEFAULT_BLOCK = 128  # FlexAttention's default sparse block size
+SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+# kernel_options FlexAttention takes; a "fwd_" / "bwd_" prefix limits one to that pass
+KERNEL_OPTION_KEYS = (
+    "BLOCK_M", "BLOCK_N", "BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2", "num_warps",
+    "num_stages", "PRESCALE_QK",
+)
+TILE_CANDIDATES = (64, 32)  # square forward tiles tried below the sparse block
+# slot codes in the per-pattern block table
+SLOT_EMPTY, SLOT_FULL, SLOT_DIAG, SLOT_PARTIAL0 = 0, 1, 2, 3
+MAX_TABLE_BYTES = 2**31  # refuse layouts whose block table (P nb^2 entries) would be larger
+BLOCK_MASK_CACHE_SIZE = 16
+
+
+def _flex_module():
+    try:
+        from torch.nn.attention import flex_attention as fa
+    except ImportError as exc:  # torch < 2.5
+        raise BackendUnavailable(f"backend 'flex' needs torch >= 2.5 ({exc})") from None
+    return fa
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_flex_attention():
+    """``torch.compile(flex_attention)``, made once per process."""
+    return torch.compile(_flex_module().flex_attention)
+
+
+# --------------------------------------------------------------------------- backend interface
+def check_available(device: torch.device, dtype: torch.dtype) -> None:
+    _flex_module()
+    if torch.device(device).type != "cuda":
+        raise BackendUnavailable(
+            "backend 'flex' needs a CUDA GPU: FlexAttention on the CPU has no backward and "
+            "compiles too slowly for checks (about 30 s for a tiny forward); run on the GPU machine"
+        )
+    if dtype not in SUPPORTED_DTYPES:
+        raise BackendUnavailable(f"backend 'flex' does not support dtype={dtype}")
+
+
+def supports(layout: Layout) -> str | None:
+    if _table_bytes(layout) > MAX_TABLE_BYTES:
+        return (
+            f"its block table needs {_table_bytes(layout) / 2**30:.1f} GiB (patterns x nb^2): use "
+            "a coarser block for flex"
+        )
+    return None
+
+
+def config_space(layout: Layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
+    """FlexAttention's forward tiles at the layout's block: the default (tiles = block below
+    128, FlexAttention's own choice at 128) and square tiles of 64 / 32 below that. The block
+    granularity itself is the autotuner's axis (it re-blocks the layout and asks again)."""
+    space: list[dict] = [{}]
+    for tile in TILE_CANDIDATES:
+        if tile < layout.block:
+            space.append({"BLOCK_M": tile, "BLOCK_N": tile})
+    return space
+
+
+def attention(q, k, v, layout: Layout, scale: float, config: dict | None = None):
+    """q, k, v [B, H, N, D] -> out [B, H, N, D] through compiled FlexAttention."""
+    return flex_forward(q, k, v, layout, scale, config, compiled=True)
+
+
+# --------------------------------------------------------------------------- the BlockMask
+@dataclass(frozen=True, eq=False)
+class FlexLayout:
+    """A layout prepared for FlexAttention on one device."""
+
+    block_mask: object  # torch.nn.attention.flex_attention.BlockMask, [1, H or 1, nb, nb]
+    gather: torch.Tensor | None  # int64 [H, N]: original token at each layout position
+    scatter: torch.Tensor | None  # int64 [H, N]: layout position of each original token
+    table_bytes: int
+
+
+def _table_bytes(layout: Layout) -> int:
+    plan = plan_for(layout, "cpu")
+    width = 1 if layout.masks.shape[0] + SLOT_PARTIAL0 <= 127 else 2
+    return plan.n_patterns * plan.n_blocks**2 * width
+
+
+def _rows_of_entries(row_ptr: torch.Tensor) -> torch.Tensor:
+    """int64 [E]: global row id (p * nb + r) of each entry of CSR pointers [P, nb + 1]."""
+    lengths = (row_ptr[:, 1:] - row_ptr[:, :-1]).reshape(-1)
+    return torch.repeat_interleave(torch.arange(lengths.numel(), device=row_ptr.device), lengths)
+
+
+def _ordered_lists(rows, cols, n_rows: int, width: int):
+    """(counts int32 [n_rows], indices int32 [n_rows, width]) from entries sorted by row."""
+    counts = torch.bincount(rows, minlength=n_rows)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(rows.numel(), device=rows.device) - starts[rows]
+    idx = torch.zeros(n_rows, width, dtype=torch.int32, device=rows.device)
+    idx[rows, rank] = cols.to(torch.int32)
+    return counts.to(torch.int32), idx
+
+
+def _make_mask_mod(slots, packed, head_pattern, block: int):
+    """Exact token predicate from the block table (see the module docstring)."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        qi, kj = q_idx % block, kv_idx % block
+        slot = slots[head_pattern[h], q_idx // block, kv_idx // block].to(torch.int32)
+        mid = torch.clamp(slot - SLOT_PARTIAL0, min=0)
+        word = packed[mid, qi, kj // 32]
+        bit = (word >> (kj % 32)) & 1
+        return (
+            (slot == SLOT_FULL)
+            | ((slot == SLOT_DIAG) & (qi >= kj))
+            | ((slot >= SLOT_PARTIAL0) & (bit == 1))
+        )
+
+    return mask_mod
+
+
+def build_flex_layout(layout: Layout, device) -> FlexLayout:
+    """Turn ``layout``'s plan into a BlockMask on ``device`` (uncached; see ``flex_layout``)."""
+    fa = _flex_module()
+    device = torch.device(device)
+    why = supports(layout)
+    if why is not None:
+        raise BackendUnavailable(f"backend 'flex' cannot run this layout: {why}")
+    plan = plan_for(layout, device)
+    n_pat, nb, b, heads = plan.n_patterns, plan.n_blocks, layout.block, layout.heads
+    row_ptr = plan.row_ptr.long()
+    rows = _rows_of_entries(row_ptr)
+    cols, kind = plan.col_idx.long(), plan.col_kind.long()
+    is_full = kind == FULL
+    n_rows = n_pat * nb
+    full_n, full_idx = _ordered_lists(rows[is_full], cols[is_full], n_rows, nb)
+    part_n, part_idx = _ordered_lists(rows[~is_full], cols[~is_full], n_rows, nb)
+
+    code = torch.where(
+        is_full, SLOT_FULL, torch.where(kind == DIAG, SLOT_DIAG, SLOT_PARTIAL0 + plan.col_mask)
+    )
+    width = torch.int8 if layout.masks.shape[0] + SLOT_PARTIAL0 <= 127 else torch.int16
+    slots = torch.zeros(n_rows * nb, dtype=width, device=device)
+    slots[rows * nb + cols] = code.to(width)
+    slots = slots.reshape(n_pat, nb, nb)
+    packed = plan.masks
+    if packed.shape[0] == 0:  # no partial block: a dummy row keeps the lookup well defined
+        packed = torch.zeros(1, b, max(1, -(-b // 32)), dtype=torch.int32, device=device)
+    head_pattern = plan.head_pattern.long()
+
+    def per_head(t):  # [P * nb, ...] -> [1, H or 1, nb, ...]
+        t = t.reshape(n_pat, nb, *t.shape[1:])
+        t = t if n_pat == 1 else t.index_select(0, head_pattern)
+        return t.unsqueeze(0).contiguous()
+
+    block_mask = fa.BlockMask.from_kv_blocks(
+        per_head(part_n), per_head(part_idx), per_head(full_n), per_head(full_idx),
+        BLOCK_SIZE=(b, b), mask_mod=_make_mask_mod(slots, packed, head_pattern, b),
+        seq_lengths=(layout.n_ctx, layout.n_ctx),
+    )
+    gather = scatter = None
+    if layout.perms is not None:
+        ident = torch.arange(layout.n_ctx)
+        gather = torch.stack(
+            [ident if layout.perm_of_head(h) is None else layout.perm_of_head(h)
+             for h in range(heads)]
+        )
+        scatter = torch.empty_like(gather)
+        scatter.scatter_(1, gather, ident.expand(heads, -1).contiguous())
+        gather, scatter = gather.to(device), scatter.to(device)
+    return FlexLayout(block_mask, gather, scatter, slots.numel() * slots.element_size())
+
+
+@functools.lru_cache(maxsize=BLOCK_MASK_CACHE_SIZE)
+def _flex_layout_cached(layout: Layout, device: str) -> FlexLayout:
+    return build_flex_layout(layout, device)
+
+
+def flex_layout(layout: Layout, device) -> FlexLayout:
+    """The BlockMask of ``layout`` on ``device``, cached by (layout content, device); it
+    broadcasts over the batch, so one serves every B."""
+    return _flex_layout_cached(layout, str(torch.device(device)))
+
+
+def _permute(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, H, N, D] -> x[:, h, index[h]] per head."""
+    bsz, heads, n, d = x.shape
+    return torch.gather(x, 2, index.view(1, heads, n, 1).expand(bsz, heads, n, d))
+
+
+def flex_forward(q, k, v, layout: Layout, scale: float, config=None, compiled: bool = True):
+    """FlexAttention over ``layout``; ``compiled=False`` runs PyTorch's eager FlexAttention
+    (slow, forward only on the CPU: for tests)."""
+    config = dict(config or {})
+    block = config.pop("block", None)
+    if block is not None and block != layout.block:
+        layout = layout.reblock(int(block))  # exact; LayoutError names a bad block
+    unknown = {key for key in config if key.removeprefix("fwd_").removeprefix("bwd_")
+               not in KERNEL_OPTION_KEYS}
+    if unknown:
+        raise ValueError(
+            f"config keys {sorted(unknown)} are unknown to backend 'flex': use 'block' or "
+            f"{', '.join(KERNEL_OPTION_KEYS)} (optionally prefixed fwd_ / bwd_)"
+        )
+    if layout.block < DEFAULT_BLOCK:
+        # the forward kernel's tiles must divide the sparse block: match them by default
+        config.setdefault("BLOCK_M", layout.block)
+        config.setdefault("BLOCK_N", layout.block)
+    prepared = flex_layout(layout, q.device)
+    if prepared.gather is not None:
+        q, k, v = (_permute(t, prepared.gather) for t in (q, k, v))
+    fn = compiled_flex_attention() if compiled else _flex_module().flex_attention
+    out = fn(q, k, v, block_mask=prepared.block_mask, scale=scale,
+             kernel_options=config or None)
+    if prepared.scatter is not None:
+        out = _permute(out, prepared.scatter)
+    return out
+
+
+# --------------------------------------------------------------------------- the naive baseline
+def flex_block_mask_from_predicate(
+    fn, n_ctx: int, heads: int | None = None, block: int = DEFAULT_BLOCK, device="cuda",
+    compile_mask: bool | None = None,
+):
+    """A BlockMask the way a FlexAttention user builds one from a token predicate:
+    ``create_block_mask`` over ``mask_mod(b, h, q, k) = fn(q, k)`` (or ``fn(h, q, k)`` when
+    ``fn`` takes three arguments), at FlexAttention's default block 128 unless told. ``heads``:
+    None broadcasts one mask over all heads. ``compile_mask``: build with ``_compile=True``
+    (default on CUDA, as users do for long sequences)."""
+    fa = _flex_module()
+    n_args = len(inspect.signature(fn).parameters)
+    if n_args == 3:
+        def mask_mod(b, h, q_idx, kv_idx):
+            return fn(h, q_idx, kv_idx)
+    elif n_args == 2:
+        def mask_mod(b, h, q_idx, kv_idx):
+            return fn(q_idx, kv_idx)
+    else:
+        raise ValueError("fn must take (q_idx, k_idx) or (h, q_idx, k_idx)")
+    device = torch.device(device)
+    if compile_mask is None:
+        compile_mask = device.type == "cuda"
+    return fa.create_block_mask(
+        mask_mod, None, heads, n_ctx, n_ctx, device=device, BLOCK_SIZE=block,
+        _compile=compile_mask,
+    )
+
+
+def flex_with_block_mask(q, k, v, block_mask, scale: float, kernel_options=None,
+                         compiled: bool = True):
+    """Compiled FlexAttention with a ready BlockMask (q, k, v [B, H, N, D], original order)."""
+    fn = compiled_flex_attention() if compiled else _flex_module().flex_attention
+    return fn(q, k, v, block_mask=block_mask, scale=scale, kernel_options=kernel_options)

@@ -1,0 +1,203 @@
+"""Backward kernels: delta, dQ (forward-orientation tiles) and dK/dV (transposed tiles).
+
+From the saved base-2 log-sum-exp LSE2 the probabilities are recomputed, never stored:
+
+    delta_i = rowsum(dO_i * O_i)                                   (preprocess, fp32)
+    dQ program, one query tile; over its key tiles e (FULL first, then masked):
+        p  = exp2(q k^T * scale * LOG2E - LSE2)   (masked -> 0; an empty row has LSE2 = -inf
+             and is treated as +inf so p = 0, never NaN)
+        dp = dO v^T;  ds = p * (dp - delta);  dQ += ds @ k;       dQ *= scale
+    dK/dV program, one key tile; over its (gathered) query tiles e:
+        p^T  = exp2(k q^T * scale * LOG2E - LSE2^T);   dV += p^T @ dO
+        dp^T = v dO^T;  ds^T = p^T * (dp^T - delta^T); dK += ds^T @ q;   dK *= scale
+
+Each output row is written by exactly one program: deterministic, no atomics. The strided
+permutation is folded into every gather and scatter as in the forward.
+Memory: delta (fp32, B*H*N*4 bytes) beyond the gradients; nothing N x N.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import interpret
+from .common import LOG2E, tile_cols, tile_mask, to_tokens
+
+DELTA_ROWS = 64  # rows per program of the delta preprocess
+
+interpret.apply()
+
+
+@triton.jit
+def _delta_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    d = tl.arange(0, HEAD_DIM)
+    ok = r < n_rows
+    off = r.to(tl.int64)[:, None] * HEAD_DIM + d[None, :]
+    o = tl.load(O + off, mask=ok[:, None], other=0.0).to(tl.float32)
+    do = tl.load(DO + off, mask=ok[:, None], other=0.0).to(tl.float32)
+    tl.store(DELTA + r, tl.sum(o * do, 1), mask=ok)
+
+
+@triton.jit
+def _dq_kernel(
+    Q, K, V, DO, LSE2, DELTA, DQ,
+    head_pattern, pattern_perm, perm,
+    ptr, split, cols, kind, tmask, masks,
+    qk_scale2, scale, N, H, n_t,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
+):
+    t = tl.program_id(0)
+    bh = tl.program_id(1)
+    h = bh % H
+    pat = tl.load(head_pattern + h)
+    pp = -1
+    if HAS_PERM:
+        pp = tl.load(pattern_perm + pat)
+    base = bh.to(tl.int64) * N * HEAD_DIM
+    rbase = bh.to(tl.int64) * N
+    d = tl.arange(0, HEAD_DIM)
+    rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
+    rtok = to_tokens(rows, perm, pp, N, HAS_PERM).to(tl.int64)
+    q = tl.load(Q + base + rtok[:, None] * HEAD_DIM + d[None, :])
+    do = tl.load(DO + base + rtok[:, None] * HEAD_DIM + d[None, :])
+    lse = tl.load(LSE2 + rbase + rtok)
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    delta = tl.load(DELTA + rbase + rtok)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    start = tl.load(ptr + pat * (n_t + 1) + t)
+    mid = tl.load(split + pat * n_t + t)
+    end = tl.load(ptr + pat * (n_t + 1) + t + 1)
+
+    for e in range(start, mid):
+        cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
+        ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
+        k = tl.load(K + base + ctok[:, None] * HEAD_DIM + d[None, :])
+        v = tl.load(V + base + ctok[:, None] * HEAD_DIM + d[None, :])
+        s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
+        p = tl.math.exp2(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=IN_PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=IN_PREC)
+
+    for e in range(mid, end):
+        cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
+        ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
+        k = tl.load(K + base + ctok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(V + base + ctok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
+        allowed = tile_mask(
+            tl.load(kind + e), tl.load(tmask + e), masks, rows, cpos, ok, False, BLOCK_M, BLOCK_N
+        )
+        p = tl.math.exp2(tl.where(allowed, s, float("-inf")) - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=IN_PREC)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=IN_PREC)
+
+    tl.store(DQ + base + rtok[:, None] * HEAD_DIM + d[None, :], (dq * scale).to(DQ.dtype.element_ty))
+
+
+@triton.jit
+def _dkdv_kernel(
+    Q, K, V, DO, LSE2, DELTA, DK, DV,
+    head_pattern, pattern_perm, perm,
+    ptr, split, cols, kind, tmask, masks,
+    qk_scale2, scale, N, H, n_t,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
+):
+    t = tl.program_id(0)  # key tile of BLOCK_N positions
+    bh = tl.program_id(1)
+    h = bh % H
+    pat = tl.load(head_pattern + h)
+    pp = -1
+    if HAS_PERM:
+        pp = tl.load(pattern_perm + pat)
+    base = bh.to(tl.int64) * N * HEAD_DIM
+    rbase = bh.to(tl.int64) * N
+    d = tl.arange(0, HEAD_DIM)
+    kpos = t * BLOCK_N + tl.arange(0, BLOCK_N)
+    ktok = to_tokens(kpos, perm, pp, N, HAS_PERM).to(tl.int64)
+    k = tl.load(K + base + ktok[:, None] * HEAD_DIM + d[None, :])
+    v = tl.load(V + base + ktok[:, None] * HEAD_DIM + d[None, :])
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    start = tl.load(ptr + pat * (n_t + 1) + t)
+    mid = tl.load(split + pat * n_t + t)
+    end = tl.load(ptr + pat * (n_t + 1) + t + 1)
+
+    for e in range(start, mid):
+        qpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_M)
+        qtok = to_tokens(qpos, perm, pp, N, HAS_PERM).to(tl.int64)
+        q = tl.load(Q + base + qtok[:, None] * HEAD_DIM + d[None, :])
+        do = tl.load(DO + base + qtok[:, None] * HEAD_DIM + d[None, :])
+        lse = tl.load(LSE2 + rbase + qtok)
+        lse = tl.where(lse == float("-inf"), float("inf"), lse)
+        delta = tl.load(DELTA + rbase + qtok)
+        st = tl.dot(k, tl.trans(q), input_precision=IN_PREC) * qk_scale2
+        pt = tl.math.exp2(st - lse[None, :])
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=IN_PREC)
+        dpt = tl.dot(v, tl.trans(do), input_precision=IN_PREC)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=IN_PREC)
+
+    for e in range(mid, end):
+        qpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_M)
+        qtok = to_tokens(qpos, perm, pp, N, HAS_PERM).to(tl.int64)
+        q = tl.load(Q + base + qtok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+        do = tl.load(DO + base + qtok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+        lse = tl.load(LSE2 + rbase + qtok, mask=ok, other=float("inf"))
+        lse = tl.where(lse == float("-inf"), float("inf"), lse)
+        delta = tl.load(DELTA + rbase + qtok, mask=ok, other=0.0)
+        st = tl.dot(k, tl.trans(q), input_precision=IN_PREC) * qk_scale2
+        allowed = tile_mask(
+            tl.load(kind + e), tl.load(tmask + e), masks, kpos, qpos, ok, True, BLOCK_N, BLOCK_M
+        )
+        pt = tl.math.exp2(tl.where(allowed, st, float("-inf")) - lse[None, :])
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=IN_PREC)
+        dpt = tl.dot(v, tl.trans(do), input_precision=IN_PREC)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=IN_PREC)
+
+    tl.store(DK + base + ktok[:, None] * HEAD_DIM + d[None, :], (dk * scale).to(DK.dtype.element_ty))
+    tl.store(DV + base + ktok[:, None] * HEAD_DIM + d[None, :], dv.to(DV.dtype.element_ty))
+
+
+def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg):
+    """Gradients (dq, dk, dv) of the forward. All tensors contiguous [B, H, N, D] (lse2 fp32
+    [B, H, N]); ``tiles_q``: forward-orientation tiles (dQ), ``tiles_k``: transposed (dK/dV)."""
+    B, H, N, D = q.shape
+    delta = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+    n_rows = B * H * N
+    _delta_kernel[(triton.cdiv(n_rows, DELTA_ROWS),)](
+        out, do, delta, n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS
+    )
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    has_perm = plan.perm is not None
+    perm = plan.perm if has_perm else plan.head_pattern
+    common = dict(HAS_PERM=has_perm, IN_PREC=cfg.in_prec(q.dtype),
+                  num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
+    tq = tiles_q
+    _dq_kernel[(tq.n_tiles, B * H)](
+        q, k, v, do, lse2, delta, dq,
+        plan.head_pattern, plan.pattern_perm, perm,
+        tq.ptr, tq.split, tq.cols, tq.kind, tq.tmask, tq.masks,
+        scale * LOG2E, scale, N, H, tq.n_tiles,
+        HEAD_DIM=D, BLOCK_M=tq.tile_major, BLOCK_N=tq.tile_minor,
+        UNIT=tq.unit, G=tq.tile_minor // tq.unit, **common,
+    )
+    tk = tiles_k
+    _dkdv_kernel[(tk.n_tiles, B * H)](
+        q, k, v, do, lse2, delta, dk, dv,
+        plan.head_pattern, plan.pattern_perm, perm,
+        tk.ptr, tk.split, tk.cols, tk.kind, tk.tmask, tk.masks,
+        scale * LOG2E, scale, N, H, tk.n_tiles,
+        HEAD_DIM=D, BLOCK_N=tk.tile_major, BLOCK_M=tk.tile_minor,
+        UNIT=tk.unit, G=tk.tile_minor // tk.unit, **common,
+    )
+    return dq, dk, dv

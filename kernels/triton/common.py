@@ -1,0 +1,59 @@
+"""Triton helpers shared by the forward and backward kernels: token gathers through the
+strided permutation, the columns of one tile of work, its mask, named constants."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634  # exp(x) = exp2(x * LOG2E): the kernels work in base 2
+TILE_FULL: tl.constexpr = tl.constexpr(0)
+TILE_CAUSAL: tl.constexpr = tl.constexpr(1)
+
+
+@triton.jit
+def to_tokens(pos, perm_ptr, pp, N, HAS_PERM: tl.constexpr):
+    """Original token index of layout positions ``pos`` (pattern's permutation row ``pp``,
+    -1 = identity). Positions must be in range (callers clamp pads to 0)."""
+    if HAS_PERM:
+        tok = tl.load(perm_ptr + tl.maximum(pp, 0).to(tl.int64) * N + pos)
+        tok = tl.where(pp >= 0, tok, pos)
+    else:
+        tok = pos
+    return tok
+
+
+@triton.jit
+def tile_cols(cols_ptr, e, UNIT: tl.constexpr, G: tl.constexpr, TILE_MINOR: tl.constexpr):
+    """Layout positions [TILE_MINOR] of the gathered minor blocks of tile ``e`` and whether each
+    is real (False: a pad, position clamped to 0)."""
+    j = tl.arange(0, TILE_MINOR)
+    if G == 1:
+        blk = tl.load(cols_ptr + e)
+        pos = blk * UNIT + j
+        ok = j < TILE_MINOR  # G == 1 chunks are never padded
+    else:
+        blk = tl.load(cols_ptr + e * G + j // UNIT)
+        ok = blk >= 0
+        pos = tl.where(ok, blk * UNIT + j % UNIT, 0)
+    return pos, ok
+
+
+@triton.jit
+def tile_mask(
+    kind, mask_id, masks_ptr, row_pos, col_pos, col_ok,
+    TRANSPOSED: tl.constexpr, TILE_MAJOR: tl.constexpr, TILE_MINOR: tl.constexpr,
+):
+    """bool [TILE_MAJOR, TILE_MINOR]: allowed pairs of a non-FULL tile. CAUSAL tiles compare
+    positions (query >= key, layout order); MASKED tiles read their uint8 tile mask."""
+    if kind == TILE_CAUSAL:
+        if TRANSPOSED:
+            m = (col_pos[None, :] >= row_pos[:, None]) & col_ok[None, :]
+        else:
+            m = (row_pos[:, None] >= col_pos[None, :]) & col_ok[None, :]
+    else:
+        r = tl.arange(0, TILE_MAJOR)
+        c = tl.arange(0, TILE_MINOR)
+        off = mask_id.to(tl.int64) * (TILE_MAJOR * TILE_MINOR)
+        m = tl.load(masks_ptr + off + r[:, None] * TILE_MINOR + c[None, :]) != 0
+    return m

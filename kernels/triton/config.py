@@ -1,0 +1,110 @@
+"""Tunables of the Triton backend: one frozen config, its defaults and the pruned space.
+
+Forward tiles are BLOCK_M (queries) x BLOCK_N (keys); the backward uses BWD_BLOCK_M x
+BWD_BLOCK_N for dQ (query tile x gathered keys) and BWD_BLOCK_N x BWD_BLOCK_M for dK/dV (key
+tile x gathered queries). Tiles are independent of the layout block: see tiles.py.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+HEAD_DIMS = (32, 64, 128)
+TILE_SIDES = (16, 32, 64, 128)
+# register budget proxy: accumulator + score tile elements per warp beyond which a config spills
+MAX_TILE_ELEMS_PER_WARP = 128 * 128 // 4 * 2
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    BLOCK_M: int = 128
+    BLOCK_N: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    BWD_BLOCK_M: int = 64
+    BWD_BLOCK_N: int = 64
+    bwd_warps: int = 4
+    bwd_stages: int = 2
+    allow_tf32: bool = False  # fp32 inputs only: tf32 dots (about 3e-4 relative error)
+
+    def in_prec(self, dtype: torch.dtype) -> str:
+        if dtype == torch.float32 and not self.allow_tf32:
+            return "ieee"
+        return "tf32"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict | None) -> "KernelConfig":
+        """Build from a (partial) dict; unknown keys raise ValueError naming them."""
+        if not d:
+            return KernelConfig()
+        names = {f.name for f in fields(KernelConfig)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise ValueError(
+                f"config has unknown keys {bad}: the triton backend takes {sorted(names)}"
+            )
+        return KernelConfig(**d)
+
+
+def _largest_divisor_tile(n_ctx: int, want: int) -> int:
+    t = want
+    while t > 16 and n_ctx % t:
+        t //= 2
+    return t
+
+
+def default_config(layout, head_dim: int, dtype: torch.dtype) -> KernelConfig:
+    """A sound untuned choice: 128-row query tiles (64 for D=128 or fp32), 64-wide key tiles,
+    shrunk to divide N; the backward at 64 x 64."""
+    wide = head_dim >= 128 or dtype == torch.float32
+    bm = _largest_divisor_tile(layout.n_ctx, 64 if wide else 128)
+    bn = 32 if (wide and head_dim >= 128 and dtype == torch.float32) else 64
+    bwd = _largest_divisor_tile(layout.n_ctx, 64 if not (wide and head_dim >= 128) else 32)
+    return KernelConfig(
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=8 if bm >= 128 else 4, num_stages=2,
+        BWD_BLOCK_M=bwd, BWD_BLOCK_N=bwd, bwd_warps=4, bwd_stages=2,
+    )
+
+
+def _ok(cfg: KernelConfig, n_ctx: int, head_dim: int, dtype: torch.dtype) -> bool:
+    """The small filter: tiles divide N, fit registers, warps match tile size."""
+    if n_ctx % cfg.BLOCK_M or n_ctx % cfg.BWD_BLOCK_M or n_ctx % cfg.BWD_BLOCK_N:
+        return False
+    esize = 4 if dtype == torch.float32 else 2
+    work = cfg.BLOCK_M * (cfg.BLOCK_N + head_dim) * esize // 2
+    if work > MAX_TILE_ELEMS_PER_WARP * cfg.num_warps:
+        return False
+    if cfg.BLOCK_M < 16 * cfg.num_warps // 4 or (cfg.BLOCK_M >= 128 and cfg.num_warps < 4):
+        return False
+    bwork = max(cfg.BWD_BLOCK_M, cfg.BWD_BLOCK_N) * (min(cfg.BWD_BLOCK_M, cfg.BWD_BLOCK_N) + 2 * head_dim)
+    return bwork * esize // 2 <= MAX_TILE_ELEMS_PER_WARP * cfg.bwd_warps
+
+
+def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
+    """Configurations for the autotuner (dicts of KernelConfig fields), pruned by ``_ok``.
+    The default configuration comes first."""
+    default = default_config(layout, head_dim, dtype)
+    out = [default.as_dict()]
+    seen = {default}
+    # forward tiles vary with the default backward, then backward tiles with the default forward
+    fwd = (
+        KernelConfig(**{**default.as_dict(), "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w,
+                        "num_stages": s})
+        for bm, bn, w, s in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3))
+    )
+    bwd = (
+        KernelConfig(**{**default.as_dict(), "BWD_BLOCK_M": bm, "BWD_BLOCK_N": bn,
+                        "bwd_warps": w})
+        for bm, bn, w in ((32, 64, 4), (64, 64, 4), (64, 128, 8), (128, 64, 8), (128, 128, 8))
+    )
+    for cfg in itertools.chain(fwd, bwd):
+        if cfg not in seen and _ok(cfg, layout.n_ctx, head_dim, dtype):
+            seen.add(cfg)
+            out.append(cfg.as_dict())
+    return out

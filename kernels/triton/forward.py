@@ -1,0 +1,122 @@
+"""Forward kernel: fused block-sparse flash attention over the tile lists of ``tiles.py``.
+
+One program per (query tile of BLOCK_M layout positions, batch x head). In pseudocode:
+
+    rows   = tile * BLOCK_M + arange(BLOCK_M)          layout positions
+    tok    = perm[rows] (the strided transpose, folded in; identity without one)
+    q      = Q[b, h, tok]                               [BLOCK_M, D]
+    m, l, acc = -inf, 0, 0                              fp32, base-2 log domain
+    for each FULL tile e (no masking code at all), then each CAUSAL / MASKED tile e:
+        cols = gathered key positions of e (G layout blocks of `unit` tokens), ktok = perm[cols]
+        s    = (q @ K[ktok]^T) * scale * LOG2E          [BLOCK_M, BLOCK_N]
+        s    = where(mask_e, s, -inf)                   (non-FULL tiles only)
+        m'   = max(m, rowmax(s));  p = exp2(s - m');  alpha = exp2(m - m')   (m' = -inf -> 0)
+        l    = alpha l + rowsum(p);  acc = alpha acc + p @ V[ktok];  m = m'
+    O[b, h, tok] = acc / l      (l = 0: an empty row -> zeros)
+    LSE2[b, h, tok] = m + log2(l)   (base 2; -inf on an empty row), kept for the backward
+
+Limits: D in {32, 64, 128}; q, k, v contiguous [B, H, N, D]; BLOCK_M divides N.
+Memory: O and LSE2 (fp32, B*H*N*4 bytes) only; nothing N x N.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import interpret
+from .common import LOG2E, tile_cols, tile_mask, to_tokens
+
+interpret.apply()
+
+
+@triton.jit
+def _fwd_kernel(
+    Q, K, V, O, LSE2,
+    head_pattern, pattern_perm, perm,
+    ptr, split, cols, kind, tmask, masks,
+    qk_scale2, N, H, n_t,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
+):
+    t = tl.program_id(0)
+    bh = tl.program_id(1)
+    h = bh % H
+    pat = tl.load(head_pattern + h)
+    pp = -1
+    if HAS_PERM:
+        pp = tl.load(pattern_perm + pat)
+    base = bh.to(tl.int64) * N * HEAD_DIM
+    d = tl.arange(0, HEAD_DIM)
+    rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
+    rtok = to_tokens(rows, perm, pp, N, HAS_PERM).to(tl.int64)
+    q = tl.load(Q + base + rtok[:, None] * HEAD_DIM + d[None, :])
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    start = tl.load(ptr + pat * (n_t + 1) + t)
+    mid = tl.load(split + pat * n_t + t)
+    end = tl.load(ptr + pat * (n_t + 1) + t + 1)
+
+    for e in range(start, mid):  # FULL tiles: no mask
+        cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
+        ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
+        k = tl.load(K + base + ctok[:, None] * HEAD_DIM + d[None, :])
+        v = tl.load(V + base + ctok[:, None] * HEAD_DIM + d[None, :])
+        s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=IN_PREC)
+        m_i = m_new
+
+    for e in range(mid, end):  # CAUSAL / MASKED tiles
+        cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
+        ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
+        k = tl.load(K + base + ctok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+        v = tl.load(V + base + ctok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
+        allowed = tile_mask(
+            tl.load(kind + e), tl.load(tmask + e), masks, rows, cpos, ok, False, BLOCK_M, BLOCK_N
+        )
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=IN_PREC)
+        m_i = m_new
+
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    tl.store(O + base + rtok[:, None] * HEAD_DIM + d[None, :], out.to(O.dtype.element_ty))
+    tl.store(LSE2 + bh.to(tl.int64) * N + rtok, lse2)
+
+
+def forward(q, k, v, plan, tiles, scale: float, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel. q, k, v: contiguous [B, H, N, D]; ``plan``: the device plan;
+    ``tiles``: forward-orientation Tiles on the same device; ``cfg``: a KernelConfig.
+    Returns (out [B, H, N, D] in q's dtype, lse2 fp32 [B, H, N], base-2 log-sum-exp)."""
+    B, H, N, D = q.shape
+    out = torch.empty_like(q)
+    lse2 = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+    n_t = tiles.n_tiles
+    has_perm = plan.perm is not None
+    perm = plan.perm if has_perm else plan.head_pattern  # any int32 tensor when unused
+    grid = (n_t, B * H)
+    _fwd_kernel[grid](
+        q, k, v, out, lse2,
+        plan.head_pattern, plan.pattern_perm, perm,
+        tiles.ptr, tiles.split, tiles.cols, tiles.kind, tiles.tmask, tiles.masks,
+        scale * LOG2E, N, H, n_t,
+        HEAD_DIM=D, BLOCK_M=tiles.tile_major, BLOCK_N=tiles.tile_minor,
+        UNIT=tiles.unit, G=tiles.tile_minor // tiles.unit, HAS_PERM=has_perm,
+        IN_PREC=cfg.in_prec(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out, lse2

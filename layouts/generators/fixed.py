@@ -1,0 +1,93 @@
+"""The paper's 'fixed' head (Sparse Transformer, released code), exactly.
+
+l = stride, s = l / block summary blocks per stride, c = vertsize * block. Summary block columns
+``idx = reversed(range(s))`` reshaped to ``[-1, vertsize]``; head h uses row ``h % num_verts``;
+``block_mask[h, :, c::s] = 1`` for each c of that row, plus each query block's own window
+``[(qb//s)*s, (qb//s+1)*s)``, then everything above the diagonal cleared; diagonal blocks are
+lower-triangular. Token form, h' = h % num_verts:
+
+    k <= q and (q // l == k // l or l - (h'+1) c <= k % l < l - h' c)
+
+Every stored block is FULL except the diagonal ones (DIAG). Per query block qb the entries are
+the summary columns of the earlier strides (ascending) followed by the window ``[(qb//s)*s, qb]``,
+so the lists come out sorted with one ``repeat_interleave``, no loop over blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import DIAG, FULL, Layout, LayoutError
+from ._build import check_common, check_int, fmt_name, make_layout, ragged_rows
+
+
+def _pattern(nb: int, s: int, cols: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One head's sorted entries: cols int64 [vertsize], the summary block columns mod s."""
+    vs = cols.numel()
+    qb_all = torch.arange(nb, dtype=torch.int64)
+    window_start = (qb_all // s) * s
+    n_sum = (qb_all // s) * vs  # summary columns in earlier strides
+    counts = n_sum + (qb_all - window_start + 1)
+    rows, pos = ragged_rows(counts)
+    ns = n_sum[rows]
+    in_sum = pos < ns
+    kb = torch.where(
+        in_sum,
+        torch.div(pos, vs, rounding_mode="floor") * s + cols[pos % vs],
+        window_start[rows] + (pos - ns),
+    )
+    kinds = torch.where(kb == rows, DIAG, FULL).to(torch.int8)
+    return rows.to(torch.int32), kb.to(torch.int32), kinds
+
+
+def fixed(
+    n_ctx: int,
+    block: int = 32,
+    stride: int = 128,
+    heads: int = 1,
+    num_verts: int = 1,
+    vertsize: int = 1,
+) -> Layout:
+    """The paper's fixed head: see the module docstring for the exact mask. Needs
+    ``stride % block == 0``, ``heads % num_verts == 0``, ``vertsize <= s``, ``s % vertsize == 0``
+    and ``num_verts * vertsize <= s`` with s = stride / block."""
+    n_ctx, block, heads = check_common(n_ctx, block, heads)
+    stride = check_int("stride", stride, 1)
+    num_verts = check_int("num_verts", num_verts, 1)
+    vertsize = check_int("vertsize", vertsize, 1)
+    if stride % block:
+        raise LayoutError(
+            f"fixed needs stride % block == 0, got stride={stride}, block={block}: choose a "
+            f"stride that is a multiple of {block} or a block dividing {stride}"
+        )
+    s = stride // block
+    if heads % num_verts:
+        raise LayoutError(
+            f"fixed needs heads % num_verts == 0, got heads={heads}, num_verts={num_verts}: "
+            "choose num_verts dividing heads"
+        )
+    if vertsize > s or s % vertsize:
+        raise LayoutError(
+            f"fixed needs vertsize <= s and s % vertsize == 0 with s = stride/block = {s}, got "
+            f"vertsize={vertsize}: choose a divisor of {s}"
+        )
+    if num_verts * vertsize > s:
+        raise LayoutError(
+            f"fixed needs num_verts * vertsize <= s = stride/block = {s}, got "
+            f"num_verts={num_verts}, vertsize={vertsize}: lower one of them"
+        )
+    nb = n_ctx // block
+    idx = torch.arange(s - 1, -1, -1, dtype=torch.int64).reshape(-1, vertsize)
+    patterns = [_pattern(nb, s, torch.sort(idx[v]).values) for v in range(num_verts)]
+    n_per = [p[0].numel() for p in patterns]
+    h = torch.repeat_interleave(
+        torch.arange(heads, dtype=torch.int32),
+        torch.tensor([n_per[x % num_verts] for x in range(heads)]),
+    )
+    q = torch.cat([patterns[x % num_verts][0] for x in range(heads)])
+    k = torch.cat([patterns[x % num_verts][1] for x in range(heads)])
+    kinds = torch.cat([patterns[x % num_verts][2] for x in range(heads)])
+    params = {"l": stride, "c": vertsize * block}
+    if num_verts != 1:
+        params["v"] = num_verts
+    return make_layout(n_ctx, heads, block, fmt_name("fixed", **params), h, q, k, kinds)

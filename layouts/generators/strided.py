@@ -1,0 +1,84 @@
+"""The paper's strided heads: OpenAI's transposed ``strided`` head and the exact ``merged``
+(local or stride) head.
+
+Token masks in ORIGINAL order, l = stride:
+    strided(l):         k <= q and (q - k) % l == 0
+    merged_strided(l):  k <= q and (q - k < l or (q - k) % l == 0)
+
+``strided`` is block-sparse only after the strided transpose: original position ``t*l + r`` goes
+to layout position ``r*(N/l) + t`` (``perm[r*(N/l) + t] = t*l + r``), after which each residue
+class is one contiguous chunk of C = N/l tokens and the pattern is block-diagonal causal with
+chunks of C tokens (needs C % block == 0). ``merged_strided`` needs no transpose: it is a
+function of q - k, built per block offset; with l % block == 0 the stride part touches one
+block offset per multiple of l (an identity-diagonal partial mask).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import DIAG, FULL, Layout, LayoutError
+from ._build import check_common, check_int, fmt_name, make_layout, token_offset_layout
+
+
+def strided_perm(n_ctx: int, stride: int) -> torch.Tensor:
+    """int64 [N]: original token at each layout position of the strided transpose."""
+    return torch.arange(n_ctx).reshape(n_ctx // stride, stride).t().reshape(-1).contiguous()
+
+
+def strided(n_ctx: int, block: int = 64, stride: int = 128, heads: int = 1) -> Layout:
+    """OpenAI's 'strided' head, ``k <= q and (q - k) % stride == 0``, carried as the
+    block-diagonal causal pattern of the transposed order plus the permutation."""
+    n_ctx, block, heads = check_common(n_ctx, block, heads)
+    stride = check_int("stride", stride, 1)
+    if n_ctx % stride:
+        raise LayoutError(
+            f"stride={stride} must divide n_ctx={n_ctx} for the strided transpose: choose a "
+            "divisor of n_ctx (a power of two), or use merged_strided (exact, no transpose)"
+        )
+    chunk = n_ctx // stride
+    if chunk % block:
+        raise LayoutError(
+            f"strided needs (n_ctx / stride) % block == 0, but n_ctx/stride = {chunk} and "
+            f"block = {block}: choose a block dividing {chunk} (or a smaller stride), or use "
+            "merged_strided, which has no such constraint"
+        )
+    cb = chunk // block  # blocks per chunk
+    # one chunk's causal block list, then shifted to each of the `stride` chunks
+    counts = torch.arange(1, cb + 1)
+    r = torch.repeat_interleave(torch.arange(cb), counts)
+    c = torch.arange(r.numel()) - (torch.cumsum(counts, 0) - counts)[r]
+    base = torch.arange(stride, dtype=torch.int64).unsqueeze(1) * cb
+    q = (base + r).reshape(-1)
+    k = (base + c).reshape(-1)
+    kinds1 = torch.where(r == c, DIAG, FULL).to(torch.int8).repeat(stride)
+    n = q.numel()
+    h = torch.arange(heads, dtype=torch.int32).repeat_interleave(n)
+    q, k = q.to(torch.int32).repeat(heads), k.to(torch.int32).repeat(heads)
+    kinds = kinds1.repeat(heads)
+    perm = strided_perm(n_ctx, stride).unsqueeze(0)
+    return make_layout(
+        n_ctx, heads, block, fmt_name("strided", l=stride), h, q, k, kinds,
+        perms=perm, head_perm=(0,) * heads,
+    )
+
+
+def merged_strided(n_ctx: int, block: int = 64, stride: int = 128, heads: int = 1) -> Layout:
+    """The paper's merged strided head, local(l) or stride(l), exact and without a transpose:
+    ``k <= q and (q - k < stride or (q - k) % stride == 0)``."""
+    n_ctx, block, heads = check_common(n_ctx, block, heads)
+    stride = check_int("stride", stride, 1)
+    b = block
+    local_last = (stride + b - 2) // b
+    m = torch.arange(1, (n_ctx - 1) // stride + 1, dtype=torch.int64) * stride  # multiples of l
+    # block offset d holds delta in [d*b - (b-1), d*b + (b-1)]: m lies in d = floor/ceil(m/b)
+    lo = torch.div(m, b, rounding_mode="floor")
+    hi = torch.div(m + b - 1, b, rounding_mode="floor")
+    cand = torch.cat([torch.arange(local_last + 1), lo, hi])
+
+    def pred(delta: torch.Tensor) -> torch.Tensor:
+        return (delta >= 0) & ((delta < stride) | (delta % stride == 0))
+
+    return token_offset_layout(
+        n_ctx, block, heads, fmt_name("merged_strided", l=stride), pred, cand
+    )

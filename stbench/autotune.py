@@ -1,0 +1,291 @@
+"""The autotuner: per problem and backend, the best (layout block, backend config).
+
+Space, per backend: its ``config_space(layout, head_dim, dtype)`` at every block granularity
+16..128 to which the layout re-blocks exactly (``layout.reblock(b)``: the same token pattern,
+other blocks; a block it cannot take is recorded as a ``constraint``). For 'fwd' problems, configs
+differing only in backward keys (``bwd*`` / ``BWD*``) are one candidate.
+
+Every candidate goes through ``tuning.measure``: availability, first call (``prepare_ms``), the
+dense-reference gate (``tuning.check``), the timer, peak memory; each one's row (kind 'tune')
+says why an invalid one was invalid. Strategies (``STRATEGIES``): ``exhaustive`` and ``local``
+(seeded starts + one-knob descent, ``tuning/local.py``). Objectives: ``time`` (median ms),
+``memory`` (peak bytes; on a CPU, where no peak is measured, time), ``time_under_budget``
+(median ms among candidates whose peak fits ``memory_budget`` bytes). The best few are re-timed
+with the full timer budget before the pick.
+
+The pick is saved in the persistent cache (``tuning/cache.py``) under the layout's hash and under
+the hash of each re-blocked variant (with that block's best), so ``stbench.attention(...,
+backend='auto')`` finds it through ``cached_pick``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from stbench import backends, layouts, results
+from stbench.problems import Problem
+from stbench.tuning import cache, check, exhaustive, local
+from stbench.tuning.measure import BenchSettings, Candidate, make_row, measure
+
+STRATEGIES = {"exhaustive": exhaustive.search, "local": local.search}
+OBJECTIVES = ("time", "memory", "time_under_budget")
+TUNE_SETTINGS = BenchSettings(warmup_ms=10, rep_ms=40)  # per candidate while searching
+FINAL_SETTINGS = BenchSettings(warmup_ms=25, rep_ms=100, check=False)  # re-timing the best
+REFINE_TOP = 3
+BWD_PREFIXES = ("bwd", "BWD")
+
+
+@dataclass(frozen=True)
+class BackendPick:
+    backend: str
+    config: dict
+    block: int
+    median_ms: float | None
+    peak_bytes: int | None
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The tuner's answer for one problem: ``best`` over our backends (peers and the reference
+    only when nothing else runs), each backend's best, and what it cost."""
+
+    problem: Problem
+    objective: str
+    strategy: str
+    best: BackendPick | None
+    per_backend: dict = field(default_factory=dict)  # name -> BackendPick
+    per_block: dict = field(default_factory=dict)  # block -> BackendPick (best at that block)
+    candidates: int = 0
+    evaluated: int = 0
+    seconds: float = 0.0
+    rows: tuple = ()
+
+
+def reblock(layout, block: int):
+    """The same token pattern at another block, or LayoutError."""
+    if block == layout.block:
+        return layout
+    fn = getattr(layout, "reblock", None) or getattr(layouts, "reblock", None)
+    if fn is None:
+        raise layouts.LayoutError("re-blocking is not available in this stbench.layouts")
+    return fn(block) if fn is getattr(layout, "reblock", None) else fn(layout, block)
+
+
+def _fwd_relevant(config: dict) -> str:
+    return json.dumps({k: v for k, v in config.items() if not k.startswith(BWD_PREFIXES)},
+                      sort_keys=True)
+
+
+def candidate_space(problem: Problem, layout, backend: str, blocks=layouts.ALLOWED_BLOCKS):
+    """(candidates, {block: layout}, notes): every (block, config) of one backend."""
+    module = backends.load(backend)
+    variants, notes = {}, []
+    for b in blocks:
+        try:
+            variants[b] = reblock(layout, b)
+        except (layouts.LayoutError, ValueError) as exc:
+            notes.append((b, str(exc)))
+    cands = []
+    for b, lay in variants.items():
+        seen = set()
+        for cfg in module.config_space(lay, problem.head_dim, problem.torch_dtype):
+            key = _fwd_relevant(cfg) if problem.mode == "fwd" else json.dumps(cfg, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                cands.append(Candidate(backend, dict(cfg), b))
+    return cands, variants, notes
+
+
+def score_of(row: results.ResultRow, objective: str, memory_budget: int | None) -> float:
+    if row.status != "ok" or row.median_ms is None:
+        return math.inf
+    if objective == "time":
+        return row.median_ms
+    if objective == "memory":
+        return float(row.peak_bytes) if row.peak_bytes is not None else row.median_ms
+    if memory_budget is None:
+        raise ValueError("objective='time_under_budget' needs memory_budget (bytes)")
+    if row.peak_bytes is not None and row.peak_bytes > memory_budget:
+        return math.inf
+    return row.median_ms
+
+
+def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "local",
+         objective: str = "time", memory_budget: int | None = None,
+         settings: BenchSettings = TUNE_SETTINGS, final: BenchSettings = FINAL_SETTINGS,
+         cache_path=None, save: bool = True, rows_path=None, seed: int = 0, layout=None,
+         inputs=None, reference=None, blocks=layouts.ALLOWED_BLOCKS) -> TuneResult:
+    """Tune ``problem`` over ``backend_names`` (default: every registered backend that runs
+    here). Writes candidate rows to ``rows_path`` (JSONL) if given, and the pick to the cache
+    (``cache_path``, default the user's) unless ``save=False``."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective={objective!r}: use one of {', '.join(OBJECTIVES)}")
+    if objective == "time_under_budget" and not memory_budget:
+        raise ValueError("objective='time_under_budget' needs memory_budget=BYTES (> 0)")
+    t0 = time.perf_counter()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    layout = layout if layout is not None else problem.build_layout()
+    if inputs is None:
+        inputs = problem.inputs(device)
+    if reference is None:
+        q, k, v = inputs
+        reference = check.Reference(q, k, v, layout, problem.head_dim ** -0.5, problem.mode,
+                                    seed=problem.seed)
+    names = list(backend_names) if backend_names else backends.names()
+    rows, scored, total, evaluated = [], [], 0, 0
+    layout_of_block = {}
+    for name in names:
+        why = backends.unavailable_reason(name, device, problem.torch_dtype, layout)
+        if why is not None:
+            rows.append(make_row(problem, layout, name, "unsupported", error=why, kind="tune"))
+            continue
+        cands, variants, notes = candidate_space(problem, layout, name, blocks)
+        layout_of_block.update(variants)
+        for b, why in notes:
+            rows.append(make_row(problem, None, name, "unsupported", block=b, kind="tune",
+                                 error=f"constraint: block {b}: {why}"))
+        total += len(cands)
+        memo = {}
+
+        def evaluate(c: Candidate, _memo=memo) -> float:
+            key = (c.block, json.dumps(c.config, sort_keys=True))
+            if key not in _memo:
+                row = measure(problem, variants[c.block], c.backend, c.config, inputs=inputs,
+                              reference=reference, device=device, settings=settings,
+                              kind="tune")
+                s = score_of(row, objective, memory_budget)
+                if row.status == "ok" and not math.isfinite(s):
+                    row = replace(row, error=f"constraint: peak {row.peak_bytes} B exceeds the "
+                                  f"memory budget {memory_budget} B")
+                rows.append(row)
+                _emit(rows_path, row)
+                _memo[key] = (s, c, row)
+            return _memo[key][0]
+
+        STRATEGIES[strategy](cands, evaluate, seed=seed)
+        evaluated += len(memo)
+        scored.extend(v for v in memo.values() if math.isfinite(v[0]))
+    scored.sort(key=lambda x: x[0])
+    # re-time the best few with the full budget, side by side (search timings are short)
+    final_rows = {}
+    for s, c, row in scored[:REFINE_TOP]:
+        r = measure(problem, layout_of_block[c.block], c.backend, c.config, inputs=inputs,
+                    reference=None, device=device, settings=final, kind="tune")
+        r = replace(r, check=row.check, err=row.err, tol=row.tol)
+        final_rows[id(row)] = r
+        rows.append(r)
+        _emit(rows_path, r)
+
+    def final_score(item):
+        s, c, row = item
+        r = final_rows.get(id(row))
+        return score_of(r, objective, memory_budget) if r is not None else s
+
+    def pick_of(item) -> BackendPick:
+        s, c, row = item
+        r = final_rows.get(id(row), row)
+        return BackendPick(c.backend, c.config, c.block, r.median_ms, r.peak_bytes)
+
+    ranked = sorted(scored, key=final_score)
+    per_backend, per_block = {}, {}
+    for item in ranked:
+        per_backend.setdefault(item[1].backend, pick_of(item))
+    ours = [it for it in ranked if not _is_peer_or_reference(it[1].backend)]
+    pool = ours or ranked
+    for item in pool:
+        per_block.setdefault(item[1].block, pick_of(item))
+    best = pick_of(pool[0]) if pool else None
+    result = TuneResult(problem, objective, strategy, best, per_backend, per_block, total,
+                        evaluated, time.perf_counter() - t0, tuple(rows))
+    if save and best is not None:
+        save_result(result, layout, layout_of_block, cache_path)
+    return result
+
+
+def _is_peer_or_reference(name: str) -> bool:
+    info = backends.info(name)
+    return info.peer or info.reference
+
+
+def _emit(path, row) -> None:
+    if path is not None:
+        results.append_rows(path, [row])
+
+
+def _pick_dict(p: BackendPick) -> dict:
+    return {"backend": p.backend, "config": p.config, "block": p.block,
+            "median_ms": p.median_ms, "peak_bytes": p.peak_bytes}
+
+
+def save_result(result: TuneResult, layout, layout_of_block: dict, cache_path=None) -> None:
+    """Cache the pick under the layout's hash, and each block's best under its variant's hash."""
+    prob, env = result.problem, cache.env_fields()
+    per_backend = {n: _pick_dict(p) for n, p in result.per_backend.items()}
+    for block, lay in {layout.block: layout, **layout_of_block}.items():
+        same = result.per_block.get(block)
+        if same is None:
+            continue
+        entry = {
+            "env": env, "layout_hash": lay.content_hash, "n_ctx": prob.n_ctx,
+            "heads": prob.heads, "layout_block": block, "batch": prob.batch,
+            "head_dim": prob.head_dim, "dtype": prob.dtype, "mode": prob.mode,
+            "objective": result.objective, "strategy": result.strategy,
+            **_pick_dict(result.best), "same_block": _pick_dict(same),
+            "per_backend": per_backend, "tuned_at": results.now(),
+        }
+        cache.save_entry(_json_safe(entry), cache_path)
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+# --------------------------------------------------------------------------- backend='auto'
+def cached_entry(layout, q, mode: str | None = None, objective: str = "time", path=None):
+    """The cache entry for attention over ``layout`` with q [B, H, N, D], or None."""
+    if mode is None:
+        mode = "fwd+bwd" if (q.requires_grad and torch.is_grad_enabled()) else "fwd"
+    dtype = str(q.dtype).removeprefix("torch.")
+    for m in (mode, "fwd" if mode == "fwd+bwd" else "fwd+bwd"):
+        e = cache.lookup(layout.content_hash, int(q.shape[0]), int(q.shape[-1]), dtype, m,
+                         objective, path=path)
+        if e is not None:
+            return e
+    return None
+
+
+def cached_pick(layout, q, path=None) -> tuple[str, dict] | None:
+    """(backend, config) tuned for this layout AT ITS OWN BLOCK and q's shape, dtype and this
+    environment, or None. (The overall best may be at another block: ``cached_entry(...)['block']``;
+    use it with ``layout.reblock(block)``.)"""
+    try:
+        e = cached_entry(layout, q, path=path)
+    except Exception:  # noqa: BLE001 - a broken cache must never break attention()
+        return None
+    if e is None:
+        return None
+    same = e.get("same_block") or {}
+    name, config = same.get("backend"), same.get("config")
+    if not isinstance(name, str) or not isinstance(config, dict) or name not in backends.REGISTRY:
+        return None
+    if backends.unavailable_reason(name, q.device, q.dtype, layout) is not None:
+        return None
+    return name, config
+
+
+def default_cache_path() -> Path:
+    return cache.default_path()

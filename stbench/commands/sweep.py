@@ -1,0 +1,70 @@
+"""``stbench sweep``: run a grid of problems x layouts x backends x modes into DIR/results.jsonl.
+
+    stbench sweep --preset quick --out out/quick
+    stbench sweep --preset standard --out out/std --isolate --tune --max-minutes 8
+    stbench sweep --config my_grid.toml --out out/mine --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _csv(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="run a benchmark grid (preset or TOML) into DIR/results.jsonl",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="a named grid in stbench/presets (quick, standard, paper)")
+    src.add_argument("--config", help="a TOML file with the same keys as the presets")
+    p.add_argument("--out", required=True, help="output folder (the sweep writes only here)")
+    p.add_argument("--resume", action="store_true", help="skip rows already in DIR/results.jsonl")
+    p.add_argument("--isolate", action="store_true",
+                   help="run each (N, layout, dtype) group in a worker subprocess; a crash or a "
+                   "timeout becomes a row and a fresh worker continues")
+    p.add_argument("--tune", action="store_true",
+                   help="autotune each (problem, backend) first and measure the pick")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop cleanly before starting a row past this budget (then --resume)")
+    p.add_argument("--ns", type=lambda s: [int(x) for x in _csv(s)], default=None,
+                   help="override N values, comma-separated")
+    p.add_argument("--layouts", type=_csv, default=None, help="override layouts, comma-separated")
+    p.add_argument("--backends", type=_csv, default=None,
+                   help="override backends, comma-separated")
+    p.add_argument("--modes", type=_csv, default=None, help="override modes (fwd,fwd+bwd)")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from stbench.sweep import SweepConfig, SweepError, run_sweep
+
+    console = Console(stderr=True)
+    try:
+        cfg = SweepConfig.preset(args.preset) if args.preset else SweepConfig.from_toml(args.config)
+        cfg = cfg.with_overrides(ns=args.ns, layouts=args.layouts, backends=args.backends,
+                                 modes=args.modes)
+        if args.max_minutes is not None and args.max_minutes <= 0:
+            raise SweepError("--max-minutes must be positive")
+        counts = run_sweep(cfg, args.out, resume=args.resume, isolate=args.isolate,
+                           tune=args.tune, max_minutes=args.max_minutes, device=args.device,
+                           progress=not args.no_progress)
+    except (SweepError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    stopped = counts.pop("stopped")
+    skipped = counts.pop("skipped")
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no new rows"
+    console.print(f"sweep {cfg.name}: {summary}; {skipped} already measured; rows in "
+                  f"{args.out}/results.jsonl")
+    if stopped:
+        console.print("[yellow]stopped at --max-minutes; rerun with --resume to continue[/yellow]")
+    return 0

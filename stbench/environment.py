@@ -1,0 +1,105 @@
+"""The environment a measurement was taken in: GPU, driver, CUDA, library versions, git sha.
+
+Every result row and every tuning-cache key carries it. No hostname or user name is recorded.
+Versions are read from package metadata, never by importing the package (importing triton here
+would fix its mode before ``TRITON_INTERPRET`` can be set); subprocesses use fixed argv lists.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import platform
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+SUBPROCESS_TIMEOUT_S = 5
+# Distribution names under which CuPy is installed (wheels are per CUDA major version).
+CUPY_DISTRIBUTIONS = ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy")
+
+
+@dataclass(frozen=True)
+class Environment:
+    gpu: str | None  # device name, None on a CPU-only machine
+    gpu_count: int
+    driver: str | None  # NVIDIA driver version (nvidia-smi), None when unknown
+    cuda: str | None  # CUDA version torch was built with
+    torch: str
+    triton: str | None
+    cupy: str | None
+    python: str
+    git_sha: str | None  # None outside a git checkout
+    git_dirty: bool | None  # uncommitted changes to tracked files
+    triton_interpret: bool  # Triton kernels ran under the CPU interpreter
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+
+def _dist_version(*names: str) -> str | None:
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str | None:
+    try:
+        proc = subprocess.run(
+            argv, cwd=cwd, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _driver_version() -> str | None:
+    out = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
+    return out.splitlines()[0].strip() if out else None
+
+
+def _git(repo: Path) -> tuple[str | None, bool | None]:
+    sha = _run(["git", "rev-parse", "HEAD"], cwd=repo)
+    if sha is None:
+        return None, None
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
+    return sha, (bool(status) if status is not None else None)
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict:
+    import os
+
+    cuda_ok = torch.cuda.is_available()
+    return dict(
+        gpu=torch.cuda.get_device_name(0) if cuda_ok else None,
+        gpu_count=torch.cuda.device_count() if cuda_ok else 0,
+        driver=_driver_version() if cuda_ok else None,
+        cuda=torch.version.cuda,
+        torch=torch.__version__,
+        triton=_dist_version("triton"),
+        cupy=_dist_version(*CUPY_DISTRIBUTIONS),
+        python=platform.python_version(),
+        triton_interpret=os.environ.get("TRITON_INTERPRET") == "1",
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def collect() -> Environment:
+    """The current environment (cached for the process)."""
+    sha, dirty = _git(Path(__file__).resolve().parent.parent)
+    return Environment(git_sha=sha, git_dirty=dirty, **_versions())
+
+
+def cache_fields() -> list:
+    """The environment fields a tuning result depends on, without running git."""
+    v = _versions()
+    return [v["gpu"], v["driver"], v["cuda"], v["torch"], v["triton"], v["cupy"],
+            v["triton_interpret"]]

@@ -1,0 +1,249 @@
+"""The standard problems of TARGETS.md as data: named layout specs and frozen problems.
+
+Standard problem: bf16, H = 8, D = 64, B x N = 65,536 tokens, N = 1024 .. 65536, causal, stride
+``l = max(128, 2^round(log2(sqrt(N))))``, block 128. Layout specs (``LAYOUT_SPECS``):
+
+    causal    plain causal
+    local     local(window l)
+    strided   the paper's strided head after the transpose (block-diagonal chunks of N/l tokens;
+              needs (N/l) % block == 0, so it does not exist at block 128 below N = 16384)
+    fixed     fixed(stride max(l, 512), num_verts 1, vertsize 1)
+    st_mix    even heads local(l), odd heads strided(l)
+    paper_fixed  the paper's exact fixed mask: l = 128, c = vertsize * block = 32 (block 32)
+    paper_union  the paper's merged strided head: local(128) or (q - k) % 128 == 0 (block 16)
+
+A spec names a builder and its parameters; parameters left out follow the stride rule, so one
+spec serves every N. Building goes through ``stbench.layouts``' generators.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from stbench import layouts
+
+STANDARD_TOKENS = 65536  # B x N
+STANDARD_HEADS = 8
+STANDARD_HEAD_DIM = 64
+STANDARD_DTYPE = "bfloat16"
+STANDARD_BLOCK = 128  # FlexAttention's default block: apples to apples
+STANDARD_NS = tuple(2**k for k in range(10, 17))  # 1024 .. 65536
+PAPER_STRIDE = 128
+PAPER_C = 32  # the paper's c = vertsize * block for 'fixed'
+FIXED_MIN_STRIDE = 512  # TARGETS.md: the standard 'fixed' uses stride max(l, 512)
+DTYPES = {
+    "float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def stride_for(n_ctx: int) -> int:
+    """TARGETS.md's stride rule: l = max(128, 2^round(log2(sqrt(N))))."""
+    return max(128, 2 ** round(math.log2(math.sqrt(n_ctx))))
+
+
+def dtype_of(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype={name!r} is not supported: use one of {', '.join(DTYPES)}")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ----------------------------------------------------------------------------- builders
+def _causal(n, block, heads):
+    return layouts.causal(n, block=block, heads=heads)
+
+
+def _local(n, block, heads, window=None):
+    return layouts.local(n, block=block, window=window or stride_for(n), heads=heads)
+
+
+def _strided(n, block, heads, stride=None):
+    return layouts.strided(n, block=block, stride=stride or stride_for(n), heads=heads)
+
+
+def _fixed(n, block, heads, stride=None, num_verts=1, vertsize=None, c=None):
+    stride = stride or max(stride_for(n), FIXED_MIN_STRIDE)
+    if vertsize is None:
+        vertsize = 1 if c is None else c // block
+        if c is not None and (c % block or vertsize < 1):
+            raise layouts.LayoutError(
+                f"fixed c={c} must be a multiple of block={block}: use block <= {c}"
+            )
+    return layouts.fixed(n, block=block, stride=stride, heads=heads, num_verts=num_verts,
+                         vertsize=vertsize)
+
+
+def _merged_strided(n, block, heads, stride=None):
+    gen = getattr(layouts, "merged_strided", None)
+    if gen is None:
+        raise layouts.LayoutError("layouts.merged_strided is not available in this stbench")
+    return gen(n, block=block, stride=stride or stride_for(n), heads=heads)
+
+
+def _st_mix(n, block, heads, stride=None):
+    stride = stride or stride_for(n)
+    gen = getattr(layouts, "st_mix", None)
+    if gen is not None:
+        return gen(n, block=block, stride=stride, heads=heads)
+    return mix_heads(_local(n, block, heads, stride), _strided(n, block, heads, stride), "st_mix")
+
+
+def mix_heads(even: layouts.Layout, odd: layouts.Layout, name: str) -> layouts.Layout:
+    """Heads 0, 2, 4, ... from ``even`` and 1, 3, 5, ... from ``odd`` (same N, H, block)."""
+    if (even.n_ctx, even.heads, even.block) != (odd.n_ctx, odd.heads, odd.block):
+        raise layouts.LayoutError("mix_heads needs layouts of one n_ctx, heads and block")
+    parts, perms, head_perm = [], [], [-1] * even.heads
+    for src, parity in ((even, 0), (odd, 1)):
+        sel = (src.heads_idx % 2) == parity
+        mask_ids = src.mask_ids[sel].clone()
+        offset = sum(p[5].shape[0] for p in parts)
+        mask_ids[mask_ids >= 0] += offset
+        parts.append((src.heads_idx[sel], src.q_blocks[sel], src.k_blocks[sel], src.kinds[sel],
+                      mask_ids, src.masks))
+        for h in range(parity, src.heads, 2):
+            p = src.perm_of_head(h)
+            if p is not None:
+                head_perm[h] = len(perms)
+                perms.append(p)
+    cat = [torch.cat([p[i] for p in parts]) for i in range(6)]
+    return layouts.Layout.from_parts(
+        even.n_ctx, even.heads, even.block, name, *cat,
+        perms=torch.stack(perms) if perms else None,
+        head_perm=tuple(head_perm) if perms else None,
+    )
+
+
+BUILDERS = {
+    "causal": _causal, "local": _local, "strided": _strided, "fixed": _fixed,
+    "merged_strided": _merged_strided, "st_mix": _st_mix,
+}
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """A named layout recipe: ``builder`` from ``BUILDERS`` with ``params`` (name, value) pairs;
+    parameters left out follow the stride rule. ``block`` is the block it is built at."""
+
+    name: str
+    builder: str
+    block: int = STANDARD_BLOCK
+    params: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self):
+        if self.builder not in BUILDERS:
+            raise ValueError(
+                f"layout {self.name!r}: builder={self.builder!r} is unknown: use one of "
+                f"{', '.join(BUILDERS)}"
+            )
+
+    def build(self, n_ctx: int, heads: int, block: int | None = None) -> layouts.Layout:
+        """The layout at ``n_ctx`` with ``heads`` heads (LayoutError when it cannot exist)."""
+        lay = BUILDERS[self.builder](n_ctx, block or self.block, heads, **dict(self.params))
+        return lay.renamed(self.name) if lay.name != self.name else lay
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.builder}({args})"
+
+
+LAYOUT_SPECS: dict[str, LayoutSpec] = {
+    s.name: s
+    for s in (
+        LayoutSpec("causal", "causal"),
+        LayoutSpec("local", "local"),
+        LayoutSpec("strided", "strided"),
+        LayoutSpec("fixed", "fixed"),
+        LayoutSpec("st_mix", "st_mix"),
+        LayoutSpec("paper_fixed", "fixed", block=32,
+                   params=(("stride", PAPER_STRIDE), ("c", PAPER_C))),
+        LayoutSpec("paper_union", "merged_strided", block=16, params=(("stride", PAPER_STRIDE),)),
+    )
+}
+STANDARD_LAYOUTS = ("causal", "local", "strided", "fixed", "st_mix")
+
+
+def layout_spec(name: str) -> LayoutSpec:
+    try:
+        return LAYOUT_SPECS[name]
+    except KeyError:
+        raise ValueError(
+            f"layout {name!r} is not a known spec: use one of {', '.join(LAYOUT_SPECS)} or "
+            "define it in a [layouts.NAME] table of the sweep's TOML file"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One attention problem: q, k, v of shape [batch, heads, n_ctx, head_dim] in ``dtype``,
+    over ``layout``, in ``mode`` ('fwd' or 'fwd+bwd')."""
+
+    layout: LayoutSpec
+    n_ctx: int
+    batch: int
+    heads: int = STANDARD_HEADS
+    head_dim: int = STANDARD_HEAD_DIM
+    dtype: str = STANDARD_DTYPE
+    mode: str = "fwd"
+    seed: int = 0
+
+    def __post_init__(self):
+        dtype_of(self.dtype)
+        if self.mode not in ("fwd", "fwd+bwd"):
+            raise ValueError(f"mode={self.mode!r}: use 'fwd' or 'fwd+bwd'")
+        for k in ("n_ctx", "batch", "heads", "head_dim"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{k}={v!r} must be a positive int")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return dtype_of(self.dtype)
+
+    def build_layout(self, block: int | None = None) -> layouts.Layout:
+        return self.layout.build(self.n_ctx, self.heads, block)
+
+    def inputs(self, device, requires_grad: bool | None = None):
+        """Seeded q, k, v [B, H, N, D] (standard normal) on ``device``."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.n_ctx)
+        shape = (self.batch, self.heads, self.n_ctx, self.head_dim)
+        grad = self.mode == "fwd+bwd" if requires_grad is None else requires_grad
+        out = []
+        for _ in range(3):
+            t = torch.randn(shape, generator=g, dtype=torch.float32).to(device, self.torch_dtype)
+            out.append(t.requires_grad_(grad))
+        return tuple(out)
+
+    def label(self) -> str:
+        return (f"{self.layout.name} N={self.n_ctx} B={self.batch} H={self.heads} "
+                f"D={self.head_dim} {self.dtype} {self.mode}")
+
+
+def batch_for(n_ctx: int, tokens: int = STANDARD_TOKENS) -> int:
+    """B = tokens // N (at least 1)."""
+    return max(1, tokens // n_ctx)
+
+
+def standard_problems(ns=STANDARD_NS, layout_names=STANDARD_LAYOUTS, modes=("fwd", "fwd+bwd"),
+                      dtype=STANDARD_DTYPE) -> list[Problem]:
+    """TARGETS.md's standard problems (block layouts at block 128)."""
+    return [
+        Problem(layout_spec(name), n, batch_for(n), dtype=dtype, mode=mode)
+        for n in ns for name in layout_names for mode in modes
+    ]
+
+
+def paper_problems(modes=("fwd", "fwd+bwd")) -> list[Problem]:
+    """The paper's exact masks at N = 12288 (B = 5) and N = 65536 (B = 1), TARGETS.md item 3."""
+    return [
+        Problem(layout_spec(name), n, b, mode=mode)
+        for n, b in ((12288, 5), (65536, 1)) for name in ("paper_fixed", "paper_union")
+        for mode in modes
+    ]

@@ -1,0 +1,516 @@
+"""The sweep runner: N x layouts x backends (peers included) x mode x dtype -> results.jsonl.
+
+``stbench sweep --preset quick --out DIR`` (presets: ``stbench/presets/*.toml``; ``--config
+FILE.toml`` for a custom grid, same keys, see ``SweepConfig``). Rows are grouped by
+(N, layout, dtype): one layout, one set of seeded inputs and one dense reference per mode serve
+every backend of the group, so backends are compared on the same tensors side by side.
+
+Per row (``tuning.measure``): unsupported backends and layouts that cannot exist at that N
+become ``unsupported`` rows; the first call is ``prepare_ms``; the output (and for 'fwd+bwd' the
+gradients) is checked against the dense reference on batch element 0 — every query row up to
+H N^2 = 8 x 16384^2 score entries, 256 seeded rows per head beyond (``tuning.check``; the row's
+``check`` says which) — before it is timed; peak memory is measured on CUDA. With ``--tune`` each
+(problem, backend) is tuned first (``stbench.autotune``; candidates in ``tune.jsonl``, picks in
+``tune.json`` under ``--out``) and the row measures the pick.
+
+Robustness: every exception is a row and the sweep goes on; ``--resume`` skips rows already in
+``results.jsonl``; ``--max-minutes`` stops cleanly before starting a row past the budget;
+``--isolate`` runs each group in a worker subprocess (``python -m stbench.sweep --worker
+TASK.json``, an argv list, no shell) that reports each row's start and end on stdout: a row that
+crashes the worker (illegal address, segfault) becomes a ``runtime_error`` row, one that runs past
+``row_timeout_s`` is killed and becomes a ``timeout`` row, and a fresh worker continues with the
+group's remaining rows. A sweep writes only under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from stbench import results
+from stbench.problems import LAYOUT_SPECS, STANDARD_BLOCK, LayoutSpec, Problem, layout_spec
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+WORK_DIR = ".work"
+TUNE_CACHE = "tune.json"
+BEGIN, END, STOP = "STBENCH-BEGIN", "STBENCH-END", "STBENCH-STOP"
+WORKER_STARTUP_S = 180  # imports, CUDA context, first compilation before a worker's first row
+TUNE_TIMEOUT_FACTOR = 20  # a tuned row may take this many row timeouts (many candidates)
+
+
+class SweepError(ValueError):
+    """A sweep configuration or output folder is invalid; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A grid. ``batch`` = max(1, tokens // N) unless ``batch`` is set. Layout names refer to
+    ``problems.LAYOUT_SPECS`` or to ``[layout.NAME]`` tables (builder, block, parameters);
+    ``block`` (if set) overrides every spec's block; ``max_n`` caps N per backend (the dense
+    reference is quadratic); ``triton_interpret`` runs Triton under its interpreter when there is
+    no GPU."""
+
+    name: str
+    ns: tuple[int, ...]
+    layouts: tuple[LayoutSpec, ...]
+    backends: tuple[str, ...]
+    modes: tuple[str, ...] = ("fwd", "fwd+bwd")
+    dtypes: tuple[str, ...] = ("bfloat16",)
+    tokens: int = 65536
+    batch: int | None = None
+    heads: int = 8
+    head_dim: int = 64
+    warmup_ms: float = 25
+    rep_ms: float = 100
+    flush_l2: bool = True
+    min_reps: int = 3
+    row_timeout_s: float = 300
+    max_n: tuple[tuple[str, int], ...] = ()
+    triton_interpret: bool = False
+    tune_backends: tuple[str, ...] = ()  # () = every backend of the grid
+    tune_strategy: str = "local"
+    tune_rep_ms: float = 40
+    seed: int = 0
+    description: str = ""
+    source: dict = field(default_factory=dict, compare=False, repr=False)
+
+    KEYS = ("name", "description", "ns", "layouts", "backends", "modes", "dtypes", "tokens",
+            "batch", "heads", "head_dim", "block", "warmup_ms", "rep_ms", "flush_l2",
+            "min_reps", "row_timeout_s", "max_n", "triton_interpret", "tune_backends", "tune_strategy",
+            "tune_rep_ms", "seed", "layout")
+
+    @staticmethod
+    def from_dict(d: dict, where: str = "sweep config") -> "SweepConfig":
+        unknown = sorted(set(d) - set(SweepConfig.KEYS))
+        if unknown:
+            raise SweepError(f"{where}: unknown keys {unknown}; known: {', '.join(SweepConfig.KEYS)}")
+        for k in ("ns", "layouts", "backends"):
+            if not d.get(k):
+                raise SweepError(f"{where}: '{k}' must be a non-empty list")
+        defs = d.get("layout", {})
+        specs = []
+        for name in d["layouts"]:
+            if name in defs:
+                t = dict(defs[name])
+                builder = t.pop("builder", name)
+                block = t.pop("block", d.get("block", STANDARD_BLOCK))
+                specs.append(LayoutSpec(name, builder, block, tuple(sorted(t.items()))))
+            else:
+                s = layout_spec(name)
+                if "block" in d:
+                    s = LayoutSpec(s.name, s.builder, d["block"], s.params)
+                specs.append(s)
+        from stbench import backends
+
+        for b in d["backends"]:
+            backends.info(b)  # UnknownBackend names the registered ones
+        kw = {k: d[k] for k in ("name", "tokens", "batch", "heads", "head_dim", "warmup_ms",
+                                "rep_ms", "flush_l2", "min_reps", "row_timeout_s", "triton_interpret",
+                                "tune_strategy", "tune_rep_ms", "seed", "description") if k in d}
+        for k in ("modes", "dtypes", "tune_backends"):
+            if k in d:
+                kw[k] = tuple(d[k])
+        try:
+            return SweepConfig(
+                ns=tuple(int(n) for n in d["ns"]), layouts=tuple(specs),
+                backends=tuple(d["backends"]),
+                max_n=tuple(sorted((str(k), int(v)) for k, v in d.get("max_n", {}).items())),
+                source=dict(d), **kw,
+            )
+        except TypeError as exc:
+            raise SweepError(f"{where}: {exc}") from None
+
+    @staticmethod
+    def from_toml(path) -> "SweepConfig":
+        path = Path(path)
+        try:
+            d = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SweepError(f"{path}: cannot read the sweep config ({exc})") from None
+        d.setdefault("name", path.stem)
+        return SweepConfig.from_dict(d, str(path))
+
+    @staticmethod
+    def preset(name: str) -> "SweepConfig":
+        path = PRESET_DIR / f"{name}.toml"
+        if not path.exists():
+            names = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+            raise SweepError(f"preset {name!r} does not exist: use one of {', '.join(names)} or "
+                             "--config FILE.toml")
+        return SweepConfig.from_toml(path)
+
+    def with_overrides(self, **changes) -> "SweepConfig":
+        """The same grid with some keys replaced (None values ignored), revalidated."""
+        d = dict(self.source)
+        d.update({k: v for k, v in changes.items() if v is not None})
+        return SweepConfig.from_dict(d, f"{self.name} with overrides")
+
+    def batch_for(self, n: int) -> int:
+        return self.batch or max(1, self.tokens // n)
+
+    def spec(self, name: str) -> LayoutSpec:
+        return next(s for s in self.layouts if s.name == name)
+
+    def problem(self, n, layout_name, dtype, mode) -> Problem:
+        return Problem(self.spec(layout_name), n, self.batch_for(n), self.heads, self.head_dim,
+                       dtype, mode, self.seed)
+
+
+@dataclass(frozen=True)
+class Group:
+    n: int
+    layout: str
+    dtype: str
+    items: tuple[tuple[str, str], ...]  # (mode, backend), in run order
+
+
+def plan_groups(cfg: SweepConfig) -> list[Group]:
+    return [
+        Group(n, spec.name, dtype, tuple((m, b) for m in cfg.modes for b in cfg.backends))
+        for n in cfg.ns for spec in cfg.layouts for dtype in cfg.dtypes
+    ]
+
+
+def item_key(cfg: SweepConfig, group: Group, mode: str, backend: str) -> str:
+    return results.row_key("sweep", backend, group.layout, group.n, cfg.batch_for(group.n),
+                           cfg.heads, cfg.head_dim, group.dtype, mode)
+
+
+# ----------------------------------------------------------------------------- one group
+def run_group(cfg: SweepConfig, group: Group, out_dir: Path, *, device, tune: bool,
+              deadline: float | None, on_begin=None, on_end=None) -> bool:
+    """Run a group's items in order, appending each row to results.jsonl; False if stopped by
+    the deadline."""
+    import torch
+
+    from stbench import autotune, layouts
+    from stbench.tuning import check
+    from stbench.tuning.measure import BenchSettings, classify_exception, error_text, make_row
+    from stbench.tuning.measure import measure
+
+    out = out_dir / results.RESULTS_FILE
+    device = torch.device(device)
+    settings = BenchSettings(cfg.warmup_ms, cfg.rep_ms, cfg.flush_l2, min_reps=cfg.min_reps)
+    max_n = dict(cfg.max_n)
+    base = cfg.problem(group.n, group.layout, group.dtype, group.items[0][0])
+    try:
+        layout, layout_error = base.build_layout(), None
+    except (layouts.LayoutError, ValueError) as exc:
+        layout, layout_error = None, f"layout {base.layout.describe()} at N={group.n}: {exc}"
+    state = {}  # mode -> (inputs, reference) or an error row's (status, message)
+    for i, (mode, backend) in enumerate(group.items):
+        if deadline is not None and time.time() > deadline:
+            return False
+        if on_begin:
+            on_begin(i)
+        prob = cfg.problem(group.n, group.layout, group.dtype, mode)
+        if layout is None:
+            row = make_row(prob, None, backend, "unsupported", block=prob.layout.block,
+                           error=layout_error)
+        elif backend in max_n and group.n > max_n[backend]:
+            row = make_row(prob, layout, backend, "unsupported",
+                           error=f"skipped: N={group.n} > max_n[{backend}]={max_n[backend]} "
+                           "in this sweep's config")
+        else:
+            if mode not in state:
+                state.clear()
+                _free(torch)
+                state[mode] = _prepare_mode(prob, layout, device, check, classify_exception,
+                                            error_text)
+            prepared = state[mode]
+            if isinstance(prepared[0], str):  # inputs could not be made
+                row = make_row(prob, layout, backend, prepared[0], error=prepared[1])
+            else:
+                inputs, ref, note = prepared
+                row = _measure_backend(cfg, prob, layout, backend, inputs, ref, device,
+                                       settings, tune, out_dir, measure, autotune, make_row,
+                                       classify_exception, error_text)
+                if ref is None and row.check == "skipped":
+                    row = _with(row, check=f"skipped: {note}")
+        results.append_rows(out, [row])
+        if on_end:
+            on_end(i, row)
+    state.clear()
+    _free(torch)
+    return True
+
+
+def _with(row, **kw):
+    from dataclasses import replace
+
+    return replace(row, **kw)
+
+
+def _free(torch) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _prepare_mode(prob, layout, device, check, classify_exception, error_text):
+    try:
+        inputs = prob.inputs(device)
+    except Exception as exc:  # noqa: BLE001 - an OOM making inputs is a data point
+        return classify_exception(exc), f"inputs: {error_text(exc)}"
+    q, k, v = inputs
+    try:
+        ref = check.Reference(q, k, v, layout, prob.head_dim ** -0.5, prob.mode, seed=prob.seed)
+        return inputs, ref, ""
+    except Exception as exc:  # noqa: BLE001 - no reference: rows unchecked, saying why
+        return inputs, None, f"dense reference failed: {error_text(exc)[:300]}"
+
+
+def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, tune, out_dir,
+                     measure, autotune, make_row, classify_exception, error_text):
+    config, lay, tuned = None, layout, False
+    if tune and (not cfg.tune_backends or backend in cfg.tune_backends):
+        try:
+            res = autotune.tune(
+                prob, [backend], device=device, strategy=cfg.tune_strategy,
+                settings=autotune.BenchSettings(min(10, cfg.warmup_ms), cfg.tune_rep_ms,
+                                                cfg.flush_l2, min_reps=cfg.min_reps),
+                cache_path=out_dir / TUNE_CACHE, rows_path=out_dir / results.TUNE_FILE,
+                seed=cfg.seed, layout=layout, inputs=inputs, reference=ref,
+            )
+            if res.best is not None:
+                config, tuned = res.best.config, True
+                lay = autotune.reblock(layout, res.best.block)
+        except Exception as exc:  # noqa: BLE001 - a failed tuning falls back to the default
+            return make_row(prob, layout, backend, classify_exception(exc),
+                            error=f"tune: {error_text(exc)}")
+    return measure(prob, lay, backend, config, inputs=inputs, reference=ref, device=device,
+                   settings=settings, tuned=tuned)
+
+
+# ----------------------------------------------------------------------------- the runner
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_sweep(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool = False,
+              tune: bool = False, max_minutes: float | None = None, device: str | None = None,
+              progress: bool = True) -> dict:
+    """Run the grid into ``out_dir/results.jsonl``; returns counts {status: n, 'skipped': n,
+    'stopped': bool}."""
+    out_dir = Path(out_dir)
+    out = out_dir / results.RESULTS_FILE
+    if out.exists() and out.stat().st_size and not resume:
+        raise SweepError(f"{out} already has rows: pass --resume to continue that sweep, or "
+                         "choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.triton_interpret and not _cuda_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    device = device or default_device()
+    done = {r.key() for r in results.read_rows(out)} if out.exists() else set()
+    groups = []
+    for g in plan_groups(cfg):
+        items = tuple(it for it in g.items if item_key(cfg, g, *it) not in done)
+        if items:
+            groups.append(Group(g.n, g.layout, g.dtype, items))
+    total = sum(len(g.items) for g in groups)
+    deadline = time.time() + 60 * max_minutes if max_minutes else None
+    counts = {"skipped": sum(len(g.items) for g in plan_groups(cfg)) - total, "stopped": False}
+    bar = _Progress(total, f"sweep {cfg.name}", enabled=progress)
+    with bar:
+        for g in groups:
+            bar.describe(f"{g.layout} N={g.n} {g.dtype}")
+
+            def on_end(i, row, g=g):
+                counts[row.status] = counts.get(row.status, 0) + 1
+                bar.advance(f"{g.layout} N={g.n} {g.items[i][0]} {g.items[i][1]}: {row.status}")
+
+            if isolate:
+                finished = _run_isolated(cfg, g, out_dir, device, tune, deadline, on_end)
+            else:
+                finished = run_group(cfg, g, out_dir, device=device, tune=tune,
+                                     deadline=deadline, on_end=on_end)
+            if not finished:
+                counts["stopped"] = True
+                break
+    return counts
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+class _Progress:
+    """A rich progress bar with ETA (or nothing when disabled)."""
+
+    def __init__(self, total: int, title: str, enabled: bool = True):
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                              MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                              TimeRemainingColumn(), TextColumn("{task.fields[last]}"))
+            self.task = self.p.add_task(title, total=total, last="")
+
+    def __enter__(self):
+        if self.enabled:
+            self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.p.__exit__(*exc)
+
+    def describe(self, text: str) -> None:
+        if self.enabled:
+            self.p.update(self.task, description=text)
+
+    def advance(self, last: str) -> None:
+        if self.enabled:
+            self.p.update(self.task, advance=1, last=last)
+
+
+# ----------------------------------------------------------------------------- isolation
+def _run_isolated(cfg, group: Group, out_dir: Path, device, tune, deadline, on_end) -> bool:
+    """Run ``group`` in worker subprocesses, restarting after a crash or a timeout."""
+    from stbench.tuning.measure import make_row
+
+    work = out_dir / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    out = out_dir / results.RESULTS_FILE
+    items = list(group.items)
+    row_timeout = cfg.row_timeout_s * (TUNE_TIMEOUT_FACTOR if tune else 1)
+    while items:
+        sub = Group(group.n, group.layout, group.dtype, tuple(items))
+        task = work / f"task-{os.getpid()}-{time.time_ns()}.json"
+        task.write_text(json.dumps({
+            "config": cfg.source, "group": asdict(sub), "out": str(out_dir), "device": device,
+            "tune": tune, "deadline": deadline,
+        }))
+        tail = _NewRows(out)
+
+        def ended(i, tail=tail):
+            for row in tail.read():
+                on_end(i, row)
+
+        outcome, index, detail = _watch_worker(task, task.with_suffix(".log"), row_timeout,
+                                               ended)
+        task.unlink(missing_ok=True)
+        if outcome == "done":
+            return True
+        if outcome == "stopped":
+            return False
+        # crash or timeout at items[index]: record it, go on with the rest in a fresh worker
+        mode, backend = items[index]
+        prob = cfg.problem(group.n, group.layout, group.dtype, mode)
+        status = "timeout" if outcome == "timeout" else "runtime_error"
+        row = make_row(prob, None, backend, status, block=prob.layout.block, error=detail)
+        results.append_rows(out, [row])
+        on_end(index, row)
+        items = items[index + 1:]
+        if deadline is not None and time.time() > deadline:
+            return False
+    return True
+
+
+class _NewRows:
+    """Rows appended to a results file since this object was made."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def read(self) -> list:
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return [results.row_from_dict(json.loads(line), str(self.path))
+                for line in data[:end].decode("utf-8").splitlines() if line.strip()]
+
+
+def _watch_worker(task: Path, log: Path, row_timeout: float, ended):
+    """Run one worker, calling ``ended(i)`` as it finishes item i. Returns ('done'|'stopped',
+    n_finished, '') or ('crash'|'timeout', index of the item it died on, detail)."""
+    argv = [sys.executable, "-m", "stbench.sweep", "--worker", str(task)]
+    with log.open("w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True)
+        lines: queue.Queue = queue.Queue()
+        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
+        finished = 0
+        limit = time.time() + WORKER_STARTUP_S + row_timeout
+        while True:
+            try:
+                line = lines.get(timeout=max(0.1, limit - time.time()))
+            except queue.Empty:
+                line = ""
+            if line is None:  # stdout closed: the worker exited
+                proc.wait()
+                break
+            if line.startswith(BEGIN):
+                limit = time.time() + row_timeout
+            elif line.startswith(END):
+                finished = int(line.split()[1]) + 1
+                ended(finished - 1)
+                limit = time.time() + row_timeout
+            elif line.startswith(STOP):
+                proc.wait()
+                return "stopped", finished, ""
+            if time.time() > limit:
+                os.killpg(proc.pid, signal.SIGKILL)  # the worker's own session, started above
+                proc.wait()
+                return "timeout", finished, f"killed after {row_timeout:.0f} s without finishing"
+    if proc.returncode == 0:
+        return "done", finished, ""
+    text = log.read_text(errors="replace")[-1500:]
+    return "crash", finished, f"worker died (exit code {proc.returncode}): {text}"
+
+
+def _pump(stream, q: queue.Queue) -> None:
+    for line in stream:
+        q.put(line.strip())
+    q.put(None)
+
+
+def worker_main(task_path: str) -> int:
+    """Entry point of ``python -m stbench.sweep --worker TASK.json``."""
+    task = json.loads(Path(task_path).read_text())
+    cfg = SweepConfig.from_dict(task["config"])
+    if cfg.triton_interpret and not _cuda_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    g = task["group"]
+    group = Group(g["n"], g["layout"], g["dtype"], tuple(tuple(x) for x in g["items"]))
+
+    def say(*parts):
+        print(*parts, flush=True)
+
+    finished = run_group(cfg, group, Path(task["out"]), device=task["device"], tune=task["tune"],
+                         deadline=task["deadline"], on_begin=lambda i: say(BEGIN, i),
+                         on_end=lambda i, row: say(END, i))
+    if not finished:
+        say(STOP)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stbench.sweep")
+    parser.add_argument("--worker", required=True, help="task file written by the sweep runner")
+    args = parser.parse_args(argv)
+    return worker_main(args.worker)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Autotuner internals: correctness gate, one-candidate measurement, search strategies, cache."""

@@ -1,0 +1,142 @@
+"""The persistent tuning cache: one JSON file, data only, tolerant of corruption.
+
+Location: ``$STBENCH_CACHE_DIR/tune.json``, else ``~/.cache/stbench/tune.json`` (or pass a path).
+Format::
+
+    {"format": "stbench-tune-cache", "version": 1,
+     "entries": {KEY: {"env": [...], "layout_hash": ..., "batch": ..., "head_dim": ...,
+                       "dtype": ..., "mode": ..., "objective": ..., "backend": ...,
+                       "config": {...}, "block": ..., "median_ms": ..., "peak_bytes": ...,
+                       "per_backend": {NAME: {"config": {...}, "block": ..., "median_ms": ...}},
+                       "tuned_at": ...}}}
+
+KEY joins the environment fields (GPU, driver, CUDA, torch, triton, cupy versions, interpreter),
+the layout's content hash (which fixes N, H, block and the pattern), batch, head dim, dtype, mode
+and objective. Entries of other environments stay in the file and are ignored. A file that is
+not valid JSON or not in this format is reported with a warning, ignored, and rewritten on the
+next save; writes are atomic (temporary file + rename).
+
+Lookups (``lookup``) go through an in-memory index rebuilt only when the file changes (its
+mtime and size), so a cached pick costs a dictionary access.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+from stbench import environment
+
+FORMAT = "stbench-tune-cache"
+VERSION = 1
+FILE_NAME = "tune.json"
+
+
+def default_path() -> Path:
+    root = os.environ.get("STBENCH_CACHE_DIR")
+    base = Path(root) if root else Path.home() / ".cache" / "stbench"
+    return base / FILE_NAME
+
+
+def env_fields() -> list:
+    """GPU, driver, CUDA, torch, triton, cupy, interpreter (not the git sha: retuning on every
+    commit would make the cache useless)."""
+    return environment.cache_fields()
+
+
+def entry_key(env: list, layout_hash: str, batch: int, head_dim: int, dtype: str, mode: str,
+              objective: str) -> str:
+    return json.dumps([env, layout_hash, batch, head_dim, dtype, mode, objective])
+
+
+def _empty() -> dict:
+    return {"format": FORMAT, "version": VERSION, "entries": {}}
+
+
+def load(path=None) -> dict:
+    """The cache's contents; an absent file is empty, a bad one is warned about and ignored."""
+    path = Path(path) if path is not None else default_path()
+    if not path.exists():
+        return _empty()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        warnings.warn(f"tuning cache {path} is unreadable ({exc}); ignoring it, it will be "
+                      "rewritten on the next save")
+        return _empty()
+    if (not isinstance(data, dict) or data.get("format") != FORMAT
+            or not isinstance(data.get("entries"), dict)):
+        warnings.warn(f"tuning cache {path} is not a {FORMAT} file; ignoring it, it will be "
+                      "rewritten on the next save")
+        return _empty()
+    if data.get("version") != VERSION:
+        warnings.warn(f"tuning cache {path} has version {data.get('version')!r}, this stbench "
+                      f"writes {VERSION}: ignoring it (stale), it will be rewritten")
+        return _empty()
+    entries = {k: v for k, v in data["entries"].items() if _valid_entry(v)}
+    if len(entries) != len(data["entries"]):
+        warnings.warn(f"tuning cache {path}: ignoring {len(data['entries']) - len(entries)} "
+                      "malformed entries")
+    return {"format": FORMAT, "version": VERSION, "entries": entries}
+
+
+def _valid_entry(e) -> bool:
+    return (isinstance(e, dict) and isinstance(e.get("backend"), str)
+            and isinstance(e.get("config"), dict) and isinstance(e.get("layout_hash"), str)
+            and isinstance(e.get("env"), list) and isinstance(e.get("batch"), int)
+            and isinstance(e.get("block"), int))
+
+
+def save_entry(entry: dict, path=None) -> Path:
+    """Add or replace one entry (read-modify-write, atomic)."""
+    path = Path(path) if path is not None else default_path()
+    data = load(path)
+    key = entry_key(entry["env"], entry["layout_hash"], entry["batch"], entry["head_dim"],
+                    entry["dtype"], entry["mode"], entry["objective"])
+    data["entries"][key] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tune-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True, allow_nan=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _index(path: str, mtime_ns: int, size: int) -> dict:
+    """(env, layout_hash, head_dim, dtype, mode, objective) -> [(batch, entry)]."""
+    index: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        entries = load(path)["entries"]
+    for e in entries.values():
+        k = (json.dumps(e["env"]), e["layout_hash"], e.get("head_dim"), e.get("dtype"),
+             e.get("mode"), e.get("objective"))
+        index.setdefault(k, []).append((e["batch"], e))
+    return index
+
+
+def lookup(layout_hash: str, batch: int, head_dim: int, dtype: str, mode: str,
+           objective: str = "time", path=None, env: list | None = None) -> dict | None:
+    """The cached entry for this problem in this environment: exact batch if tuned, else the
+    nearest tuned batch (in log scale); None when nothing matches."""
+    path = Path(path) if path is not None else default_path()
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    index = _index(str(path), st.st_mtime_ns, st.st_size)
+    env = env if env is not None else env_fields()
+    cands = index.get((json.dumps(env), layout_hash, head_dim, dtype, mode, objective))
+    if not cands:
+        return None
+    return min(cands, key=lambda be: abs(math.log(be[0] / batch)))[1]

@@ -1,0 +1,136 @@
+"""The CuPy backend: availability messages, config space and validation (CPU), and forward and
+gradients against the dense reference (GPU, marked ``gpu``): every layout generator x dtype x
+head dim 32 / 64 / 128, tensor-core tiles and the scalar kernel. Tolerances: stbench.accuracy
+(rel_err <= 2 x the reference's own error in the dtype + a per-dtype floor)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stbench import backends
+from stbench.backends import BackendUnavailable
+from stbench.kernels.cupy import backend
+from stbench.kernels.cupy.checks import LAYOUT_CASES, check_case
+from stbench.layouts import causal
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------ CPU: availability, configs
+def test_unavailable_on_cpu_says_why():
+    why = backends.unavailable_reason("cupy", "cpu", torch.float16)
+    assert why is not None
+    assert "cupy" in why.lower() or "cuda" in why.lower()
+
+
+def test_float64_is_unsupported_with_the_fix():
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        pytest.skip("cupy not installed: check_available stops at the import")
+    with pytest.raises(BackendUnavailable, match="float64.*float16"):
+        backend.check_available(torch.device("cuda"), torch.float64)
+
+
+def test_cpu_device_is_refused_with_the_fix():
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        with pytest.raises(BackendUnavailable, match="stbench\\[cupy\\]"):
+            backend.check_available(torch.device("cpu"), torch.float16)
+        return
+    with pytest.raises(BackendUnavailable, match="CUDA GPUs only"):
+        backend.check_available(torch.device("cpu"), torch.float16)
+
+
+@pytest.mark.parametrize("block", [16, 32, 64, 128])
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_config_space_fits_the_block(block, head_dim):
+    lay = causal(4 * block, block=block, heads=1)
+    space = backend.config_space(lay, head_dim, torch.bfloat16)
+    mma = [c for c in space if c["kernel"] == "mma"]
+    assert mma and space[-1] == {"kernel": "scalar"}
+    for c in mma:
+        assert c["BLOCK_M"] <= block and c["BLOCK_N"] <= block
+        assert block % c["BLOCK_M"] == 0 and block % c["BLOCK_N"] == 0
+        assert c == backend.resolve_config(c, block, head_dim, torch.bfloat16)
+
+
+def test_float32_and_odd_head_dims_use_the_scalar_kernel():
+    lay = causal(256, block=64, heads=1)
+    assert backend.config_space(lay, 64, torch.float32) == [{"kernel": "scalar"}]
+    assert backend.config_space(lay, 40, torch.float16) == [{"kernel": "scalar"}]
+    assert backend.resolve_config(None, 64, 64, torch.float32) == {"kernel": "scalar"}
+    assert backend.resolve_config(None, 64, 64, torch.float16)["kernel"] == "mma"
+    assert backend.resolve_config(None, 64, 64, torch.float16, (7, 5)) == {"kernel": "scalar"}
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        ({"kernel": "mma", "BLOCK_M": 128}, "BLOCK_M"),
+        ({"kernel": "mma", "BLOCK_N": 24}, "BLOCK_N"),
+        ({"kernel": "wgmma"}, "kernel"),
+        ({"kernel": "mma", "num_warps": 4}, "unknown config keys"),
+        ({"kernel": "scalar", "BLOCK_M": 16}, "do not apply"),
+    ],
+)
+def test_bad_configs_name_the_key(config, match):
+    with pytest.raises(ValueError, match=match):
+        backend.resolve_config(config, 64, 64, torch.float16)
+
+
+def test_mma_on_float32_is_refused_with_the_fix():
+    with pytest.raises(BackendUnavailable, match="scalar"):
+        backend.resolve_config({"kernel": "mma"}, 64, 64, torch.float32)
+    with pytest.raises(BackendUnavailable, match="head dim"):
+        backend.resolve_config(None, 64, 256, torch.float32)
+
+
+def test_every_layout_case_builds():
+    for name, build in LAYOUT_CASES.items():
+        lay = build(512, 2)
+        assert lay.n_ctx == 512 and lay.heads == 2, name
+
+
+# ------------------------------------------------------------------ GPU: against the reference
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+
+def _assert_ok(res):
+    assert res.status == "ok", res
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout_name", list(LAYOUT_CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_default_config_matches_reference(layout_name, dtype, head_dim):
+    _assert_ok(check_case(layout_name, dtype, head_dim, None))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout_name", ["causal_b128", "merged_strided_b16", "st_mix_b32",
+                                         "token_mask_b32"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16],
+                         ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("head_dim", [32, 64, 128])
+def test_every_tile_config_matches_reference(layout_name, dtype, head_dim):
+    lay = LAYOUT_CASES[layout_name](512, 2)
+    for cfg in backend.config_space(lay, head_dim, dtype):
+        _assert_ok(check_case(layout_name, dtype, head_dim, cfg))
+
+
+@pytest.mark.gpu
+def test_runs_on_the_current_stream_and_through_the_api():
+    import stbench
+
+    lay = causal(256, block=64, heads=2)
+    q, k, v = (torch.randn(1, 2, 256, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        out = stbench.attention(q, k, v, lay, backend="cupy")
+    s.synchronize()
+    ref = stbench.attention(q, k, v, lay, backend="dense")
+    assert (out.float() - ref.float()).abs().max() < 5e-2

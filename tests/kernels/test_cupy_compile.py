@@ -1,0 +1,143 @@
+"""The CuPy backend's CUDA sources build for sm_90, on the CPU, with the defines the backend uses.
+
+Variants come from the backend's own ``config_space`` and ``variants_for`` (first and last tile
+configuration, scalar kernel), over dtypes, head dims, blocks and the plan flags (permutation,
+partial blocks), so what compiles here is what NVRTC compiles on the GPU. nvcc runs 2 at a time;
+about 25 s on 2 cores. Skipped, with the reason, where nvcc is absent. Where NVRTC is loadable
+through CuPy (no GPU needed) the same source also goes through NVRTC, the GPU's compiler.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from stbench.kernels.cupy import backend
+from stbench.kernels.cupy.compile import FILES, KERNEL_DIR, Variant, nvcc_command, read_source
+from stbench.layouts import Layout
+
+NVCC = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH (install the CUDA toolkit)")
+
+
+def _layout(block: int) -> Layout:
+    return Layout.from_parts(4 * block, 1, block, "one", [0], [0], [0], [1])
+
+
+def _cases() -> list[Variant]:
+    """(dtype, head dim, block, permuted, partial) cases, each with the first and last config."""
+    cases = [
+        (torch.float16, 64, 64, True, True),
+        (torch.bfloat16, 128, 128, False, True),
+        (torch.bfloat16, 32, 16, True, False),
+        (torch.float16, 128, 32, False, False),
+        (torch.float32, 64, 128, True, True),
+        (torch.bfloat16, 48, 16, False, True),  # head dim not a multiple of 32: scalar only
+    ]
+    out: list[Variant] = []
+    for dtype, d, block, perm, partial in cases:
+        space = backend.config_space(_layout(block), d, dtype)
+        mma = [c for c in space if c["kernel"] == "mma"]
+        picks = ([mma[0], mma[-1]] if mma else []) + [c for c in space if c["kernel"] == "scalar"]
+        for cfg in picks:
+            for v in backend.variants_for(cfg, dtype, d, block, perm, partial):
+                if v not in out:
+                    out.append(v)
+    return out
+
+
+VARIANTS = _cases()
+
+
+def test_every_cu_file_is_covered():
+    on_disk = {p.name for p in KERNEL_DIR.glob("*.cu")}
+    assert on_disk == {f for f, _ in FILES.values()}
+    assert {v.path.name for v in VARIANTS} == on_disk
+
+
+def test_sources_need_no_system_header():
+    """NVRTC has no CUDA headers on its path here or there: the sources include only ours."""
+    for name, _ in FILES.values():
+        text = read_source(name)
+        assert "#include" not in text, name
+
+
+@needs_nvcc
+def test_nvcc_builds_every_variant():
+    def build(v: Variant) -> tuple[Variant, subprocess.CompletedProcess, str]:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, v.label() + ".cu")
+            Path(src).write_text(v.source())
+            cmd = nvcc_command(v, src, os.path.join(tmp, "k.cubin"), extra=("-Xptxas", "-v"))
+            return v, subprocess.run(cmd, capture_output=True, text=True, timeout=300), tmp
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(build, VARIANTS))
+    failed = [f"{v.label()}:\n{r.stderr[-2000:]}" for v, r, _ in results if r.returncode]
+    assert not failed, "\n\n".join(failed)
+    for v, r, _ in results:
+        # every kernel of the file is in the cubin, and none spills more than a few words
+        for name in v.kernel_names:
+            assert f"Compiling entry function '{name}'" in r.stderr, (v.label(), name)
+        assert "error" not in r.stderr.lower(), (v.label(), r.stderr)
+
+
+def _cuobjdump() -> str | None:
+    found = shutil.which("cuobjdump")
+    if found:
+        return found
+    try:
+        import triton
+
+        p = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        return str(p) if p.exists() else None
+    except ImportError:
+        return None
+
+
+@needs_nvcc
+@pytest.mark.parametrize("family", ["fwd_mma", "bwd_mma"])
+def test_tensor_core_instructions_in_sass(family, tmp_path):
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (CUDA toolkit or triton's bundled copy)")
+    v = Variant(family, 2, 64, 64, 64, 64, True, True)
+    src = tmp_path / "k.cu"
+    src.write_text(v.source())
+    cubin = tmp_path / "k.cubin"
+    subprocess.run(nvcc_command(v, str(src), str(cubin)), check=True, capture_output=True)
+    sass = subprocess.run([tool, "--dump-sass", str(cubin)], capture_output=True, text=True).stdout
+    assert "HMMA.16816.F32.BF16" in sass
+    assert "LDG.E.128" in sass  # K / V / Q / dO tiles come in 16-byte loads
+
+
+def _nvrtc_compile():
+    try:
+        import cupy  # noqa: F401
+        from cupy.cuda import compiler
+        from cupy_backends.cuda.libs import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:  # noqa: BLE001  (no cupy, or no loadable libnvrtc)
+        return None, f"NVRTC through CuPy is not loadable here ({type(exc).__name__})"
+    return compiler, None
+
+
+def test_nvrtc_builds_a_variant_per_file():
+    compiler, why = _nvrtc_compile()
+    if compiler is None:
+        pytest.skip(why)
+    for v in (
+        Variant("fwd_mma", 1, 64, 64, 64, 64, True, True),
+        Variant("bwd_mma", 2, 32, 32, 32, 32, True, True),
+        Variant("scalar", 0, 48, 16, 0, 0, False, True),
+    ):
+        prog = compiler._NVRTCProgram(v.source(), "k.cu", (), ())
+        prog.compile(v.options() + ("--gpu-architecture=sm_90",))

@@ -1,0 +1,89 @@
+"""Triton backend on the GPU at standard-like sizes, every dtype, against the dense reference
+(float64 and same-dtype, the rule of stbench/accuracy.py). Marked ``gpu``: skipped without CUDA.
+Run on the GPU machine: ``python3 -m pytest -m gpu tests/kernels/test_triton_gpu.py``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stbench import accuracy, layouts
+from stbench.reference import dense
+
+triton_backend = pytest.importorskip("stbench.kernels.triton.backend")
+
+pytestmark = pytest.mark.gpu
+
+LAYOUTS = {
+    "causal": lambda n, h: layouts.causal(n, block=128, heads=h),
+    "local": lambda n, h: layouts.local(n, block=64, window=256, heads=h),
+    "strided": lambda n, h: layouts.strided(n, block=64, stride=32, heads=h),
+    "fixed16": lambda n, h: layouts.fixed(n, block=16, stride=128, heads=h, num_verts=2,
+                                          vertsize=2),
+    "union16": lambda n, h: layouts.merged_strided(n, block=16, stride=128, heads=h),
+}
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _run(layout, dtype, head_dim, gen, batch=2, config=None, grads=True):
+    shape = (batch, layout.heads, layout.n_ctx, head_dim)
+    base = [torch.randn(shape, generator=gen) for _ in range(4)]
+    q, k, v, do = (t.cuda() for t in base)
+    scale = head_dim**-0.5
+    l64 = [t.double().requires_grad_() for t in (q, k, v)]
+    r64 = dense.attention(*l64, layout, scale)
+    lt = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    rt = dense.attention(*lt, layout, scale)
+    ins = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    out = triton_backend.attention(*ins, layout, scale, config)
+    ok, err, tol = accuracy.within(out, r64, rt, dtype)
+    assert ok, f"forward {err:.3g} > {tol:.3g}"
+    if grads:
+        r64.backward(do.double())
+        rt.backward(do.to(dtype))
+        out.backward(do.to(dtype))
+        for name, a, b, c in zip("qkv", ins, l64, lt):
+            ok, err, tol = accuracy.within(a.grad, b.grad, c.grad, dtype)
+            assert ok, f"d{name} {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_layouts_dtypes(name, dtype, gen):
+    _run(LAYOUTS[name](2048, 2), dtype, 64, gen)
+
+
+@pytest.mark.parametrize("head_dim", (32, 128))
+def test_head_dims(head_dim, gen):
+    _run(layouts.fixed(1024, block=32, stride=128, heads=2), torch.bfloat16, head_dim, gen)
+
+
+def test_tf32_config(gen):
+    _run(layouts.causal(1024, block=64, heads=2), torch.float32, 64, gen,
+         config={"allow_tf32": True}, grads=False)
+
+
+def test_configs_in_space(gen):
+    """A spread sample of the tuner's space (every 4th config: compiling all takes minutes)."""
+    lay = layouts.fixed(1024, block=32, stride=128, heads=2)
+    for cfg in triton_backend.config_space(lay, 64, torch.bfloat16)[::4]:
+        _run(lay, torch.bfloat16, 64, gen, batch=1, config=cfg)
+
+
+def test_compiled_model_inductor(gen):
+    lay = layouts.local(1024, block=64, window=128, heads=4)
+    proj = torch.nn.Linear(64, 192).cuda().to(torch.bfloat16)
+
+    def model(x):
+        q, k, v = proj(x).chunk(3, dim=-1)
+        return triton_backend.attention(q, k, v, lay, 0.125).float().square().mean()
+
+    x = torch.randn(2, 4, 1024, 64, generator=gen).cuda().to(torch.bfloat16)
+    eager = model(x)
+    eager.backward()
+    g = proj.weight.grad.clone()
+    proj.weight.grad = None
+    loss = torch.compile(model, fullgraph=True)(x)
+    loss.backward()
+    torch.testing.assert_close(loss, eager, rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(proj.weight.grad, g, rtol=2e-2, atol=2e-2)

@@ -1,0 +1,110 @@
+"""The paper's generators against slow, obvious constructions written from DESIGN.md's formulas."""
+
+import pytest
+import torch
+
+from stbench import layouts
+from stbench.layouts import LayoutError
+
+from layout_checks import assert_exact  # noqa: E402  (tests/layouts/layout_checks.py)
+
+
+def grid(n):
+    q = torch.arange(n).view(-1, 1)
+    k = torch.arange(n).view(1, -1)
+    return q, k
+
+
+@pytest.mark.parametrize("n,block,heads", [(128, 16, 1), (256, 32, 2), (256, 128, 1), (512, 64, 3)])
+def test_causal(n, block, heads):
+    q, k = grid(n)
+    assert_exact(layouts.causal(n, block, heads), (k <= q).expand(heads, n, n))
+
+
+@pytest.mark.parametrize(
+    "n,block,window,heads", [(256, 16, 40, 2), (256, 32, 32, 1), (512, 64, 1, 1), (256, 16, 300, 1),
+                             (512, 128, 200, 2)]
+)
+def test_local(n, block, window, heads):
+    q, k = grid(n)
+    expected = ((k <= q) & (q - k < window)).expand(heads, n, n)
+    assert_exact(layouts.local(n, block=block, window=window, heads=heads), expected)
+
+
+@pytest.mark.parametrize(
+    "n,block,stride,heads", [(512, 16, 16, 2), (512, 16, 32, 1), (1024, 32, 16, 2), (256, 16, 1, 1),
+                             (2048, 128, 16, 1)]
+)
+def test_strided(n, block, stride, heads):
+    q, k = grid(n)
+    expected = ((k <= q) & ((q - k) % stride == 0)).expand(heads, n, n)
+    L = layouts.strided(n, block=block, stride=stride, heads=heads)
+    assert_exact(L, expected)
+    # in layout order: block-diagonal causal with chunks of N/l tokens
+    c = n // stride
+    i, j = grid(n)
+    lay = (i // c == j // c) & (j <= i)
+    assert torch.equal(L.layout_order_rows(0, 0, n), lay)
+    assert torch.equal(L.perm_of_head(0)[torch.arange(n)], (torch.arange(n) % c) * stride
+                       + torch.arange(n) // c)
+
+
+@pytest.mark.parametrize(
+    "n,block,stride,heads,num_verts,vertsize",
+    [(512, 16, 64, 1, 1, 1), (512, 16, 64, 4, 2, 1), (512, 16, 64, 4, 2, 2), (1024, 32, 128, 3, 1, 2),
+     (512, 16, 128, 4, 4, 2), (1024, 64, 128, 2, 2, 1), (256, 16, 16, 1, 1, 1), (1024, 128, 256, 1, 1, 2)],
+)
+def test_fixed(n, block, stride, heads, num_verts, vertsize):
+    q, k = grid(n)
+    c = vertsize * block
+    exp = []
+    for h in range(heads):
+        hp = h % num_verts
+        summary = (stride - (hp + 1) * c <= k % stride) & (k % stride < stride - hp * c)
+        exp.append((k <= q) & ((q // stride == k // stride) | summary))
+    L = layouts.fixed(n, block=block, stride=stride, heads=heads, num_verts=num_verts,
+                      vertsize=vertsize)
+    assert_exact(L, torch.stack(exp))
+    # the released code's block construction
+    s, nb = stride // block, n // block
+    idx = torch.arange(s - 1, -1, -1).reshape(-1, vertsize)
+    bm = torch.zeros(heads, nb, nb, dtype=torch.bool)
+    for h in range(heads):
+        for col in idx[h % num_verts].tolist():
+            bm[h, :, col::s] = True
+        for qb in range(nb):
+            bm[h, qb, (qb // s) * s:(qb // s + 1) * s] = True
+    assert torch.equal(L.block_mask, bm & torch.ones(nb, nb, dtype=torch.bool).tril())
+    assert L.name == f"fixed(l={stride},c={c}" + (f",v={num_verts})" if num_verts > 1 else ")")
+
+
+@pytest.mark.parametrize(
+    "n,block,stride,heads", [(512, 16, 64, 1), (512, 16, 40, 2), (256, 32, 16, 1), (512, 128, 64, 1),
+                             (512, 16, 7, 1), (256, 64, 128, 1)]
+)
+def test_merged_strided(n, block, stride, heads):
+    q, k = grid(n)
+    d = q - k
+    expected = ((d >= 0) & ((d < stride) | (d % stride == 0))).expand(heads, n, n)
+    assert_exact(layouts.merged_strided(n, block=block, stride=stride, heads=heads), expected)
+
+
+@pytest.mark.parametrize(
+    "call,word",
+    [
+        (lambda: layouts.causal(100, 16), "n_ctx"),
+        (lambda: layouts.causal(128, 24), "block"),
+        (lambda: layouts.causal(128, 16, heads=0), "heads"),
+        (lambda: layouts.local(128, 16, window=0), "window"),
+        (lambda: layouts.strided(512, 16, stride=3), "stride"),
+        (lambda: layouts.strided(512, 32, stride=32), "block"),
+        (lambda: layouts.fixed(512, 16, stride=40), "stride"),
+        (lambda: layouts.fixed(512, 16, stride=64, heads=3, num_verts=2), "num_verts"),
+        (lambda: layouts.fixed(512, 16, stride=64, vertsize=3), "vertsize"),
+        (lambda: layouts.fixed(512, 16, stride=64, heads=4, num_verts=4, vertsize=2), "num_verts"),
+        (lambda: layouts.merged_strided(512, 16, stride=0), "stride"),
+    ],
+)
+def test_bad_parameters_name_the_parameter(call, word):
+    with pytest.raises(LayoutError, match=word):
+        call()

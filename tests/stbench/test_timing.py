@@ -1,0 +1,75 @@
+"""The timer on the CPU: sane quantiles, prepare time apart, FLOP counts."""
+
+import time
+
+import pytest
+import torch
+
+from stbench import layouts, timing
+
+
+def test_bench_cpu_quantiles_are_ordered_and_near_the_sleep():
+    t = timing.bench(lambda: time.sleep(0.002), warmup_ms=5, rep_ms=30, device="cpu")
+    assert t.device == "cpu"
+    assert t.reps >= 3
+    assert t.p20_ms <= t.median_ms <= t.p80_ms
+    assert 1.9 <= t.median_ms < 20
+
+
+def test_bench_respects_min_reps_for_slow_functions():
+    calls = []
+    t = timing.bench(lambda: calls.append(time.sleep(0.01)), warmup_ms=1, rep_ms=1, min_reps=4,
+                     device="cpu")
+    assert t.reps == 4
+    # 1 untimed call + 1 estimate call (warm-up budget spent) + 4 timed ones
+    assert len(calls) == 6
+
+
+def test_bench_resets_grads():
+    x = torch.ones(3, requires_grad=True)
+
+    def step():
+        (x * 2).sum().backward()
+        assert torch.equal(x.grad, torch.full((3,), 2.0))  # never accumulated
+
+    timing.bench(step, warmup_ms=1, rep_ms=2, grad_to_none=[x], device="cpu")
+
+
+@pytest.mark.parametrize("bad", [(0.2, 0.8), (0.6, 0.5, 0.8), (0.2, 0.4, 0.8)])
+def test_bad_quantiles_are_named(bad):
+    with pytest.raises(ValueError, match="quantiles"):
+        timing.bench(lambda: None, quantiles=bad, device="cpu")
+
+
+def test_summarize_matches_torch_quantile():
+    xs = [5.0, 1.0, 3.0, 2.0, 4.0, 10.0]
+    t = timing.summarize(xs)
+    q = torch.quantile(torch.tensor(xs, dtype=torch.float64), torch.tensor([0.2, 0.5, 0.8],
+                       dtype=torch.float64))
+    assert (t.p20_ms, t.median_ms, t.p80_ms) == pytest.approx(q.tolist())
+
+
+def test_time_prepare_and_peak_memory_on_cpu():
+    assert timing.time_prepare(lambda: time.sleep(0.005), device="cpu") >= 4.5
+    out, ms = timing.timed_call(lambda: 7, device="cpu")
+    assert out == 7 and ms >= 0
+    assert timing.peak_memory(lambda: None, device="cpu") is None
+
+
+def _dense_causal_layout(n, block):
+    nb = n // block
+    qb, kb = torch.tril_indices(nb, nb)
+    kinds = torch.where(qb == kb, layouts.DIAG, layouts.FULL)
+    return layouts.Layout.from_parts(n, 2, block, "causal", torch.zeros_like(qb), qb, kb, kinds)
+
+
+def test_flops_of_a_causal_layout():
+    lay = _dense_causal_layout(128, 32)  # one head of two carries blocks
+    pairs = 128 * 129 // 2
+    assert timing.attention_flops(lay, 3, 64, "fwd") == 4 * 3 * 64 * pairs
+    assert timing.attention_flops(lay, 3, 64, "fwd+bwd") == 3.5 * 4 * 3 * 64 * pairs
+    assert timing.block_flops(lay, 3, 64, "fwd") == 4 * 3 * 64 * lay.nnz * 32 * 32
+    assert timing.tflops(2e12, 1000.0) == pytest.approx(2.0)
+    assert timing.tflops(1.0, None) is None
+    with pytest.raises(ValueError, match="mode"):
+        timing.attention_flops(lay, 1, 64, "bwd")
