@@ -76,16 +76,16 @@ def check(layout, q, k, v, do, mode, scale, cfg):
     grads = mode == "fwd+bwd" and layout.n_ctx <= GRAD_CHECK_MAX_N
     g = torch.Generator(device="cpu").manual_seed(12345 + layout.n_ctx)  # fresh inputs
     fresh = [torch.randn(q.shape, generator=g).to(q.device) for _ in range(4)]
-    hi = [t.float().requires_grad_(grads) for t in fresh[:3]]
-    lo = [t.to(q.dtype).requires_grad_(grads) for t in fresh[:3]]
-    ins = [t.to(q.dtype).requires_grad_(grads) for t in fresh[:3]]
+    hi = [t.float().clone().requires_grad_(grads) for t in fresh[:3]]
+    lo = [t.to(q.dtype).clone().requires_grad_(grads) for t in fresh[:3]]
+    ins = [t.to(q.dtype).clone().requires_grad_(grads) for t in fresh[:3]]
     ref_hi = dense.attention(*hi, layout, scale)
     ref_lo = dense.attention(*lo, layout, scale)
     out = tb.attention(*ins, layout, scale, cfg)
     ok, err, tol = accuracy.within(out, ref_hi, ref_lo, q.dtype)
     how = "fwd"
     if grads:
-        for t, r in ((out, ref_lo), (ref_hi, None), (ref_lo, None)):
+        for t in (out, ref_hi, ref_lo):
             t.backward(fresh[3].to(t.dtype))
         for a, b, c in zip(ins, hi, lo):
             ok2, e2, t2 = accuracy.within(a.grad, b.grad, c.grad, q.dtype)

@@ -52,8 +52,8 @@ def check_available(device: torch.device, dtype: torch.dtype) -> None:
 def supports(layout: Layout) -> str | None:
     if dense_kind(layout) is None:
         return (
-            f"layout {layout.name!r} is neither full nor plain causal; SDPA computes only dense "
-            "attention: use backend 'triton', 'flex' or 'dense'"
+            "the layout is neither full nor plain causal; SDPA computes only dense attention: "
+            "use backend 'triton', 'flex' or 'dense'"
         )
     return None
 

@@ -1,19 +1,24 @@
 """The Layout type: which (query, key) token pairs may attend, stored as non-empty blocks.
 
 A Layout describes ``H`` heads over ``N = n_ctx`` tokens at block size ``b`` (a power of two,
-16..128, dividing ``N``); ``nb = N // b`` blocks per side. Only non-empty blocks are stored, as
-parallel 1-D tensors of length ``nnz`` sorted by (head, query block, key block):
+16..128, dividing ``N``); ``nb = N // b`` blocks per side. Only non-empty blocks are stored. Each
+block has coordinates (query block, key block), a kind -- ``FULL`` (every pair allowed), ``DIAG``
+(a diagonal block whose mask is lower-triangular, key <= query inside the block) or ``PARTIAL``
+(an explicit bitmask) -- and, for PARTIAL blocks, an index into ``masks``, bool ``[M, b, b]``, the
+distinct intra-block masks (deduplicated, in a canonical order).
 
-- ``heads_idx``, ``q_blocks``, ``k_blocks``: int32 coordinates of each non-empty block;
-- ``kinds``: int8, ``FULL`` (every pair allowed), ``DIAG`` (a diagonal block whose mask is
-  lower-triangular, key <= query inside the block) or ``PARTIAL`` (an explicit bitmask);
-- ``mask_ids``: int32 index into ``masks`` for PARTIAL blocks, -1 otherwise;
-- ``masks``: bool ``[M, b, b]``, the distinct intra-block masks (deduplicated);
+Heads with identical block lists share one *pattern* (``head_pattern[h]``): the block lists of
+the ``P`` distinct patterns are stored once, concatenated, sorted by (query block, key block)
+within each pattern (``pat_q``, ``pat_k`` int32, ``pat_kinds`` int8, ``pat_mask_ids`` int32,
+pattern p at ``pat_ptr[p] .. pat_ptr[p + 1] - 1``). Memory is O(entries of distinct patterns +
+M b^2), never O(N^2): eight identical heads cost one head.
 
-so memory is O(nnz + M * b^2), never O(N^2).
+The per-head view of the contract -- parallel 1-D tensors of length ``nnz`` sorted by (head,
+query block, key block): ``heads_idx``, ``q_blocks``, ``k_blocks`` (int32), ``kinds`` (int8),
+``mask_ids`` (int32, -1 unless PARTIAL) -- is materialised on first use (O(nnz) memory).
 
 Blocks are in the layout's own token order. A layout may carry, per head, a permutation of the
-tokens (the Sparse Transformer's strided transpose): ``perms`` is int64 ``[P, N]`` with
+tokens (the Sparse Transformer's strided transpose): ``perms`` is int64 ``[Q, N]`` with
 ``perms[p, i]`` = the ORIGINAL token at layout position ``i``, and ``head_perm[h]`` is the row of
 ``perms`` head ``h`` uses (-1: identity). The exact semantics in original order are
 
@@ -29,8 +34,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-FULL, DIAG, PARTIAL = 0, 1, 2
-KIND_NAMES = {FULL: "full", DIAG: "causal-diagonal", PARTIAL: "partial"}
+from .blockmasks import (  # noqa: F401  (re-exported: other modules import them from here)
+    DIAG,
+    FULL,
+    KIND_NAMES,
+    PARTIAL,
+    canonical_masks,
+    classify_blocks,
+    dedup_masks,
+    pack_bits,
+    tril_mask,
+)
+
 ALLOWED_BLOCKS = (16, 32, 64, 128)
 # Bound on the elements of any temporary bool tensor made while classifying or materialising.
 CHUNK_ELEMENTS = 1 << 24
@@ -62,85 +77,119 @@ def check_heads(heads: int) -> None:
         raise LayoutError(f"heads={heads!r} must be a positive int")
 
 
-@functools.lru_cache(maxsize=8)
-def tril_mask(block: int) -> torch.Tensor:
-    """bool [b, b]: key <= query inside a diagonal block."""
-    return torch.ones(block, block, dtype=torch.bool).tril_()
+Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # q, k, kinds, mask_ids
 
 
-def pack_bits(masks: torch.Tensor) -> torch.Tensor:
-    """bool [n, b, b] -> int64 [n, b*b/64]: a compact, exact key per mask (for dedup/compare)."""
-    n = masks.shape[0]
-    packed = np.packbits(masks.reshape(n, masks.shape[1] * masks.shape[2]).numpy(), axis=1)  # uint8 [n, b*b/8]
-    return torch.from_numpy(np.ascontiguousarray(packed).view(np.int64))
+def tile_heads(patterns: list[Entries], head_pattern) -> tuple[torch.Tensor, ...]:
+    """Per-head entries from patterns: head h gets ``patterns[head_pattern[h]]``. Returns
+    (heads_idx int32, q int32, k int32, kinds int8, mask_ids int32), each written once."""
+    sizes = [patterns[p][0].numel() for p in head_pattern]
+    total = sum(sizes)
+    h = torch.empty(total, dtype=torch.int32)
+    out = [torch.empty(total, dtype=dt) for dt in (torch.int32, torch.int32, torch.int8, torch.int32)]
+    s = 0
+    for head, (p, n) in enumerate(zip(head_pattern, sizes)):
+        h[s : s + n] = head
+        for dst, src in zip(out, patterns[p]):
+            dst[s : s + n] = src  # copy_ converts dtypes
+        s += n
+    return (h, *out)
 
 
-def dedup_masks(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distinct masks of bool [n, b, b]: returns (unique bool [M, b, b], inverse int64 [n]).
-
-    Compares bit-packed keys (8x smaller than the bools), so it stays fast for many blocks."""
-    n, b, _ = masks.shape
-    if n == 0:
-        return masks.reshape(0, b, b).clone(), torch.zeros(0, dtype=torch.int64)
-    keys = pack_bits(masks.contiguous())
-    _, inverse = torch.unique(keys, dim=0, return_inverse=True)
-    m = int(inverse.max()) + 1
-    first = torch.full((m,), n, dtype=torch.int64)
-    first.scatter_reduce_(0, inverse, torch.arange(n), reduce="amin")
-    return masks[first].contiguous(), inverse
-
-
-def classify_blocks(
-    block_masks: torch.Tensor, q_blocks: torch.Tensor, k_blocks: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Classify token masks of blocks.
-
-    block_masks: bool [n, b, b]; q_blocks, k_blocks: int [n].
-    Returns (keep bool [n], kinds int8 [n], mask_ids int32 [n], masks bool [M, b, b]): empty
-    blocks are marked keep=False; mask_ids index the deduplicated ``masks`` for PARTIAL blocks.
-    """
-    n, b, _ = block_masks.shape
-    counts = block_masks.reshape(n, b * b).sum(1)
-    keep = counts > 0
-    full = counts == b * b
-    is_diag_pos = torch.as_tensor(q_blocks) == torch.as_tensor(k_blocks)
-    tril = tril_mask(b)
-    is_tril = counts == b * (b + 1) // 2
-    if is_tril.any():
-        cand = is_tril.nonzero().squeeze(1)
-        is_tril[cand] = (block_masks[cand] == tril).reshape(cand.numel(), b * b).all(1)
-    kinds = torch.full((n,), PARTIAL, dtype=torch.int8)
-    kinds[full] = FULL
-    kinds[is_diag_pos & is_tril & ~full] = DIAG
-    mask_ids = torch.full((n,), -1, dtype=torch.int32)
-    partial = keep & (kinds == PARTIAL)
-    if partial.any():
-        masks, inverse = dedup_masks(block_masks[partial])
-        mask_ids[partial] = inverse.to(torch.int32)
-    else:
-        masks = torch.zeros(0, b, b, dtype=torch.bool)
-    return keep, kinds, mask_ids, masks
+def _same_entries(a: Entries, b: Entries) -> bool:
+    return a[0].numel() == b[0].numel() and all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 @dataclass(frozen=True, eq=False)
 class Layout:
     """An exact block-sparse attention pattern. Build one with the generators in
-    ``stbench.layouts``; see the module docstring for the fields' shapes and meaning."""
+    ``stbench.layouts`` (or ``Layout.from_parts``); see the module docstring for the fields."""
 
     n_ctx: int
     heads: int
     block: int
     name: str
-    heads_idx: torch.Tensor  # int32 [nnz]
-    q_blocks: torch.Tensor  # int32 [nnz]
-    k_blocks: torch.Tensor  # int32 [nnz]
-    kinds: torch.Tensor  # int8 [nnz]
-    mask_ids: torch.Tensor  # int32 [nnz]
+    pat_q: torch.Tensor  # int32 [E]
+    pat_k: torch.Tensor  # int32 [E]
+    pat_kinds: torch.Tensor  # int8 [E]
+    pat_mask_ids: torch.Tensor  # int32 [E]
+    pat_ptr: tuple[int, ...]  # P + 1 offsets into the pat_* arrays
+    head_pattern: tuple[int, ...]  # per head: its pattern
     masks: torch.Tensor  # bool [M, b, b]
-    perms: torch.Tensor | None = None  # int64 [P, N]: layout position -> original token
+    perms: torch.Tensor | None = None  # int64 [Q, N]: layout position -> original token
     head_perm: tuple[int, ...] | None = None  # per head: row of perms, or -1
 
     # ------------------------------------------------------------------ construction
+    @staticmethod
+    def from_patterns(
+        n_ctx: int,
+        heads: int,
+        block: int,
+        name: str,
+        patterns: list[Entries],
+        head_pattern,
+        masks: torch.Tensor | None = None,
+        perms: torch.Tensor | None = None,
+        head_perm=None,
+    ) -> "Layout":
+        """Trusted constructor: each pattern's entries (q, k, kinds, mask_ids) must already be
+        sorted by (q, k) without duplicates (the generators' contract, checked by the tests
+        against ``from_parts``). Identical patterns are merged, unused ones dropped, patterns
+        ordered by first use and the mask table made canonical."""
+        head_pattern = [int(p) for p in head_pattern]
+        if len(head_pattern) != heads:
+            raise LayoutError(f"head_pattern must give one pattern per head ({heads})")
+        if masks is None:
+            masks = torch.zeros(0, block, block, dtype=torch.bool)
+        order: list[int] = []  # distinct patterns in order of first use
+        remap: dict[int, int] = {}
+        for p in head_pattern:
+            if p in remap:
+                continue
+            same = next((i for i, o in enumerate(order) if _same_entries(patterns[o], patterns[p])),
+                        None)
+            remap[p] = len(order) if same is None else same
+            if same is None:
+                order.append(p)
+        ptr = [0]
+        for o in order:
+            ptr.append(ptr[-1] + patterns[o][0].numel())
+        cols = []
+        for i, dt in enumerate((torch.int32, torch.int32, torch.int8, torch.int32)):
+            parts = [patterns[o][i].to(dt) for o in order]
+            cols.append(parts[0].contiguous() if len(parts) == 1 else torch.cat(parts))
+        mids, masks = canonical_masks(cols[3], masks.to(torch.bool))
+        if perms is not None and head_perm is not None and all(x == -1 for x in head_perm):
+            perms, head_perm = None, None
+        return Layout(
+            n_ctx=n_ctx, heads=heads, block=block, name=name, pat_q=cols[0], pat_k=cols[1],
+            pat_kinds=cols[2], pat_mask_ids=mids, pat_ptr=tuple(ptr),
+            head_pattern=tuple(remap[p] for p in head_pattern), masks=masks.contiguous(),
+            perms=perms, head_perm=None if head_perm is None else tuple(int(x) for x in head_perm),
+        )
+
+    @staticmethod
+    def from_sorted(
+        n_ctx, heads, block, name, heads_idx, q_blocks, k_blocks, kinds, mask_ids=None,
+        masks=None, perms=None, head_perm=None,
+    ) -> "Layout":
+        """Trusted constructor from per-head entries already sorted by (head, q, k) and unique;
+        identical heads are stored once."""
+        n = kinds.numel()
+        if mask_ids is None:
+            mask_ids = torch.full((n,), -1, dtype=torch.int32)
+        heads_idx = heads_idx.to(torch.int32)
+        bounds = torch.searchsorted(
+            heads_idx, torch.arange(heads + 1, dtype=torch.int32)
+        ).tolist()
+        patterns = [
+            (q_blocks[s:e], k_blocks[s:e], kinds[s:e], mask_ids[s:e])
+            for s, e in zip(bounds[:-1], bounds[1:])
+        ]
+        return Layout.from_patterns(
+            n_ctx, heads, block, name, patterns, range(heads), masks, perms, head_perm
+        )
+
     @staticmethod
     def from_parts(
         n_ctx: int,
@@ -156,8 +205,9 @@ class Layout:
         perms=None,
         head_perm=None,
     ) -> "Layout":
-        """Canonical constructor: validates, sorts by (head, q block, k block), and checks that
-        no block appears twice. ``mask_ids``/``masks`` may be omitted when no block is PARTIAL."""
+        """Checked constructor from per-head entries in any order: validates, sorts by (head,
+        q block, k block), and checks that no block appears twice. ``mask_ids``/``masks`` may be
+        omitted when no block is PARTIAL."""
         check_block(block, n_ctx)
         check_heads(heads)
         nb = n_ctx // block
@@ -210,19 +260,9 @@ class Layout:
                 perms, head_perm = None, None
         elif head_perm is not None:
             raise LayoutError("head_perm given without perms")
-        return Layout(
-            n_ctx=n_ctx,
-            heads=heads,
-            block=block,
-            name=name,
-            heads_idx=h[order].to(torch.int32),
-            q_blocks=qb[order].to(torch.int32),
-            k_blocks=kb[order].to(torch.int32),
-            kinds=kd[order],
-            mask_ids=mid[order],
-            masks=masks.contiguous(),
-            perms=perms,
-            head_perm=head_perm,
+        return Layout.from_sorted(
+            n_ctx, heads, block, name, h[order], qb[order].to(torch.int32),
+            kb[order].to(torch.int32), kd[order], mid[order], masks, perms, head_perm,
         )
 
     @staticmethod
@@ -247,9 +287,83 @@ class Layout:
         return self.n_ctx // self.block
 
     @property
+    def n_patterns(self) -> int:
+        """Distinct block lists stored."""
+        return len(self.pat_ptr) - 1
+
+    def pattern(self, p: int) -> Entries:
+        """Views (q, k, kinds, mask_ids) of pattern p's entries, sorted by (q, k)."""
+        s, e = self.pat_ptr[p], self.pat_ptr[p + 1]
+        return self.pat_q[s:e], self.pat_k[s:e], self.pat_kinds[s:e], self.pat_mask_ids[s:e]
+
+    def head_entries(self, h: int) -> Entries:
+        """Views (q, k, kinds, mask_ids) of head h's entries, sorted by (q, k)."""
+        return self.pattern(self.head_pattern[h])
+
+    @functools.cached_property
+    def head_sizes(self) -> tuple[int, ...]:
+        """Non-empty blocks per head."""
+        return tuple(self.pat_ptr[p + 1] - self.pat_ptr[p] for p in self.head_pattern)
+
+    @property
     def nnz(self) -> int:
         """Number of non-empty blocks over all heads."""
-        return int(self.kinds.numel())
+        return sum(self.head_sizes)
+
+    @functools.cached_property
+    def head_ranges(self) -> tuple[tuple[int, int], ...]:
+        """Per head, its range [start, stop) in the per-head arrays (``heads_idx`` ...)."""
+        out, s = [], 0
+        for n in self.head_sizes:
+            out.append((s, s + n))
+            s += n
+        return tuple(out)
+
+    @functools.cached_property
+    def head_classes(self) -> tuple[int, ...]:
+        """Per head, the first head with the same block list and the same permutation: heads of
+        one class share one pattern in the device plan."""
+        first: dict[tuple[int, int], int] = {}
+        out = []
+        for h, p in enumerate(self.head_pattern):
+            key = (p, -1 if self.head_perm is None else self.head_perm[h])
+            out.append(first.setdefault(key, h))
+        return tuple(out)
+
+    # ------------------------------------------------------------------ per-head view
+    @functools.cached_property
+    def _per_head(self) -> tuple[torch.Tensor, ...]:
+        if self.head_pattern == tuple(range(self.n_patterns)):  # nothing shared: no copy
+            sizes = torch.tensor(self.head_sizes, dtype=torch.int64)
+            h = torch.repeat_interleave(torch.arange(self.heads, dtype=torch.int32), sizes)
+            return h, self.pat_q, self.pat_k, self.pat_kinds, self.pat_mask_ids
+        pats = [self.pattern(p) for p in range(self.n_patterns)]
+        return tile_heads(pats, self.head_pattern)
+
+    @property
+    def heads_idx(self) -> torch.Tensor:
+        """int32 [nnz]: head of each block (per-head view, sorted by head, q, k)."""
+        return self._per_head[0]
+
+    @property
+    def q_blocks(self) -> torch.Tensor:
+        """int32 [nnz]: query block of each block (per-head view)."""
+        return self._per_head[1]
+
+    @property
+    def k_blocks(self) -> torch.Tensor:
+        """int32 [nnz]: key block of each block (per-head view)."""
+        return self._per_head[2]
+
+    @property
+    def kinds(self) -> torch.Tensor:
+        """int8 [nnz]: FULL / DIAG / PARTIAL of each block (per-head view)."""
+        return self._per_head[3]
+
+    @property
+    def mask_ids(self) -> torch.Tensor:
+        """int32 [nnz]: row of ``masks`` for PARTIAL blocks, -1 otherwise (per-head view)."""
+        return self._per_head[4]
 
     def __repr__(self) -> str:
         return (
@@ -260,14 +374,16 @@ class Layout:
 
     @functools.cached_property
     def content_hash(self) -> str:
-        """Hex digest of everything that defines the pattern (not the name)."""
+        """Hex digest of everything that defines the pattern (not the name). Patterns are
+        stored canonically (merged, in order of first use; canonical mask table), so equal
+        patterns hash equally."""
         d = hashlib.blake2b(digest_size=16)
         d.update(np.array([self.n_ctx, self.heads, self.block], dtype=np.int64).tobytes())
-        for t in (self.heads_idx, self.q_blocks, self.k_blocks, self.kinds, self.mask_ids):
-            d.update(t.numpy().tobytes())
-        d.update(self.masks.numpy().tobytes())
+        d.update(np.array(self.head_pattern + self.pat_ptr, dtype=np.int64).tobytes())
+        for t in (self.pat_q, self.pat_k, self.pat_kinds, self.pat_mask_ids, self.masks):
+            d.update(t.contiguous().numpy())  # buffer protocol: no copy
         if self.perms is not None:
-            d.update(self.perms.numpy().tobytes())
+            d.update(self.perms.contiguous().numpy())
             d.update(np.array(self.head_perm, dtype=np.int64).tobytes())
         return d.hexdigest()
 
@@ -277,23 +393,27 @@ class Layout:
     def __eq__(self, other) -> bool:
         return isinstance(other, Layout) and self.content_hash == other.content_hash
 
-    @functools.cached_property
-    def pairs_per_block(self) -> torch.Tensor:
-        """int64 [nnz]: allowed (query, key) pairs in each stored block."""
+    def _pairs(self, kinds: torch.Tensor, mask_ids: torch.Tensor) -> torch.Tensor:
         b = self.block
         per_mask = self.masks.reshape(self.masks.shape[0], b * b).sum(1)
-        out = torch.full((self.nnz,), b * b, dtype=torch.int64)
-        out[self.kinds == DIAG] = b * (b + 1) // 2
-        partial = self.kinds == PARTIAL
-        out[partial] = per_mask[self.mask_ids[partial].long()]
+        out = torch.full((kinds.numel(),), b * b, dtype=torch.int64)
+        out[kinds == DIAG] = b * (b + 1) // 2
+        partial = kinds == PARTIAL
+        out[partial] = per_mask[mask_ids[partial].long()]
         return out
+
+    @functools.cached_property
+    def pairs_per_block(self) -> torch.Tensor:
+        """int64 [nnz]: allowed (query, key) pairs in each block of the per-head view."""
+        return self._pairs(self.kinds, self.mask_ids)
 
     @functools.cached_property
     def allowed_pairs_per_head(self) -> torch.Tensor:
         """int64 [H]: allowed (query, key) pairs per head (the FLOP count's numerator)."""
-        out = torch.zeros(self.heads, dtype=torch.int64)
-        out.index_add_(0, self.heads_idx.long(), self.pairs_per_block)
-        return out
+        per_pattern = [
+            int(self._pairs(*self.pattern(p)[2:]).sum()) for p in range(self.n_patterns)
+        ]
+        return torch.tensor([per_pattern[p] for p in self.head_pattern], dtype=torch.int64)
 
     @property
     def allowed_pairs(self) -> int:
@@ -318,25 +438,32 @@ class Layout:
         return self.perms[self.head_perm[h]]
 
     # ------------------------------------------------------------------ materialising
-    def block_token_masks(self, index: torch.Tensor | None = None) -> torch.Tensor:
-        """bool [n, b, b]: the token mask of stored blocks ``index`` (default: all; mind the
-        memory, nnz * b^2 bytes)."""
+    def _tile_masks(self, kinds: torch.Tensor, mask_ids: torch.Tensor) -> torch.Tensor:
+        """bool [n, b, b]: token masks of blocks with these kinds and mask ids."""
         b = self.block
-        idx = torch.arange(self.nnz) if index is None else torch.as_tensor(index).long()
-        kinds = self.kinds[idx]
-        out = torch.ones(idx.numel(), b, b, dtype=torch.bool)
+        out = torch.ones(kinds.numel(), b, b, dtype=torch.bool)
         out[kinds == DIAG] = tril_mask(b)
         partial = kinds == PARTIAL
         if partial.any():
-            out[partial] = self.masks[self.mask_ids[idx[partial]].long()]
+            out[partial] = self.masks[mask_ids[partial].long()]
         return out
+
+    def block_token_masks(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """bool [n, b, b]: the token mask of blocks ``index`` of the per-head view (default:
+        all; mind the memory, nnz * b^2 bytes)."""
+        if index is None:
+            return self._tile_masks(self.kinds, self.mask_ids)
+        idx = torch.as_tensor(index).long()
+        return self._tile_masks(self.kinds[idx], self.mask_ids[idx])
 
     @property
     def block_mask(self) -> torch.Tensor:
         """bool [H, nb, nb]: the blocks the kernels compute, in the layout's own order."""
         nb = self.n_blocks
         out = torch.zeros(self.heads, nb, nb, dtype=torch.bool)
-        out[self.heads_idx.long(), self.q_blocks.long(), self.k_blocks.long()] = True
+        for h in range(self.heads):
+            q, k, _, _ = self.head_entries(h)
+            out[h, q.long(), k.long()] = True
         return out
 
     def layout_order_rows(self, h: int, q_start: int, q_stop: int) -> torch.Tensor:
@@ -346,12 +473,12 @@ class Layout:
         if q_start % b or q_stop % b or not 0 <= q_start <= q_stop <= n:
             raise LayoutError("row range must be block-aligned inside 0..n_ctx")
         qb0, qb1 = q_start // b, q_stop // b
-        sel = (self.heads_idx == h) & (self.q_blocks >= qb0) & (self.q_blocks < qb1)
-        idx = sel.nonzero().squeeze(1)
+        q, k, kinds, mids = self.head_entries(h)
+        lo, hi = torch.searchsorted(q, torch.tensor([qb0, qb1], dtype=q.dtype)).tolist()
         out = torch.zeros(qb1 - qb0, b, self.n_blocks, b, dtype=torch.bool)
-        if idx.numel():
-            tm = self.block_token_masks(idx)
-            out[self.q_blocks[idx].long() - qb0, :, self.k_blocks[idx].long(), :] = tm
+        if hi > lo:
+            tm = self._tile_masks(kinds[lo:hi], mids[lo:hi])
+            out[q[lo:hi].long() - qb0, :, k[lo:hi].long(), :] = tm
         return out.reshape(q_stop - q_start, n)
 
     def token_mask_rows(self, h: int, queries: torch.Tensor) -> torch.Tensor:
@@ -410,8 +537,8 @@ def _replace(layout: Layout, **changes) -> Layout:
     fields = {
         k: getattr(layout, k)
         for k in (
-            "n_ctx", "heads", "block", "name", "heads_idx", "q_blocks", "k_blocks", "kinds",
-            "mask_ids", "masks", "perms", "head_perm",
+            "n_ctx", "heads", "block", "name", "pat_q", "pat_k", "pat_kinds", "pat_mask_ids",
+            "pat_ptr", "head_pattern", "masks", "perms", "head_perm",
         )
     }
     fields.update(changes)

@@ -22,17 +22,18 @@ Permutation (the strided transpose), if any:
     pattern_perm int32 [P]       row of ``perm`` each pattern uses, -1: identity
 
 Memory: 4 * (2 (nb + 1) P) + 2 * 9 E + 4 b W M (+ 8 Q N) bytes. Building is vectorised
-(sorts, bincounts, cumsums); no Python loop runs over blocks, only over patterns.
+(bincounts, cumsums, a radix argsort per pattern); no Python loop runs over blocks, only over
+patterns. The entry arrays may share memory with the Layout's (a view when one pattern).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 
 from .layout import PARTIAL, Layout
@@ -100,23 +101,6 @@ class Plan:
         return _plan_on_device(self, str(device))
 
 
-def _head_keys(layout: Layout) -> list[str]:
-    """A digest per head of its entries and permutation: equal digests share a pattern."""
-    counts = torch.bincount(layout.heads_idx.long(), minlength=layout.heads).tolist()
-    starts = [0]
-    for c in counts:
-        starts.append(starts[-1] + c)
-    keys = []
-    for h in range(layout.heads):
-        s, e = starts[h], starts[h + 1]
-        d = hashlib.blake2b(digest_size=16)
-        for t in (layout.q_blocks, layout.k_blocks, layout.kinds, layout.mask_ids):
-            d.update(t[s:e].numpy().tobytes())
-        d.update(str(-1 if layout.head_perm is None else layout.head_perm[h]).encode())
-        keys.append(d.hexdigest())
-    return keys
-
-
 def pack_masks(masks: torch.Tensor) -> torch.Tensor:
     """bool [M, b, b] -> int32 [M, b, ceil(b/32)] (bit j % 32 of word j // 32)."""
     m, b, _ = masks.shape
@@ -137,46 +121,55 @@ def unpack_masks(packed: torch.Tensor, block: int) -> torch.Tensor:
     return bits.reshape(packed.shape[0], block, block).to(torch.bool)
 
 
-def _csr(major: torch.Tensor, n_major: int, n_groups: int, group: torch.Tensor) -> torch.Tensor:
-    """Row pointers [n_groups, n_major + 1] for entries sorted by (group, major)."""
-    counts = torch.bincount(group * n_major + major, minlength=n_groups * n_major)
-    ptr = torch.zeros(n_groups * n_major + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=ptr[1:])
-    # row r of group g spans ptr[g*n + r] .. ptr[g*n + r + 1]; lay it out as [G, n + 1]
-    idx = torch.arange(n_groups).unsqueeze(1) * n_major + torch.arange(n_major + 1).unsqueeze(0)
-    return ptr[idx]
+def _stable_order(keys: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """Stable argsort of small non-negative int keys (< n_keys): numpy's radix sort on uint16
+    when the keys fit (O(n)), else torch's stable sort."""
+    if n_keys <= 1 << 16:
+        return torch.from_numpy(np.argsort(keys.numpy().astype(np.uint16), kind="stable"))
+    return torch.sort(keys, stable=True).indices
 
 
 def build_plan(layout: Layout) -> Plan:
-    """Compile ``layout`` into a Plan on the CPU (uncached; use ``plan_for``)."""
+    """Compile ``layout`` into a Plan on the CPU (uncached; use ``plan_for``).
+
+    Heads with identical block lists and permutation (``layout.head_classes``) share a pattern.
+    Per pattern (a Python loop over patterns only): its entries are the layout's stored pattern
+    (already sorted by query block, then key block; used as is, no copy), ``row_ptr`` comes from a bincount
+    of query blocks, and the transposed lists from a stable radix argsort of key blocks, so the
+    query blocks within each column stay ascending. O(E) time and memory beyond the result."""
     nb = layout.n_blocks
-    keys = _head_keys(layout)
-    pattern_of_key: dict[str, int] = {}
-    head_pattern = []
-    representative = []
-    for h, k in enumerate(keys):
-        if k not in pattern_of_key:
-            pattern_of_key[k] = len(representative)
-            representative.append(h)
-        head_pattern.append(pattern_of_key[k])
+    classes = layout.head_classes
+    representative = sorted(set(classes))
+    pattern_of_rep = {h: p for p, h in enumerate(representative)}
+    head_pattern = torch.tensor([pattern_of_rep[c] for c in classes], dtype=torch.int32)
     n_pat = len(representative)
-    pattern_of_head = torch.tensor(head_pattern, dtype=torch.int64)
 
-    # keep the entries of representative heads, relabel head -> pattern
-    is_rep = torch.zeros(layout.heads, dtype=torch.bool)
-    is_rep[representative] = True
-    keep = is_rep[layout.heads_idx.long()]
-    pat = pattern_of_head[layout.heads_idx[keep].long()]
-    qb = layout.q_blocks[keep].long()
-    kb = layout.k_blocks[keep].long()
-    kind = layout.kinds[keep]
-    mask = layout.mask_ids[keep]
-    # representatives are in ascending head order, so patterns are too: entries stay sorted
-    row_ptr = _csr(qb, nb, n_pat, pat)
-
-    tkey = (pat * nb + kb) * nb + qb
-    order = torch.sort(tkey).indices
-    col_ptr = _csr(kb[order], nb, n_pat, pat[order])
+    fwd = {k: [] for k in ("col_idx", "col_kind", "col_mask")}
+    bwd = {k: [] for k in ("row_idx", "row_kind", "row_mask")}
+    row_ptr = torch.zeros(n_pat, nb + 1, dtype=torch.int64)
+    col_ptr = torch.zeros(n_pat, nb + 1, dtype=torch.int64)
+    max_row = max_col = 0
+    offset = 0
+    for p, h in enumerate(representative):
+        qb, kb, kind, mask = layout.head_entries(h)  # views of the layout's shared pattern
+        n = qb.numel()
+        rows = torch.bincount(qb, minlength=nb) if n else torch.zeros(nb, dtype=torch.int64)
+        cols = torch.bincount(kb, minlength=nb) if n else torch.zeros(nb, dtype=torch.int64)
+        torch.cumsum(rows, 0, out=row_ptr[p, 1:])
+        torch.cumsum(cols, 0, out=col_ptr[p, 1:])
+        row_ptr[p] += offset
+        col_ptr[p] += offset
+        max_row = max(max_row, int(rows.max()) if nb else 0)
+        max_col = max(max_col, int(cols.max()) if nb else 0)
+        order = _stable_order(kb, nb)
+        fwd["col_idx"].append(kb)
+        fwd["col_kind"].append(kind)
+        fwd["col_mask"].append(mask)
+        bwd["row_idx"].append(qb[order])
+        bwd["row_kind"].append(kind[order])
+        bwd["row_mask"].append(mask[order])
+        offset += n
+    cat = {k: (v[0] if len(v) == 1 else torch.cat(v)) for k, v in {**fwd, **bwd}.items()}
 
     # permutations: one row per distinct permutation actually used
     perm = inv_perm = None
@@ -192,28 +185,26 @@ def build_plan(layout: Layout) -> Plan:
         inv_perm.scatter_(1, perm, torch.arange(layout.n_ctx).expand_as(perm).contiguous())
         perm, inv_perm = perm.to(torch.int32), inv_perm.to(torch.int32)
 
-    row_len = (row_ptr[:, 1:] - row_ptr[:, :-1]) if nb else torch.zeros(1)
-    col_len = (col_ptr[:, 1:] - col_ptr[:, :-1]) if nb else torch.zeros(1)
     return Plan(
         n_ctx=layout.n_ctx,
         heads=layout.heads,
         block=layout.block,
         layout_hash=layout.content_hash,
-        head_pattern=pattern_of_head.to(torch.int32),
+        head_pattern=head_pattern,
         row_ptr=row_ptr.to(torch.int32),
-        col_idx=kb.to(torch.int32),
-        col_kind=kind.clone(),
-        col_mask=mask.clone(),
+        col_idx=cat["col_idx"],
+        col_kind=cat["col_kind"],
+        col_mask=cat["col_mask"],
         col_ptr=col_ptr.to(torch.int32),
-        row_idx=qb[order].to(torch.int32),
-        row_kind=kind[order],
-        row_mask=mask[order],
+        row_idx=cat["row_idx"],
+        row_kind=cat["row_kind"],
+        row_mask=cat["row_mask"],
         masks=pack_masks(layout.masks),
         perm=perm,
         inv_perm=inv_perm,
         pattern_perm=pattern_perm,
-        max_row_len=int(row_len.max()) if row_len.numel() else 0,
-        max_col_len=int(col_len.max()) if col_len.numel() else 0,
+        max_row_len=max_row,
+        max_col_len=max_col,
     )
 
 

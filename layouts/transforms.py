@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .generators._build import make_layout
+from .generators._build import make_layout, shared_layout
 from .layout import (
     CHUNK_ELEMENTS,
     DIAG,
@@ -65,12 +65,6 @@ def _with_tril(table: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
     if hit.numel():
         return table, int(hit[0, 0])
     return torch.cat([table, tril.unsqueeze(0)]), table.shape[0]
-
-
-def _head_ranges(L: Layout) -> list[tuple[int, int]]:
-    counts = torch.bincount(L.heads_idx.long(), minlength=L.heads)
-    ends = torch.cumsum(counts, 0).tolist()
-    return [(e - c, e) for e, c in zip(ends, counts.tolist())]
 
 
 def _finest(layouts: tuple[Layout, ...]) -> list[Layout]:
@@ -211,48 +205,45 @@ def _coarsen(L: Layout, nbk: int) -> Layout:
 # ---------------------------------------------------------------------------------- heads
 def select_heads(sources: list[tuple[Layout, int]], name: str) -> Layout:
     """A layout whose head i is head ``sources[i][1]`` of layout ``sources[i][0]`` (all of one
-    n_ctx and block)."""
+    n_ctx and block). Shared patterns stay shared: nothing is copied per head."""
     if not sources:
         raise LayoutError("select_heads needs at least one (layout, head)")
     n_ctx, block = sources[0][0].n_ctx, sources[0][0].block
     distinct: list[Layout] = []
-    for L, _ in sources:
+    for L, h in sources:
         if L.n_ctx != n_ctx or L.block != block:
             raise LayoutError(
                 f"layouts differ in n_ctx/block ({L.n_ctx}/{L.block} vs {n_ctx}/{block}): "
                 "build them for one n_ctx (blocks are reblocked by union/stack_heads)"
             )
+        if not 0 <= h < L.heads:
+            raise LayoutError(f"head {h} is outside 0..{L.heads - 1} of {L.name}")
         if not any(L is d for d in distinct):
             distinct.append(L)
     table, maps = _merge_tables([L.masks for L in distinct], block)
-    perms: list[torch.Tensor] = []
-    head_perm = []
-    parts = {k: [] for k in ("h", "q", "k", "kind", "mid")}
-    for new_h, (L, h) in enumerate(sources):
-        if not 0 <= h < L.heads:
-            raise LayoutError(f"head {h} is outside 0..{L.heads - 1} of {L.name}")
-        s, e = _head_ranges(L)[h]
+    patterns: list = []
+    pattern_of: dict[tuple[int, int], int] = {}
+    head_pattern, head_perm, perms = [], [], []
+    for L, h in sources:
         li = next(i for i, d in enumerate(distinct) if d is L)
-        parts["h"].append(torch.full((e - s,), new_h, dtype=torch.int32))
-        parts["q"].append(L.q_blocks[s:e])
-        parts["k"].append(L.k_blocks[s:e])
-        parts["kind"].append(L.kinds[s:e])
-        parts["mid"].append(_remap(L.mask_ids[s:e], maps[li]))
+        key = (li, L.head_pattern[h])
+        if key not in pattern_of:
+            q, k, kinds, mids = L.head_entries(h)
+            pattern_of[key] = len(patterns)
+            patterns.append((q, k, kinds, _remap(mids, maps[li])))
+        head_pattern.append(pattern_of[key])
         p = L.perm_of_head(h)
         if p is None:
             head_perm.append(-1)
-        else:
-            row = next((i for i, x in enumerate(perms) if torch.equal(x, p)), None)
-            if row is None:
-                perms.append(p)
-                row = len(perms) - 1
-            head_perm.append(row)
-    cat = {k: torch.cat(v) for k, v in parts.items()}
-    has_perm = bool(perms)
-    return make_layout(
-        n_ctx, len(sources), block, name, cat["h"], cat["q"], cat["k"], cat["kind"],
-        cat["mid"], table, torch.stack(perms) if has_perm else None,
-        tuple(head_perm) if has_perm else None,
+            continue
+        row = next((i for i, x in enumerate(perms) if torch.equal(x, p)), None)
+        if row is None:
+            perms.append(p)
+            row = len(perms) - 1
+        head_perm.append(row)
+    return shared_layout(
+        n_ctx, len(sources), block, name, patterns, head_pattern, table,
+        torch.stack(perms) if perms else None, tuple(head_perm) if perms else None,
     )
 
 

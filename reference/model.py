@@ -29,6 +29,7 @@ the backward pass (torch.utils.checkpoint, use_reentrant=False); bf16 autocast i
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -135,17 +136,32 @@ def preset(name: str, **overrides) -> ModelConfig:
     return ModelConfig.from_dict({**PRESETS[name].to_dict(), **overrides})
 
 
-def layer_layout(cfg: ModelConfig, layer: int) -> "layouts.Layout":
-    """The attention pattern of layer ``layer`` (see the module docstring)."""
-    n, b, h, s = cfg.n_ctx, cfg.block, cfg.heads, cfg.stride
+def layer_pattern(cfg: ModelConfig, layer: int) -> str:
+    """The pattern of layer ``layer``: 'causal', 'local', 'strided' or 'fixed'."""
     if cfg.attention == "dense":
-        return layouts.causal(n, block=b, heads=h)
-    if cfg.attention == "local" or (cfg.attention == "strided" and layer % 2 == 0):
-        return layouts.local(n, block=b, window=s, heads=h)
+        return "causal"
     if cfg.attention == "strided":
+        return "local" if layer % 2 == 0 else "strided"  # interleaved A(1), A(2)
+    return cfg.attention
+
+
+@functools.lru_cache(maxsize=16)
+def _pattern_layout(cfg: ModelConfig, pattern: str) -> "layouts.Layout":
+    n, b, h, s = cfg.n_ctx, cfg.block, cfg.heads, cfg.stride
+    if pattern == "causal":
+        return layouts.causal(n, block=b, heads=h)
+    if pattern == "local":
+        return layouts.local(n, block=b, window=s, heads=h)
+    if pattern == "strided":
         return layouts.strided(n, block=b, stride=s, heads=h)
     return layouts.fixed(n, block=b, stride=s, heads=h, num_verts=cfg.num_verts,
                          vertsize=cfg.vertsize)
+
+
+def layer_layout(cfg: ModelConfig, layer: int) -> "layouts.Layout":
+    """The attention layout of layer ``layer`` (layers with one pattern share one Layout, which
+    is immutable; see the module docstring)."""
+    return _pattern_layout(cfg, layer_pattern(cfg, layer))
 
 
 class SparseAttention(nn.Module):

@@ -4,7 +4,8 @@
 split, evaluates bits per dim on the validation split every ``eval_every`` steps, appends one JSON
 object per event to ``<out>/log.jsonl`` (loss, bpd, learning rate, tokens per second, peak device
 memory) and saves ``<out>/checkpoint.pt``; ``resume=True`` continues from that checkpoint (model,
-optimiser, data and dropout generators, step), appending to the same log.
+optimiser, data and dropout generators, step; from scratch when there is none), appending to the
+same log.
 
 Checkpoints are data, never code: a dict of tensors, numbers, strings and lists, written with
 ``torch.save`` and read with ``torch.load(..., weights_only=True)``, then validated (format,
@@ -51,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "fp32"
     backend: str = "dense"
+    dataset: str | None = None  # bookkeeping: what it was trained on (eval / sample default)
 
     def __post_init__(self):
         parse_dtype(self.dtype)
@@ -129,7 +131,9 @@ def load_checkpoint(path) -> dict:
     """Read and validate a checkpoint; returns it with 'model_config' / 'train_config' parsed."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found: train one with `stbench model train`")
+        raise FileNotFoundError(
+            f"checkpoint {path} not found: train one with `stbench model train`"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refused or corrupt file
@@ -150,7 +154,9 @@ def load_checkpoint(path) -> dict:
     return state
 
 
-def model_from_checkpoint(path, backend: str = "dense", device="cpu") -> tuple[SparseTransformer, dict]:
+def model_from_checkpoint(path, backend: str = "dense",
+                          device="cpu") -> tuple[SparseTransformer, dict]:
+    """The model saved in checkpoint ``path`` (on ``device``) and the validated checkpoint."""
     state = load_checkpoint(path)
     model = SparseTransformer(state["model_config"], backend=backend)
     try:
@@ -192,7 +198,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, splits: dict, out_dir, devic
     if resume and ckpt.is_file():
         model, state = model_from_checkpoint(ckpt, backend=cfg.backend, device=device)
         if model.cfg != model_cfg:
-            raise ValueError(f"{ckpt} holds a different model config: {model.cfg}; use another --out")
+            raise ValueError(
+                f"{ckpt} holds a different model config: {model.cfg}; use another --out"
+            )
         optimizer = make_optimizer(model, cfg)
         optimizer.load_state_dict(state["optimizer"])
         data_rng.set_state(state["data_rng"])

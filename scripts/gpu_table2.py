@@ -38,7 +38,8 @@ PATTERNS = ("dense", "fixed", "strided")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (written only there)")
     p.add_argument("--data-dir", default=None, help="folder from `stbench data prepare`")
     p.add_argument("--patterns", default=",".join(PATTERNS))
@@ -96,7 +97,7 @@ def run_pattern(args, pattern: str, splits, out: Path) -> dict:
         eval_every=max(1, args.steps // 6), eval_batch_size=args.batch_size,
         eval_batches=2 if args.smoke else 8,  # curves: a few batches; the final number: all
         log_every=max(1, min(10, args.steps // 20)), seed=args.seed, dtype=args.dtype,
-        backend=args.backend,
+        backend=args.backend, dataset="pydoc" if args.smoke else "wiki",
     )
     run_dir = out / pattern
     train.train(cfg, tcfg, splits, run_dir, device=args.device, time_limit_s=60 * args.minutes)
@@ -166,7 +167,9 @@ def main(argv=None) -> int:
     used = [p for p in patterns if (out / p / "log.jsonl").exists()] + (
         ["table2.jsonl"] if (out / "table2.jsonl").exists() else [])
     if used:
-        raise SystemExit(f"--out {out} already holds results ({', '.join(used)}): choose a fresh folder")
+        raise SystemExit(
+            f"--out {out} already holds results ({', '.join(used)}): choose a fresh folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     splits = data.load("pydoc" if args.smoke else "wiki", args.data_dir)
     env = environment()

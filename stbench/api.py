@@ -64,7 +64,7 @@ def validate_inputs(q, k, v, layout, scale) -> float:
         raise ValueError(f"q has an empty dimension: shape {tuple(q.shape)}")
     if scale is None:
         return 1.0 / math.sqrt(d)
-    if isinstance(scale, torch.Tensor) or not isinstance(scale, (int, float)):
+    if isinstance(scale, (bool, torch.Tensor)) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a Python float or None, got {type(scale).__name__}")
     scale = float(scale)
     if not math.isfinite(scale) or scale <= 0:

@@ -71,10 +71,11 @@ def reblock(layout, block: int):
     """The same token pattern at another block, or LayoutError."""
     if block == layout.block:
         return layout
-    fn = getattr(layout, "reblock", None) or getattr(layouts, "reblock", None)
-    if fn is None:
-        raise layouts.LayoutError("re-blocking is not available in this stbench.layouts")
-    return fn(block) if fn is getattr(layout, "reblock", None) else fn(layout, block)
+    if hasattr(layout, "reblock"):
+        return layout.reblock(block)
+    if hasattr(layouts, "reblock"):
+        return layouts.reblock(layout, block)
+    raise layouts.LayoutError("re-blocking is not available in this stbench.layouts")
 
 
 def _fwd_relevant(config: dict) -> str:

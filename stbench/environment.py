@@ -25,6 +25,7 @@ CUPY_DISTRIBUTIONS = ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy")
 class Environment:
     gpu: str | None  # device name, None on a CPU-only machine
     gpu_count: int
+    gpu_memory_bytes: int | None  # total memory of device 0
     driver: str | None  # NVIDIA driver version (nvidia-smi), None when unknown
     cuda: str | None  # CUDA version torch was built with
     torch: str
@@ -81,6 +82,7 @@ def _versions() -> dict:
     return dict(
         gpu=torch.cuda.get_device_name(0) if cuda_ok else None,
         gpu_count=torch.cuda.device_count() if cuda_ok else 0,
+        gpu_memory_bytes=torch.cuda.get_device_properties(0).total_memory if cuda_ok else None,
         driver=_driver_version() if cuda_ok else None,
         cuda=torch.version.cuda,
         torch=torch.__version__,

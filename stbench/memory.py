@@ -1,4 +1,4 @@
-"""Attention memory: the Sparse Transformer's table, block-sparse layouts, our kernels, the reference.
+"""Attention memory: the Sparse Transformer's table, block-sparse layouts, kernels, reference.
 
 Four models, all pure functions of their arguments (bytes are exact integers):
 
@@ -130,7 +130,9 @@ def lse_bytes(n_ctx: int, heads: int, layers: int, batch: int = 1, recompute: bo
 
 
 # ---------------------------------------------------------------- 2. our kernels
-def kernel_memory_bytes(layout, batch: int, head_dim: int, dtype: torch.dtype, mode: str) -> int:
+def kernel_memory_bytes(
+    layout, batch: int, head_dim: int, dtype: torch.dtype, mode: str, index_bytes: int = 0
+) -> int:
     """Analytic peak memory of one call of our fused block-sparse kernels (Triton, CuPy).
 
     With T = B*H*N*D*e (one [B, H, N, D] tensor in ``dtype``), R = B*H*N*4 (one fp32 row
@@ -139,9 +141,11 @@ def kernel_memory_bytes(layout, batch: int, head_dim: int, dtype: torch.dtype, m
         fwd      4 T + R + P         q, k, v, o and the LSE
         fwd+bwd  8 T + 2 R + P       also dO, dQ, dK, dV and delta = rowsum(dO * O)
 
-    Nothing O(N^2) and no score tile in global memory. A permuted layout (the strided transpose)
-    is assumed folded into the kernels' indexing; a backend that gathers permuted copies adds
-    up to 4 T (fwd) / 8 T (fwd+bwd) on top."""
+    ``index_bytes``: a backend's own index tables built from the plan (the Triton backend's
+    tiles, kernels/triton/tiles.py), added to P. Nothing O(N^2) and no score tile in global
+    memory (the Triton backend allocates exactly out, LSE / delta, dQ, dK, dV). A permuted
+    layout (the strided transpose) is assumed folded into the kernels' indexing, as the Triton
+    backend does; a backend gathering permuted copies adds up to 4 T (fwd) / 8 T (fwd+bwd)."""
     from stbench.layouts import plan_for
 
     _check_mode(mode)
@@ -149,7 +153,9 @@ def kernel_memory_bytes(layout, batch: int, head_dim: int, dtype: torch.dtype, m
     e = itemsize(dtype)
     tensor = batch * layout.heads * layout.n_ctx * head_dim * e
     rows = batch * layout.heads * layout.n_ctx * LSE_ITEMSIZE
-    plan = plan_for(layout).nbytes
+    if not isinstance(index_bytes, int) or index_bytes < 0:
+        raise ValueError(f"index_bytes={index_bytes!r} must be a non-negative int")
+    plan = plan_for(layout).nbytes + index_bytes
     if mode == "fwd":
         return 4 * tensor + rows + plan
     return 8 * tensor + 2 * rows + plan

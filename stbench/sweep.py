@@ -46,6 +46,11 @@ TUNE_CACHE = "tune.json"
 BEGIN, END, STOP = "STBENCH-BEGIN", "STBENCH-END", "STBENCH-STOP"
 WORKER_STARTUP_S = 180  # imports, CUDA context, first compilation before a worker's first row
 TUNE_TIMEOUT_FACTOR = 20  # a tuned row may take this many row timeouts (many candidates)
+# Fault injection for testing isolation: STBENCH_SWEEP_FAULT=crash:BACKEND (the worker exits
+# abruptly when it starts a row of BACKEND) or hang:BACKEND (it sleeps). Workers only.
+FAULT_ENV = "STBENCH_SWEEP_FAULT"
+FAULT_EXIT_CODE = 86
+FAULT_HANG_S = 3600
 
 
 class SweepError(ValueError):
@@ -494,11 +499,21 @@ def worker_main(task_path: str) -> int:
     g = task["group"]
     group = Group(g["n"], g["layout"], g["dtype"], tuple(tuple(x) for x in g["items"]))
 
+    fault = os.environ.get(FAULT_ENV, "")
+
     def say(*parts):
         print(*parts, flush=True)
 
+    def begin(i):
+        say(BEGIN, i)
+        backend = group.items[i][1]
+        if fault == f"crash:{backend}":
+            os._exit(FAULT_EXIT_CODE)
+        if fault == f"hang:{backend}":
+            time.sleep(FAULT_HANG_S)
+
     finished = run_group(cfg, group, Path(task["out"]), device=task["device"], tune=task["tune"],
-                         deadline=task["deadline"], on_begin=lambda i: say(BEGIN, i),
+                         deadline=task["deadline"], on_begin=begin,
                          on_end=lambda i, row: say(END, i))
     if not finished:
         say(STOP)

@@ -176,7 +176,7 @@ def _aligned(t: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _plan_flags(plan: Plan) -> tuple[bool, bool]:
+def plan_flags(plan: Plan) -> tuple[bool, bool]:
     """(permuted, has_partial) of a plan: the two plan features that select a variant."""
     return plan.perm is not None, bool((plan.col_kind == PARTIAL).any())
 
@@ -194,11 +194,61 @@ def variants_for(cfg: dict, dtype: torch.dtype, head_dim: int, block: int, permu
             Variant("bwd_mma", code, head_dim, block, m, n, permuted, partial))
 
 
-def _launch_geometry(cfg: dict, n_ctx: int, bh: int) -> tuple[tuple, tuple]:
+def launch_geometry(cfg: dict, n_ctx: int, bh: int) -> tuple[tuple, tuple]:
     if cfg["kernel"] == "scalar":
         return (n_ctx // SCALAR_ROWS, bh, 1), (SCALAR_ROWS * 32, 1, 1)
     m = cfg["BLOCK_M"]
     return (n_ctx // m, bh, 1), ((m // 16) * 32, 1, 1)
+
+
+# The kernels' view of the plan: field -> element type of its pointer argument
+PLAN_FWD = (("head_pattern", torch.int32), ("row_ptr", torch.int32), ("col_idx", torch.int32),
+            ("col_kind", torch.int8), ("col_mask", torch.int32), ("masks", torch.int32),
+            ("perm", torch.int32), ("pattern_perm", torch.int32))
+PLAN_BWD = (("head_pattern", torch.int32), ("col_ptr", torch.int32), ("row_idx", torch.int32),
+            ("row_kind", torch.int8), ("row_mask", torch.int32), ("masks", torch.int32),
+            ("perm", torch.int32), ("pattern_perm", torch.int32))
+
+
+def plan_args(plan: Plan, arr) -> tuple[list, list]:
+    """(forward, backward) plan arguments of the kernels, each tensor contiguous in the element
+    type the kernels read (a no-op for the plan's own int32 / int8 arrays), through ``arr``."""
+
+    def field(name, dtype):
+        t = getattr(plan, name)
+        return None if t is None else t.to(dtype).contiguous()
+
+    fwd = [arr(field(n, dt)) for n, dt in PLAN_FWD]
+    bwd = [arr(field(n, dt)) for n, dt in PLAN_BWD]
+    return fwd, bwd
+
+
+def fwd_args(arr, q, k, v, out, lse, fwd_plan, ints, scale_log2) -> tuple:
+    """Arguments of st_fwd_mma / st_fwd_scalar, in their order."""
+    return (arr(q), arr(k), arr(v), arr(out), arr(lse), *fwd_plan, *ints, scale_log2)
+
+
+def dq_args(arr, q, k, v, dout, lse, delta, dq, fwd_plan, ints, scale, scale_log2) -> tuple:
+    """Arguments of st_bwd_dq / st_bwd_dq_scalar, in their order."""
+    return (arr(q), arr(k), arr(v), arr(dout), arr(lse), arr(delta), arr(dq), *fwd_plan, *ints,
+            scale, scale_log2)
+
+
+def dkv_args(arr, q, k, v, dout, lse, delta, dk, dv, bwd_plan, ints, scale, scale_log2) -> tuple:
+    """Arguments of st_bwd_dkv / st_bwd_dkv_scalar, in their order."""
+    return (arr(q), arr(k), arr(v), arr(dout), arr(lse), arr(delta), arr(dk), arr(dv), *bwd_plan,
+            *ints, scale, scale_log2)
+
+
+def row_delta(dout: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """delta [B, H, N] float32 = rowsum(dO * O), the backward's softmax correction."""
+    return (dout.float() * out.float()).sum(-1)
+
+
+KERNEL_NAMES = {
+    "mma": ("st_fwd_mma", "st_bwd_dq", "st_bwd_dkv"),
+    "scalar": ("st_fwd_scalar", "st_bwd_dq_scalar", "st_bwd_dkv_scalar"),
+}
 
 
 class _Launcher:
@@ -214,23 +264,15 @@ class _Launcher:
         self.index = device.index if device.index is not None else torch.cuda.current_device()
         self.cfg = cfg
         self.plan = plan_for(layout, device)
-        fwd_v, bwd_v = variants_for(cfg, dtype, d, layout.block, *_plan_flags(self.plan))
-        scalar = cfg["kernel"] == "scalar"
-        self.fwd = get_kernel(fwd_v, "st_fwd_scalar" if scalar else "st_fwd_mma", self.index)
-        self.fwd_variant, self.bwd_variant = fwd_v, bwd_v
-        dq_name, dkv_name = ("st_bwd_dq_scalar", "st_bwd_dkv_scalar") if scalar else \
-            ("st_bwd_dq", "st_bwd_dkv")
+        fwd_v, bwd_v = variants_for(cfg, dtype, d, layout.block, *plan_flags(self.plan))
+        fwd_name, dq_name, dkv_name = KERNEL_NAMES[cfg["kernel"]]
+        self.fwd = get_kernel(fwd_v, fwd_name, self.index)
         # the backward module compiles here too, so prepare() takes all compilation out of the
         # timed region
         self.dq_k = get_kernel(bwd_v, dq_name, self.index)
         self.dkv_k = get_kernel(bwd_v, dkv_name, self.index)
-        self.grid, self.block = _launch_geometry(cfg, n, b * h)
-        p = self.plan
-        a = functools.partial(_arr, device=device)
-        self.fwd_plan = [a(p.head_pattern), a(p.row_ptr), a(p.col_idx), a(p.col_kind),
-                         a(p.col_mask), a(p.masks), a(p.perm), a(p.pattern_perm)]
-        self.bwd_plan = [a(p.head_pattern), a(p.col_ptr), a(p.row_idx), a(p.row_kind),
-                         a(p.row_mask), a(p.masks), a(p.perm), a(p.pattern_perm)]
+        self.grid, self.block = launch_geometry(cfg, n, b * h)
+        self.fwd_plan, self.bwd_plan = plan_args(self.plan, functools.partial(_arr, device=device))
         self.ints = (np.int32(h), np.int32(n))
         self.scale = np.float32(scale)
         self.scale_log2 = np.float32(scale * LOG2E)
@@ -250,8 +292,7 @@ class _Launcher:
         # DLPack hand-over inside the stream context: CuPy then asks torch for its own current
         # stream, so no cross-stream synchronisation is inserted
         with self._cupy.cuda.Device(self.index), self._stream():
-            args = (a(q), a(k), a(v), a(out), a(lse), *self.fwd_plan, *self.ints,
-                    self.scale_log2)
+            args = fwd_args(a, q, k, v, out, lse, self.fwd_plan, self.ints, self.scale_log2)
             self.fwd(self.grid, self.block, args)
         return out, lse
 
@@ -259,14 +300,16 @@ class _Launcher:
         """Gradients (dq, dk, dv) for upstream ``dout``; all [B, H, N, D], q, k, v, out
         contiguous and 16-byte aligned (as ``forward`` leaves them)."""
         dout = _aligned(dout)
-        delta = (dout.float() * out.float()).sum(-1)  # [B, H, N]: rowsum(dO * O)
+        delta = row_delta(dout, out)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         a = functools.partial(_arr, device=q.device)
-        tail = (*self.ints, self.scale, self.scale_log2)
+        ints, sc, sl2 = self.ints, self.scale, self.scale_log2
         with self._cupy.cuda.Device(self.index), self._stream():
-            common = (a(q), a(k), a(v), a(dout), a(lse), a(delta))
-            self.dq_k(self.grid, self.block, (*common, a(dq), *self.fwd_plan, *tail))
-            self.dkv_k(self.grid, self.block, (*common, a(dk), a(dv), *self.bwd_plan, *tail))
+            self.dq_k(self.grid, self.block,
+                      dq_args(a, q, k, v, dout, lse, delta, dq, self.fwd_plan, ints, sc, sl2))
+            self.dkv_k(self.grid, self.block,
+                       dkv_args(a, q, k, v, dout, lse, delta, dk, dv, self.bwd_plan, ints, sc,
+                                sl2))
         return dq, dk, dv
 
 

@@ -3,7 +3,7 @@
 A ``Variant`` names one compilation of one ``.cu`` file of this folder: the element type, the
 head dimension, the layout block, the tile sizes and the two plan features that change the
 code (a token permutation; PARTIAL blocks reading a bitmask). Its ``source()`` is the ``.cu``
-text with the local ``#include "st_common.cuh"`` pasted in, so the text alone determines the
+text with the local headers (``st_common.cuh``, ``st_intrinsics.cuh``) pasted in, so the text alone determines the
 binary; its ``options()`` are the NVRTC options (``-D`` defines). The same source and defines
 feed NVRTC through ``cupy.RawModule`` on the GPU and ``nvcc`` in the CPU build test
 (``nvcc_command``), so what CI compiles is what runs.
@@ -88,8 +88,8 @@ class Variant:
         """NVRTC options (CuPy adds the architecture)."""
         return ("-std=c++17",) + tuple(f"-D{d}" for d in self.defines())
 
-    def source(self) -> str:
-        return read_source(self.path.name)
+    def source(self, swap: tuple[tuple[str, str], ...] = ()) -> str:
+        return read_source(self.path.name, swap)
 
     def label(self) -> str:
         tiles = "" if self.family == "scalar" else f"_m{self.block_m}n{self.block_n}"
@@ -102,17 +102,30 @@ class Variant:
 _INCLUDE = re.compile(r'^\s*#include\s+"([^"]+)"\s*$', re.M)
 
 
+def read_source(filename: str, swap: tuple[tuple[str, str], ...] = ()) -> str:
+    """The text of ``filename`` with local ``#include "x.cuh"`` lines replaced, recursively, by
+    the header's text (each header once). ``swap`` maps a header to another file pasted in its
+    place (the CPU emulation swaps st_intrinsics.cuh for st_cpu_emu.cuh)."""
+    return _read_source(filename, swap)
+
+
 @functools.lru_cache(maxsize=None)
-def read_source(filename: str) -> str:
-    """The text of ``filename`` with local ``#include "x.cuh"`` lines replaced by the header."""
-    text = (KERNEL_DIR / filename).read_text()
+def _read_source(filename: str, swap: tuple[tuple[str, str], ...]) -> str:
+    replace = dict(swap)
+    seen: set[str] = set()
 
-    def paste(match: re.Match) -> str:
-        header = (KERNEL_DIR / match.group(1)).read_text()
-        header = header.replace("#pragma once\n", "")
-        return f"// ---- begin {match.group(1)}\n{header}// ---- end {match.group(1)}"
+    def expand(name: str) -> str:
+        text = (KERNEL_DIR / replace.get(name, name)).read_text()
+        return _INCLUDE.sub(lambda m: paste(m.group(1)), text)
 
-    return _INCLUDE.sub(paste, text)
+    def paste(name: str) -> str:
+        if name in seen:
+            return f"// ---- {name} already included"
+        seen.add(name)
+        body = expand(name).replace("#pragma once\n", "")
+        return f"// ---- begin {name}\n{body}// ---- end {name}"
+
+    return expand(filename)
 
 
 def nvcc_command(variant: Variant, src_path: str, out_path: str, arch: str = "sm_90",

@@ -18,7 +18,8 @@
 #endif
 
 #define NWARPS (BLOCK_M / 16)
-#define SROW (HEAD_DIM + 8)
+#define SROW (HEAD_DIM + 8)  // padded shared-memory row, in elements
+#include "st_mma_tiles.cuh"
 
 static_assert(HEAD_DIM % 16 == 0, "HEAD_DIM must be a multiple of 16");
 static_assert(BLOCK_M % 16 == 0 && LAYOUT_BLOCK % BLOCK_M == 0, "BLOCK_M must divide the block");
@@ -36,44 +37,6 @@ __device__ __forceinline__ void load_a_rows(unsigned (*a)[4], const elem_t* row0
     a[kk][1] = *reinterpret_cast<const unsigned*>(row1 + c);
     a[kk][2] = *reinterpret_cast<const unsigned*>(row0 + c + 8);
     a[kk][3] = *reinterpret_cast<const unsigned*>(row1 + c + 8);
-  }
-}
-
-// acc[BLOCK_N / 8][4] = A (16 x HEAD_DIM, fragments) * S^T where S is the [BLOCK_N, HEAD_DIM]
-// tile in shared memory (B fragment: k = d, n = row of S, two consecutive d in one word).
-__device__ __forceinline__ void mma_a_bt(float (*acc)[4], const unsigned (*a)[4],
-                                         const elem_t* sm, int g, int t) {
-#pragma unroll
-  for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
-    acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-    const elem_t* r = sm + (nt * 8 + g) * SROW + 2 * t;
-#pragma unroll
-    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-      const unsigned b0 = *reinterpret_cast<const unsigned*>(r + kk * 16);
-      const unsigned b1 = *reinterpret_cast<const unsigned*>(r + kk * 16 + 8);
-      mma16816(acc[nt], a[kk], b0, b1);
-    }
-  }
-}
-
-// out[HEAD_DIM / 8][4] += X (16 x BLOCK_N, given as accumulator tiles x[BLOCK_N / 8][4]) * S,
-// S the [BLOCK_N, HEAD_DIM] tile in shared memory (B fragment: k = row of S, n = d).
-__device__ __forceinline__ void mma_acc_s(float (*out)[4], float (*x)[4], const elem_t* sm,
-                                          int g, int t) {
-#pragma unroll
-  for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
-    unsigned pa[4];
-    pa[0] = pack2(x[2 * kk][0], x[2 * kk][1]);
-    pa[1] = pack2(x[2 * kk][2], x[2 * kk][3]);
-    pa[2] = pack2(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-    pa[3] = pack2(x[2 * kk + 1][2], x[2 * kk + 1][3]);
-    const elem_t* r = sm + (kk * 16 + 2 * t) * SROW + g;
-#pragma unroll
-    for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
-      const unsigned b0 = pair_strided(r + dt * 8, SROW);
-      const unsigned b1 = pair_strided(r + 8 * SROW + dt * 8, SROW);
-      mma16816(out[dt], pa, b0, b1);
-    }
   }
 }
 
@@ -146,8 +109,8 @@ st_bwd_dq(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
       __syncthreads();
 
       float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
-      mma_a_bt(s, qa, sK, g, t);   // S = Q K^T
-      mma_a_bt(dp, da, sV, g, t);  // dP = dO V^T
+      mma_a_bt(s, qa, sK, lane);   // S = Q K^T
+      mma_a_bt(dp, da, sV, lane);  // dP = dO V^T
 #pragma unroll
       for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
 #pragma unroll
@@ -160,7 +123,7 @@ st_bwd_dq(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
           s[nt][i] = p * (dp[nt][i] - (row1 ? dl1 : dl0));  // dS
         }
       }
-      mma_acc_s(acc, s, sK, g, t);  // dQ += dS K
+      mma_acc_s(acc, s, sK, lane);  // dQ += dS K
     }
   }
   store_rows(dq + base + (long long)tok0 * HEAD_DIM, dq + base + (long long)tok1 * HEAD_DIM, acc,
@@ -222,8 +185,8 @@ st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
       __syncthreads();
 
       float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
-      mma_a_bt(s, ka, sQ, g, t);   // S^T = K Q^T   (rows: keys, columns: queries)
-      mma_a_bt(dp, va, sD, g, t);  // dP^T = V dO^T
+      mma_a_bt(s, ka, sQ, lane);   // S^T = K Q^T   (rows: keys, columns: queries)
+      mma_a_bt(dp, va, sD, lane);  // dP^T = V dO^T
 #pragma unroll
       for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
 #pragma unroll
@@ -237,8 +200,8 @@ st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
           dp[nt][i] = p * (dp[nt][i] - sDelta[c]);  // dS^T
         }
       }
-      mma_acc_s(dva, s, sD, g, t);   // dV += P^T dO
-      mma_acc_s(dka, dp, sQ, g, t);  // dK += dS^T Q
+      mma_acc_s(dva, s, sD, lane);   // dV += P^T dO
+      mma_acc_s(dka, dp, sQ, lane);  // dK += dS^T Q
     }
   }
   store_rows(dk + base + (long long)tok0 * HEAD_DIM, dk + base + (long long)tok1 * HEAD_DIM, dka,

@@ -44,92 +44,20 @@
 
 namespace st {
 
-
 #if ST_DTYPE == 0
 typedef float elem_t;
 #else
 typedef unsigned short elem_t;  // raw bits of a float16 or bfloat16
 #endif
 
+}  // namespace st
+
+// device intrinsics (inline PTX); tests swap in st_cpu_emu.cuh to run the kernels on a CPU
+#include "st_intrinsics.cuh"
+
+namespace st {
+
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
-
-__device__ __forceinline__ float fast_exp2(float x) {  // ex2(-inf) = +0
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ float fast_log2(float x) {
-  float y;
-  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// ---------------------------------------------------------------- element conversions
-__device__ __forceinline__ float to_float(float x) { return x; }
-__device__ __forceinline__ float to_float(unsigned short x) {
-#if ST_DTYPE == 1
-  float y;
-  asm("cvt.f32.f16 %0, %1;" : "=f"(y) : "h"(x));
-  return y;
-#else
-  return __uint_as_float(((unsigned)x) << 16);  // bfloat16 is the top half of a float32
-#endif
-}
-
-__device__ __forceinline__ elem_t from_float(float x) {
-#if ST_DTYPE == 0
-  return x;
-#elif ST_DTYPE == 1
-  unsigned short y;
-  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(y) : "f"(x));
-  return y;
-#else
-  unsigned short y;
-  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(y) : "f"(x));
-  return y;
-#endif
-}
-
-#if ST_DTYPE != 0
-// Two floats -> one 32-bit register of two 16-bit elements, ``lo`` in the low half (the element
-// with the lower index, as mma.sync fragments expect).
-__device__ __forceinline__ unsigned pack2(float lo, float hi) {
-  unsigned y;
-#if ST_DTYPE == 1
-  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(y) : "f"(hi), "f"(lo));
-#else
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(y) : "f"(hi), "f"(lo));
-#endif
-  return y;
-}
-
-// Two 16-bit elements at p[0] and p[stride] packed into one register (p[0] low).
-__device__ __forceinline__ unsigned pair_strided(const elem_t* p, int stride) {
-  return (unsigned)p[0] | ((unsigned)p[stride] << 16);
-}
-
-// D (16x8, f32) += A (16x16, row) * B (16x8, col); fragment layouts of the PTX ISA,
-// "Matrix Fragments for mma.m16n8k16 with floating point type" (g = lane / 4, t = lane % 4):
-//   A: a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..), a[2] = (g, 2t+8..), a[3] = (g+8, 2t+8..)
-//   B: b[0] = (k 2t..2t+1, n g), b[1] = (k 2t+8..2t+9, n g)
-//   C: c[0..1] = (g, 2t..2t+1), c[2..3] = (g+8, 2t..2t+1)
-__device__ __forceinline__ void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
-#if ST_DTYPE == 1
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
-}
-#endif  // ST_DTYPE != 0
 
 // ---------------------------------------------------------------- plan access
 // Whether query ``iq`` may attend key ``jk`` (both indices inside their layout blocks) in an

@@ -25,6 +25,7 @@
 
 #define NWARPS (BLOCK_M / 16)
 #define SROW (HEAD_DIM + 8)  // padded shared-memory row, in elements
+#include "st_mma_tiles.cuh"
 
 static_assert(HEAD_DIM % 16 == 0, "HEAD_DIM must be a multiple of 16");
 static_assert(BLOCK_M % 16 == 0 && LAYOUT_BLOCK % BLOCK_M == 0, "BLOCK_M must divide the block");
@@ -89,19 +90,9 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
       }
       __syncthreads();
 
-      // S = Q K^T: B fragment (k = d, n = key) is K[key][d], two consecutive d in one word
+      // S = Q K^T: B fragment (k = d, n = key) is K[key][d] (st_common.cuh: mma_a_bt)
       float s[BLOCK_N / 8][4];
-#pragma unroll
-      for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
-        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-        const elem_t* kr = sK + (nt * 8 + g) * SROW + 2 * t;
-#pragma unroll
-        for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-          const unsigned b0 = *reinterpret_cast<const unsigned*>(kr + kk * 16);
-          const unsigned b1 = *reinterpret_cast<const unsigned*>(kr + kk * 16 + 8);
-          mma16816(s[nt], qa[kk], b0, b1);
-        }
-      }
+      mma_a_bt(s, qa, sK, lane);
 
       // mask, scale, running max
       float mx0 = neg_inf(), mx1 = neg_inf();
@@ -143,22 +134,8 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
       }
 
       // O += P V: the S accumulators of two n8 tiles form one A fragment; the B fragment
-      // (k = key, n = d) is V[key][d], two keys apart by one row
-#pragma unroll
-      for (int kk = 0; kk < BLOCK_N / 16; ++kk) {
-        unsigned pa[4];
-        pa[0] = pack2(s[2 * kk][0], s[2 * kk][1]);
-        pa[1] = pack2(s[2 * kk][2], s[2 * kk][3]);
-        pa[2] = pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        pa[3] = pack2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-        const elem_t* vr = sV + (kk * 16 + 2 * t) * SROW + g;
-#pragma unroll
-        for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
-          const unsigned b0 = pair_strided(vr + dt * 8, SROW);
-          const unsigned b1 = pair_strided(vr + 8 * SROW + dt * 8, SROW);
-          mma16816(o[dt], pa, b0, b1);
-        }
-      }
+      // (k = key, n = d) is V[key][d] (st_common.cuh: mma_acc_s)
+      mma_acc_s(o, s, sV, lane);
     }
   }
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from . import interpret
-from .common import LOG2E, tile_cols, tile_mask, to_tokens
+from .common import LOG2E, apply_mask, tile_cols, to_tokens
 
 DELTA_ROWS = 64  # rows per program of the delta preprocess
 
@@ -39,6 +39,31 @@ def _delta_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, ROWS: tl.constex
     o = tl.load(O + off, mask=ok[:, None], other=0.0).to(tl.float32)
     do = tl.load(DO + off, mask=ok[:, None], other=0.0).to(tl.float32)
     tl.store(DELTA + r, tl.sum(o * do, 1), mask=ok)
+
+
+@triton.jit
+def _dq_tile(
+    dq, q, do, lse, delta, e, K, V, base, rows, cols, tmask, masks, perm, pp, N, qk_scale2,
+    MODE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
+):
+    """dQ contribution of one key tile; MODE: 0 FULL, 1 CAUSAL, 2 MASKED (constexpr)."""
+    cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
+    ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
+    d = tl.arange(0, HEAD_DIM)
+    kv = base + ctok[:, None] * HEAD_DIM + d[None, :]
+    if MODE == 0:
+        k = tl.load(K + kv)
+        v = tl.load(V + kv)
+    else:
+        k = tl.load(K + kv, mask=ok[:, None], other=0.0)
+        v = tl.load(V + kv, mask=ok[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
+    s = apply_mask(s, e, tmask, masks, rows, cpos, ok, MODE, False, BLOCK_M, BLOCK_N)
+    p = tl.math.exp2(s - lse[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=IN_PREC)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=IN_PREC)
 
 
 @triton.jit
@@ -65,39 +90,57 @@ def _dq_kernel(
     q = tl.load(Q + base + rtok[:, None] * HEAD_DIM + d[None, :])
     do = tl.load(DO + base + rtok[:, None] * HEAD_DIM + d[None, :])
     lse = tl.load(LSE2 + rbase + rtok)
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # empty rows: p = 0, never NaN
     delta = tl.load(DELTA + rbase + rtok)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     start = tl.load(ptr + pat * (n_t + 1) + t)
-    mid = tl.load(split + pat * n_t + t)
+    end_full = tl.load(split + (pat * n_t + t) * 2)
+    end_causal = tl.load(split + (pat * n_t + t) * 2 + 1)
     end = tl.load(ptr + pat * (n_t + 1) + t + 1)
+    for e in range(start, end_full):
+        dq = _dq_tile(dq, q, do, lse, delta, e, K, V, base, rows, cols, tmask, masks, perm, pp,
+                      N, qk_scale2, 0, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC)
+    for e in range(end_full, end_causal):
+        dq = _dq_tile(dq, q, do, lse, delta, e, K, V, base, rows, cols, tmask, masks, perm, pp,
+                      N, qk_scale2, 1, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC)
+    for e in range(end_causal, end):
+        dq = _dq_tile(dq, q, do, lse, delta, e, K, V, base, rows, cols, tmask, masks, perm, pp,
+                      N, qk_scale2, 2, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC)
+    tl.store(DQ + base + rtok[:, None] * HEAD_DIM + d[None, :],
+             (dq * scale).to(DQ.dtype.element_ty))
 
-    for e in range(start, mid):
-        cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
-        ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
-        k = tl.load(K + base + ctok[:, None] * HEAD_DIM + d[None, :])
-        v = tl.load(V + base + ctok[:, None] * HEAD_DIM + d[None, :])
-        s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
-        p = tl.math.exp2(s - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=IN_PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=IN_PREC)
 
-    for e in range(mid, end):
-        cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
-        ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
-        k = tl.load(K + base + ctok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
-        v = tl.load(V + base + ctok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
-        allowed = tile_mask(
-            tl.load(kind + e), tl.load(tmask + e), masks, rows, cpos, ok, False, BLOCK_M, BLOCK_N
-        )
-        p = tl.math.exp2(tl.where(allowed, s, float("-inf")) - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=IN_PREC)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=IN_PREC)
-
-    tl.store(DQ + base + rtok[:, None] * HEAD_DIM + d[None, :], (dq * scale).to(DQ.dtype.element_ty))
+@triton.jit
+def _dkdv_tile(
+    dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask, masks, perm, pp, N,
+    qk_scale2,
+    MODE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
+):
+    """dK, dV contributions of one gathered query tile; MODE as in _dq_tile."""
+    qpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_M)
+    qtok = to_tokens(qpos, perm, pp, N, HAS_PERM).to(tl.int64)
+    d = tl.arange(0, HEAD_DIM)
+    qo = base + qtok[:, None] * HEAD_DIM + d[None, :]
+    if MODE == 0:
+        q = tl.load(Q + qo)
+        do = tl.load(DO + qo)
+        lse = tl.load(LSE2 + rbase + qtok)
+        delta = tl.load(DELTA + rbase + qtok)
+    else:
+        q = tl.load(Q + qo, mask=ok[:, None], other=0.0)
+        do = tl.load(DO + qo, mask=ok[:, None], other=0.0)
+        lse = tl.load(LSE2 + rbase + qtok, mask=ok, other=float("inf"))
+        delta = tl.load(DELTA + rbase + qtok, mask=ok, other=0.0)
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    st = tl.dot(k, tl.trans(q), input_precision=IN_PREC) * qk_scale2
+    st = apply_mask(st, e, tmask, masks, kpos, qpos, ok, MODE, True, BLOCK_N, BLOCK_M)
+    pt = tl.math.exp2(st - lse[None, :])
+    dv += tl.dot(pt.to(do.dtype), do, input_precision=IN_PREC)
+    dpt = tl.dot(v, tl.trans(do), input_precision=IN_PREC)
+    dst = pt * (dpt - delta[None, :])
+    dk += tl.dot(dst.to(q.dtype), q, input_precision=IN_PREC)
+    return dk, dv
 
 
 @triton.jit
@@ -126,43 +169,23 @@ def _dkdv_kernel(
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     start = tl.load(ptr + pat * (n_t + 1) + t)
-    mid = tl.load(split + pat * n_t + t)
+    end_full = tl.load(split + (pat * n_t + t) * 2)
+    end_causal = tl.load(split + (pat * n_t + t) * 2 + 1)
     end = tl.load(ptr + pat * (n_t + 1) + t + 1)
-
-    for e in range(start, mid):
-        qpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_M)
-        qtok = to_tokens(qpos, perm, pp, N, HAS_PERM).to(tl.int64)
-        q = tl.load(Q + base + qtok[:, None] * HEAD_DIM + d[None, :])
-        do = tl.load(DO + base + qtok[:, None] * HEAD_DIM + d[None, :])
-        lse = tl.load(LSE2 + rbase + qtok)
-        lse = tl.where(lse == float("-inf"), float("inf"), lse)
-        delta = tl.load(DELTA + rbase + qtok)
-        st = tl.dot(k, tl.trans(q), input_precision=IN_PREC) * qk_scale2
-        pt = tl.math.exp2(st - lse[None, :])
-        dv += tl.dot(pt.to(do.dtype), do, input_precision=IN_PREC)
-        dpt = tl.dot(v, tl.trans(do), input_precision=IN_PREC)
-        dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(q.dtype), q, input_precision=IN_PREC)
-
-    for e in range(mid, end):
-        qpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_M)
-        qtok = to_tokens(qpos, perm, pp, N, HAS_PERM).to(tl.int64)
-        q = tl.load(Q + base + qtok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
-        do = tl.load(DO + base + qtok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
-        lse = tl.load(LSE2 + rbase + qtok, mask=ok, other=float("inf"))
-        lse = tl.where(lse == float("-inf"), float("inf"), lse)
-        delta = tl.load(DELTA + rbase + qtok, mask=ok, other=0.0)
-        st = tl.dot(k, tl.trans(q), input_precision=IN_PREC) * qk_scale2
-        allowed = tile_mask(
-            tl.load(kind + e), tl.load(tmask + e), masks, kpos, qpos, ok, True, BLOCK_N, BLOCK_M
-        )
-        pt = tl.math.exp2(tl.where(allowed, st, float("-inf")) - lse[None, :])
-        dv += tl.dot(pt.to(do.dtype), do, input_precision=IN_PREC)
-        dpt = tl.dot(v, tl.trans(do), input_precision=IN_PREC)
-        dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(q.dtype), q, input_precision=IN_PREC)
-
-    tl.store(DK + base + ktok[:, None] * HEAD_DIM + d[None, :], (dk * scale).to(DK.dtype.element_ty))
+    for e in range(start, end_full):
+        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask,
+                            masks, perm, pp, N, qk_scale2, 0, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
+                            G, HAS_PERM, IN_PREC)
+    for e in range(end_full, end_causal):
+        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask,
+                            masks, perm, pp, N, qk_scale2, 1, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
+                            G, HAS_PERM, IN_PREC)
+    for e in range(end_causal, end):
+        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask,
+                            masks, perm, pp, N, qk_scale2, 2, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
+                            G, HAS_PERM, IN_PREC)
+    tl.store(DK + base + ktok[:, None] * HEAD_DIM + d[None, :],
+             (dk * scale).to(DK.dtype.element_ty))
     tl.store(DV + base + ktok[:, None] * HEAD_DIM + d[None, :], dv.to(DV.dtype.element_ty))
 
 

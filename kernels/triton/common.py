@@ -7,8 +7,6 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x * LOG2E): the kernels work in base 2
-TILE_FULL: tl.constexpr = tl.constexpr(0)
-TILE_CAUSAL: tl.constexpr = tl.constexpr(1)
 
 
 @triton.jit
@@ -40,20 +38,26 @@ def tile_cols(cols_ptr, e, UNIT: tl.constexpr, G: tl.constexpr, TILE_MINOR: tl.c
 
 
 @triton.jit
-def tile_mask(
-    kind, mask_id, masks_ptr, row_pos, col_pos, col_ok,
-    TRANSPOSED: tl.constexpr, TILE_MAJOR: tl.constexpr, TILE_MINOR: tl.constexpr,
+def apply_mask(
+    s, e, tmask_ptr, masks_ptr, row_pos, col_pos, col_ok,
+    MODE: tl.constexpr, TRANSPOSED: tl.constexpr, TILE_MAJOR: tl.constexpr,
+    TILE_MINOR: tl.constexpr,
 ):
-    """bool [TILE_MAJOR, TILE_MINOR]: allowed pairs of a non-FULL tile. CAUSAL tiles compare
-    positions (query >= key, layout order); MASKED tiles read their uint8 tile mask."""
-    if kind == TILE_CAUSAL:
+    """Scores ``s`` [TILE_MAJOR, TILE_MINOR] of tile ``e`` with disallowed pairs set to -inf.
+    MODE (constexpr, one kernel loop per kind): FULL (0) returns ``s`` untouched; CAUSAL (1)
+    compares positions (query >= key, layout order; pads masked); MASKED (2) reads the tile's
+    uint8 mask from the table."""
+    if MODE == 1:
         if TRANSPOSED:
-            m = (col_pos[None, :] >= row_pos[:, None]) & col_ok[None, :]
+            s = tl.where((col_pos[None, :] >= row_pos[:, None]) & col_ok[None, :], s,
+                         float("-inf"))
         else:
-            m = (row_pos[:, None] >= col_pos[None, :]) & col_ok[None, :]
-    else:
+            s = tl.where((row_pos[:, None] >= col_pos[None, :]) & col_ok[None, :], s,
+                         float("-inf"))
+    elif MODE == 2:
         r = tl.arange(0, TILE_MAJOR)
         c = tl.arange(0, TILE_MINOR)
-        off = mask_id.to(tl.int64) * (TILE_MAJOR * TILE_MINOR)
-        m = tl.load(masks_ptr + off + r[:, None] * TILE_MINOR + c[None, :]) != 0
-    return m
+        off = tl.load(tmask_ptr + e).to(tl.int64) * (TILE_MAJOR * TILE_MINOR)
+        m = tl.load(masks_ptr + off + r[:, None] * TILE_MINOR + c[None, :])
+        s = tl.where(m != 0, s, float("-inf"))
+    return s

@@ -6,7 +6,8 @@ One program per (query tile of BLOCK_M layout positions, batch x head). In pseud
     tok    = perm[rows] (the strided transpose, folded in; identity without one)
     q      = Q[b, h, tok]                               [BLOCK_M, D]
     m, l, acc = -inf, 0, 0                              fp32, base-2 log domain
-    for each FULL tile e (no masking code at all), then each CAUSAL / MASKED tile e:
+    for each FULL tile e, then each CAUSAL, then each MASKED one (three constexpr-specialised
+    loops: FULL tiles carry no masking code at all):
         cols = gathered key positions of e (G layout blocks of `unit` tokens), ktok = perm[cols]
         s    = (q @ K[ktok]^T) * scale * LOG2E          [BLOCK_M, BLOCK_N]
         s    = where(mask_e, s, -inf)                   (non-FULL tiles only)
@@ -26,9 +27,40 @@ import triton
 import triton.language as tl
 
 from . import interpret
-from .common import LOG2E, tile_cols, tile_mask, to_tokens
+from .common import LOG2E, apply_mask, tile_cols, to_tokens
 
 interpret.apply()
+
+
+@triton.jit
+def _fwd_tile(
+    q, m_i, l_i, acc, e, K, V, base, rows, cols, tmask, masks, perm, pp, N, qk_scale2,
+    MODE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
+):
+    """One key tile of the online softmax; MODE: 0 FULL, 1 CAUSAL, 2 MASKED (constexpr)."""
+    cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
+    ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
+    d = tl.arange(0, HEAD_DIM)
+    kv = base + ctok[:, None] * HEAD_DIM + d[None, :]
+    if MODE == 0:
+        k = tl.load(K + kv)
+        v = tl.load(V + kv)
+    else:
+        k = tl.load(K + kv, mask=ok[:, None], other=0.0)
+        v = tl.load(V + kv, mask=ok[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
+    s = apply_mask(s, e, tmask, masks, rows, cpos, ok, MODE, False, BLOCK_M, BLOCK_N)
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    if MODE == 0:
+        m_use = m_new
+    else:
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
+    p = tl.math.exp2(s - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=IN_PREC)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -57,39 +89,21 @@ def _fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     start = tl.load(ptr + pat * (n_t + 1) + t)
-    mid = tl.load(split + pat * n_t + t)
+    end_full = tl.load(split + (pat * n_t + t) * 2)
+    end_causal = tl.load(split + (pat * n_t + t) * 2 + 1)
     end = tl.load(ptr + pat * (n_t + 1) + t + 1)
-
-    for e in range(start, mid):  # FULL tiles: no mask
-        cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
-        ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
-        k = tl.load(K + base + ctok[:, None] * HEAD_DIM + d[None, :])
-        v = tl.load(V + base + ctok[:, None] * HEAD_DIM + d[None, :])
-        s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=IN_PREC)
-        m_i = m_new
-
-    for e in range(mid, end):  # CAUSAL / MASKED tiles
-        cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
-        ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
-        k = tl.load(K + base + ctok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
-        v = tl.load(V + base + ctok[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
-        allowed = tile_mask(
-            tl.load(kind + e), tl.load(tmask + e), masks, rows, cpos, ok, False, BLOCK_M, BLOCK_N
-        )
-        s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
-        p = tl.math.exp2(s - m_use[:, None])
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=IN_PREC)
-        m_i = m_new
+    for e in range(start, end_full):
+        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, base, rows, cols, tmask, masks,
+                                  perm, pp, N, qk_scale2, 0, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT,
+                                  G, HAS_PERM, IN_PREC)
+    for e in range(end_full, end_causal):
+        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, base, rows, cols, tmask, masks,
+                                  perm, pp, N, qk_scale2, 1, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT,
+                                  G, HAS_PERM, IN_PREC)
+    for e in range(end_causal, end):
+        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, base, rows, cols, tmask, masks,
+                                  perm, pp, N, qk_scale2, 2, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT,
+                                  G, HAS_PERM, IN_PREC)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]

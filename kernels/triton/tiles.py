@@ -16,11 +16,12 @@ derived list the Triton kernels walk, in three vectorised steps (no Python loop 
    positions in the kernel) or ``MASKED`` (``tmask[e]`` indexes a table of unique uint8 tile
    masks ``masks[T, TILE_MAJOR, TILE_MINOR]``, built from the unique rows of per-unit codes).
 
-Entries of each major tile are ordered FULL first, then the rest: ``ptr[p, t] .. split[p, t]``
-are FULL (the kernel's unmasked loop), ``split[p, t] .. ptr[p, t + 1]`` need a mask.
+Entries of each major tile are ordered by kind, one kernel loop each (constexpr-specialised):
+``ptr[p, t] .. split[p, t, 0]`` FULL (no masking code at all), ``.. split[p, t, 1]`` CAUSAL,
+``.. ptr[p, t + 1]`` MASKED.
 
 Shapes (E = tiles of work, T = unique tile masks, n_t = N / TILE_MAJOR):
-    ptr   int32 [P, n_t + 1];  split int32 [P, n_t]
+    ptr   int32 [P, n_t + 1];  split int32 [P, n_t, 2]
     cols  int32 [E, G]    unit-block index of each gathered minor block (-1: pad)
     kind  int32 [E]       FULL=0 / CAUSAL=1 / MASKED=2;  tmask int32 [E] (-1 unless MASKED)
     masks uint8 [T, TILE_MAJOR, TILE_MINOR]
@@ -210,12 +211,12 @@ def build_tiles(plan: Plan, tile_major: int, tile_minor: int, transposed: bool =
     else:
         masks = torch.zeros(1, tile_major, tile_minor, dtype=torch.uint8)
 
-    # order entries of each tile: FULL first (stable), then the masked ones
-    order_key = chunk_tm * 2 + (kinds != TILE_FULL).long()
-    order = torch.sort(order_key, stable=True).indices
-    n_full = torch.bincount(chunk_tm[full], minlength=P * n_t)
+    # order entries of each tile by kind: FULL, then CAUSAL, then MASKED (one loop each)
+    order = torch.sort(chunk_tm * 3 + kinds, stable=True).indices
     ptr = ch_start.clone()
-    split = ch_start[:-1] + n_full
+    n_full = torch.bincount(chunk_tm[kinds == TILE_FULL], minlength=P * n_t)
+    n_causal = torch.bincount(chunk_tm[kinds == TILE_CAUSAL], minlength=P * n_t)
+    split = torch.stack([ch_start[:-1] + n_full, ch_start[:-1] + n_full + n_causal], 1)
     idx = torch.arange(P).unsqueeze(1) * n_t + torch.arange(n_t + 1).unsqueeze(0)
     return Tiles(
         n_ctx=n,
@@ -224,7 +225,7 @@ def build_tiles(plan: Plan, tile_major: int, tile_minor: int, transposed: bool =
         tile_minor=tile_minor,
         transposed=transposed,
         ptr=ptr[idx].to(torch.int32).contiguous(),
-        split=split.reshape(P, n_t).to(torch.int32).contiguous(),
+        split=split.reshape(P, n_t, 2).to(torch.int32).contiguous(),
         cols=cols[order].to(torch.int32).contiguous(),
         kind=kinds[order].to(torch.int32).contiguous(),
         tmask=tmask[order].to(torch.int32).contiguous(),

@@ -68,26 +68,22 @@ def make_layout(
     perms: torch.Tensor | None = None,
     head_perm: tuple[int, ...] | None = None,
 ) -> Layout:
-    """Trusted constructor for entries already sorted and unique (the builders' contract; the
-    tests check it against ``Layout.from_parts``, which sorts and validates)."""
-    n = kinds.numel()
-    if masks is None:
-        masks = torch.zeros(0, block, block, dtype=torch.bool)
-    if mask_ids is None:
-        mask_ids = torch.full((n,), -1, dtype=torch.int32)
-    return Layout(
-        n_ctx=n_ctx,
-        heads=heads,
-        block=block,
-        name=name,
-        heads_idx=heads_idx.to(torch.int32).contiguous(),
-        q_blocks=q_blocks.to(torch.int32).contiguous(),
-        k_blocks=k_blocks.to(torch.int32).contiguous(),
-        kinds=kinds.to(torch.int8).contiguous(),
-        mask_ids=mask_ids.to(torch.int32).contiguous(),
-        masks=masks.to(torch.bool).contiguous(),
-        perms=perms,
-        head_perm=head_perm,
+    """Trusted constructor for per-head entries already sorted and unique (the builders'
+    contract; the tests check it against ``Layout.from_parts``, which sorts and validates)."""
+    return Layout.from_sorted(
+        n_ctx, heads, block, name, heads_idx, q_blocks, k_blocks, kinds, mask_ids, masks, perms,
+        head_perm,
+    )
+
+
+def shared_layout(
+    n_ctx: int, heads: int, block: int, name: str, patterns, head_pattern, masks=None,
+    perms=None, head_perm=None,
+) -> Layout:
+    """Trusted constructor from per-pattern sorted entries (q, k, kinds, mask_ids) and the
+    pattern of each head: identical heads are stored once, never copied per head."""
+    return Layout.from_patterns(
+        n_ctx, heads, block, name, patterns, head_pattern, masks, perms, head_perm
     )
 
 
@@ -98,19 +94,6 @@ def ragged_rows(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     starts = torch.cumsum(counts, 0) - counts
     pos = torch.arange(total) - starts[rows]
     return rows, pos
-
-
-def replicate_heads(
-    heads: int, q: torch.Tensor, k: torch.Tensor, kinds: torch.Tensor, mids: torch.Tensor
-) -> tuple[torch.Tensor, ...]:
-    """One head's sorted entries repeated for ``heads`` heads (int32 / int8 results)."""
-    n = q.numel()
-    h = torch.arange(heads, dtype=torch.int32).repeat_interleave(n)
-    q, k = q.to(torch.int32), k.to(torch.int32)
-    kinds, mids = kinds.to(torch.int8), mids.to(torch.int32)
-    if heads == 1:
-        return h, q, k, kinds, mids
-    return h, q.repeat(heads), k.repeat(heads), kinds.repeat(heads), mids.repeat(heads)
 
 
 def offset_layout(
@@ -141,8 +124,8 @@ def offset_layout(
     rows, pos = ragged_rows(hi - lo)
     idx = pos + lo[rows]
     kb = rows - d_desc[idx]
-    h, q, k, kd, mid = replicate_heads(heads, rows, kb, kinds[idx], mask_ids[idx])
-    return make_layout(n_ctx, heads, block, name, h, q, k, kd, mid, masks, perms, head_perm)
+    one = (rows.to(torch.int32), kb.to(torch.int32), kinds[idx], mask_ids[idx])
+    return shared_layout(n_ctx, heads, block, name, [one], [0] * heads, masks, perms, head_perm)
 
 
 def token_offset_layout(
@@ -152,35 +135,50 @@ def token_offset_layout(
     name: str,
     pred: Callable[[torch.Tensor], torch.Tensor],
     candidates: torch.Tensor,
+    period: int | None = None,
+    periodic_from: int = 0,
 ) -> Layout:
     """A pattern that is a function of delta = q - k only: ``pred(delta int64 tensor) -> bool``.
 
     ``candidates`` must contain every block offset d = qb - kb whose block can be non-empty
-    (extra ones cost only time). Block (qb, kb) has token mask ``pred(d*b + i - j)``."""
+    (extra ones cost only time). Block (qb, kb) has token mask ``pred(d*b + i - j)``. If ``pred``
+    is periodic with ``period`` for delta >= ``periodic_from``, offsets whose whole block lies in
+    that range are evaluated once per residue (d*b) % period: O(period) masks, not O(N/period)."""
     nb = n_ctx // block
     b = block
     cand = torch.unique(candidates.to(torch.int64))
     cand = cand[(cand > -nb) & (cand < nb)]
+    src = torch.arange(cand.numel())
+    evaluate = cand
+    if period is not None:
+        periodic = cand * b - (b - 1) >= periodic_from
+        key = torch.where(periodic, (cand * b) % period, -1 - torch.arange(cand.numel()))
+        ukey, src = torch.unique(key, return_inverse=True)
+        first = torch.full((ukey.numel(),), cand.numel(), dtype=torch.int64)
+        first.scatter_reduce_(0, src, torch.arange(cand.numel()), reduce="amin")
+        evaluate = cand[first]
     ij = torch.arange(b).unsqueeze(1) - torch.arange(b).unsqueeze(0)  # [b, b]: i - j
     step = max(1, CHUNK_ELEMENTS // (b * b))
-    found_d = [torch.zeros(0, dtype=torch.int64)]
-    found_kind = [torch.zeros(0, dtype=torch.int8)]
-    found_masks = [torch.zeros(0, b, b, dtype=torch.bool)]
-    for s in range(0, cand.numel(), step):
-        d = cand[s : s + step]
+    keep_e = [torch.zeros(0, dtype=torch.bool)]
+    kind_e = [torch.zeros(0, dtype=torch.int8)]
+    masks_e = [torch.zeros(0, b, b, dtype=torch.bool)]
+    for s in range(0, evaluate.numel(), step):
+        d = evaluate[s : s + step]
         bm = pred(d.view(-1, 1, 1) * b + ij)
         if bm.dtype != torch.bool or bm.shape != (d.numel(), b, b):
             raise LayoutError("the offset predicate must return a bool tensor shaped like delta")
         keep, kd, _, _ = classify_blocks(bm, d, torch.zeros_like(d))
-        found_d.append(d[keep])
-        found_kind.append(kd[keep])
-        found_masks.append(bm[keep & (kd == PARTIAL)])
-    d_all = torch.cat(found_d)
-    kinds = torch.cat(found_kind)
-    masks, inverse = dedup_masks(torch.cat(found_masks))  # in the order of the PARTIAL kinds
-    mask_ids = torch.full((d_all.numel(),), -1, dtype=torch.int32)
-    mask_ids[kinds == PARTIAL] = inverse.to(torch.int32)
-    return offset_layout(n_ctx, block, heads, name, d_all, kinds, mask_ids, masks)
+        keep_e.append(keep)
+        kind_e.append(kd)
+        masks_e.append(bm[keep & (kd == PARTIAL)])
+    keep_e, kind_e = torch.cat(keep_e), torch.cat(kind_e)
+    masks, inverse = dedup_masks(torch.cat(masks_e))  # in the order of the PARTIAL kinds
+    mid_e = torch.full((evaluate.numel(),), -1, dtype=torch.int32)
+    mid_e[keep_e & (kind_e == PARTIAL)] = inverse.to(torch.int32)
+    keep = keep_e[src]
+    return offset_layout(
+        n_ctx, block, heads, name, cand[keep], kind_e[src][keep], mid_e[src][keep], masks
+    )
 
 
 def pairs_layout(

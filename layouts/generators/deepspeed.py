@@ -31,11 +31,10 @@ from ._build import (
     check_common,
     check_int,
     fmt_name,
-    make_layout,
     offset_layout,
     pairs_layout,
     ragged_rows,
-    replicate_heads,
+    shared_layout,
 )
 
 
@@ -124,10 +123,7 @@ def _assemble(n_ctx, block, heads, name, per_head_pairs, causal) -> Layout:
     if len(per_head_pairs) == 1:
         q, k = per_head_pairs[0]
         one = pairs_layout(n_ctx, block, 1, name, torch.zeros_like(q), q, k, causal)
-        h, q, k, kinds, mids = replicate_heads(
-            heads, one.q_blocks, one.k_blocks, one.kinds, one.mask_ids
-        )
-        return make_layout(n_ctx, heads, block, name, h, q, k, kinds, mids)
+        return shared_layout(n_ctx, heads, block, name, [one.pattern(0)], [0] * heads)
     hs = torch.cat([torch.full_like(q, h) for h, (q, _) in enumerate(per_head_pairs)])
     qs = torch.cat([q for q, _ in per_head_pairs])
     ks = torch.cat([k for _, k in per_head_pairs])

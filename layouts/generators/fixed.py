@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..layout import DIAG, FULL, Layout, LayoutError
-from ._build import check_common, check_int, fmt_name, make_layout, ragged_rows
+from ._build import check_common, check_int, fmt_name, ragged_rows, shared_layout
 
 
 def _pattern(nb: int, s: int, cols: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -78,16 +78,14 @@ def fixed(
         )
     nb = n_ctx // block
     idx = torch.arange(s - 1, -1, -1, dtype=torch.int64).reshape(-1, vertsize)
-    patterns = [_pattern(nb, s, torch.sort(idx[v]).values) for v in range(num_verts)]
-    n_per = [p[0].numel() for p in patterns]
-    h = torch.repeat_interleave(
-        torch.arange(heads, dtype=torch.int32),
-        torch.tensor([n_per[x % num_verts] for x in range(heads)]),
-    )
-    q = torch.cat([patterns[x % num_verts][0] for x in range(heads)])
-    k = torch.cat([patterns[x % num_verts][1] for x in range(heads)])
-    kinds = torch.cat([patterns[x % num_verts][2] for x in range(heads)])
+    patterns = []
+    for v in range(num_verts):
+        q, k, kinds = _pattern(nb, s, torch.sort(idx[v]).values)
+        patterns.append((q, k, kinds, torch.full_like(q, -1)))
     params = {"l": stride, "c": vertsize * block}
     if num_verts != 1:
         params["v"] = num_verts
-    return make_layout(n_ctx, heads, block, fmt_name("fixed", **params), h, q, k, kinds)
+    return shared_layout(
+        n_ctx, heads, block, fmt_name("fixed", **params), patterns,
+        [x % num_verts for x in range(heads)],
+    )

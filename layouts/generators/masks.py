@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from ..layout import CHUNK_ELEMENTS, PARTIAL, Layout, LayoutError, classify_blocks, dedup_masks
-from ._build import check_common, check_int, make_layout, pairs_layout, replicate_heads
+from ._build import check_common, make_layout, pairs_layout, shared_layout
 
 
 class _BlockCollector:
@@ -167,7 +167,4 @@ def from_predicate(
     one = col.layout(heads if per_head else 1, name)
     if per_head or heads == 1:
         return one
-    h, q, k, kinds, mids = replicate_heads(
-        heads, one.q_blocks, one.k_blocks, one.kinds, one.mask_ids
-    )
-    return make_layout(n_ctx, heads, block, name, h, q, k, kinds, mids, one.masks)
+    return shared_layout(n_ctx, heads, block, name, [one.pattern(0)], [0] * heads, one.masks)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..layout import DIAG, FULL, Layout, LayoutError
-from ._build import check_common, check_int, fmt_name, make_layout, token_offset_layout
+from ._build import check_common, check_int, fmt_name, shared_layout, token_offset_layout
 
 
 def strided_perm(n_ctx: int, stride: int) -> torch.Tensor:
@@ -51,14 +51,11 @@ def strided(n_ctx: int, block: int = 64, stride: int = 128, heads: int = 1) -> L
     base = torch.arange(stride, dtype=torch.int64).unsqueeze(1) * cb
     q = (base + r).reshape(-1)
     k = (base + c).reshape(-1)
-    kinds1 = torch.where(r == c, DIAG, FULL).to(torch.int8).repeat(stride)
-    n = q.numel()
-    h = torch.arange(heads, dtype=torch.int32).repeat_interleave(n)
-    q, k = q.to(torch.int32).repeat(heads), k.to(torch.int32).repeat(heads)
-    kinds = kinds1.repeat(heads)
+    kinds = torch.where(r == c, DIAG, FULL).to(torch.int8).repeat(stride)
+    one = (q.to(torch.int32), k.to(torch.int32), kinds, torch.full_like(q, -1, dtype=torch.int32))
     perm = strided_perm(n_ctx, stride).unsqueeze(0)
-    return make_layout(
-        n_ctx, heads, block, fmt_name("strided", l=stride), h, q, k, kinds,
+    return shared_layout(
+        n_ctx, heads, block, fmt_name("strided", l=stride), [one], [0] * heads,
         perms=perm, head_perm=(0,) * heads,
     )
 
@@ -79,6 +76,8 @@ def merged_strided(n_ctx: int, block: int = 64, stride: int = 128, heads: int = 
     def pred(delta: torch.Tensor) -> torch.Tensor:
         return (delta >= 0) & ((delta < stride) | (delta % stride == 0))
 
+    # beyond the local window (delta >= stride) the rule is (q - k) % stride == 0: periodic
     return token_offset_layout(
-        n_ctx, block, heads, fmt_name("merged_strided", l=stride), pred, cand
+        n_ctx, block, heads, fmt_name("merged_strided", l=stride), pred, cand,
+        period=stride, periodic_from=stride,
     )

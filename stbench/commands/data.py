@@ -63,8 +63,10 @@ def _info(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("data", help="prepare / inspect the model's datasets",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "data", help="prepare / inspect the model's datasets", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(title="actions", metavar="ACTION")
     prep = sub.add_parser("prepare", help="write the splits as .npy + manifest.json under --out")
     prep.add_argument("--out", required=True, help="output folder")
@@ -72,6 +74,7 @@ def register(subparsers) -> None:
                       help="comma-separated: wiki, fashion_mnist, pydoc (default: %(default)s)")
     prep.set_defaults(func=_prepare)
     inf = sub.add_parser("info", help="list datasets, their splits and whether they are present")
-    inf.add_argument("--data-dir", default=None, help="a prepared folder (default: installed sources)")
+    inf.add_argument("--data-dir", default=None,
+                     help="a prepared folder (default: the installed sources)")
     inf.set_defaults(func=_info)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

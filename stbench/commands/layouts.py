@@ -17,8 +17,8 @@ from rich.table import Table
 
 # Generators of stbench.layouts a user builds by name, in listing order (absent ones skipped).
 GENERATOR_NAMES = (
-    "causal", "local", "strided", "merged_strided", "fixed", "sliding_window", "longformer",
-    "bigbird", "variable",
+    "causal", "local", "strided", "merged_strided", "fixed", "st_mix", "sliding_window",
+    "longformer", "bigbird", "variable",
 )
 TABLE_BLOCKS = (16, 32, 64, 128)
 SKIP_PARAMS = ("n_ctx", "block")  # given by --n-ctx and the block of each table row
@@ -222,7 +222,8 @@ def register(subparsers) -> None:
     )
     show.add_argument("name", help="generator name (see `stbench layouts list`)")
     show.add_argument("--n-ctx", type=int, required=True, help="sequence length N (tokens)")
-    show.add_argument("--heads", type=int, default=None, help="attention heads H (default: the generator's)")
+    show.add_argument("--heads", type=int, default=None,
+                      help="attention heads H (default: the generator's)")
     show.add_argument("--stride", type=int, default=None,
                       help="pattern stride l (strided, merged_strided, fixed)")
     show.add_argument("--window", type=int, default=None, help="local window in tokens (local)")

@@ -197,20 +197,25 @@ def register(subparsers) -> None:
                    "ignores the other model options")
     p.add_argument("--n-ctx", type=_ints, default=list(DEFAULT_N),
                    help="sequence lengths, comma-separated (default: 1024,4096,16384,65536)")
-    p.add_argument("--heads", type=_positive, default=8, help="attention heads H (default: %(default)s)")
-    p.add_argument("--layers", type=_positive, default=1, help="layers L of the model (default: %(default)s)")
+    p.add_argument("--heads", type=_positive, default=8,
+                   help="attention heads H (default: %(default)s)")
+    p.add_argument("--layers", type=_positive, default=1,
+                   help="layers L of the model (default: %(default)s)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="dtype of the attention weights and of q, k, v (default: %(default)s)")
     p.add_argument("--layout", default=None,
                    help="a generator of `stbench layouts list` for the sparse columns")
-    p.add_argument("--block", type=_positive, default=32, help="block size of --layout (default: %(default)s)")
+    p.add_argument("--block", type=_positive, default=32,
+                   help="block size of --layout (default: %(default)s)")
     p.add_argument("--stride", type=_positive, default=None,
                    help="stride l of --layout (default max(128, 2^round(log2(sqrt(N)))))")
     p.add_argument("--window", type=_positive, default=None, help="window of --layout local")
     p.add_argument("--param", action="append", type=parse_param, metavar="KEY=VALUE",
                    help="any other parameter of --layout")
-    p.add_argument("--batch", type=_positive, default=1, help="batch B of one attention call (default: %(default)s)")
-    p.add_argument("--head-dim", type=_positive, default=64, help="head dim D of one call (default: %(default)s)")
+    p.add_argument("--batch", type=_positive, default=1,
+                   help="batch B of one attention call (default: %(default)s)")
+    p.add_argument("--head-dim", type=_positive, default=64,
+                   help="head dim D of one call (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--width", type=int, default=None, help="console width (default: terminal)")
     p.set_defaults(func=cmd_memory)

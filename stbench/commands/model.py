@@ -15,6 +15,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+
+def _friendly(func):
+    """Run a subcommand; expected failures (missing data, bad files or values) print one line
+    naming the problem and the fix, and exit with 2, instead of a traceback."""
+    import functools
+
+    @functools.wraps(func)
+    def run(args) -> int:
+        from stbench.backends import BackendUnavailable, UnknownBackend
+        from stbench.reference.data import DataError, DataMissing
+
+        try:
+            return func(args)
+        except (DataMissing, DataError, BackendUnavailable, UnknownBackend, FileNotFoundError,
+                ValueError) as exc:
+            print(f"stbench model: error: {exc}", file=sys.stderr)
+            return 2
+
+    return run
 
 
 def _overrides(items) -> dict:
@@ -30,9 +51,11 @@ def _overrides(items) -> dict:
     return out
 
 
-def _dataset_for(args, cfg) -> str:
+def _dataset_for(args, cfg, state=None) -> str:
     if args.dataset:
         return args.dataset
+    if state is not None and state["train_config"].dataset:
+        return state["train_config"].dataset
     if cfg.image_shape is not None:
         return "fashion_mnist"
     return "pydoc" if args.preset == "tiny" else "wiki"
@@ -47,7 +70,9 @@ def _device(name: str):
 
 
 def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn())
@@ -61,8 +86,9 @@ def _train(args) -> int:
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
         eval_every=args.eval_every, eval_batch_size=args.batch_size, eval_batches=args.eval_batches,
         log_every=args.log_every, seed=args.seed, dtype=args.dtype, backend=args.backend,
+        dataset=_dataset_for(args, cfg),
     )
-    splits = data.load(_dataset_for(args, cfg), args.data_dir)
+    splits = data.load(tcfg.dataset, args.data_dir)
     with _progress() as progress:
         last = train.train(cfg, tcfg, splits, args.out, _device(args.device), args.resume, progress)
     print(json.dumps(last))
@@ -75,7 +101,7 @@ def _eval(args) -> int:
     device = _device(args.device)
     m, state = train.model_from_checkpoint(args.checkpoint, args.backend, device)
     args.preset = None
-    splits = data.load(_dataset_for(args, m.cfg), args.data_dir)
+    splits = data.load(_dataset_for(args, m.cfg, state), args.data_dir)
     seqs = train.sequences_for(m.cfg, splits[args.split])
     total = seqs.num_batches(args.batch_size)
     with _progress() as progress:
@@ -96,7 +122,7 @@ def _sample(args) -> int:
     from stbench.reference import data, train
 
     device = _device(args.device)
-    m, _ = train.model_from_checkpoint(args.checkpoint, args.backend, device)
+    m, state = train.model_from_checkpoint(args.checkpoint, args.backend, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if m.cfg.image_shape is None:
@@ -112,7 +138,7 @@ def _sample(args) -> int:
         import matplotlib.pyplot as plt
 
         args.preset = None
-        images = data.load(_dataset_for(args, m.cfg), args.data_dir)["test"][: args.num]
+        images = data.load(_dataset_for(args, m.cfg, state), args.data_dir)["test"][: args.num]
         rows = images.shape[1] // 2
         done = train.complete_images(m, images, rows, args.temperature, args.seed)
         fig, axes = plt.subplots(2, len(images), figsize=(1.2 * len(images), 2.6), squeeze=False)
@@ -138,13 +164,13 @@ def _parity(args) -> int:
     device = _device(args.device)
     dtype = bpd.parse_dtype(args.dtype)
     if args.checkpoint:
-        m, _ = train.model_from_checkpoint(args.checkpoint, "dense", device)
+        m, state = train.model_from_checkpoint(args.checkpoint, "dense", device)
         args.preset = None
     else:
         cfg = model.preset(args.preset, **_overrides(args.set))
         torch.manual_seed(args.seed)
-        m = model.SparseTransformer(cfg).to(device)
-    split = data.load(_dataset_for(args, m.cfg), args.data_dir)["validation"]
+        m, state = model.SparseTransformer(cfg).to(device), None
+    split = data.load(_dataset_for(args, m.cfg, state), args.data_dir)["validation"]
     batch = train.sequences_for(m.cfg, split).sample(
         args.batch_size, torch.Generator().manual_seed(args.seed)).to(device)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -178,8 +204,10 @@ def _common(p, checkpoint: bool) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("model", help="train / eval / sample / parity of the Sparse Transformer",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "model", help="train / eval / sample / parity of the Sparse Transformer",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(title="actions", metavar="ACTION")
     from stbench.reference.model import PRESETS
 
@@ -197,14 +225,14 @@ def register(subparsers) -> None:
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     _common(t, checkpoint=False)
-    t.set_defaults(func=_train)
+    t.set_defaults(func=_friendly(_train))
 
     e = sub.add_parser("eval", help="bits per dim of a checkpoint on a whole split")
     e.add_argument("--split", default="validation", choices=("validation", "test", "train"))
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--max-batches", type=int, default=None, help="truncate (quick looks only)")
     _common(e, checkpoint=True)
-    e.set_defaults(func=_eval)
+    e.set_defaults(func=_friendly(_eval))
 
     s = sub.add_parser("sample", help="text samples, or image completions (top half given)")
     s.add_argument("--out", required=True, help="folder for samples.txt / completions.png")
@@ -213,15 +241,17 @@ def register(subparsers) -> None:
     s.add_argument("--prime", default="\\n", help="text: the start (backslash escapes allowed)")
     s.add_argument("--temperature", type=float, default=1.0)
     _common(s, checkpoint=True)
-    s.set_defaults(func=_sample)
+    s.set_defaults(func=_friendly(_sample))
 
     q = sub.add_parser("parity", help="bpd and gradients of each backend against dense")
     q.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     q.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
-    q.add_argument("--checkpoint", default=None, help="use trained weights instead of a seeded init")
-    q.add_argument("--backends", default="dense,triton", help="comma-separated (default: %(default)s)")
+    q.add_argument("--checkpoint", default=None,
+                   help="use trained weights instead of a seeded initialisation")
+    q.add_argument("--backends", default="dense,triton",
+                   help="comma-separated (default: %(default)s)")
     q.add_argument("--batch-size", type=int, default=2)
     q.add_argument("--json", action="store_true", help='end with one line {"bpd": {...}}')
     _common(q, checkpoint=False)
-    q.set_defaults(func=_parity)
+    q.set_defaults(func=_friendly(_parity))
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -115,10 +115,7 @@ def save_entry(entry: dict, path=None) -> Path:
 def _index(path: str, mtime_ns: int, size: int) -> dict:
     """(env, layout_hash, head_dim, dtype, mode, objective) -> [(batch, entry)]."""
     index: dict = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        entries = load(path)["entries"]
-    for e in entries.values():
+    for e in load(path)["entries"].values():
         k = (json.dumps(e["env"]), e["layout_hash"], e.get("head_dim"), e.get("dtype"),
              e.get("mode"), e.get("objective"))
         index.setdefault(k, []).append((e["batch"], e))

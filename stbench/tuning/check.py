@@ -8,8 +8,8 @@ What is checked, on the problem's own inputs restricted to batch element 0 (``q[
 
 - ``full``: every query row, against ``stbench.reference.dense`` (chunked, exact) in float64 and
   in T, when ``H * N^2 <= FULL_CHECK_PAIRS`` (N <= 16384 at H = 8);
-- ``rows:R``: beyond that, R query rows per head (seeded, always including the first and the
-  last), against the same masked softmax evaluated for those rows only (``token_mask_rows``), so
+- ``rows:R``: beyond that, R query rows per head (whole query blocks in the layout's order:
+  the first, the last and seeded random ones), against the same masked softmax evaluated for those rows only (masks by binary search in the block list), so
   the check costs O(H R N D) instead of O(H N^2 D).
 
 For 'fwd+bwd' the output cotangent dO is random on the checked rows and zero elsewhere, so the
@@ -25,7 +25,7 @@ import torch
 from stbench import accuracy, backends
 
 FULL_CHECK_PAIRS = 8 * 16384**2  # H * N^2 score entries up to which every row is checked
-CHECK_ROWS = 256  # query rows per head checked beyond that
+CHECK_ROWS = 384  # query rows per head checked beyond that (3 blocks of 128, more when smaller)
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,25 @@ class Verdict:
     def message(self) -> str:
         return (f"{self.worst}: rel_err {self.err:.3g} > tolerance {self.tol:.3g} "
                 f"(check {self.check})")
+
+
+def check_blocks(layout, count: int, gen: torch.Generator) -> torch.Tensor:
+    """Query blocks (layout order) holding about ``count`` rows: the first and the last block
+    plus seeded random ones (whole blocks: each one's mask is one binary search away)."""
+    nb = layout.n_blocks
+    k = max(1, min(-(-count // layout.block), nb))
+    middle = torch.randperm(max(nb - 2, 0), generator=gen)[: max(k - 2, 0)] + 1
+    return torch.unique(torch.cat([torch.tensor([0, nb - 1]), middle]))
+
+
+def head_rows(layout, blocks: torch.Tensor) -> torch.Tensor:
+    """int64 [H, R]: per head, the ORIGINAL query indices at the layout positions of ``blocks``."""
+    pos = (blocks.unsqueeze(1) * layout.block + torch.arange(layout.block)).reshape(-1)
+    out = []
+    for h in range(layout.heads):
+        perm = layout.perm_of_head(h)
+        out.append(pos if perm is None else perm[pos])
+    return torch.stack(out)
 
 
 class Reference:
@@ -62,16 +81,15 @@ class Reference:
             self.rows = None
             self.check = "full"
         else:
-            r = min(rows or CHECK_ROWS, n)
-            pick = torch.randperm(n, generator=g)[: max(r - 2, 0)]
-            self.rows = torch.unique(torch.cat([pick, torch.tensor([0, n - 1])]))
-            self.check = f"rows:{self.rows.numel()}"
+            self.blocks = check_blocks(layout, rows or CHECK_ROWS, g)
+            self.rows = head_rows(layout, self.blocks)  # [H, R] original query indices
+            self.check = f"rows:{self.rows.shape[1]}"
         shape = self.q.shape
         do = torch.randn(shape, generator=g, dtype=torch.float32).to(q.device, self.dtype)
         if self.rows is not None:
-            keep = torch.zeros(n, dtype=torch.bool, device=q.device)
-            keep[self.rows.to(q.device)] = True
-            do = do * keep.view(1, 1, n, 1).to(do.dtype)
+            keep = torch.zeros(h, n, dtype=torch.bool)
+            keep.scatter_(1, self.rows, True)
+            do = do * keep.to(q.device).view(1, h, n, 1).to(do.dtype)
         self.do = do
         self.ref64 = self._run_reference(torch.float64)
         self.ref_same = self._run_reference(self.dtype)
@@ -83,12 +101,12 @@ class Reference:
         if self.rows is None:
             out = backends.load("dense").attention(q, k, v, self.layout, self.scale)
         else:
-            out = _rows_attention(q, k, v, self.layout, self.scale, self.rows)
+            out = _rows_attention(q, k, v, self.layout, self.scale, self.blocks)
         res = {"out": out.detach()}
         if grad:
             do = self.do.to(dtype)
             if self.rows is not None:
-                do = do[:, :, self.rows.to(do.device)]
+                do = self._take_rows(do)
             dq, dk, dv = torch.autograd.grad(out, (q, k, v), do)
             res.update(dq=dq, dk=dk, dv=dv)
         return res
@@ -110,7 +128,7 @@ class Reference:
         for name, ref64 in self.ref64.items():
             out = got[name]
             if name == "out" and self.rows is not None:
-                out = out[:, :, self.rows.to(out.device)]
+                out = self._take_rows(out)
             err = accuracy.rel_err(out, ref64)
             tol = accuracy.tolerance(self.dtype, accuracy.rel_err(self.ref_same[name], ref64))
             ratio = err / tol if tol > 0 else float("inf")
@@ -119,25 +137,59 @@ class Reference:
         _, name, err, tol = worst
         return Verdict(err <= tol, err, tol, name, self.check)
 
+    def _take_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """[1, H, N, D] -> [1, H, R, D]: each head's checked rows."""
+        heads = torch.arange(self.layout.heads, device=t.device).unsqueeze(1)
+        return t[0, heads, self.rows.to(t.device)].unsqueeze(0)
+
     def check_backend(self, fn) -> Verdict:
         return self.judge(self.run_backend(fn))
 
 
-def _rows_attention(q, k, v, layout, scale, rows):
-    """Masked attention for query ``rows`` only (original order): q, k, v [1, H, N, D] ->
-    out [1, H, R, D]; softmax in float32 (float64 for float64), empty rows give zeros."""
+def _entry_keys(layout) -> torch.Tensor:
+    """int64 [nnz]: (head * nb + q block) * nb + k block of each stored block (sorted, as the
+    Layout stores them)."""
+    nb = layout.n_blocks
+    return ((layout.heads_idx.long() * nb + layout.q_blocks.long()) * nb
+            + layout.k_blocks.long())
+
+
+def block_row_mask(layout, keys: torch.Tensor, h: int, qb: int) -> torch.Tensor:
+    """bool [b, N]: head h's mask for the b queries of layout-order query block ``qb`` (keys in
+    layout order), from the stored blocks found by binary search: O(log nnz + row's blocks)."""
+    b, nb = layout.block, layout.n_blocks
+    lo, hi = torch.searchsorted(keys, torch.tensor([(h * nb + qb) * nb, (h * nb + qb + 1) * nb]))
+    idx = torch.arange(int(lo), int(hi))
+    out = torch.zeros(b, nb, b, dtype=torch.bool)
+    if idx.numel():
+        out[:, layout.k_blocks[idx].long(), :] = layout.block_token_masks(idx).transpose(0, 1)
+    return out.reshape(b, nb * b)
+
+
+def _rows_attention(q, k, v, layout, scale, blocks):
+    """Masked attention for the query rows of layout-order ``blocks`` of each head:
+    q, k, v [1, H, N, D] -> out [1, H, R, D], rows in the order of ``head_rows``. Scores and
+    softmax in float32 (float64 for float64), products in the inputs' dtype; an empty row is 0."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    dev = q.device
-    rows_dev = rows.to(dev)
+    dev, b = q.device, layout.block
+    keys = _entry_keys(layout)
     outs = []
     for h in range(layout.heads):
-        mask = layout.token_mask_rows(h, rows).to(dev)  # [R, N]
-        s = (q[0, h, rows_dev] @ k[0, h].transpose(0, 1)).to(acc) * scale
-        s = s.masked_fill(~mask, float("-inf"))
-        m = s.amax(dim=1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-        e = torch.exp(s - m)  # masked entries: exp(-inf) = 0
-        denom = e.sum(dim=1, keepdim=True)
-        p = e / torch.where(denom > 0, denom, torch.ones_like(denom))
-        outs.append(p.to(q.dtype) @ v[0, h])
+        perm = layout.perm_of_head(h)
+        qh, kh, vh = q[0, h], k[0, h], v[0, h]
+        if perm is not None:  # into the layout's own order, where the mask is the block list
+            p = perm.to(dev)
+            qh, kh, vh = qh[p], kh[p], vh[p]
+        parts = []
+        for blk in blocks.tolist():
+            mask = block_row_mask(layout, keys, h, blk).to(dev)  # [b, N]
+            s = (qh[blk * b: blk * b + b] @ kh.transpose(0, 1)).to(acc) * scale
+            s = s.masked_fill(~mask, float("-inf"))
+            m = s.amax(dim=1, keepdim=True)
+            m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+            e = torch.exp(s - m)  # masked entries: exp(-inf) = 0
+            denom = e.sum(dim=1, keepdim=True)
+            pr = e / torch.where(denom > 0, denom, torch.ones_like(denom))
+            parts.append(pr.to(q.dtype) @ vh)
+        outs.append(torch.cat(parts))
     return torch.stack(outs).unsqueeze(0)

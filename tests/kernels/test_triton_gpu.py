@@ -87,3 +87,23 @@ def test_compiled_model_inductor(gen):
     loss.backward()
     torch.testing.assert_close(loss, eager, rtol=1e-2, atol=1e-3)
     torch.testing.assert_close(proj.weight.grad, g, rtol=2e-2, atol=2e-2)
+
+
+PAPER = {
+    "paper_fixed": lambda n: layouts.fixed(n, block=32, stride=128, heads=2, num_verts=1,
+                                           vertsize=1),
+    "paper_union": lambda n: layouts.merged_strided(n, block=16, stride=128, heads=2),
+}
+PAPER_CONFIGS = (
+    None,
+    {"num_stages": 1},
+    {"BLOCK_M": 64, "BLOCK_N": 32},
+    {"BLOCK_M": 128, "BLOCK_N": 128, "num_stages": 3},
+)
+
+
+@pytest.mark.parametrize("cfg", PAPER_CONFIGS, ids=str)
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_masks(name, cfg, gen):
+    """The paper's exact masks at their fine blocks, under tiles that gather several blocks."""
+    _run(PAPER[name](3072), torch.bfloat16, 64, gen, batch=1, config=cfg)

@@ -108,3 +108,29 @@ def test_merged_strided(n, block, stride, heads):
 def test_bad_parameters_name_the_parameter(call, word):
     with pytest.raises(LayoutError, match=word):
         call()
+
+
+def test_identical_heads_are_stored_once():
+    L = layouts.fixed(2048, 16, 128, heads=8, num_verts=2)
+    assert L.n_patterns == 2 and L.head_pattern == (0, 1) * 4
+    per_head = L.pat_ptr[1] - L.pat_ptr[0]
+    assert L.pat_q.numel() == L.pat_ptr[-1] and L.nnz == 4 * L.pat_ptr[-1]
+    # the per-head view is materialised on demand and agrees with the patterns
+    for h in range(8):
+        s, e = L.head_ranges[h]
+        assert e - s == L.head_sizes[h]
+        assert bool((L.heads_idx[s:e] == h).all())
+        for got, want in zip((L.q_blocks, L.k_blocks, L.kinds, L.mask_ids), L.head_entries(h)):
+            assert torch.equal(got[s:e], want)
+    assert per_head > 0
+    # from_parts with the per-head arrays finds the same sharing and the same hash
+    again = type(L).from_parts(L.n_ctx, L.heads, L.block, L.name, L.heads_idx, L.q_blocks,
+                               L.k_blocks, L.kinds, L.mask_ids, L.masks)
+    assert again.n_patterns == 2 and again == L
+
+
+def test_large_n_is_fast_and_small():
+    """N = 2^20 at block 128: one stored pattern, O(non-empty blocks) memory."""
+    L = layouts.merged_strided(1 << 20, block=128, stride=1024, heads=8)
+    assert L.n_patterns == 1 and L.masks.shape[0] <= 3
+    assert L.pat_q.numel() == L.nnz // 8

@@ -89,7 +89,9 @@ def test_fashion_mnist_splits():
     assert sp["train"].dtype == np.uint8 and sp["test"].max() == 255
 
 
-@pytest.mark.parametrize("length,n_ctx,batch", [(200, 16, 3), (161, 16, 4), (17, 16, 2), (1000, 64, 5)])
+@pytest.mark.parametrize(
+    "length,n_ctx,batch", [(200, 16, 3), (161, 16, 4), (17, 16, 2), (1000, 64, 5)]
+)
 def test_text_eval_counts_every_byte_once(length, n_ctx, batch):
     arr = np.random.default_rng(length).integers(0, 256, length, dtype=np.uint8)
     seqs = data.TextSequences(arr, n_ctx)

@@ -6,6 +6,7 @@ on the CPU in a few seconds per case. A backend that cannot run here is skipped 
 """
 
 import json
+import os
 
 import pytest
 import torch
@@ -51,6 +52,10 @@ def test_bpd_and_gradients_match_dense(backend, attention, dtype, validation):
     ref, row = rows["dense"], rows[backend]
     assert 7.0 < ref.bpd < 9.0  # untrained: about 8 bits per byte
     if not row.ok:
+        # Seen on the CPU: Triton 3.6's interpreter computes tl.dot on bf16 operands wrongly
+        # (a 16x16 bf16 tl.dot is off by ~3e10), so the triton backend's bf16 attention is
+        # itself wrong there. That is reported as an expected failure naming the kernel error;
+        # a model-level mismatch with a correct kernel still fails.
         err = _kernel_error(backend, dt)
         if err > 0.1:
             pytest.xfail(f"{backend} {dtype} attention alone is wrong here (relative error "
@@ -78,3 +83,25 @@ def test_parity_cli_json_line(capsys):
     result = json.loads(out[-1])
     assert code == 0 and set(result["bpd"]) == {"dense", "sdpa"}
     assert abs(result["bpd"]["dense"] - result["bpd"]["sdpa"]) <= 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_text_8k_parity_on_gpu(dtype):
+    """The GPU check of issue 5: the text-8k preset (N = 8192) on every backend that runs.
+    Data: STBENCH_DATA_DIR (a `stbench data prepare` folder) or the installed wiki package,
+    else the pydoc fixture (still real text, > 8193 bytes per split)."""
+    dt = DTYPES[dtype]
+    data_dir = os.environ.get("STBENCH_DATA_DIR")
+    name = "wiki" if data_dir or data.available("wiki") is None else "pydoc"
+    cfg = preset("text-8k")
+    torch.manual_seed(0)
+    model = SparseTransformer(cfg).to(DEVICE)
+    split = data.load(name, data_dir)["validation"]
+    batch = train.sequences_for(cfg, split).sample(1, torch.Generator().manual_seed(1))
+    candidates = [b for b in ("triton", "cupy") if unavailable_reason(b, DEVICE, dt) is None]
+    rows = bpd.parity(model, batch.to(DEVICE), candidates, dt)
+    for row in rows:
+        print(row)
+    bad = [r for r in rows if r.ok is False]
+    assert not bad, bad

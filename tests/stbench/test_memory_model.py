@@ -100,6 +100,9 @@ def test_kernel_memory_by_hand():
     r = 3 * 2 * 256 * 4
     assert M.kernel_memory_bytes(lay, 3, 64, torch.bfloat16, "fwd") == 4 * t + r + plan
     assert M.kernel_memory_bytes(lay, 3, 64, torch.bfloat16, "fwd+bwd") == 8 * t + 2 * r + plan
+    assert M.kernel_memory_bytes(lay, 3, 64, torch.bfloat16, "fwd", index_bytes=100) == (
+        4 * t + r + plan + 100
+    )
     with pytest.raises(ValueError, match="mode"):
         M.kernel_memory_bytes(lay, 3, 64, torch.bfloat16, "bwd")
     with pytest.raises(TypeError, match="dtype"):

@@ -1,0 +1,149 @@
+"""Run the CuPy backend's CUDA kernels on the CPU (g++, one fiber per CUDA thread), for tests
+on machines without a GPU.
+
+The kernel source is the backend's own (``Variant.source``) with ``st_intrinsics.cuh`` (inline
+PTX) swapped for ``st_cpu_emu.cuh`` (the same functions in C++, mma.sync emulated per warp from
+the PTX fragment layouts), compiled to a shared library and called through ctypes with the
+arguments the backend builds (``backend.fwd_args`` / ``dq_args`` / ``dkv_args``), in the
+backend's launch geometry. So a CPU test exercises the kernels' indexing, plan walking, masks,
+permutation, online softmax and fragment bookkeeping; what it cannot see is the hardware itself
+(real PTX semantics, races, bank conflicts, speed). Tiny shapes only: N of a few hundred.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from stbench.layouts import Layout, plan_for
+
+from . import backend
+from .compile import Variant
+
+EMU_SWAP = (("st_intrinsics.cuh", "st_cpu_emu.cuh"),)
+CXX = os.environ.get("CXX", "g++")
+BUILD_DIR = Path(tempfile.gettempdir()) / "stbench_cupy_emu"
+
+
+def available() -> str | None:
+    """None if the emulation can build here, else why not."""
+    if shutil.which(CXX) is None:
+        return f"no C++ compiler ({CXX}) on PATH"
+    return None
+
+
+def emu_source(variant: Variant) -> str:
+    text = variant.source(EMU_SWAP)
+    wrappers = "\n".join(
+        f'extern "C" void emu_{name}(int gx, int gy, int nt, void** args) '
+        f"{{ st_emu::launch({name}, gx, gy, nt, args); }}"
+        for name in variant.kernel_names
+    )
+    return text + "\n" + wrappers + "\n"
+
+
+@functools.lru_cache(maxsize=64)
+def load(variant: Variant) -> ctypes.CDLL:
+    """The variant built as a CPU shared library (cached on disk by source hash)."""
+    src = emu_source(variant)
+    flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-w"]
+    flags += [f"-D{d}" for d in variant.defines()]
+    key = hashlib.blake2b((src + " ".join(flags)).encode(), digest_size=12).hexdigest()
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    lib = BUILD_DIR / f"{variant.label()}_{key}.so"
+    if not lib.exists():
+        cpp = BUILD_DIR / f"{variant.label()}_{key}.cpp"
+        cpp.write_text(src)
+        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        res = subprocess.run([CXX, *flags, "-x", "c++", str(cpp), "-o", str(tmp)],
+                             capture_output=True, text=True)
+        if res.returncode:
+            raise RuntimeError(f"emulation build of {variant.label()} failed:\n{res.stderr[-3000:]}")
+        os.replace(tmp, lib)
+    return ctypes.CDLL(str(lib))
+
+
+class _Args:
+    """Holds ctypes values alive and hands out a void** array, like cuLaunchKernel's params."""
+
+    def __init__(self):
+        self.keep: list = []
+
+    def arr(self, t: torch.Tensor | None):
+        if t is None or t.numel() == 0:
+            t = torch.zeros(1, dtype=torch.int32)
+        assert t.is_contiguous() and t.device.type == "cpu"
+        self.keep.append(t)
+        return ctypes.c_void_p(t.data_ptr())
+
+    def pack(self, values) -> ctypes.Array:
+        boxed = []
+        for v in values:
+            if isinstance(v, ctypes.c_void_p):
+                boxed.append(v)
+            elif isinstance(v, int):
+                boxed.append(ctypes.c_int(v))
+            elif isinstance(v, float):
+                boxed.append(ctypes.c_float(v))
+            else:
+                raise TypeError(f"unexpected kernel argument {type(v).__name__}")
+        self.keep.extend(boxed)
+        ptrs = (ctypes.c_void_p * len(boxed))(
+            *[ctypes.cast(ctypes.pointer(b), ctypes.c_void_p) for b in boxed]
+        )
+        self.keep.append(ptrs)
+        return ptrs
+
+
+def _as_bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(torch.int16) if t.dtype in (torch.float16, torch.bfloat16) \
+        else t.contiguous()
+
+
+def run(q, k, v, layout: Layout, scale: float, config: dict | None = None, dout=None):
+    """(out, lse) and, when ``dout`` is given, (dq, dk, dv): the backend's kernels on the CPU.
+    q, k, v, dout: CPU tensors [B, H, N, D] in float16 / bfloat16 / float32."""
+    b, h, n, d = q.shape
+    cfg = backend.resolve_config(config, layout.block, d, q.dtype, (9, 0))
+    plan = plan_for(layout, "cpu")
+    fwd_v, bwd_v = backend.variants_for(cfg, q.dtype, d, layout.block, *backend.plan_flags(plan))
+    fwd_name, dq_name, dkv_name = backend.KERNEL_NAMES[cfg["kernel"]]
+    grid, block = backend.launch_geometry(cfg, n, b * h)
+    args = _Args()
+    fwd_plan, bwd_plan = backend.plan_args(plan, args.arr)
+    ints = (h, n)
+    scale_log2 = float(scale * backend.LOG2E)
+    qb, kb, vb = _as_bits(q), _as_bits(k), _as_bits(v)
+    out = torch.empty_like(qb)
+    lse = torch.empty(b, h, n, dtype=torch.float32)
+    lib = load(fwd_v)
+    getattr(lib, f"emu_{fwd_name}")(
+        grid[0], grid[1], block[0],
+        args.pack(backend.fwd_args(args.arr, qb, kb, vb, out, lse, fwd_plan, ints, scale_log2)),
+    )
+    out_t = out.view(q.dtype)
+    if dout is None:
+        return out_t, lse
+    dob = _as_bits(dout.to(q.dtype))
+    delta = backend.row_delta(dob.view(q.dtype), out_t).contiguous()
+    dq, dk, dv = torch.empty_like(qb), torch.empty_like(kb), torch.empty_like(vb)
+    lib = load(bwd_v)
+    getattr(lib, f"emu_{dq_name}")(
+        grid[0], grid[1], block[0],
+        args.pack(backend.dq_args(args.arr, qb, kb, vb, dob, lse, delta, dq, fwd_plan, ints,
+                                  float(scale), scale_log2)),
+    )
+    getattr(lib, f"emu_{dkv_name}")(
+        grid[0], grid[1], block[0],
+        args.pack(backend.dkv_args(args.arr, qb, kb, vb, dob, lse, delta, dk, dv, bwd_plan, ints,
+                                   float(scale), scale_log2)),
+    )
+    return out_t, lse, (dq.view(q.dtype), dk.view(q.dtype), dv.view(q.dtype))

@@ -1,0 +1,324 @@
+"""``stbench check``: every available backend against the dense reference, on random layouts.
+
+    stbench check                                   # CPU default: well under a minute
+    stbench check --backends triton,flex --dtypes bfloat16,float16 --n-ctx 1024 --heads 4
+    stbench check --json > check.jsonl              # the table on stderr, one JSON row per line
+
+For each layout (every generator in ``stbench.layouts`` at a small N, plus random token masks
+with empty rows, one of them carrying a token permutation) and dtype, q, k, v ~ N(0, 1) and an
+upstream gradient dO are drawn from ``--seed``; the float64 reference (the plain masked softmax
+when the scores fit in 64 MB, else the chunked reference) and the reference in the same dtype
+give each backend's tolerance by ``stbench.accuracy``'s rule:
+
+    err(out, ref64) <= 2 * err(ref_T, ref64) + floor[T]      (also for dq, dk, dv)
+
+A backend that cannot run a layout or dtype here is listed as skipped with its reason. The
+exit code is 1 when any row fails (too wrong, or an error), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import zlib
+from dataclasses import asdict, dataclass
+
+DEFAULTS = {"n_ctx": 256, "heads": 2, "batch": 1, "head_dim": 32, "block": 16}
+PLAIN_REFERENCE_BYTES = 64 * 2**20  # use the plain fp64 reference when B*H*N*N*8 fits
+DTYPE_NAMES = ("float64", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One backend x layout x dtype result (errors are relative, see stbench.accuracy)."""
+
+    backend: str
+    layout: str
+    dtype: str
+    n_ctx: int
+    heads: int
+    block: int
+    status: str  # ok | incorrect | error | unsupported
+    fwd_err: float | None = None
+    fwd_tol: float | None = None
+    grad_err: float | None = None  # the worst of dq, dk, dv
+    grad_tol: float | None = None  # the tolerance of that worst one
+    message: str = ""
+
+
+# ------------------------------------------------------------------------------ layouts
+def _stride(n_ctx: int, block: int) -> int:
+    """A stride near sqrt(N) that strided's transpose accepts (l % b == 0, (N / l) % b == 0)."""
+    l = max(block, 2 ** round(math.log2(math.sqrt(n_ctx))))
+    while l > block and (n_ctx % l or (n_ctx // l) % block):
+        l //= 2
+    return l
+
+
+def _random_token_mask(n_ctx, heads, gen, empty_rows):
+    import torch
+
+    tm = torch.rand(heads, n_ctx, n_ctx, generator=gen) < 0.25
+    tm[:, empty_rows] = False
+    return tm
+
+
+def check_layouts(n_ctx: int, heads: int, block: int, seed: int) -> list[tuple[str, object]]:
+    """(name, Layout or the error message) for each generator at these sizes."""
+    import torch
+
+    from stbench import layouts
+    from stbench.layouts import Layout
+
+    l = _stride(n_ctx, block)
+    gen = torch.Generator().manual_seed(seed)
+    empty = [1, n_ctx // 2 + 3]
+    makers = {
+        "causal": lambda: layouts.causal(n_ctx, block=block, heads=heads),
+        "local": lambda: layouts.local(n_ctx, block=block, window=l + 3, heads=heads),
+        "strided": lambda: layouts.strided(n_ctx, block=block, stride=l, heads=heads),
+        "fixed": lambda: layouts.fixed(
+            n_ctx, block=block, stride=max(l, 2 * block), heads=heads,
+            num_verts=2 if heads % 2 == 0 else 1,
+        ),
+        "merged_strided": lambda: layouts.merged_strided(n_ctx, block=block, stride=l,
+                                                         heads=heads),
+        "st_mix": lambda: layouts.st_mix(n_ctx, block=block, stride=l, heads=heads),
+        "bigbird": lambda: layouts.bigbird(n_ctx, block=block, heads=heads, seed=seed),
+        "longformer": lambda: layouts.longformer(n_ctx, block=block, heads=heads),
+        "sliding_window": lambda: layouts.sliding_window(n_ctx, block=block, heads=heads),
+        "variable": lambda: layouts.variable(n_ctx, block=block, heads=heads),
+        "random": lambda: layouts.from_token_mask(
+            _random_token_mask(n_ctx, heads, gen, empty), block=block, name="random"
+        ),
+    }
+
+    def random_perm():
+        base = layouts.from_token_mask(_random_token_mask(n_ctx, heads, gen, empty), block=block)
+        perm = torch.randperm(n_ctx, generator=gen).unsqueeze(0)
+        return Layout.from_parts(
+            n_ctx, heads, block, "random_perm", base.heads_idx, base.q_blocks, base.k_blocks,
+            base.kinds, base.mask_ids, base.masks, perm, tuple(h % 2 - 1 for h in range(heads)),
+        )
+
+    makers["random_perm"] = random_perm
+    out = []
+    for name, make in makers.items():
+        if not hasattr(layouts, name) and name not in ("random", "random_perm"):
+            continue  # generator not in this version of stbench.layouts
+        try:
+            out.append((name, make()))
+        except (ValueError, TypeError) as exc:
+            out.append((name, f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+# ------------------------------------------------------------------------------ checking
+def _reference(q, k, v, layout, scale, do):
+    """(out, (dq, dk, dv)) of the dense reference in q's dtype; the plain one when small."""
+    import torch
+
+    from stbench.reference import dense
+
+    b, h, n, _ = q.shape
+    small = q.dtype == torch.float64 and b * h * n * n * 8 <= PLAIN_REFERENCE_BYTES
+    fn = dense.dense_attention_reference if small else dense.attention
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v, layout, scale)
+    return out.detach(), torch.autograd.grad(out, (q, k, v), do)
+
+
+def check_one(name, layout_name, layout, dtype, inputs64, refs64, refs_t, device) -> CheckRow:
+    """Run backend ``name`` on one layout and dtype and judge it against ``refs64`` (the
+    float64 reference's (out, grads)) and ``refs_t`` (the reference's in ``dtype``)."""
+    import torch
+
+    import stbench
+    from stbench import accuracy, backends
+
+    q64, k64, v64, do64 = inputs64
+    b, h, n, d = q64.shape
+    base = dict(backend=name, layout=layout_name, dtype=str(dtype).removeprefix("torch."),
+                n_ctx=n, heads=h, block=layout.block)
+    why = backends.unavailable_reason(name, device, dtype, layout)
+    if why is not None:
+        return CheckRow(**base, status="unsupported", message=why)
+    scale = 1.0 / math.sqrt(d)
+    q, k, v, do = (t.to(dtype) for t in inputs64)
+    ref_out, ref_grads = refs_t
+    out64, grads64 = refs64
+    try:
+        qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
+        out = stbench.attention(qg, kg, vg, layout, backend=name, scale=scale)
+        ok, fwd_err, fwd_tol = accuracy.within(out, out64, ref_out, dtype)
+        grad_err = grad_tol = None
+        if backends.info(name).backward:
+            grads = torch.autograd.grad(out, (qg, kg, vg), do)
+            worst = -1.0
+            for g, g64, g_ref in zip(grads, grads64, ref_grads):
+                g_ok, err, tol = accuracy.within(g, g64, g_ref, dtype)
+                ok = ok and g_ok
+                ratio = err / tol if tol > 0 else math.inf
+                if ratio > worst:
+                    worst, grad_err, grad_tol = ratio, err, tol
+    except Exception as exc:  # noqa: BLE001 - a failing backend is a row, not a crash
+        msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return CheckRow(**base, status="error", message=msg)
+    return CheckRow(**base, status="ok" if ok else "incorrect", fwd_err=fwd_err,
+                    fwd_tol=fwd_tol, grad_err=grad_err, grad_tol=grad_tol)
+
+
+def run_checks(backend_names, dtypes, n_ctx, heads, batch, head_dim, block, seed, device,
+               only_layouts=None, progress=None) -> list[CheckRow]:
+    """Every backend x layout x dtype; rows in that order (see CheckRow)."""
+    import torch
+
+    rows = []
+    for li, (lname, layout) in enumerate(check_layouts(n_ctx, heads, block, seed)):
+        if only_layouts and lname not in only_layouts:
+            continue
+        if isinstance(layout, str):
+            rows.append(CheckRow("-", lname, "-", n_ctx, heads, block, "error",
+                                 message=f"layout not built: {layout}"))
+            continue
+        gen = torch.Generator().manual_seed(seed * 1000003 + zlib.crc32(lname.encode()))
+        shape = (batch, heads, n_ctx, head_dim)
+        inputs64 = [torch.randn(*shape, generator=gen, dtype=torch.float64).to(device)
+                    for _ in range(4)]
+        scale = 1.0 / math.sqrt(head_dim)
+        refs64 = _reference(*inputs64[:3], layout, scale, inputs64[3])
+        for dtype in dtypes:
+            refs_t = _reference(*(t.to(dtype) for t in inputs64[:3]), layout, scale,
+                                inputs64[3].to(dtype))
+            for name in backend_names:
+                if progress:
+                    progress(f"{name} {lname} {dtype}")
+                rows.append(check_one(name, lname, layout, dtype, inputs64, refs64, refs_t,
+                                      device))
+    return rows
+
+
+# ------------------------------------------------------------------------------ CLI
+def _fmt(x):
+    return "-" if x is None else f"{x:.2e}"
+
+
+def print_table(rows, console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="stbench check: backends against the dense reference (float64)",
+                  caption="ok: err <= 2 * err(dense in that dtype) + floor (stbench.accuracy); "
+                  "grad: the worst of dq, dk, dv relative to its tolerance; tolerance: fwd / "
+                  "grad", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("backend", "layout", "dtype", "fwd err", "grad err", "tolerance", "ok"):
+        table.add_column(col, justify="right" if "err" in col or "tol" in col else "left",
+                         no_wrap=col != "layout", overflow="fold")
+    skipped = {}
+    for r in rows:
+        if r.status == "unsupported":
+            skipped.setdefault((r.backend, r.message), []).append(f"{r.layout}/{r.dtype}")
+            continue
+        mark = {"ok": "[green]ok[/]", "incorrect": "[red]FAIL[/]"}.get(r.status, "[red]ERROR[/]")
+        tol = "-" if r.fwd_tol is None else f"{r.fwd_tol:.1e}/" + (
+            "-" if r.grad_tol is None else f"{r.grad_tol:.1e}")
+        table.add_row(r.backend, r.layout, r.dtype, _fmt(r.fwd_err), _fmt(r.grad_err), tol,
+                      mark)
+    console.print(table)
+    for r in rows:
+        if r.status == "error":
+            console.print(f"[red]error[/] {r.backend} {r.layout} {r.dtype}: {r.message}",
+                          markup=True, highlight=False)
+    for (backend, why), where in skipped.items():
+        console.print(f"skipped {backend} on {len(where)} layout/dtype pairs: {why}",
+                      markup=False, highlight=False)
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def cmd_check(args) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        # before any Triton kernel module is imported: Triton runs on the CPU only interpreted
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from rich.console import Console
+
+    from stbench import backends
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        dtypes = []
+        for d in _csv(args.dtypes):
+            if d not in DTYPE_NAMES:
+                raise ValueError(f"--dtypes: unknown dtype {d!r}: choose from "
+                                 f"{', '.join(DTYPE_NAMES)}")
+            dtypes.append(getattr(torch, d))
+        if args.backends:
+            names = _csv(args.backends)
+            for n in names:
+                backends.info(n)  # UnknownBackend lists the registered ones
+        else:
+            names = backends.names()
+        for opt in ("n_ctx", "heads", "batch", "head_dim"):
+            if getattr(args, opt) <= 0:
+                raise ValueError(f"--{opt.replace('_', '-')} must be a positive integer")
+    except ValueError as exc:
+        print(f"stbench check: {exc}", file=sys.stderr)
+        return 2
+    console = Console(stderr=args.json, width=args.width)
+    only = set(_csv(args.layouts)) if args.layouts else None
+    with console.status("checking...") as status:
+        rows = run_checks(names, dtypes, args.n_ctx, args.heads, args.batch, args.head_dim,
+                          args.block, args.seed, device, only,
+                          progress=lambda s: status.update(f"checking {s}"))
+    print_table(rows, console)
+    if args.json:
+        for r in rows:
+            print(json.dumps(asdict(r)))
+    failed = [r for r in rows if r.status in ("incorrect", "error")]
+    checked = sum(r.status != "unsupported" for r in rows)
+    console.print(f"{checked - len(failed)} of {checked} checks passed"
+                  + (f", {len(failed)} FAILED" if failed else ""), highlight=False)
+    return 1 if failed else 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "check", help="every available backend against the dense reference on random layouts",
+        description="Check every backend against the dense reference: each layout generator "
+        "at a small N plus random token masks with empty rows (one with a token permutation), "
+        "forward and gradients, in each dtype, from seeded N(0, 1) inputs. A result in dtype T "
+        "passes when err(out, ref64) <= 2 * err(ref_T, ref64) + floor[T] (stbench.accuracy). "
+        "Backends that cannot run here are listed as skipped with the reason. Exit code 1 when "
+        "any check fails.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--backends", default=None,
+                   help="comma-separated backends to check (default: all registered; those "
+                   "that cannot run here are listed as skipped with the reason)")
+    p.add_argument("--dtypes", default="float32",
+                   help=f"comma-separated dtypes, of {', '.join(DTYPE_NAMES)}")
+    p.add_argument("--n-ctx", type=int, default=DEFAULTS["n_ctx"],
+                   help="sequence length N of every layout")
+    p.add_argument("--heads", type=int, default=DEFAULTS["heads"], help="attention heads H")
+    p.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="batch size B")
+    p.add_argument("--head-dim", type=int, default=DEFAULTS["head_dim"],
+                   help="head dimension D (triton takes 32, 64, 128)")
+    p.add_argument("--block", type=int, default=DEFAULTS["block"],
+                   help="block size of the layouts (16..128, dividing N)")
+    p.add_argument("--layouts", default=None,
+                   help="comma-separated subset of: causal, local, strided, fixed, "
+                   "merged_strided, st_mix, bigbird, longformer, sliding_window, variable, "
+                   "random, random_perm (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of inputs and random layouts")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per row on stdout at the end (table to stderr)")
+    p.add_argument("--width", type=int, default=None, help="console width (default: terminal)")
+    p.set_defaults(func=cmd_check)

@@ -1,0 +1,113 @@
+"""``stbench tune``: autotune one problem (layout block granularity and backend configs), or
+measure the tuner against exhaustive search (TARGETS.md item 5).
+
+    stbench tune --layout st_mix --n-ctx 16384                     # standard problem, cached
+    stbench tune --layout causal --n-ctx 256 --batch 1 --heads 2 --head-dim 32 \\
+        --dtype float32 --backends dense,sdpa --strategy exhaustive
+    stbench tune --evaluate --out out/item5 --ns 4096,16384 --backends triton   # item 5
+    stbench tune --list                                             # what the cache holds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _csv(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "tune", help="autotune a problem (block granularity + backend configs), cache the pick",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--layout", default="causal", help="a layout spec (stbench.problems)")
+    p.add_argument("--n-ctx", type=int, default=4096)
+    p.add_argument("--batch", type=int, default=None, help="default: 65536 // N")
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--mode", default="fwd", choices=("fwd", "fwd+bwd"))
+    p.add_argument("--backends", type=_csv, default=None,
+                   help="comma-separated (default: every backend that runs here)")
+    p.add_argument("--strategy", default="local", choices=("local", "exhaustive"))
+    p.add_argument("--objective", default="time", choices=("time", "memory", "time_under_budget"))
+    p.add_argument("--memory-budget", type=float, default=None, help="bytes (time_under_budget)")
+    p.add_argument("--cache", default=None,
+                   help="cache file (default: $STBENCH_CACHE_DIR/tune.json or "
+                   "~/.cache/stbench/tune.json)")
+    p.add_argument("--rows", default=None, help="append every candidate's row to this JSONL")
+    p.add_argument("--device", default=None)
+    p.add_argument("--evaluate", action="store_true",
+                   help="item 5: exhaustive vs --strategy on standard problems into --out")
+    p.add_argument("--out", default=None, help="folder for --evaluate (tune_eval.jsonl)")
+    p.add_argument("--ns", type=lambda s: [int(x) for x in _csv(s)], default=[4096, 16384],
+                   help="N values for --evaluate (default 4096,16384)")
+    p.add_argument("--layouts", type=_csv,
+                   default=["causal", "local", "strided", "fixed", "st_mix"],
+                   help="layouts for --evaluate")
+    p.add_argument("--list", action="store_true", help="print the cache's entries and exit")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.console import Console
+
+    from stbench import autotune, problems
+    from stbench.tuning import cache
+
+    console = Console(stderr=True)
+    if args.list:
+        data = cache.load(args.cache)
+        for e in data["entries"].values():
+            console.print(f"{e.get('n_ctx')} x{e.get('heads')} B={e['batch']} D={e.get('head_dim')} "
+                          f"{e.get('dtype')} {e.get('mode')} layout {e['layout_hash'][:10]} "
+                          f"(block {e.get('layout_block')}): {e['backend']} block {e['block']} "
+                          f"{json.dumps(e['config'])} {e.get('median_ms')} ms")
+        console.print(f"{len(data['entries'])} entries in {args.cache or cache.default_path()}")
+        return 0
+    try:
+        if args.evaluate:
+            from stbench.tuning import evaluate
+
+            if not args.out:
+                raise ValueError("--evaluate needs --out DIR")
+            probs = [problems.Problem(problems.layout_spec(name), n,
+                                      args.batch or problems.batch_for(n), args.heads,
+                                      args.head_dim, args.dtype, args.mode)
+                     for n in args.ns for name in args.layouts]
+            recs = evaluate.evaluate(probs, args.backends, device=args.device or _dev(),
+                                     out_dir=args.out, strategy=args.strategy,
+                                     cache_path=args.cache)
+            for r in recs:
+                console.print(f"{r['problem']}: pick/best = {r.get('ratio')}, tune "
+                              f"{r['tune_s']:.1f} s, lookup {r.get('lookup_warm_ms')} ms")
+            return 0
+        prob = problems.Problem(problems.layout_spec(args.layout), args.n_ctx,
+                                args.batch or problems.batch_for(args.n_ctx), args.heads,
+                                args.head_dim, args.dtype, args.mode)
+        res = autotune.tune(prob, args.backends, device=args.device or _dev(),
+                            strategy=args.strategy, objective=args.objective,
+                            memory_budget=args.memory_budget, cache_path=args.cache,
+                            rows_path=args.rows)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    console.print(f"{prob.label()}: {res.evaluated} of {res.candidates} candidates evaluated in "
+                  f"{res.seconds:.1f} s")
+    for name, p in res.per_backend.items():
+        console.print(f"  {name}: block {p.block} {json.dumps(p.config)} {p.median_ms:.4g} ms")
+    if res.best is None:
+        console.print("[yellow]no valid candidate[/yellow]")
+        return 1
+    console.print(f"pick: {res.best.backend} block {res.best.block} {json.dumps(res.best.config)}"
+                  f" ({res.best.median_ms:.4g} ms), cached in {args.cache or cache.default_path()}")
+    return 0
+
+
+def _dev() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,184 @@
+"""Plots of a sweep's rows (matplotlib, Agg): pure functions of the DataFrame ``report.load``
+returns, each writing one PNG and returning its path.
+
+- ``time_vs_n``: median time vs N, log-log, one panel per layout, one line per backend / peer,
+  the fitted exponent a of time ~ N^a in the legend (least squares on log-log, all N measured);
+- ``memory_vs_n``: measured footprint (peak during the call + inputs + plan) vs N per backend,
+  the analytic kernel model (``stbench.memory.kernel_memory_bytes``' formula) and the dense
+  reference's materialised memory (``dense_memory_bytes``), with the GPU's capacity when known;
+- ``tflops_vs_density``: TFLOP/s (shared numerator: allowed pairs) vs token density.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+MODE_TITLES = {"fwd": "forward", "fwd+bwd": "forward + backward"}
+LSE_ITEMSIZE = 4  # fp32 row statistics (LSE, delta), as in stbench.memory
+DPI = 110
+
+
+def _file_mode(mode: str) -> str:
+    return mode.replace("+", "_")
+
+
+def fit_exponent(ns, ms) -> float | None:
+    """a in ms ~ N^a by least squares on log-log (None with fewer than two distinct N)."""
+    ns, ms = np.asarray(ns, dtype=float), np.asarray(ms, dtype=float)
+    ok = (ns > 0) & (ms > 0)
+    if len(set(ns[ok])) < 2:
+        return None
+    return float(np.polyfit(np.log(ns[ok]), np.log(ms[ok]), 1)[0])
+
+
+def _grid(n: int):
+    cols = min(3, max(1, n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _problem_text(df: pd.DataFrame) -> str:
+    parts = []
+    for col, name in (("heads", "H"), ("head_dim", "D"), ("dtype", "")):
+        vals = sorted(df[col].dropna().unique())
+        if len(vals) == 1:
+            parts.append(f"{name}={vals[0]}" if name else str(vals[0]))
+    tokens = sorted((df["batch"] * df["n_ctx"]).dropna().unique())
+    if len(tokens) == 1:
+        parts.append(f"B x N = {int(tokens[0])}")
+    return ", ".join(parts)
+
+
+def time_vs_n(df: pd.DataFrame, mode: str, out_dir) -> Path | None:
+    ok = df[(df.status == "ok") & (df["mode"] == mode) & df.median_ms.notna()]
+    if ok.empty:
+        return None
+    layouts = list(dict.fromkeys(ok["layout"]))
+    fig, axes = _grid(len(layouts))
+    for ax, lay in zip(axes, layouts):
+        sub = ok[ok["layout"] == lay]
+        for backend, g in sub.groupby("backend", sort=True):
+            g = g.sort_values("n_ctx")
+            a = fit_exponent(g.n_ctx, g.median_ms)
+            label = backend + (f" (N^{a:.2f})" if a is not None else "")
+            ax.plot(g.n_ctx, g.median_ms, marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length N (tokens)")
+        ax.set_ylabel("median time (ms)")
+        ax.set_title(f"{lay}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Time vs N, {MODE_TITLES.get(mode, mode)} ({_problem_text(ok)})")
+    fig.tight_layout()
+    path = Path(out_dir) / f"time_vs_n_{_file_mode(mode)}.png"
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def kernel_model_bytes(row) -> float | None:
+    """``stbench.memory.kernel_memory_bytes``' formula from a row's fields: fwd 4T + R + P,
+    fwd+bwd 8T + 2R + P (T = B H N D e, R = B H N 4, P = the plan's bytes)."""
+    e = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}.get(row["dtype"])
+    if e is None:
+        return None
+    t = row["batch"] * row["heads"] * row["n_ctx"] * row["head_dim"] * e
+    r = row["batch"] * row["heads"] * row["n_ctx"] * LSE_ITEMSIZE
+    p = row["plan_bytes"] if pd.notna(row.get("plan_bytes")) else 0
+    return (4 * t + r + p) if row["mode"] == "fwd" else (8 * t + 2 * r + p)
+
+
+def dense_wall_bytes(row) -> float | None:
+    """The materialised dense attention's memory (inputs and outputs included), or None."""
+    try:
+        import torch
+
+        from stbench import memory
+    except ImportError:
+        return None
+    try:
+        return memory.dense_memory_bytes(
+            int(row["n_ctx"]), int(row["heads"]), int(row["batch"]),
+            getattr(torch, row["dtype"]), row["mode"], chunked=False,
+            head_dim=int(row["head_dim"]))
+    except (AttributeError, ValueError, TypeError):
+        return None
+
+
+def memory_vs_n(df: pd.DataFrame, mode: str, out_dir, gpu_bytes: float | None = None):
+    sub = df[(df["mode"] == mode) & df["token_density"].notna()]
+    if sub.empty:
+        return None
+    layouts = list(dict.fromkeys(sub["layout"]))
+    fig, axes = _grid(len(layouts))
+    measured_any = False
+    for ax, lay in zip(axes, layouts):
+        s = sub[sub["layout"] == lay]
+        ok = s[(s.status == "ok") & s.peak_bytes.notna()]
+        for backend, g in ok.groupby("backend", sort=True):
+            g = g.sort_values("n_ctx")
+            total = g.peak_bytes + g.inputs_bytes.fillna(0) + g.plan_bytes.fillna(0)
+            ax.plot(g.n_ctx, total / 2**20, marker="o", label=f"{backend} (measured)")
+            measured_any = True
+        one = s.drop_duplicates("n_ctx").sort_values("n_ctx")
+        model = [kernel_model_bytes(r) for _, r in one.iterrows()]
+        if any(m is not None for m in model):
+            ax.plot(one.n_ctx, [m / 2**20 if m else np.nan for m in model], "k--",
+                    label="sparse kernel model")
+        wall = [dense_wall_bytes(r) for _, r in one.iterrows()]
+        if any(w is not None for w in wall):
+            ax.plot(one.n_ctx, [w / 2**20 if w else np.nan for w in wall], "r:",
+                    label="dense, materialised")
+        if gpu_bytes:
+            ax.axhline(gpu_bytes / 2**20, color="gray", lw=1, label="GPU memory")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length N (tokens)")
+        ax.set_ylabel("memory (MiB)")
+        ax.set_title(lay)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    note = "" if measured_any else " — no measured peaks (CPU run): models only"
+    fig.suptitle(f"Memory vs N, {MODE_TITLES.get(mode, mode)} ({_problem_text(sub)}){note}")
+    fig.tight_layout()
+    path = Path(out_dir) / f"memory_vs_n_{_file_mode(mode)}.png"
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def tflops_vs_density(df: pd.DataFrame, out_dir) -> Path | None:
+    ok = df[(df.status == "ok") & df.tflops.notna() & df.token_density.notna()]
+    if ok.empty:
+        return None
+    modes = list(dict.fromkeys(ok["mode"]))
+    fig, axes = _grid(len(modes))
+    for ax, mode in zip(axes, modes):
+        s = ok[ok["mode"] == mode]
+        for backend, g in s.groupby("backend", sort=True):
+            ax.scatter(g.token_density, g.tflops, label=backend, s=18)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("token density (allowed pairs / H N^2)")
+        ax.set_ylabel("TFLOP/s (allowed-pair FLOPs / median time)")
+        ax.set_title(MODE_TITLES.get(mode, mode))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Throughput vs density ({_problem_text(ok)})")
+    fig.tight_layout()
+    path = Path(out_dir) / "tflops_vs_density.png"
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path

@@ -1,0 +1,88 @@
+"""The report from a synthetic results folder: REPORT.md sections, speedups, PNGs."""
+
+import json
+
+import pytest
+
+from stbench import plots, report, results
+
+ENV = {"gpu": "NVIDIA H200", "gpu_memory_bytes": 150 * 2**30, "torch": "2.11"}
+
+
+def _row(layout, n, backend, ms, mode="fwd", status="ok", **kw):
+    b = 65536 // n
+    d = dict(batch=b, heads=8, n_ctx=n, head_dim=64, dtype="bfloat16", mode=mode, layout=layout,
+             block=128, token_density=0.5 if layout == "causal" else 0.01, block_density=0.5,
+             layout_hash="h", nnz=10, backend=backend, status=status, env=ENV,
+             median_ms=ms if status == "ok" else None, tflops=1.0 if status == "ok" else None,
+             peak_bytes=1000 * n if status == "ok" else None, inputs_bytes=3 * 2 * b * 8 * n * 64,
+             plan_bytes=4096)
+    d.update(kw)
+    return results.ResultRow(**d)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    rows = []
+    for layout in ("causal", "st_mix"):
+        for n in (1024, 4096, 16384):
+            k = n / 1024
+            for mode, f in (("fwd", 1.0), ("fwd+bwd", 3.5)):
+                rows.append(_row(layout, n, "flex", 2.0 * k * f, mode))
+                rows.append(_row(layout, n, "triton", 1.0 * k * f, mode, tuned=True,
+                                 config={"BLOCK_M": 64}, block=64))
+    rows.append(_row("causal", 16384, "cupy", None, status="oom", error="CUDA out of memory"))
+    rows.append(_row("st_mix", 1024, "sdpa", None, status="unsupported", error="not causal"))
+    results.append_rows(tmp_path / "results.jsonl", rows)
+    results.append_rows(tmp_path / "tune.jsonl", [
+        _row("causal", 1024, "triton", 1.0, kind="tune"),
+        _row("causal", 1024, "triton", None, kind="tune", status="compile_error", error="ptxas"),
+        _row("causal", 1024, "triton", None, kind="tune", status="unsupported",
+             error="constraint: block 16: too small"),
+    ])
+    (tmp_path / "tune_eval.jsonl").write_text(json.dumps({
+        "schema": "stbench-tune-eval", "version": 1, "problem": "causal N=1024", "ratio": 1.01,
+        "candidates": 40, "tune_evaluated": 12, "tune_s": 9.5, "exhaustive_s": 30.0,
+        "best": {"median_ms": 1.0}, "pick": {"median_ms": 1.01}, "lookup_warm_ms": 0.02,
+        "lookup_cold_ms": 1.2}) + "\n")
+    return tmp_path
+
+
+def test_report_writes_markdown_and_pngs(folder):
+    path = report.write_report(folder)
+    text = path.read_text()
+    for section in ("## Environment", "## Rows by backend and status",
+                    "## Median time (ms), forward", "## Speedup over FlexAttention, forward",
+                    "## Speedup over FlexAttention, forward + backward", "## Autotuner's choices",
+                    "## Tuning candidates by outcome", "TARGETS.md item 5", "## Failures",
+                    "CUDA out of memory", "## Unsupported combinations", "NVIDIA H200"):
+        assert section in text, section
+    # triton is exactly 2x faster than flex everywhere in the synthetic data
+    sp, base = report.speedup_table(report.load(folder)[0], "fwd")
+    assert base == "flex"
+    assert sp["triton"].tolist() == pytest.approx([2.0] * 6)
+    for name in ("time_vs_n_fwd", "time_vs_n_fwd_bwd", "memory_vs_n_fwd", "memory_vs_n_fwd_bwd",
+                 "tflops_vs_density"):
+        png = folder / f"{name}.png"
+        assert png.stat().st_size > 10_000
+        assert png.read_bytes()[:4] == b"\x89PNG"
+        assert f"({name}.png)" in text
+
+
+def test_resumed_duplicates_keep_the_last_row(folder):
+    results.append_rows(folder / "results.jsonl", [_row("causal", 1024, "flex", 4.0)])
+    df = report.load(folder)[0]
+    sel = df[(df.layout == "causal") & (df.n_ctx == 1024) & (df.backend == "flex")
+             & (df["mode"] == "fwd")]
+    assert sel.median_ms.tolist() == [4.0]
+
+
+def test_fit_exponent_recovers_a_power_law():
+    ns = [1024, 2048, 4096, 8192]
+    assert plots.fit_exponent(ns, [n**1.5 for n in ns]) == pytest.approx(1.5)
+    assert plots.fit_exponent([1024], [1.0]) is None
+
+
+def test_report_of_an_empty_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(results.ResultsError, match="no result rows"):
+        report.write_report(tmp_path)

@@ -1,0 +1,131 @@
+"""The sweep runner on the CPU: the quick preset end to end, failures as rows, --resume,
+--max-minutes, and --isolate surviving a crashing and a hanging worker."""
+
+import json
+import sys
+import types
+
+import pytest
+
+from stbench import backends, cli, results
+from stbench.sweep import SweepConfig, SweepError, run_sweep
+
+
+@pytest.fixture
+def broken_backend(monkeypatch):
+    """A backend that runs out of memory in fwd+bwd and fails otherwise."""
+    mod = types.ModuleType("stbench_broken_backend")
+    mod.check_available = lambda device, dtype: None
+    mod.config_space = lambda layout, head_dim, dtype: [{}]
+
+    def attention(q, k, v, layout, scale, config=None):
+        if q.requires_grad:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        raise RuntimeError("an illegal memory access was encountered (simulated)")
+
+    mod.attention = attention
+    monkeypatch.setitem(sys.modules, "stbench_broken_backend", mod)
+    monkeypatch.setitem(backends.REGISTRY, "broken", backends.BackendInfo(
+        "broken", "stbench_broken_backend", ("torch",), "", needs_gpu=False, backward=True))
+    return "broken"
+
+
+def _rows(out):
+    return results.read_rows(out / "results.jsonl")
+
+
+def test_quick_preset_end_to_end_with_failures_and_resume(tmp_path, broken_backend):
+    out = tmp_path / "quick"
+    argv = ["sweep", "--preset", "quick", "--out", str(out), "--ns", "256",
+            "--layouts", "causal,strided", "--backends", "dense,sdpa,cupy,broken",
+            "--no-progress"]
+    assert cli.main(argv) == 0
+    rows = _rows(out)
+    assert len(rows) == 2 * 2 * 4  # layouts x modes x backends
+    by = {(r.layout, r.mode, r.backend): r for r in rows}
+    dense = [r for r in rows if r.backend == "dense"]
+    assert all(r.status == "ok" and r.check == "full" and r.err <= r.tol for r in dense)
+    assert all(r.median_ms > 0 and r.p20_ms <= r.median_ms <= r.p80_ms for r in dense)
+    assert all(r.tflops > 0 and r.prepare_ms > 0 for r in dense)
+    assert by[("causal", "fwd", "sdpa")].status == "ok"
+    assert by[("strided", "fwd", "sdpa")].status == "unsupported"
+    assert "GPU" in by[("causal", "fwd", "cupy")].error or "CUDA" in by[
+        ("causal", "fwd", "cupy")].error
+    assert by[("causal", "fwd", "broken")].status == "runtime_error"
+    assert "illegal memory access" in by[("causal", "fwd", "broken")].error
+    assert by[("causal", "fwd+bwd", "broken")].status == "oom"
+    assert all(r.env.get("torch") for r in rows)
+
+    # a second run refuses to mix sweeps, --resume measures nothing new
+    assert cli.main(argv) == 2
+    assert cli.main(argv + ["--resume"]) == 0
+    assert len(_rows(out)) == len(rows)
+
+    # the report of it
+    assert cli.main(["report", str(out)]) == 0
+    assert "## Median time (ms), forward" in (out / "REPORT.md").read_text()
+
+
+def test_max_minutes_stops_cleanly_and_resume_finishes(tmp_path):
+    cfg = SweepConfig.preset("quick").with_overrides(ns=[256], layouts=["causal", "local"],
+                                                     backends=["sdpa"], modes=["fwd"])
+    counts = run_sweep(cfg, tmp_path, max_minutes=1e-9, progress=False)
+    assert counts["stopped"] and not (tmp_path / "results.jsonl").exists()
+    counts = run_sweep(cfg, tmp_path, resume=True, progress=False)
+    assert not counts["stopped"] and counts["skipped"] == 0
+    assert [r.status for r in _rows(tmp_path)] == ["ok", "unsupported"]
+    counts = run_sweep(cfg, tmp_path, resume=True, progress=False)
+    assert counts["skipped"] == 2 and len(_rows(tmp_path)) == 2
+
+
+def test_layout_that_cannot_exist_is_an_unsupported_row(tmp_path):
+    cfg = SweepConfig.from_dict({
+        "name": "t", "ns": [256], "layouts": ["strided"], "backends": ["sdpa"],
+        "modes": ["fwd"], "dtypes": ["float32"], "heads": 2, "head_dim": 16, "tokens": 256,
+        "layout": {"strided": {"builder": "strided", "block": 32, "stride": 128}},
+    })
+    run_sweep(cfg, tmp_path, progress=False)
+    (row,) = _rows(tmp_path)
+    assert row.status == "unsupported" and "layout strided" in row.error and row.block == 32
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"ns": []}, "'ns' must be a non-empty list"),
+    ({"colour": 1}, "unknown keys \\['colour'\\]"),
+    ({"layouts": ["nope"]}, "layout 'nope' is not a known spec"),
+    ({"backends": ["nope"]}, "backend='nope' is not registered"),
+])
+def test_bad_configs_are_named(bad, match):
+    d = {"name": "t", "ns": [256], "layouts": ["causal"], "backends": ["dense"], **bad}
+    with pytest.raises(ValueError, match=match):
+        SweepConfig.from_dict(d)
+
+
+def test_unknown_preset_lists_the_presets():
+    with pytest.raises(SweepError, match="quick"):
+        SweepConfig.preset("nope")
+
+
+def _write_config(path, **kw):
+    d = {"name": "iso", "ns": [256], "layouts": ["causal"], "backends": ["sdpa", "dense"],
+         "modes": ["fwd"], "dtypes": ["float32"], "heads": 2, "head_dim": 16, "tokens": 256,
+         "warmup_ms": 1, "rep_ms": 2, "min_reps": 2, "flush_l2": False, "block": 32, **kw}
+    lines = [f"{k} = {json.dumps(v)}" for k, v in d.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("fault, timeout, status, text", [
+    ("crash:sdpa", 120, "runtime_error", "worker died (exit code 86)"),
+    ("hang:sdpa", 10, "timeout", "killed after 10 s"),  # dense must finish within 10 s too
+])
+def test_isolate_survives_a_crashing_or_hanging_row(tmp_path, monkeypatch, fault, timeout,
+                                                    status, text):
+    monkeypatch.setenv("STBENCH_SWEEP_FAULT", fault)
+    cfg = SweepConfig.from_toml(_write_config(tmp_path / "iso.toml", row_timeout_s=timeout))
+    counts = run_sweep(cfg, tmp_path / "out", isolate=True, progress=False)
+    rows = {r.backend: r for r in _rows(tmp_path / "out")}
+    assert rows["sdpa"].status == status and text in rows["sdpa"].error
+    assert rows["dense"].status == "ok"  # a fresh worker went on with the rest
+    assert counts[status] == 1 and counts["ok"] == 1
+    assert not list((tmp_path / "out" / ".work").glob("*.json"))  # task files cleaned up
