@@ -110,7 +110,11 @@ def timed(fn, grads):
 
 
 def run_problem(prob, out_path, env, table, flex_variants):
-    layout = prob.build_layout()
+    try:
+        layout = prob.build_layout()
+    except problems.layouts.LayoutError as exc:
+        print(f"unsupported {prob.label()}: {exc}", flush=True)
+        return
     q, k, v = prob.inputs("cuda")
     do = torch.randn_like(q)
     scale = prob.head_dim**-0.5

@@ -21,7 +21,9 @@ FlexAttention user would run that head; the two gathers are part of the measured
 
 BLOCK_SIZE is the layout's block (FlexAttention's default is 128; smaller blocks are allowed as
 BLOCK_SIZE=(b, b), with the forward tiles BLOCK_M = BLOCK_N = b unless the config says
-otherwise; its backward may not compile below 128, see TARGETS.md). ``config``: the keys of
+otherwise). Its backward does not compile below 128 (TARGETS.md), so when q, k or v need
+gradients a layout at a smaller block is re-blocked exactly to 128 first, as a FlexAttention
+user has to (``config={"block": b}`` forces a block). ``config``: the keys of
 FlexAttention's kernel_options (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``, ...,
 optionally ``fwd_`` / ``bwd_`` prefixed) pass through; ``{"block": b}`` re-blocks the layout
 exactly first (``layout.reblock``; the autotuner does that itself, so ``config_space`` lists
@@ -48,7 +50,7 @@ from stbench.backends import BackendUnavailable
 from stbench.layouts import DIAG, FULL, Layout, plan_for
 
 DEFAULT_BLOCK = 128  # FlexAttention's default sparse block size
-SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # FlexAttention's dtypes
 # kernel_options FlexAttention takes; a "fwd_" / "bwd_" prefix limits one to that pass
 KERNEL_OPTION_KEYS = (
     "BLOCK_M", "BLOCK_N", "BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2", "num_warps",
@@ -59,6 +61,10 @@ TILE_CANDIDATES = (64, 32)  # square forward tiles tried below the sparse block
 SLOT_EMPTY, SLOT_FULL, SLOT_DIAG, SLOT_PARTIAL0 = 0, 1, 2, 3
 MAX_TABLE_BYTES = 2**31  # refuse layouts whose block table (P nb^2 entries) would be larger
 BLOCK_MASK_CACHE_SIZE = 16
+RECOMPILE_LIMIT = 256  # dynamo recompilations allowed (one per layout / block / shape family)
+# FlexAttention's backward does not compile with sparse blocks below 128 (TARGETS.md, torch
+# 2.11 on the H200): when gradients are needed, smaller layouts are re-blocked exactly to it.
+MIN_BACKWARD_BLOCK = 128
 
 
 def _flex_module():
@@ -71,7 +77,16 @@ def _flex_module():
 
 @functools.lru_cache(maxsize=1)
 def compiled_flex_attention():
-    """``torch.compile(flex_attention)``, made once per process."""
+    """``torch.compile(flex_attention)``, made once per process. Each layout brings its own
+    mask_mod (and each block size its own kernel), so one process measuring many layouts
+    recompiles more than dynamo's default limit of 8 allows, after which it would silently run
+    the unfused eager version; the limit is raised to RECOMPILE_LIMIT."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name,
+                    max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
     return torch.compile(_flex_module().flex_attention)
 
 
@@ -84,7 +99,9 @@ def check_available(device: torch.device, dtype: torch.dtype) -> None:
             "compiles too slowly for checks (about 30 s for a tiny forward); run on the GPU machine"
         )
     if dtype not in SUPPORTED_DTYPES:
-        raise BackendUnavailable(f"backend 'flex' does not support dtype={dtype}")
+        raise BackendUnavailable(
+            f"backend 'flex' does not support dtype={dtype}: use float32, bfloat16 or float16"
+        )
 
 
 def supports(layout: Layout) -> str | None:
@@ -237,6 +254,9 @@ def flex_forward(q, k, v, layout: Layout, scale: float, config=None, compiled: b
     (slow, forward only on the CPU: for tests)."""
     config = dict(config or {})
     block = config.pop("block", None)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if block is None and needs_grad and layout.block < MIN_BACKWARD_BLOCK:
+        block = MIN_BACKWARD_BLOCK
     if block is not None and block != layout.block:
         layout = layout.reblock(int(block))  # exact; LayoutError names a bad block
     unknown = {key for key in config if key.removeprefix("fwd_").removeprefix("bwd_")

@@ -28,15 +28,19 @@ attention would; the softmax and the dK/dV accumulators over chunks use fp32 (fp
 inputs), as PyTorch's softmax does internally. The accuracy rule (stbench/accuracy.py) compares
 a kernel in dtype T with this reference in T and in fp64.
 
-Memory bound: the forward keeps only ``out`` and ``lse`` (fp32, B*H*N*4 bytes; fp64: 8). A chunk holds
-about five [B, c, N] score-sized tiles (scores, probabilities, their fp32 copies; the backward
-adds dP and dS) plus a [c, N] bool mask. The chunk is chosen so one fp32 tile
-B * c * N * 4 bytes (8 for fp64) is at most ``chunk_bytes`` (default 256 MB, ``config={"chunk_bytes": ...}``),
-and at least one block of rows (so a budget below B * b * N * 4 bytes is raised to that);
-the peak beyond inputs, outputs and gradients is then about 6 * chunk_bytes + c * N bytes,
-independent of H and of N's square: with the default, about 1.6 GB. Example: N = 65536, B = 1,
-fp32: c = 1024 rows, a 256 MB tile and a 64 MB mask per chunk, where the N x N scores of one
-head alone would need 16 GB.
+Memory bound: the forward keeps only ``out`` and ``lse`` (fp32, B*H*N*4 bytes; fp64: 8). A
+chunk holds at most about six [B, c, N] score-sized tiles (the product in the input dtype, the
+fp32 scores / probabilities, their cast back; the backward adds dP and dS) plus three [c, N]
+bool tensors (the mask, its negation, the gathered block masks). The chunk is chosen so one fp32
+tile B * c * N * 4 bytes (8 for fp64) is at most ``chunk_bytes`` (default 256 MB,
+``config={"chunk_bytes": ...}``) and at least one block of rows (a budget below B * b * N * 4
+bytes is raised to that), so the peak beyond inputs, outputs and gradients is about
+6 * chunk_bytes + 3 * c * N bytes, independent of H and never N x N: with the default, at most
+about 1.7 GB. Example: N = 65536, B = 1, fp32: c = 1024 rows, a 256 MB tile and a 64 MB mask per
+chunk, where the N x N scores of one head alone would need 16 GB. Measured on the 2-core CPU
+dev box with ``python -m stbench.reference.dense --n-ctx 65536 --heads 1`` (fp32, B = 1,
+D = 64, causal at block 64): forward 27.6 s, backward 98 s, peak RSS 1.52 GB in all
+(the process and its inputs: 0.31 GB).
 
 ``dense_attention_reference`` is the plain version for small tests: per-head masks materialised
 ([H, N, N] bool) and autograd through ordinary torch ops.
@@ -241,3 +245,48 @@ def dense_attention_reference(q, k, v, layout: Layout, scale: float | None = Non
     s = s.masked_fill(~mask, -math.inf).masked_fill(~nonempty, 0.0)
     p = torch.softmax(s, dim=-1) * nonempty
     return torch.matmul(p.to(q.dtype), v)
+
+
+# --------------------------------------------------------------------------- memory demo
+def main(argv=None) -> int:
+    """Time the chunked reference on causal attention and print the peak resident memory:
+    ``python -m stbench.reference.dense --n-ctx 65536 --heads 1`` (fp32, B = 1, D = 64)."""
+    import argparse
+    import resource
+    import time
+
+    from stbench import layouts
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--n-ctx", type=int, default=65536)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--block", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+
+    def peak_gb() -> float:  # ru_maxrss is in KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+    layout = layouts.causal(args.n_ctx, block=args.block, heads=args.heads)
+    gen = torch.Generator().manual_seed(0)
+    shape = (1, args.heads, args.n_ctx, args.head_dim)
+    q, k, v = (torch.randn(*shape, generator=gen).to(args.device).requires_grad_()
+               for _ in range(3))
+    print(f"inputs ready: peak RSS {peak_gb():.2f} GB", flush=True)
+    t0 = time.perf_counter()
+    out = attention(q, k, v, layout, args.head_dim**-0.5)
+    t1 = time.perf_counter()
+    print(f"forward {t1 - t0:.1f} s, peak RSS {peak_gb():.2f} GB", flush=True)
+    out.backward(torch.ones_like(out))
+    t2 = time.perf_counter()
+    print(f"backward {t2 - t1:.1f} s, peak RSS {peak_gb():.2f} GB", flush=True)
+    if args.device.startswith("cuda"):
+        print(f"peak CUDA memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GB")
+    finite = all(bool(torch.isfinite(t.grad).all()) for t in (q, k, v))
+    print(f"finite gradients: {finite}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

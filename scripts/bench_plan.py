@@ -32,7 +32,9 @@ LAYOUTS = ("fixed", "merged_strided", "st_mix", "strided", "local", "causal")
 
 
 def layout_bytes(L) -> int:
-    ts = [L.heads_idx, L.q_blocks, L.k_blocks, L.kinds, L.mask_ids, L.masks]
+    """Bytes the Layout stores: its distinct patterns' entries, the mask table, permutations
+    (the per-head view ``heads_idx`` ... is not materialised here)."""
+    ts = [L.pat_q, L.pat_k, L.pat_kinds, L.pat_mask_ids, L.masks]
     if L.perms is not None:
         ts.append(L.perms)
     return sum(t.numel() * t.element_size() for t in ts)
@@ -107,6 +109,7 @@ def environment() -> dict:
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "loadavg_1m": os.getloadavg()[0],
         "git_sha": sha,
     }
 

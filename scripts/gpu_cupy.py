@@ -100,23 +100,14 @@ def check_plan(quick: bool):
     return cases
 
 
-def variants_of(cases_or_configs):
-    """Kernel variants the given (layout, dtype, head_dim, config) cases will compile."""
-    from stbench.kernels.cupy import backend
-    from stbench.kernels.cupy.checks import LAYOUT_CASES
-    from stbench.layouts import PARTIAL, plan_for
+def variants_of(cases):
+    """Kernel variants the given (layout name or Layout, dtype, head_dim, config) cases compile."""
+    from stbench.kernels.cupy.checks import case_variants
 
+    cap = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0)
     out = []
-    for name, dtype, d, cfg, lay in cases_or_configs:
-        try:
-            lay = lay or LAYOUT_CASES[name](512, 2)
-            plan = plan_for(lay)
-            cap = torch.cuda.get_device_capability() if torch.cuda.is_available() else (9, 0)
-            rcfg = backend.resolve_config(cfg, lay.block, d, dtype, cap)
-            out += backend.variants_for(rcfg, dtype, d, lay.block, plan.perm is not None,
-                                        bool((plan.col_kind == PARTIAL).any()))
-        except Exception:  # noqa: BLE001  (the case itself will report it)
-            pass
+    for lay, dtype, d, cfg in cases:
+        out += case_variants(lay, dtype, d, cfg, cap)
     return list(dict.fromkeys(out))
 
 
@@ -142,7 +133,7 @@ def run_checks(sink: Sink, quick: bool, budget: float, workers: int) -> list[dic
     from stbench.kernels.cupy.checks import check_case
 
     cases = check_plan(quick)
-    precompile(sink, variants_of([(n, dt, d, c, None) for n, dt, d, c in cases]), workers)
+    precompile(sink, variants_of(cases), workers)
     rows = []
     print(f"\n{'layout':20s} {'dtype':9s} {'D':>4s} {'config':28s} {'status':14s} "
           f"{'out err/tol':>17s} {'grad err/tol':>17s}")
@@ -208,6 +199,34 @@ def time_one(module, q, k, v, layout, scale, config, mode):
     return out.detach(), timing
 
 
+def launch_overhead(sink: Sink, modules: dict):
+    """Host time per forward call on a tiny problem (GPU work negligible): when this is near a
+    problem's kernel time, the launch path, not the kernel, bounds what bench() sees."""
+    from stbench import layouts
+
+    lay = layouts.causal(256, block=64, heads=2)
+    q, k, v = (torch.randn(1, 2, 256, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    print()
+    for name, module in modules.items():
+        if isinstance(module, Exception):
+            continue
+        try:
+            with torch.no_grad():
+                for _ in range(3):
+                    module.attention(q, k, v, lay, 0.125, None)
+                torch.cuda.synchronize()
+                reps = 200
+                t = time.perf_counter()
+                for _ in range(reps):
+                    module.attention(q, k, v, lay, 0.125, None)
+                host_us = (time.perf_counter() - t) / reps * 1e6
+                torch.cuda.synchronize()
+            sink.row("overhead", backend=name, host_us_per_call=host_us)
+            print(f"launch overhead {name:8s} {host_us:8.1f} us per forward call (host)")
+        except Exception as exc:  # noqa: BLE001
+            sink.row("overhead", backend=name, status=_status_of(exc), error=repr(exc)[:500])
+
+
 def run_bench(sink: Sink, quick: bool, budget: float, backends_wanted: list[str], workers: int):
     from stbench import backends
     from stbench.accuracy import rel_err
@@ -228,7 +247,7 @@ def run_bench(sink: Sink, quick: bool, budget: float, backends_wanted: list[str]
     for (name, N), lay in layouts_built.items():
         if not isinstance(lay, Exception):
             for cfg in bench_tiles(quick, lay.block):
-                pre.append((name, torch.bfloat16, 64, cfg, lay))
+                pre.append((lay, torch.bfloat16, 64, cfg))
     precompile(sink, variants_of(pre), workers)
 
     modules = {}
@@ -241,6 +260,7 @@ def run_bench(sink: Sink, quick: bool, budget: float, backends_wanted: list[str]
             sink.row("bench", backend=name, status="unsupported", error=str(exc)[:500])
             print(f"backend {name}: unavailable: {exc}")
 
+    launch_overhead(sink, modules)
     print(f"\n{'problem':42s} {'backend':8s} {'config':26s} {'status':12s} {'median ms':>10s} "
           f"{'TFLOP/s':>8s} {'err vs triton':>13s}")
     summary = []
@@ -343,7 +363,7 @@ def build_layout(p):
 def dry_run(sink: Sink, quick: bool) -> int:
     """What a run would do, without a GPU: cases, the variants they compile, the problems."""
     cases = check_plan(quick)
-    variants = variants_of([(n, dt, d, c, None) for n, dt, d, c in cases])
+    variants = variants_of(cases)
     built = {}
     for p in bench_problems(quick):
         if (p.layout.name, p.n_ctx) not in built:
@@ -351,7 +371,7 @@ def dry_run(sink: Sink, quick: bool) -> int:
             built[(p.layout.name, p.n_ctx)] = lay
             print(f"problem layout {p.layout.name:8s} N={p.n_ctx:6d} block={lay.block} "
                   f"nnz={lay.nnz} density={lay.block_density:.4f} permuted={lay.perms is not None}")
-    bench_variants = variants_of([(n, torch.bfloat16, 64, c, lay) for (n, _), lay in built.items()
+    bench_variants = variants_of([(lay, torch.bfloat16, 64, c) for lay in built.values()
                                   for c in bench_tiles(quick, lay.block)])
     sink.row("dry_run", cases=len(cases), variants=len(variants),
              bench_variants=len(bench_variants), problems=len(bench_problems(quick)))

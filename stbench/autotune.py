@@ -119,7 +119,7 @@ def score_of(row: results.ResultRow, objective: str, memory_budget: int | None) 
 
 def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "local",
          objective: str = "time", memory_budget: int | None = None,
-         settings: BenchSettings = TUNE_SETTINGS, final: BenchSettings = FINAL_SETTINGS,
+         settings: BenchSettings | None = None, final: BenchSettings | None = None,
          cache_path=None, save: bool = True, rows_path=None, seed: int = 0, layout=None,
          inputs=None, reference=None, blocks=layouts.ALLOWED_BLOCKS) -> TuneResult:
     """Tune ``problem`` over ``backend_names`` (default: every registered backend that runs
@@ -132,6 +132,8 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
     if objective == "time_under_budget" and not memory_budget:
         raise ValueError("objective='time_under_budget' needs memory_budget=BYTES (> 0)")
     t0 = time.perf_counter()
+    settings = settings or TUNE_SETTINGS
+    final = final or FINAL_SETTINGS
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     layout = layout if layout is not None else problem.build_layout()
     if inputs is None:

@@ -19,7 +19,7 @@ spec serves every N. Building goes through ``stbench.layouts``' generators.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -136,6 +136,7 @@ class LayoutSpec:
     builder: str
     block: int = STANDARD_BLOCK
     params: tuple[tuple[str, object], ...] = ()
+    fit_block: bool = False  # if the pattern cannot exist at ``block``, use the largest that fits
 
     def __post_init__(self):
         if self.builder not in BUILDERS:
@@ -145,8 +146,20 @@ class LayoutSpec:
             )
 
     def build(self, n_ctx: int, heads: int, block: int | None = None) -> layouts.Layout:
-        """The layout at ``n_ctx`` with ``heads`` heads (LayoutError when it cannot exist)."""
-        lay = BUILDERS[self.builder](n_ctx, block or self.block, heads, **dict(self.params))
+        """The layout at ``n_ctx`` with ``heads`` heads (LayoutError when it cannot exist; with
+        ``fit_block``, smaller blocks are tried first: the strided transpose needs
+        (N / l) % block == 0, so at N = 4096, l = 128 it exists at block 32, not 128)."""
+        first = block or self.block
+        tries = [first]
+        if self.fit_block and block is None:
+            tries += [b for b in sorted(layouts.ALLOWED_BLOCKS, reverse=True) if b < first]
+        for i, b in enumerate(tries):
+            try:
+                lay = BUILDERS[self.builder](n_ctx, b, heads, **dict(self.params))
+                break
+            except layouts.LayoutError:
+                if i == len(tries) - 1:
+                    raise
         return lay.renamed(self.name) if lay.name != self.name else lay
 
     def describe(self) -> str:

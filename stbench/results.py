@@ -93,7 +93,8 @@ class ResultRow:
 
 def row_key(kind, backend, layout, n_ctx, batch, heads, head_dim, dtype, mode, config=None) -> str:
     cfg = json.dumps(config, sort_keys=True) if config else ""
-    return f"{kind}|{backend}|{layout}|N={n_ctx}|B={batch}|H={heads}|D={head_dim}|{dtype}|{mode}|{cfg}"
+    return (f"{kind}|{backend}|{layout}|N={n_ctx}|B={batch}|H={heads}|D={head_dim}|{dtype}|"
+            f"{mode}|{cfg}")
 
 
 def now() -> str:

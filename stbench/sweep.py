@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from stbench import results
-from stbench.problems import LAYOUT_SPECS, STANDARD_BLOCK, LayoutSpec, Problem, layout_spec
+from stbench.problems import STANDARD_BLOCK, LayoutSpec, Problem, layout_spec
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 WORK_DIR = ".work"
@@ -61,9 +61,10 @@ class SweepError(ValueError):
 class SweepConfig:
     """A grid. ``batch`` = max(1, tokens // N) unless ``batch`` is set. Layout names refer to
     ``problems.LAYOUT_SPECS`` or to ``[layout.NAME]`` tables (builder, block, parameters);
-    ``block`` (if set) overrides every spec's block; ``max_n`` caps N per backend (the dense
-    reference is quadratic); ``triton_interpret`` runs Triton under its interpreter when there is
-    no GPU."""
+    ``block`` (if set) overrides every spec's block; ``fit_block`` builds a pattern that cannot
+    exist at its block at the largest block that fits (the row records the block); ``max_n``
+    caps N per backend (the dense reference is quadratic); ``triton_interpret`` runs Triton under
+    its interpreter when there is no GPU."""
 
     name: str
     ns: tuple[int, ...]
@@ -91,14 +92,15 @@ class SweepConfig:
 
     KEYS = ("name", "description", "ns", "layouts", "backends", "modes", "dtypes", "tokens",
             "batch", "heads", "head_dim", "block", "warmup_ms", "rep_ms", "flush_l2",
-            "min_reps", "row_timeout_s", "max_n", "triton_interpret", "tune_backends", "tune_strategy",
-            "tune_rep_ms", "seed", "layout")
+            "min_reps", "row_timeout_s", "max_n", "triton_interpret", "tune_backends",
+            "tune_strategy", "tune_rep_ms", "seed", "layout", "fit_block")
 
     @staticmethod
     def from_dict(d: dict, where: str = "sweep config") -> "SweepConfig":
         unknown = sorted(set(d) - set(SweepConfig.KEYS))
         if unknown:
-            raise SweepError(f"{where}: unknown keys {unknown}; known: {', '.join(SweepConfig.KEYS)}")
+            raise SweepError(
+                f"{where}: unknown keys {unknown}; known: {', '.join(SweepConfig.KEYS)}")
         for k in ("ns", "layouts", "backends"):
             if not d.get(k):
                 raise SweepError(f"{where}: '{k}' must be a non-empty list")
@@ -115,13 +117,16 @@ class SweepConfig:
                 if "block" in d:
                     s = LayoutSpec(s.name, s.builder, d["block"], s.params)
                 specs.append(s)
+        if d.get("fit_block"):
+            specs = [LayoutSpec(s.name, s.builder, s.block, s.params, True) for s in specs]
         from stbench import backends
 
         for b in d["backends"]:
             backends.info(b)  # UnknownBackend names the registered ones
         kw = {k: d[k] for k in ("name", "tokens", "batch", "heads", "head_dim", "warmup_ms",
-                                "rep_ms", "flush_l2", "min_reps", "row_timeout_s", "triton_interpret",
-                                "tune_strategy", "tune_rep_ms", "seed", "description") if k in d}
+                                "rep_ms", "flush_l2", "min_reps", "row_timeout_s",
+                                "triton_interpret", "tune_strategy", "tune_rep_ms", "seed",
+                                "description") if k in d}
         for k in ("modes", "dtypes", "tune_backends"):
             if k in d:
                 kw[k] = tuple(d[k])

@@ -89,6 +89,23 @@ class CheckResult:
         return asdict(self)
 
 
+def case_variants(layout, dtype: torch.dtype, head_dim: int, config: dict | None,
+                  capability=(9, 0)) -> list:
+    """Kernel variants (forward, backward) that running ``layout`` with ``config`` compiles;
+    ``layout``: a Layout or a LAYOUT_CASES name (built at n_ctx 512, 2 heads). [] when the
+    case cannot run (it reports itself when run)."""
+    from stbench.kernels.cupy import backend
+    from stbench.layouts import plan_for
+
+    try:
+        lay = LAYOUT_CASES[layout](512, 2) if isinstance(layout, str) else layout
+        cfg = backend.resolve_config(config, lay.block, head_dim, dtype, capability)
+        return list(backend.variants_for(cfg, dtype, head_dim, lay.block,
+                                         *backend.plan_flags(plan_for(lay))))
+    except Exception:  # noqa: BLE001
+        return []
+
+
 def reference(q, k, v, layout, scale):
     """Dense attention, differentiable (the project's plain reference when importable)."""
     try:
@@ -126,9 +143,13 @@ def _classify(exc: BaseException) -> str:
 
 def check_case(layout_name: str, dtype: torch.dtype, head_dim: int, config: dict | None,
                n_ctx: int = 512, heads: int = 2, batch: int = 2, seed: int = 0,
-               backward: bool = True, device: str = "cuda") -> CheckResult:
-    """Run the cupy backend on one case and judge it; never raises."""
-    from stbench.kernels.cupy import backend
+               backward: bool = True, device: str = "cuda", runner=None) -> CheckResult:
+    """Run the cupy backend (or ``runner``, same signature as ``backend.attention``: the CPU
+    emulation in tests) on one case and judge it; never raises."""
+    if runner is None:
+        from stbench.kernels.cupy import backend
+
+        runner = backend.attention
 
     cfg_s = "default" if config is None else ",".join(f"{k}={v}" for k, v in config.items())
     base = dict(layout=layout_name, dtype=str(dtype).removeprefix("torch."), head_dim=head_dim,
@@ -152,10 +173,11 @@ def check_case(layout_name: str, dtype: torch.dtype, head_dim: int, config: dict
 
     try:
         def run(a, b, c):
-            return backend.attention(a, b, c, layout, scale, config)
+            return runner(a, b, c, layout, scale, config)
 
         out, grads = _fwd_bwd(run, q, k, v, dout, backward)
-        torch.cuda.synchronize()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
     except Exception as exc:  # noqa: BLE001
         return CheckResult(**base, status=_classify(exc),
                            error=(f"{type(exc).__name__}: {exc}\n" +

@@ -147,3 +147,23 @@ def run(q, k, v, layout: Layout, scale: float, config: dict | None = None, dout=
                                    float(scale), scale_log2)),
     )
     return out_t, lse, (dq.view(q.dtype), dk.view(q.dtype), dv.view(q.dtype))
+
+
+class _Emulated(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, layout, scale, config):
+        ctx.save_for_backward(q, k, v)
+        ctx.args = (layout, scale, config)
+        return run(q, k, v, layout, scale, config)[0]
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v = ctx.saved_tensors
+        _, _, grads = run(q, k, v, *ctx.args, dout=dout)
+        return (*grads, None, None, None)
+
+
+def attention(q, k, v, layout: Layout, scale: float, config: dict | None = None):
+    """The backend's ``attention`` with the kernels emulated on the CPU (differentiable; the
+    backward re-runs the forward kernel for lse)."""
+    return _Emulated.apply(q, k, v, layout, scale, config)

@@ -9,8 +9,9 @@
 //             (row_ptr / col_idx ...) streaming BLOCK_N keys at a time; writes dq once per row.
 // st_bwd_dkv: grid (N / BLOCK_M, B * H), warp w owns 16 key rows; walks the transposed lists
 //             (col_ptr / row_idx ...) streaming BLOCK_N queries at a time; writes dk, dv once.
-// No atomics: every output row has exactly one writer.
-// Shared memory: dq: 2 * BLOCK_N * (HEAD_DIM + 8) * 2 bytes; dkv: the same plus 8 * BLOCK_N.
+// No atomics: every output row has exactly one writer. Both walk their lists in pipelined steps
+// (st_mma_tiles.cuh): the next chunk is copied by cp.async while the current one is computed.
+// Shared memory: 2 stages * 2 * BLOCK_N * (HEAD_DIM + 8) * 2 bytes; dkv adds 2 * 8 * BLOCK_N.
 #include "st_common.cuh"
 
 #if ST_DTYPE == 0
@@ -40,19 +41,6 @@ __device__ __forceinline__ void load_a_rows(unsigned (*a)[4], const elem_t* row0
   }
 }
 
-// Copy BLOCK_N rows (layout positions pos0 .. pos0 + BLOCK_N - 1, gathered through perm) of
-// two [N, HEAD_DIM] matrices into shared memory, 16 bytes per load.
-__device__ __forceinline__ void load_tile2(elem_t* sa, elem_t* sb, const elem_t* a,
-                                           const elem_t* b, const int* prow, int pos0,
-                                           int tid) {
-  for (int i = tid; i < BLOCK_N * (HEAD_DIM / 8); i += NWARPS * 32) {
-    const int row = i / (HEAD_DIM / 8), c8 = (i % (HEAD_DIM / 8)) * 8;
-    const long long src = (long long)token(prow, pos0 + row) * HEAD_DIM + c8;
-    *reinterpret_cast<uint4*>(sa + row * SROW + c8) = *reinterpret_cast<const uint4*>(a + src);
-    *reinterpret_cast<uint4*>(sb + row * SROW + c8) = *reinterpret_cast<const uint4*>(b + src);
-  }
-}
-
 __device__ __forceinline__ void store_rows(elem_t* row0, elem_t* row1, float (*acc)[4],
                                            float mult, int t) {
 #pragma unroll
@@ -72,8 +60,8 @@ st_bwd_dq(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
           const signed char* __restrict__ col_kind, const int* __restrict__ col_mask,
           const unsigned* __restrict__ masks, const int* __restrict__ perm,
           const int* __restrict__ pattern_perm, int H, int N, float scale, float scale_log2) {
-  __shared__ __align__(16) elem_t sK[BLOCK_N * SROW];
-  __shared__ __align__(16) elem_t sV[BLOCK_N * SROW];
+  __shared__ __align__(16) elem_t sK[2][BLOCK_N * SROW];  // two stages: load one, use one
+  __shared__ __align__(16) elem_t sV[2][BLOCK_N * SROW];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -100,31 +88,43 @@ st_bwd_dq(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   for (int dt = 0; dt < HEAD_DIM / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.f;
 
   const int e_begin = row_ptr[pat * (nb + 1) + qb], e_end = row_ptr[pat * (nb + 1) + qb + 1];
-  for (int e = e_begin; e < e_end; ++e) {
-    const int kb = col_idx[e], kind = col_kind[e], mid = col_mask[e];
-    for (int kc = 0; kc < LAYOUT_BLOCK; kc += BLOCK_N) {
-      if (kind == ST_KIND_DIAG && kc > qin0 + BLOCK_M - 1) break;
-      __syncthreads();
-      load_tile2(sK, sV, k + base, v + base, prow, kb * LAYOUT_BLOCK + kc, tid);
-      __syncthreads();
+  int e = e_begin, kc = 0, stage = 0;
+  step_advance(e, kc, e_end, col_kind, qin0, false, true);
+  if (e < e_end)
+    load_tile2_async(sK[0], sV[0], k + base, v + base, prow, col_idx[e] * LAYOUT_BLOCK + kc, tid,
+                     NWARPS * 32);
+  cp_async_commit();
+  while (e < e_end) {
+    int ne = e, nkc = kc;  // prefetch the next step into the other stage
+    step_advance(ne, nkc, e_end, col_kind, qin0, false, false);
+    if (ne < e_end)
+      load_tile2_async(sK[stage ^ 1], sV[stage ^ 1], k + base, v + base, prow,
+                       col_idx[ne] * LAYOUT_BLOCK + nkc, tid, NWARPS * 32);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const int kind = col_kind[e], mid = col_mask[e];
 
-      float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
-      mma_a_bt(s, qa, sK, lane);   // S = Q K^T
-      mma_a_bt(dp, da, sV, lane);  // dP = dO V^T
+    float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
+    mma_a_bt(s, qa, sK[stage], lane);   // S = Q K^T
+    mma_a_bt(dp, da, sV[stage], lane);  // dP = dO V^T
 #pragma unroll
-      for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+    for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int jk = kc + nt * 8 + 2 * t + (i & 1);
-          const bool row1 = i >= 2;
-          const float p = allowed(kind, mid, row1 ? iq1 : iq0, jk, masks)
-                              ? fast_exp2(s[nt][i] * scale_log2 - (row1 ? lse1 : lse0))
-                              : 0.f;
-          s[nt][i] = p * (dp[nt][i] - (row1 ? dl1 : dl0));  // dS
-        }
+      for (int i = 0; i < 4; ++i) {
+        const int jk = kc + nt * 8 + 2 * t + (i & 1);
+        const bool row1 = i >= 2;
+        const float p = allowed(kind, mid, row1 ? iq1 : iq0, jk, masks)
+                            ? fast_exp2(s[nt][i] * scale_log2 - (row1 ? lse1 : lse0))
+                            : 0.f;
+        s[nt][i] = p * (dp[nt][i] - (row1 ? dl1 : dl0));  // dS
       }
-      mma_acc_s(acc, s, sK, lane);  // dQ += dS K
     }
+    mma_acc_s(acc, s, sK[stage], lane);  // dQ += dS K
+    __syncthreads();  // all warps are done with this stage before it is refilled
+    e = ne;
+    kc = nkc;
+    stage ^= 1;
   }
   store_rows(dq + base + (long long)tok0 * HEAD_DIM, dq + base + (long long)tok1 * HEAD_DIM, acc,
              scale, t);
@@ -140,10 +140,10 @@ st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
            const int* __restrict__ row_mask, const unsigned* __restrict__ masks,
            const int* __restrict__ perm, const int* __restrict__ pattern_perm, int H, int N,
            float scale, float scale_log2) {
-  __shared__ __align__(16) elem_t sQ[BLOCK_N * SROW];
-  __shared__ __align__(16) elem_t sD[BLOCK_N * SROW];
-  __shared__ float sLse[BLOCK_N];
-  __shared__ float sDelta[BLOCK_N];
+  __shared__ __align__(16) elem_t sQ[2][BLOCK_N * SROW];  // two stages: load one, use one
+  __shared__ __align__(16) elem_t sD[2][BLOCK_N * SROW];
+  __shared__ float sLse[2][BLOCK_N];
+  __shared__ float sDelta[2][BLOCK_N];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -170,39 +170,53 @@ st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   }
 
   const int e_begin = col_ptr[pat * (nb + 1) + kb], e_end = col_ptr[pat * (nb + 1) + kb + 1];
-  for (int e = e_begin; e < e_end; ++e) {
-    const int qb = row_idx[e], kind = row_kind[e], mid = row_mask[e];
-    for (int qc = 0; qc < LAYOUT_BLOCK; qc += BLOCK_N) {
-      if (kind == ST_KIND_DIAG && qc + BLOCK_N - 1 < kin0) continue;  // chunk above diagonal
-      __syncthreads();
-      const int pos0 = qb * LAYOUT_BLOCK + qc;
-      load_tile2(sQ, sD, q + base, dout + base, prow, pos0, tid);
-      for (int i = tid; i < BLOCK_N; i += NWARPS * 32) {
-        const long long tq = (long long)bh * N + token(prow, pos0 + i);
-        sLse[i] = lse[tq];
-        sDelta[i] = delta[tq];
-      }
-      __syncthreads();
-
-      float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
-      mma_a_bt(s, ka, sQ, lane);   // S^T = K Q^T   (rows: keys, columns: queries)
-      mma_a_bt(dp, va, sD, lane);  // dP^T = V dO^T
-#pragma unroll
-      for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int c = nt * 8 + 2 * t + (i & 1);  // query within the chunk
-          const int jk = (i >= 2) ? jk1 : jk0;
-          const float p = allowed(kind, mid, qc + c, jk, masks)
-                              ? fast_exp2(s[nt][i] * scale_log2 - sLse[c])
-                              : 0.f;
-          s[nt][i] = p;                          // P^T
-          dp[nt][i] = p * (dp[nt][i] - sDelta[c]);  // dS^T
-        }
-      }
-      mma_acc_s(dva, s, sD, lane);   // dV += P^T dO
-      mma_acc_s(dka, dp, sQ, lane);  // dK += dS^T Q
+  // start copying step (e, qc)'s Q, dO rows (async) and lse, delta (plain loads) into stage st
+  auto issue = [&](int e_, int qc_, int st) {
+    const int pos0 = row_idx[e_] * LAYOUT_BLOCK + qc_;
+    load_tile2_async(sQ[st], sD[st], q + base, dout + base, prow, pos0, tid, NWARPS * 32);
+    for (int i = tid; i < BLOCK_N; i += NWARPS * 32) {
+      const long long tq = (long long)bh * N + token(prow, pos0 + i);
+      sLse[st][i] = lse[tq];
+      sDelta[st][i] = delta[tq];
     }
+  };
+  int e = e_begin, qc = 0, stage = 0;
+  step_advance(e, qc, e_end, row_kind, kin0, true, true);
+  if (e < e_end) issue(e, qc, 0);
+  cp_async_commit();
+  while (e < e_end) {
+    int ne = e, nqc = qc;  // prefetch the next step into the other stage
+    step_advance(ne, nqc, e_end, row_kind, kin0, true, false);
+    if (ne < e_end) issue(ne, nqc, stage ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const int kind = row_kind[e], mid = row_mask[e];
+    const float* tLse = sLse[stage];
+    const float* tDelta = sDelta[stage];
+
+    float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
+    mma_a_bt(s, ka, sQ[stage], lane);   // S^T = K Q^T   (rows: keys, columns: queries)
+    mma_a_bt(dp, va, sD[stage], lane);  // dP^T = V dO^T
+#pragma unroll
+    for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int c = nt * 8 + 2 * t + (i & 1);  // query within the chunk
+        const int jk = (i >= 2) ? jk1 : jk0;
+        const float p = allowed(kind, mid, qc + c, jk, masks)
+                            ? fast_exp2(s[nt][i] * scale_log2 - tLse[c])
+                            : 0.f;
+        s[nt][i] = p;                             // P^T
+        dp[nt][i] = p * (dp[nt][i] - tDelta[c]);  // dS^T
+      }
+    }
+    mma_acc_s(dva, s, sD[stage], lane);   // dV += P^T dO
+    mma_acc_s(dka, dp, sQ[stage], lane);  // dK += dS^T Q
+    __syncthreads();  // all warps are done with this stage before it is refilled
+    e = ne;
+    qc = nqc;
+    stage ^= 1;
   }
   store_rows(dk + base + (long long)tok0 * HEAD_DIM, dk + base + (long long)tok1 * HEAD_DIM, dka,
              scale, t);

@@ -240,6 +240,12 @@ inline void mma16816(float* c, const unsigned* a, unsigned b0, unsigned b1) {
   }
   st_emu::arrive_and_wait(w.bar);
 }
+// cp.async completes at once here (no overlap to emulate); commit / wait are no-ops
+inline void cp_async16(void* smem, const void* gmem) { std::memcpy(smem, gmem, 16); }
+inline void cp_async_commit() {}
+template <int N>
+inline void cp_async_wait() {}
+
 // ldmatrix (x4, optionally .trans): lanes publish their row addresses, each lane then gathers
 // its registers from the four 8x8 matrices (layout in st_intrinsics.cuh)
 inline void ldsm_emu(unsigned* r, const elem_t* p, bool trans) {

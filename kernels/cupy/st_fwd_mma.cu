@@ -8,14 +8,16 @@
 //   m = -inf, l = 0, O = 0                                    (per row, fp32)
 //   for each entry (key block kb, kind, mask) of row qb in the plan:
 //     for each chunk of BLOCK_N keys of kb (DIAG: only chunks that reach the diagonal):
-//       K, V chunk -> shared memory (16-byte loads, rows gathered through perm)
+//       K, V chunk -> shared memory (cp.async, 16 bytes, rows gathered through perm; the next
+//       chunk's copy is issued before this one is computed: two stages)
 //       S = Q K^T * scale * LOG2E;  S[i, j] = -inf where the entry's mask forbids (i, j)
 //       m' = max(m, rowmax S);  P = exp2(S - m');  l = l * exp2(m - m') + rowsum P
 //       O = O * exp2(m - m') + P V                            (P rounded to the input dtype)
 //   out = O / l  (0 for a row with no allowed key);  lse = m + log2(l)  (-inf for such a row)
 //
 // lse is in base-2 units of the scaled scores (what the backward kernels consume).
-// Shared memory: 2 * BLOCK_N * (HEAD_DIM + 8) * 2 bytes (the +8 pad staggers banks).
+// Shared memory: 2 stages * 2 * BLOCK_N * (HEAD_DIM + 8) * 2 bytes (the +8 pad staggers banks;
+// B fragments come through ldmatrix, .trans for V).
 // Registers per thread: HEAD_DIM / 4 (Q) + HEAD_DIM / 2 (O) + BLOCK_N / 2 (S) words.
 #include "st_common.cuh"
 
@@ -41,8 +43,8 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
            const int* __restrict__ col_mask, const unsigned* __restrict__ masks,
            const int* __restrict__ perm, const int* __restrict__ pattern_perm, int H, int N,
            float scale_log2) {
-  __shared__ __align__(16) elem_t sK[BLOCK_N * SROW];
-  __shared__ __align__(16) elem_t sV[BLOCK_N * SROW];
+  __shared__ __align__(16) elem_t sK[2][BLOCK_N * SROW];  // two stages: load one, use one
+  __shared__ __align__(16) elem_t sV[2][BLOCK_N * SROW];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -76,67 +78,76 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   float m0 = neg_inf(), m1 = neg_inf(), l0 = 0.f, l1 = 0.f;
 
   const int e_begin = row_ptr[pat * (nb + 1) + qb], e_end = row_ptr[pat * (nb + 1) + qb + 1];
-  for (int e = e_begin; e < e_end; ++e) {
-    const int kb = col_idx[e], kind = col_kind[e], mid = col_mask[e];
-    for (int kc = 0; kc < LAYOUT_BLOCK; kc += BLOCK_N) {
-      if (kind == ST_KIND_DIAG && kc > qin0 + BLOCK_M - 1) break;  // chunk above the diagonal
-      __syncthreads();  // the previous chunk is no longer read
-      for (int i = tid; i < BLOCK_N * (HEAD_DIM / 8); i += NWARPS * 32) {
-        const int row = i / (HEAD_DIM / 8), c8 = (i % (HEAD_DIM / 8)) * 8;
-        const long long src =
-            base + (long long)token(prow, kb * LAYOUT_BLOCK + kc + row) * HEAD_DIM + c8;
-        *reinterpret_cast<uint4*>(sK + row * SROW + c8) = *reinterpret_cast<const uint4*>(k + src);
-        *reinterpret_cast<uint4*>(sV + row * SROW + c8) = *reinterpret_cast<const uint4*>(v + src);
-      }
-      __syncthreads();
+  int e = e_begin, kc = 0, stage = 0;
+  step_advance(e, kc, e_end, col_kind, qin0, false, true);
+  if (e < e_end)
+    load_tile2_async(sK[0], sV[0], k + base, v + base, prow, col_idx[e] * LAYOUT_BLOCK + kc, tid,
+                     NWARPS * 32);
+  cp_async_commit();
+  while (e < e_end) {
+    // prefetch the next step's K, V into the other stage while this one is computed
+    int ne = e, nkc = kc;
+    step_advance(ne, nkc, e_end, col_kind, qin0, false, false);
+    if (ne < e_end)
+      load_tile2_async(sK[stage ^ 1], sV[stage ^ 1], k + base, v + base, prow,
+                       col_idx[ne] * LAYOUT_BLOCK + nkc, tid, NWARPS * 32);
+    cp_async_commit();
+    cp_async_wait<1>();  // this stage's group has landed (the prefetch may still fly)
+    __syncthreads();
+    const int kind = col_kind[e], mid = col_mask[e];
+    const elem_t* tK = sK[stage];
+    const elem_t* tV = sV[stage];
 
-      // S = Q K^T: B fragment (k = d, n = key) is K[key][d] (st_common.cuh: mma_a_bt)
-      float s[BLOCK_N / 8][4];
-      mma_a_bt(s, qa, sK, lane);
+    // S = Q K^T: B fragment (k = d, n = key) is K[key][d] (st_mma_tiles.cuh: mma_a_bt)
+    float s[BLOCK_N / 8][4];
+    mma_a_bt(s, qa, tK, lane);
 
-      // mask, scale, running max
-      float mx0 = neg_inf(), mx1 = neg_inf();
+    // mask, scale, running max
+    float mx0 = neg_inf(), mx1 = neg_inf();
 #pragma unroll
-      for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+    for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int jk = kc + nt * 8 + 2 * t + (i & 1);
-          const int iq = (i < 2) ? iq0 : iq1;
-          s[nt][i] = allowed(kind, mid, iq, jk, masks) ? s[nt][i] * scale_log2 : neg_inf();
-        }
-        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+      for (int i = 0; i < 4; ++i) {
+        const int jk = kc + nt * 8 + 2 * t + (i & 1);
+        const int iq = (i < 2) ? iq0 : iq1;
+        s[nt][i] = allowed(kind, mid, iq, jk, masks) ? s[nt][i] * scale_log2 : neg_inf();
       }
-      const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
-      // a row with nothing allowed so far keeps m = -inf; subtract 0 then, never (-inf) - (-inf)
-      const float mu0 = (mn0 == neg_inf()) ? 0.f : mn0, mu1 = (mn1 == neg_inf()) ? 0.f : mn1;
-      const float alpha0 = fast_exp2(m0 - mu0), alpha1 = fast_exp2(m1 - mu1);
-      m0 = mn0;
-      m1 = mn1;
-      float ls0 = 0.f, ls1 = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
-        s[nt][0] = fast_exp2(s[nt][0] - mu0);
-        s[nt][1] = fast_exp2(s[nt][1] - mu0);
-        s[nt][2] = fast_exp2(s[nt][2] - mu1);
-        s[nt][3] = fast_exp2(s[nt][3] - mu1);
-        ls0 += s[nt][0] + s[nt][1];
-        ls1 += s[nt][2] + s[nt][3];
-      }
-      l0 = l0 * alpha0 + ls0;  // per-thread partial sums; the quad is summed at the end
-      l1 = l1 * alpha1 + ls1;
-#pragma unroll
-      for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
-        o[dt][0] *= alpha0;
-        o[dt][1] *= alpha0;
-        o[dt][2] *= alpha1;
-        o[dt][3] *= alpha1;
-      }
-
-      // O += P V: the S accumulators of two n8 tiles form one A fragment; the B fragment
-      // (k = key, n = d) is V[key][d] (st_common.cuh: mma_acc_s)
-      mma_acc_s(o, s, sV, lane);
+      mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+      mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
     }
+    const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
+    // a row with nothing allowed so far keeps m = -inf; subtract 0 then, never (-inf) - (-inf)
+    const float mu0 = (mn0 == neg_inf()) ? 0.f : mn0, mu1 = (mn1 == neg_inf()) ? 0.f : mn1;
+    const float alpha0 = fast_exp2(m0 - mu0), alpha1 = fast_exp2(m1 - mu1);
+    m0 = mn0;
+    m1 = mn1;
+    float ls0 = 0.f, ls1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+      s[nt][0] = fast_exp2(s[nt][0] - mu0);
+      s[nt][1] = fast_exp2(s[nt][1] - mu0);
+      s[nt][2] = fast_exp2(s[nt][2] - mu1);
+      s[nt][3] = fast_exp2(s[nt][3] - mu1);
+      ls0 += s[nt][0] + s[nt][1];
+      ls1 += s[nt][2] + s[nt][3];
+    }
+    l0 = l0 * alpha0 + ls0;  // per-thread partial sums; the quad is summed at the end
+    l1 = l1 * alpha1 + ls1;
+#pragma unroll
+    for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+      o[dt][0] *= alpha0;
+      o[dt][1] *= alpha0;
+      o[dt][2] *= alpha1;
+      o[dt][3] *= alpha1;
+    }
+
+    // O += P V: the S accumulators of two n8 tiles form one A fragment; the B fragment
+    // (k = key, n = d) is V[key][d] (st_mma_tiles.cuh: mma_acc_s)
+    mma_acc_s(o, s, tV, lane);
+    __syncthreads();  // all warps are done with this stage before it is refilled
+    e = ne;
+    kc = nkc;
+    stage ^= 1;
   }
 
   l0 = quad_sum(l0);

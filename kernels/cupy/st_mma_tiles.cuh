@@ -58,4 +58,42 @@ __device__ __forceinline__ void mma_acc_s(float (*out)[4], float (*x)[4], const 
   }
 }
 
+// ---------------------------------------------------------------- the plan walk, pipelined
+// A CTA walks "steps": (entry e of its plan list, chunk c = first row of a BLOCK_N-row chunk of
+// the entry's block). On a causal-diagonal entry, chunks whose rows are all masked are skipped:
+// keys above every owned query (query owner), or queries below every owned key (key owner).
+// ``in0``: the owned tile's first row inside its layout block.
+__device__ __forceinline__ bool step_valid(int kind, int c, int in0, bool key_owner) {
+  if (kind != ST_KIND_DIAG) return true;
+  return key_owner ? (c + BLOCK_N - 1 >= in0) : (c <= in0 + BLOCK_M - 1);
+}
+
+// Move (e, c) to the next valid step (``first``: to the first valid step from (e, c)); e reaches
+// e_end when the walk is over.
+__device__ __forceinline__ void step_advance(int& e, int& c, int e_end,
+                                             const signed char* __restrict__ kinds, int in0,
+                                             bool key_owner, bool first) {
+  if (!first) {
+    c += BLOCK_N;
+    if (c >= LAYOUT_BLOCK) ++e, c = 0;
+  }
+  while (e < e_end && !step_valid(kinds[e], c, in0, key_owner)) {
+    c += BLOCK_N;
+    if (c >= LAYOUT_BLOCK) ++e, c = 0;
+  }
+}
+
+// Start copying BLOCK_N rows (layout positions pos0 .., gathered through perm) of two
+// [N, HEAD_DIM] matrices into shared memory, 16 bytes per cp.async; the caller commits.
+__device__ __forceinline__ void load_tile2_async(elem_t* sa, elem_t* sb, const elem_t* a,
+                                                 const elem_t* b, const int* prow, int pos0,
+                                                 int tid, int nthreads) {
+  for (int i = tid; i < BLOCK_N * (HEAD_DIM / 8); i += nthreads) {
+    const int row = i / (HEAD_DIM / 8), c8 = (i % (HEAD_DIM / 8)) * 8;
+    const long long src = (long long)token(prow, pos0 + row) * HEAD_DIM + c8;
+    cp_async16(sa + row * SROW + c8, a + src);
+    cp_async16(sb + row * SROW + c8, b + src);
+  }
+}
+
 }  // namespace st

@@ -24,14 +24,22 @@ def to_tokens(pos, perm_ptr, pp, N, HAS_PERM: tl.constexpr):
 @triton.jit
 def tile_cols(cols_ptr, e, UNIT: tl.constexpr, G: tl.constexpr, TILE_MINOR: tl.constexpr):
     """Layout positions [TILE_MINOR] of the gathered minor blocks of tile ``e`` and whether each
-    is real (False: a pad, position clamped to 0)."""
+    is real (False: a pad, position clamped to 0).
+
+    The G block indices are read as G scalar loads and spread with selects: a vector load of
+    ``cols[e * G + j // UNIT]`` (repeated addresses) was miscompiled by Triton 3.6's software
+    pipeliner on sm_90 (num_stages >= 2 gave wrong columns; measured, see NOTES.md)."""
     j = tl.arange(0, TILE_MINOR)
     if G == 1:
         blk = tl.load(cols_ptr + e)
         pos = blk * UNIT + j
         ok = j < TILE_MINOR  # G == 1 chunks are never padded
     else:
-        blk = tl.load(cols_ptr + e * G + j // UNIT)
+        g_of = j // UNIT
+        blk = tl.zeros([TILE_MINOR], tl.int32)
+        for g in tl.static_range(G):
+            b_g = tl.load(cols_ptr + e * G + g)
+            blk = tl.where(g_of == g, b_g, blk)
         ok = blk >= 0
         pos = tl.where(ok, blk * UNIT + j % UNIT, 0)
     return pos, ok

@@ -191,14 +191,15 @@ def _parity(args) -> int:
     return 1 if any(r.ok is False for r in rows) else 0
 
 
-def _common(p, checkpoint: bool) -> None:
+def _common(p, checkpoint: bool, backend: bool = True) -> None:
     if checkpoint:
         p.add_argument("--checkpoint", required=True, help="checkpoint.pt from `model train`")
     p.add_argument("--dataset", default=None,
                    help="wiki, fashion_mnist or pydoc (default: from the model: tiny -> pydoc)")
     p.add_argument("--data-dir", default=None, help="folder from `stbench data prepare`")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: auto)")
-    p.add_argument("--backend", default="dense", help="attention backend (default: dense)")
+    if backend:
+        p.add_argument("--backend", default="dense", help="attention backend (default: dense)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--seed", type=int, default=0)
 
@@ -252,6 +253,6 @@ def register(subparsers) -> None:
                    help="comma-separated (default: %(default)s)")
     q.add_argument("--batch-size", type=int, default=2)
     q.add_argument("--json", action="store_true", help='end with one line {"bpd": {...}}')
-    _common(q, checkpoint=False)
+    _common(q, checkpoint=False, backend=False)
     q.set_defaults(func=_friendly(_parity))
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

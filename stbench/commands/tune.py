@@ -62,8 +62,9 @@ def run(args) -> int:
     if args.list:
         data = cache.load(args.cache)
         for e in data["entries"].values():
-            console.print(f"{e.get('n_ctx')} x{e.get('heads')} B={e['batch']} D={e.get('head_dim')} "
-                          f"{e.get('dtype')} {e.get('mode')} layout {e['layout_hash'][:10]} "
+            console.print(f"N={e.get('n_ctx')} H={e.get('heads')} B={e['batch']} "
+                          f"D={e.get('head_dim')} {e.get('dtype')} {e.get('mode')} "
+                          f"layout {e['layout_hash'][:10]} "
                           f"(block {e.get('layout_block')}): {e['backend']} block {e['block']} "
                           f"{json.dumps(e['config'])} {e.get('median_ms')} ms")
         console.print(f"{len(data['entries'])} entries in {args.cache or cache.default_path()}")

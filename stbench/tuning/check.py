@@ -4,13 +4,16 @@ Rule (stbench/accuracy.py): each checked tensor T_out in dtype T passes when
 ``rel_err(T_out, ref64) <= 2 * rel_err(ref_T, ref64) + FLOOR[T]``; the row records the worst
 tensor (largest err / tol).
 
-What is checked, on the problem's own inputs restricted to batch element 0 (``q[:1]``):
+What is checked: batch element 0 of a backend run on the problem's own inputs (the full batch,
+so nothing recompiles for the check; dO is zero beyond element 0), against the reference
+computed for that element:
 
 - ``full``: every query row, against ``stbench.reference.dense`` (chunked, exact) in float64 and
   in T, when ``H * N^2 <= FULL_CHECK_PAIRS`` (N <= 16384 at H = 8);
 - ``rows:R``: beyond that, R query rows per head (whole query blocks in the layout's order:
-  the first, the last and seeded random ones), against the same masked softmax evaluated for those rows only (masks by binary search in the block list), so
-  the check costs O(H R N D) instead of O(H N^2 D).
+  the first, the last and seeded random ones), against the same masked softmax evaluated for
+  those rows only (their masks found by binary search in the block list), so the check costs
+  O(H R N D) instead of O(H N^2 D).
 
 For 'fwd+bwd' the output cotangent dO is random on the checked rows and zero elsewhere, so the
 exact dQ, dK, dV of that loss follow from the checked rows alone; dQ, dK and dV are compared too.
@@ -112,15 +115,22 @@ class Reference:
         return res
 
     # ------------------------------------------------------------------ judging
-    def run_backend(self, fn) -> dict:
-        """Run ``fn(q, k, v) -> out`` on the checked inputs (with gradients for 'fwd+bwd')."""
+    def run_backend(self, fn, inputs=None) -> dict:
+        """Run ``fn(q, k, v) -> out`` (with gradients for 'fwd+bwd') and keep batch element 0.
+
+        inputs: the problem's full (q, k, v) [B, H, N, D]; run at that shape, the backend does
+        not recompile for the check (FlexAttention would for a new batch size), and dO is zero
+        beyond batch element 0. Default: the checked batch element alone."""
         grad = self.mode == "fwd+bwd"
-        q, k, v = (t.clone().requires_grad_(grad) for t in (self.q, self.k, self.v))
+        full = inputs if inputs is not None else (self.q, self.k, self.v)
+        q, k, v = (t.detach().clone().requires_grad_(grad) for t in full)
         out = fn(q, k, v)
-        res = {"out": out.detach()}
+        res = {"out": out.detach()[:1]}
         if grad:
-            dq, dk, dv = torch.autograd.grad(out, (q, k, v), self.do)
-            res.update(dq=dq, dk=dk, dv=dv)
+            do = torch.zeros_like(out)
+            do[:1] = self.do
+            dq, dk, dv = torch.autograd.grad(out, (q, k, v), do)
+            res.update(dq=dq[:1], dk=dk[:1], dv=dv[:1])
         return res
 
     def judge(self, got: dict) -> Verdict:
@@ -142,8 +152,8 @@ class Reference:
         heads = torch.arange(self.layout.heads, device=t.device).unsqueeze(1)
         return t[0, heads, self.rows.to(t.device)].unsqueeze(0)
 
-    def check_backend(self, fn) -> Verdict:
-        return self.judge(self.run_backend(fn))
+    def check_backend(self, fn, inputs=None) -> Verdict:
+        return self.judge(self.run_backend(fn, inputs))
 
 
 def _entry_keys(layout) -> torch.Tensor:

@@ -96,6 +96,33 @@ def test_every_layout_case_builds():
 
 # ------------------------------------------------------------------ GPU: against the reference
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+HEAD_DIMS = [32, 64, 128]
+TILE_LAYOUTS = ["causal_b128", "merged_strided_b16", "st_mix_b32", "token_mask_b32"]
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """Compile every variant the GPU tests use in parallel processes first (NVRTC takes 1-3 s a
+    variant; CuPy's disk cache then serves the tests)."""
+    import os
+
+    from stbench.kernels.cupy.checks import case_variants
+    from stbench.kernels.cupy.compile import precompile
+
+    cap = torch.cuda.get_device_capability()
+    variants = []
+    for name in LAYOUT_CASES:
+        for dt in DTYPES:
+            for d in HEAD_DIMS:
+                variants += case_variants(name, dt, d, None, cap)
+    for name in TILE_LAYOUTS:
+        lay = LAYOUT_CASES[name](512, 2)
+        for dt in (torch.float16, torch.bfloat16):
+            for d in HEAD_DIMS:
+                for cfg in backend.config_space(lay, d, dt):
+                    variants += case_variants(lay, dt, d, cfg, cap)
+    errors = {k: v for k, v in precompile(variants, workers=os.cpu_count() or 1).items() if v}
+    assert not errors, errors
 
 
 def _assert_ok(res):
@@ -105,18 +132,17 @@ def _assert_ok(res):
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout_name", list(LAYOUT_CASES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("head_dim", [32, 64, 128])
-def test_default_config_matches_reference(layout_name, dtype, head_dim):
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_default_config_matches_reference(layout_name, dtype, head_dim, compiled):
     _assert_ok(check_case(layout_name, dtype, head_dim, None))
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("layout_name", ["causal_b128", "merged_strided_b16", "st_mix_b32",
-                                         "token_mask_b32"])
+@pytest.mark.parametrize("layout_name", TILE_LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16],
                          ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("head_dim", [32, 64, 128])
-def test_every_tile_config_matches_reference(layout_name, dtype, head_dim):
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+def test_every_tile_config_matches_reference(layout_name, dtype, head_dim, compiled):
     lay = LAYOUT_CASES[layout_name](512, 2)
     for cfg in backend.config_space(lay, head_dim, dtype):
         _assert_ok(check_case(layout_name, dtype, head_dim, cfg))

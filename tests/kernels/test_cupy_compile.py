@@ -114,8 +114,9 @@ def test_tensor_core_instructions_in_sass(family, tmp_path):
     cubin = tmp_path / "k.cubin"
     subprocess.run(nvcc_command(v, str(src), str(cubin)), check=True, capture_output=True)
     sass = subprocess.run([tool, "--dump-sass", str(cubin)], capture_output=True, text=True).stdout
-    assert "HMMA.16816.F32.BF16" in sass
-    assert "LDG.E.128" in sass  # K / V / Q / dO tiles come in 16-byte loads
+    assert "HMMA.16816.F32.BF16" in sass  # tensor cores
+    assert "LDGSTS.E.BYPASS.128" in sass  # tiles copied 16 bytes at a time by cp.async
+    assert "LDSM.16.M88.4" in sass and "LDSM.16.MT88.4" in sass  # ldmatrix, plain and .trans
 
 
 def _nvrtc_compile():
@@ -140,4 +141,4 @@ def test_nvrtc_builds_a_variant_per_file():
         Variant("scalar", 0, 48, 16, 0, 0, False, True),
     ):
         prog = compiler._NVRTCProgram(v.source(), "k.cu", (), ())
-        prog.compile(v.options() + ("--gpu-architecture=sm_90",))
+        prog.compile(v.options() + ("-ftz=true", "--gpu-architecture=sm_90"))  # as CuPy adds

@@ -29,6 +29,8 @@ CASES = [
     ("merged_strided_b16", 128, BF16, 32, {"kernel": MMA, "BLOCK_M": 16, "BLOCK_N": 16}),
     ("st_mix_b32", 512, F16, 16, {"kernel": MMA, "BLOCK_M": 32, "BLOCK_N": 16}),
     ("token_mask_b32", 128, F16, 32, {"kernel": MMA, "BLOCK_M": 32, "BLOCK_N": 32}),
+    ("fixed_b32", 256, F16, 128, {"kernel": MMA, "BLOCK_M": 32, "BLOCK_N": 32}),
+    ("block_mask_b64", 256, BF16, 64, {"kernel": MMA, "BLOCK_M": 64, "BLOCK_N": 64}),
     ("strided_b16", 256, F32, 40, {"kernel": "scalar"}),
     ("token_mask_b32", 128, BF16, 32, {"kernel": "scalar"}),
 ]
@@ -66,3 +68,26 @@ def test_emulated_kernels_match_reference(case, gen):
     empty = ~lay.token_mask().any(-1)  # [H, N]: rows with no allowed key
     if empty.any():
         assert (out[0][empty] == 0).all() and torch.isfinite(out).all()
+
+
+def test_check_case_judges_the_emulated_kernels():
+    """checks.check_case (what scripts/gpu_cupy.py and the GPU tests run) on the CPU emulation:
+    a right kernel is 'ok', a wrong one 'incorrect', a failing one a row, not a raise."""
+    from stbench.kernels.cupy.checks import check_case
+
+    cfg = {"kernel": MMA, "BLOCK_M": 16, "BLOCK_N": 16}
+    kw = dict(n_ctx=128, heads=2, batch=1, device="cpu")
+    ok = check_case("merged_strided_b16", F16, 32, cfg, runner=emulate.attention, **kw)
+    assert ok.status == "ok" and ok.out_err < ok.out_tol and ok.grad_err < ok.grad_tol, ok
+
+    def wrong(q, k, v, layout, scale, config):
+        return emulate.attention(q, k, v, layout, scale * 1.5, config)
+
+    bad = check_case("merged_strided_b16", F16, 32, cfg, runner=wrong, **kw)
+    assert bad.status == "incorrect", bad
+
+    def broken(*args):
+        raise RuntimeError("launch failed")
+
+    row = check_case("merged_strided_b16", F16, 32, cfg, runner=broken, **kw)
+    assert row.status == "runtime_error" and "launch failed" in row.error

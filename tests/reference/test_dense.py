@@ -130,11 +130,11 @@ def test_low_precision_close_to_fp64(gen):
 
 
 def test_gradcheck_fp64(gen):
-    L = random_layout(gen, heads=2, n=32, block=16, empty_rows=(3,), permuted=True)
-    q, k, v = qkv(gen, (1, 2, 32, 4))
+    # tiny on purpose: full gradcheck perturbs every input element (2 * 3 * 96 forwards)
+    L = random_layout(gen, heads=1, n=32, block=16, empty_rows=(3,), permuted=True)
+    q, k, v = qkv(gen, (1, 1, 32, 3))
     assert torch.autograd.gradcheck(
-        lambda a, b, c: dense.attention(a, b, c, L, 0.7, {"chunk_bytes": 1}), (q, k, v),
-        fast_mode=True,  # random projections: a few dozen forwards instead of hundreds
+        lambda a, b, c: dense.attention(a, b, c, L, 0.7, {"chunk_bytes": 1}), (q, k, v)
     )
 
 

@@ -182,3 +182,18 @@ def test_cached_pick_survives_a_broken_cache(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert autotune.cached_pick(lay, torch.zeros(1, 2, 128, 16), path=path) is None
+
+
+def test_item5_evaluation_record(fake_backend, tmp_path, monkeypatch):
+    from stbench.tuning import evaluate
+
+    monkeypatch.setattr(autotune, "TUNE_SETTINGS", FAST)
+    monkeypatch.setattr(autotune, "FINAL_SETTINGS", FAST_FINAL)
+    recs = evaluate.evaluate([_tiny_problem()], [fake_backend], device="cpu", out_dir=tmp_path,
+                             cache_path=tmp_path / "tune.json")
+    (rec,) = evaluate.read(tmp_path / "tune_eval.jsonl")
+    assert rec == json.loads(json.dumps(recs[0]))
+    assert rec["status"] == "ok" and rec["same_pick"] and rec["lookup_hit"]
+    assert rec["pick"]["block"] == rec["best"]["block"] == 32
+    assert rec["tune_evaluated"] < rec["exhaustive_evaluated"] == rec["candidates"] == 20
+    assert 0.5 < rec["ratio"] < 2 and rec["lookup_warm_ms"] < 50
