@@ -29,10 +29,11 @@ optionally ``fwd_`` / ``bwd_`` prefixed) pass through; ``{"block": b}`` re-block
 exactly first (``layout.reblock``; the autotuner does that itself, so ``config_space`` lists
 kernel tiles only).
 
-Availability: CUDA only. On the CPU torch 2.13's FlexAttention has no backward at all and its
-first compiled forward takes about 30 s even at N = 256 (measured on the 2-core dev box), too
-slow for ``stbench check``; the uncompiled forward (``compiled=False``) is used by the CPU tests
-to check the BlockMask and the mask_mod. Empty rows give zeros (FlexAttention's rule).
+Availability: CUDA only. On the CPU torch 2.13's FlexAttention has no backward at all (and its
+first compiled forward takes 7-30 s, later layouts about 1 s, on the 2-core dev box), so the
+backend is listed as unavailable there; the CPU tests run the compiled forward once and the
+uncompiled one (``compiled=False``) to check the BlockMask and the mask_mod. Empty rows give
+zeros (FlexAttention's rule).
 
 ``flex_block_mask_from_predicate`` builds the BlockMask the way a user with a token predicate
 would (``create_block_mask``), the baseline of TARGETS.md item 3.
@@ -80,14 +81,17 @@ def compiled_flex_attention():
     """``torch.compile(flex_attention)``, made once per process. Each layout brings its own
     mask_mod (and each block size its own kernel), so one process measuring many layouts
     recompiles more than dynamo's default limit of 8 allows, after which it would silently run
-    the unfused eager version; the limit is raised to RECOMPILE_LIMIT."""
+    the unfused eager version; the limit is raised to RECOMPILE_LIMIT. ``dynamic=False``: every
+    shape gets its own static kernel (as FlexAttention's own benchmarks compile it); the
+    dynamic-shape recompile dynamo would otherwise make on the second shape also hit an
+    inductor C++ codegen error on the CPU (torch 2.13)."""
     import torch._dynamo
 
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name,
                     max(getattr(torch._dynamo.config, name), RECOMPILE_LIMIT))
-    return torch.compile(_flex_module().flex_attention)
+    return torch.compile(_flex_module().flex_attention, dynamic=False)
 
 
 # --------------------------------------------------------------------------- backend interface
@@ -95,8 +99,8 @@ def check_available(device: torch.device, dtype: torch.dtype) -> None:
     _flex_module()
     if torch.device(device).type != "cuda":
         raise BackendUnavailable(
-            "backend 'flex' needs a CUDA GPU: FlexAttention on the CPU has no backward and "
-            "compiles too slowly for checks (about 30 s for a tiny forward); run on the GPU machine"
+            "backend 'flex' needs a CUDA GPU: FlexAttention on the CPU has no backward "
+            "(torch 2.13); run it on the GPU machine"
         )
     if dtype not in SUPPORTED_DTYPES:
         raise BackendUnavailable(

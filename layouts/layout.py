@@ -159,8 +159,12 @@ class Layout:
             parts = [patterns[o][i].to(dt) for o in order]
             cols.append(parts[0].contiguous() if len(parts) == 1 else torch.cat(parts))
         mids, masks = canonical_masks(cols[3], masks.to(torch.bool))
-        if perms is not None and head_perm is not None and all(x == -1 for x in head_perm):
+        if perms is not None and head_perm is None:
+            head_perm = (0,) * heads
+        if perms is not None and all(x == -1 for x in head_perm):
             perms, head_perm = None, None
+        if perms is None:
+            head_perm = None
         return Layout(
             n_ctx=n_ctx, heads=heads, block=block, name=name, pat_q=cols[0], pat_k=cols[1],
             pat_kinds=cols[2], pat_mask_ids=mids, pat_ptr=tuple(ptr),

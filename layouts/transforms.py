@@ -80,9 +80,16 @@ def reblock(layout: Layout, block: int) -> Layout:
     check_block(block, layout.n_ctx)
     if block == layout.block:
         return layout
-    if block < layout.block:
-        return _refine(layout, block)
-    return _coarsen(layout, block)
+    # work on the distinct patterns only (one head each), then give every head its pattern back
+    L = layout
+    patterns = [L.pattern(p) for p in range(L.n_patterns)]
+    one = Layout.from_patterns(L.n_ctx, L.n_patterns, L.block, L.name, patterns,
+                               range(L.n_patterns), L.masks)
+    R = _refine(one, block) if block < L.block else _coarsen(one, block)
+    return shared_layout(
+        L.n_ctx, L.heads, block, L.name, [R.head_entries(p) for p in range(R.heads)],
+        L.head_pattern, R.masks, L.perms, L.head_perm,
+    )
 
 
 def _refine(L: Layout, nbk: int) -> Layout:

@@ -39,8 +39,8 @@ bytes is raised to that), so the peak beyond inputs, outputs and gradients is ab
 about 1.7 GB. Example: N = 65536, B = 1, fp32: c = 1024 rows, a 256 MB tile and a 64 MB mask per
 chunk, where the N x N scores of one head alone would need 16 GB. Measured on the 2-core CPU
 dev box with ``python -m stbench.reference.dense --n-ctx 65536 --heads 1`` (fp32, B = 1,
-D = 64, causal at block 64): forward 27.6 s, backward 98 s, peak RSS 1.52 GB in all
-(the process and its inputs: 0.31 GB).
+D = 64, causal at block 64): peak RSS 1.53 GB in all (the process and its inputs: 0.29 GB);
+forward 28 s and backward 98 s on an idle machine (185 s / 258 s under load).
 
 ``dense_attention_reference`` is the plain version for small tests: per-head masks materialised
 ([H, N, N] bool) and autograd through ordinary torch ops.

@@ -159,10 +159,12 @@ BENCH_NS = (4096, 16384)
 def bench_tiles(quick: bool, block: int = 128) -> list[dict]:
     """The cupy configs timed per problem (D 64), tiles clipped to the layout block; the best
     one is reported."""
-    tiles = [{"kernel": "mma", "BLOCK_M": min(m, block), "BLOCK_N": min(n, block)}
-             for m in (64, 128) for n in (32, 64)]
-    tiles = [dict(t) for t in dict.fromkeys(tuple(sorted(t.items())) for t in tiles)]
-    return tiles[:3] if quick else tiles
+    shapes = ((128, 64, 32), (64, 64, 16), (128, 64, 16), (64, 32, 16), (128, 32, 32))
+    if quick:
+        shapes = shapes[:3]
+    tiles = [{"kernel": "mma", "BLOCK_M": min(m, block), "BLOCK_N": min(n, block),
+              "WARP_M": w if min(m, block) % w == 0 else 16} for m, n, w in shapes]
+    return [dict(t) for t in dict.fromkeys(tuple(sorted(t.items())) for t in tiles)]
 
 def _status_of(exc: BaseException) -> str:
     from stbench.backends import BackendUnavailable
@@ -277,7 +279,8 @@ def run_bench(sink: Sink, quick: bool, budget: float, backends_wanted: list[str]
         best = {}
         ref_out = None
         runs = []
-        for name in backends_wanted:
+        # triton first: its output is what cupy's is compared with
+        for name in sorted(backends_wanted, key=lambda b: b != "triton"):
             if name == "cupy":
                 runs += [("cupy", c) for c in bench_tiles(quick, lay.block)]
             else:
@@ -295,7 +298,7 @@ def run_bench(sink: Sink, quick: bool, budget: float, backends_wanted: list[str]
                 continue
             try:
                 if name == "cupy":
-                    cupy_backend.prepare(q, lay, scale, cfg)
+                    cupy_backend.prepare(lay, q, cfg)
                 out, t = time_one(module, q, k, v, lay, scale, cfg, p.mode)
                 torch.cuda.synchronize()
                 err = None
@@ -327,7 +330,8 @@ def run_bench(sink: Sink, quick: bool, budget: float, backends_wanted: list[str]
             for peer in ("triton", "flex"):
                 if peer in best:
                     row[f"{peer}_ms"] = best[peer]["median_ms"]
-                    row[f"cupy_speed_vs_{peer}"] = best[peer]["median_ms"] / best["cupy"]["median_ms"]
+                    row[f"cupy_speed_vs_{peer}"] = (best[peer]["median_ms"]
+                                                    / best["cupy"]["median_ms"])
             summary.append(sink.row("summary", **row))
     print(f"\n{'problem':42s} {'cupy best ms':>12s} {'x triton':>9s} {'x flex':>8s}  "
           "(x > 1: cupy faster; TARGETS item 4 wants x triton >= 0.7)")

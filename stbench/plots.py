@@ -26,6 +26,22 @@ LSE_ITEMSIZE = 4  # fp32 row statistics (LSE, delta), as in stbench.memory
 DPI = 110
 
 
+def backend_colors(df: pd.DataFrame) -> dict:
+    """One colour per backend, the same in every panel and plot."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {b: cycle[i % len(cycle)] for i, b in enumerate(sorted(df["backend"].unique()))}
+
+
+def _log_axes(ax, xbase: int = 10) -> None:
+    """Log-log axes; x labels on major ticks only (minor x labels overlap), y as matplotlib
+    chooses (minor labels where the span is under a decade, so every panel has numbers)."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log", base=xbase)
+    ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _file_mode(mode: str) -> str:
     return mode.replace("+", "_")
 
@@ -65,6 +81,7 @@ def time_vs_n(df: pd.DataFrame, mode: str, out_dir) -> Path | None:
     if ok.empty:
         return None
     layouts = list(dict.fromkeys(ok["layout"]))
+    colors = backend_colors(df)
     fig, axes = _grid(len(layouts))
     for ax, lay in zip(axes, layouts):
         sub = ok[ok["layout"] == lay]
@@ -72,9 +89,8 @@ def time_vs_n(df: pd.DataFrame, mode: str, out_dir) -> Path | None:
             g = g.sort_values("n_ctx")
             a = fit_exponent(g.n_ctx, g.median_ms)
             label = backend + (f" (N^{a:.2f})" if a is not None else "")
-            ax.plot(g.n_ctx, g.median_ms, marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+            ax.plot(g.n_ctx, g.median_ms, marker="o", label=label, color=colors[backend])
+        _log_axes(ax, 2)
         ax.set_xlabel("sequence length N (tokens)")
         ax.set_ylabel("median time (ms)")
         ax.set_title(f"{lay}")
@@ -122,6 +138,7 @@ def memory_vs_n(df: pd.DataFrame, mode: str, out_dir, gpu_bytes: float | None = 
     if sub.empty:
         return None
     layouts = list(dict.fromkeys(sub["layout"]))
+    colors = backend_colors(df)
     fig, axes = _grid(len(layouts))
     measured_any = False
     for ax, lay in zip(axes, layouts):
@@ -130,7 +147,8 @@ def memory_vs_n(df: pd.DataFrame, mode: str, out_dir, gpu_bytes: float | None = 
         for backend, g in ok.groupby("backend", sort=True):
             g = g.sort_values("n_ctx")
             total = g.peak_bytes + g.inputs_bytes.fillna(0) + g.plan_bytes.fillna(0)
-            ax.plot(g.n_ctx, total / 2**20, marker="o", label=f"{backend} (measured)")
+            ax.plot(g.n_ctx, total / 2**20, marker="o", label=f"{backend} (measured)",
+                    color=colors[backend])
             measured_any = True
         one = s.drop_duplicates("n_ctx").sort_values("n_ctx")
         model = [kernel_model_bytes(r) for _, r in one.iterrows()]
@@ -143,8 +161,7 @@ def memory_vs_n(df: pd.DataFrame, mode: str, out_dir, gpu_bytes: float | None = 
                     label="dense, materialised")
         if gpu_bytes:
             ax.axhline(gpu_bytes / 2**20, color="gray", lw=1, label="GPU memory")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        _log_axes(ax, 2)
         ax.set_xlabel("sequence length N (tokens)")
         ax.set_ylabel("memory (MiB)")
         ax.set_title(lay)
@@ -164,13 +181,13 @@ def tflops_vs_density(df: pd.DataFrame, out_dir) -> Path | None:
     if ok.empty:
         return None
     modes = list(dict.fromkeys(ok["mode"]))
+    colors = backend_colors(df)
     fig, axes = _grid(len(modes))
     for ax, mode in zip(axes, modes):
         s = ok[ok["mode"] == mode]
         for backend, g in s.groupby("backend", sort=True):
-            ax.scatter(g.token_density, g.tflops, label=backend, s=18)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+            ax.scatter(g.token_density, g.tflops, label=backend, s=18, color=colors[backend])
+        _log_axes(ax)
         ax.set_xlabel("token density (allowed pairs / H N^2)")
         ax.set_ylabel("TFLOP/s (allowed-pair FLOPs / median time)")
         ax.set_title(MODE_TITLES.get(mode, mode))

@@ -15,11 +15,12 @@ H N^2 = 8 x 16384^2 score entries, 256 seeded rows per head beyond (``tuning.che
 
 Robustness: every exception is a row and the sweep goes on; ``--resume`` skips rows already in
 ``results.jsonl``; ``--max-minutes`` stops cleanly before starting a row past the budget;
-``--isolate`` runs each group in a worker subprocess (``python -m stbench.sweep --worker
+``--isolate`` runs the rows in a worker subprocess (``python -m stbench.sweep --worker
 TASK.json``, an argv list, no shell) that reports each row's start and end on stdout: a row that
 crashes the worker (illegal address, segfault) becomes a ``runtime_error`` row, one that runs past
 ``row_timeout_s`` is killed and becomes a ``timeout`` row, and a fresh worker continues with the
-group's remaining rows. A sweep writes only under ``--out``.
+rows after it (one worker start per crash, not per row). Without ``--isolate`` a hung kernel
+cannot be interrupted and a crash ends the sweep (``--resume`` continues after the rows written). A sweep writes only under ``--out``.
 """
 
 from __future__ import annotations
@@ -34,11 +35,16 @@ import sys
 import threading
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from stbench import results
+import torch
+
+from stbench import autotune, backends, layouts, results
 from stbench.problems import STANDARD_BLOCK, LayoutSpec, Problem, layout_spec
+from stbench.tuning import check
+from stbench.tuning.measure import (BenchSettings, classify_exception, error_text, make_row,
+                                    measure)
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 WORK_DIR = ".work"
@@ -119,8 +125,6 @@ class SweepConfig:
                 specs.append(s)
         if d.get("fit_block"):
             specs = [LayoutSpec(s.name, s.builder, s.block, s.params, True) for s in specs]
-        from stbench import backends
-
         for b in d["backends"]:
             backends.info(b)  # UnknownBackend names the registered ones
         kw = {k: d[k] for k in ("name", "tokens", "batch", "heads", "head_dim", "warmup_ms",
@@ -200,14 +204,7 @@ def item_key(cfg: SweepConfig, group: Group, mode: str, backend: str) -> str:
 def run_group(cfg: SweepConfig, group: Group, out_dir: Path, *, device, tune: bool,
               deadline: float | None, on_begin=None, on_end=None) -> bool:
     """Run a group's items in order, appending each row to results.jsonl; False if stopped by
-    the deadline."""
-    import torch
-
-    from stbench import autotune, layouts
-    from stbench.tuning import check
-    from stbench.tuning.measure import BenchSettings, classify_exception, error_text, make_row
-    from stbench.tuning.measure import measure
-
+    the deadline. Inputs and the dense reference are made once per mode, on first need."""
     out = out_dir / results.RESULTS_FILE
     device = torch.device(device)
     settings = BenchSettings(cfg.warmup_ms, cfg.rep_ms, cfg.flush_l2, min_reps=cfg.min_reps)
@@ -231,42 +228,37 @@ def run_group(cfg: SweepConfig, group: Group, out_dir: Path, *, device, tune: bo
             row = make_row(prob, layout, backend, "unsupported",
                            error=f"skipped: N={group.n} > max_n[{backend}]={max_n[backend]} "
                            "in this sweep's config")
+        elif (why := backends.unavailable_reason(backend, device, prob.torch_dtype,
+                                                 layout)) is not None:
+            row = make_row(prob, layout, backend, "unsupported", error=why)
         else:
             if mode not in state:
                 state.clear()
-                _free(torch)
-                state[mode] = _prepare_mode(prob, layout, device, check, classify_exception,
-                                            error_text)
+                _free()
+                state[mode] = _prepare_mode(prob, layout, device)
             prepared = state[mode]
             if isinstance(prepared[0], str):  # inputs could not be made
                 row = make_row(prob, layout, backend, prepared[0], error=prepared[1])
             else:
                 inputs, ref, note = prepared
                 row = _measure_backend(cfg, prob, layout, backend, inputs, ref, device,
-                                       settings, tune, out_dir, measure, autotune, make_row,
-                                       classify_exception, error_text)
+                                       settings, tune, out_dir)
                 if ref is None and row.check == "skipped":
-                    row = _with(row, check=f"skipped: {note}")
+                    row = replace(row, check=f"skipped: {note}")
         results.append_rows(out, [row])
         if on_end:
             on_end(i, row)
     state.clear()
-    _free(torch)
+    _free()
     return True
 
 
-def _with(row, **kw):
-    from dataclasses import replace
-
-    return replace(row, **kw)
-
-
-def _free(torch) -> None:
+def _free() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
-def _prepare_mode(prob, layout, device, check, classify_exception, error_text):
+def _prepare_mode(prob, layout, device):
     try:
         inputs = prob.inputs(device)
     except Exception as exc:  # noqa: BLE001 - an OOM making inputs is a data point
@@ -279,15 +271,14 @@ def _prepare_mode(prob, layout, device, check, classify_exception, error_text):
         return inputs, None, f"dense reference failed: {error_text(exc)[:300]}"
 
 
-def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, tune, out_dir,
-                     measure, autotune, make_row, classify_exception, error_text):
+def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, tune, out_dir):
     config, lay, tuned = None, layout, False
     if tune and (not cfg.tune_backends or backend in cfg.tune_backends):
         try:
             res = autotune.tune(
                 prob, [backend], device=device, strategy=cfg.tune_strategy,
-                settings=autotune.BenchSettings(min(10, cfg.warmup_ms), cfg.tune_rep_ms,
-                                                cfg.flush_l2, min_reps=cfg.min_reps),
+                settings=BenchSettings(min(10, cfg.warmup_ms), cfg.tune_rep_ms, cfg.flush_l2,
+                                       min_reps=cfg.min_reps),
                 cache_path=out_dir / TUNE_CACHE, rows_path=out_dir / results.TUNE_FILE,
                 seed=cfg.seed, layout=layout, inputs=inputs, reference=ref,
             )
@@ -303,8 +294,6 @@ def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, 
 
 # ----------------------------------------------------------------------------- the runner
 def default_device() -> str:
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -332,28 +321,27 @@ def run_sweep(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool 
     deadline = time.time() + 60 * max_minutes if max_minutes else None
     counts = {"skipped": sum(len(g.items) for g in plan_groups(cfg)) - total, "stopped": False}
     bar = _Progress(total, f"sweep {cfg.name}", enabled=progress)
+
+    def on_row(row):
+        counts[row.status] = counts.get(row.status, 0) + 1
+        bar.advance(f"{row.layout} N={row.n_ctx} {row.mode} {row.backend}: {row.status}")
+
     with bar:
-        for g in groups:
-            bar.describe(f"{g.layout} N={g.n} {g.dtype}")
-
-            def on_end(i, row, g=g):
-                counts[row.status] = counts.get(row.status, 0) + 1
-                bar.advance(f"{g.layout} N={g.n} {g.items[i][0]} {g.items[i][1]}: {row.status}")
-
-            if isolate:
-                finished = _run_isolated(cfg, g, out_dir, device, tune, deadline, on_end)
-            else:
-                finished = run_group(cfg, g, out_dir, device=device, tune=tune,
-                                     deadline=deadline, on_end=on_end)
-            if not finished:
-                counts["stopped"] = True
-                break
+        if isolate:
+            finished = _run_isolated(cfg, groups, out_dir, device, tune, deadline, on_row)
+        else:
+            finished = True
+            for g in groups:
+                bar.describe(f"{g.layout} N={g.n} {g.dtype}")
+                if not run_group(cfg, g, out_dir, device=device, tune=tune, deadline=deadline,
+                                 on_end=lambda i, row: on_row(row)):
+                    finished = False
+                    break
+    counts["stopped"] = not finished
     return counts
 
 
 def _cuda_available() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -390,43 +378,49 @@ class _Progress:
 
 
 # ----------------------------------------------------------------------------- isolation
-def _run_isolated(cfg, group: Group, out_dir: Path, device, tune, deadline, on_end) -> bool:
-    """Run ``group`` in worker subprocesses, restarting after a crash or a timeout."""
-    from stbench.tuning.measure import make_row
+def _regroup(pending: list) -> list[Group]:
+    """[(group, item)] -> groups of consecutive items of one (N, layout, dtype)."""
+    out: list[Group] = []
+    for g, item in pending:
+        if out and (out[-1].n, out[-1].layout, out[-1].dtype) == (g.n, g.layout, g.dtype):
+            out[-1] = Group(g.n, g.layout, g.dtype, out[-1].items + (item,))
+        else:
+            out.append(Group(g.n, g.layout, g.dtype, (item,)))
+    return out
 
+
+def _run_isolated(cfg, groups: list[Group], out_dir: Path, device, tune, deadline,
+                  on_row) -> bool:
+    """Run every item in one worker subprocess; after a crash or a timeout, record that item's
+    row and start a fresh worker with the items after it."""
     work = out_dir / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     out = out_dir / results.RESULTS_FILE
-    items = list(group.items)
+    pending = [(g, item) for g in groups for item in g.items]
     row_timeout = cfg.row_timeout_s * (TUNE_TIMEOUT_FACTOR if tune else 1)
-    while items:
-        sub = Group(group.n, group.layout, group.dtype, tuple(items))
+    while pending:
         task = work / f"task-{os.getpid()}-{time.time_ns()}.json"
         task.write_text(json.dumps({
-            "config": cfg.source, "group": asdict(sub), "out": str(out_dir), "device": device,
-            "tune": tune, "deadline": deadline,
+            "config": cfg.source, "groups": [asdict(g) for g in _regroup(pending)],
+            "out": str(out_dir), "device": device, "tune": tune, "deadline": deadline,
         }))
         tail = _NewRows(out)
-
-        def ended(i, tail=tail):
-            for row in tail.read():
-                on_end(i, row)
-
-        outcome, index, detail = _watch_worker(task, task.with_suffix(".log"), row_timeout,
-                                               ended)
+        outcome, index, detail = _watch_worker(
+            task, task.with_suffix(".log"), row_timeout,
+            lambda i, tail=tail: [on_row(r) for r in tail.read()])
         task.unlink(missing_ok=True)
         if outcome == "done":
             return True
         if outcome == "stopped":
             return False
-        # crash or timeout at items[index]: record it, go on with the rest in a fresh worker
-        mode, backend = items[index]
-        prob = cfg.problem(group.n, group.layout, group.dtype, mode)
+        # crash or timeout at pending[index]: record it, go on with the rest in a fresh worker
+        g, (mode, backend) = pending[index]
+        prob = cfg.problem(g.n, g.layout, g.dtype, mode)
         status = "timeout" if outcome == "timeout" else "runtime_error"
         row = make_row(prob, None, backend, status, block=prob.layout.block, error=detail)
         results.append_rows(out, [row])
-        on_end(index, row)
-        items = items[index + 1:]
+        on_row(row)
+        pending = pending[index + 1:]
         if deadline is not None and time.time() > deadline:
             return False
     return True
@@ -501,27 +495,30 @@ def worker_main(task_path: str) -> int:
     cfg = SweepConfig.from_dict(task["config"])
     if cfg.triton_interpret and not _cuda_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    g = task["group"]
-    group = Group(g["n"], g["layout"], g["dtype"], tuple(tuple(x) for x in g["items"]))
-
+    groups = [Group(g["n"], g["layout"], g["dtype"], tuple(tuple(x) for x in g["items"]))
+              for g in task["groups"]]
     fault = os.environ.get(FAULT_ENV, "")
 
     def say(*parts):
         print(*parts, flush=True)
 
-    def begin(i):
-        say(BEGIN, i)
-        backend = group.items[i][1]
-        if fault == f"crash:{backend}":
-            os._exit(FAULT_EXIT_CODE)
-        if fault == f"hang:{backend}":
-            time.sleep(FAULT_HANG_S)
+    offset = 0
+    for group in groups:
+        def begin(i, group=group, offset=offset):
+            say(BEGIN, offset + i)
+            backend = group.items[i][1]
+            if fault == f"crash:{backend}":
+                os._exit(FAULT_EXIT_CODE)
+            if fault == f"hang:{backend}":
+                time.sleep(FAULT_HANG_S)
 
-    finished = run_group(cfg, group, Path(task["out"]), device=task["device"], tune=task["tune"],
-                         deadline=task["deadline"], on_begin=begin,
-                         on_end=lambda i, row: say(END, i))
-    if not finished:
-        say(STOP)
+        finished = run_group(cfg, group, Path(task["out"]), device=task["device"],
+                             tune=task["tune"], deadline=task["deadline"], on_begin=begin,
+                             on_end=lambda i, row, offset=offset: say(END, offset + i))
+        if not finished:
+            say(STOP)
+            break
+        offset += len(group.items)
     return 0
 
 

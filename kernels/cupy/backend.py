@@ -5,7 +5,9 @@ Kernels (this folder's ``.cu`` files, compiled by NVRTC, see ``compile.py``):
 - ``mma``: float16 / bfloat16 on tensor cores (mma.sync m16n8k16, fp32 accumulation), online
   softmax with the log-sum-exp saved for the backward pass; backward in two kernels, dQ walking
   the plan's row lists and dK/dV walking its transposed column lists, both recomputing the
-  scores from the saved lse. One warp per 16 owned rows, ``BLOCK_M / 16`` warps per CTA.
+  scores from the saved lse. K/V (Q/dO) chunks stream through two shared-memory stages
+  (cp.async), B fragments come through ldmatrix. One warp per WARP_M (16 or 32) query rows in
+  the forward, per 16 rows in the backward.
 - ``scalar``: plain fp32 FMA, any of float32 / float16 / bfloat16, head dim up to 128; the
   float32 path and the simple cross-check of the tensor-core kernels.
 
@@ -15,8 +17,9 @@ order and nothing is permuted in memory. Tensors cross to CuPy zero-copy by DLPa
 types as int16 views: the kernels see raw bits) and every launch goes on torch's current CUDA
 stream. Memory beyond inputs, outputs and gradients: lse and delta, 4 B each per (b, h, token).
 
-Config (``config_space``): ``{"kernel": "mma", "BLOCK_M": m, "BLOCK_N": n}`` with m, n tile
-sizes dividing the layout block (warps = m / 16), or ``{"kernel": "scalar"}``.
+Config (``config_space``): ``{"kernel": "mma", "BLOCK_M": m, "BLOCK_N": n, "WARP_M": w}`` with
+m, n tile sizes dividing the layout block (forward warps m / w, backward m / 16), or
+``{"kernel": "scalar"}``. ``prepare(layout, q, config)`` compiles ahead of timing.
 """
 
 from __future__ import annotations
@@ -77,9 +80,13 @@ def supports(layout: Layout) -> str | None:
 
 
 # ------------------------------------------------------------------ configurations
+WARP_ROWS = (16, 32)  # query rows per warp in the forward kernel (1 or 2 mma row tiles)
+WARP_32_MAX_HEAD_DIM = 64  # 32 rows per warp doubles Q / O / S registers: D <= 64 only
+
+
 def _default_mma(block: int, head_dim: int) -> dict:
     return {"kernel": "mma", "BLOCK_M": min(64, block),
-            "BLOCK_N": min(64 if head_dim <= 64 else 32, block)}
+            "BLOCK_N": min(64 if head_dim <= 64 else 32, block), "WARP_M": 16}
 
 
 def mma_possible(head_dim: int, dtype: torch.dtype) -> bool:
@@ -89,8 +96,9 @@ def mma_possible(head_dim: int, dtype: torch.dtype) -> bool:
 
 def config_space(layout: Layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     """Tunable configurations: tensor-core tiles (BLOCK_M rows owned, BLOCK_N rows streamed,
-    both dividing the layout block; BLOCK_N <= 32 at head dim 128 to stay within registers),
-    then the scalar kernel."""
+    both dividing the layout block; BLOCK_N <= 32 at head dim 128 to stay within registers;
+    WARP_M query rows per warp in the forward kernel, 32 only at head dim <= 64), then the
+    scalar kernel. Warps per CTA: BLOCK_M / WARP_M forward, BLOCK_M / 16 backward."""
     space = []
     if mma_possible(head_dim, dtype):
         b = layout.block
@@ -98,7 +106,10 @@ def config_space(layout: Layout, head_dim: int, dtype: torch.dtype) -> list[dict
         for m in MMA_TILES:
             for n in MMA_TILES:
                 if m <= b and n <= b and n <= n_max:
-                    space.append({"kernel": "mma", "BLOCK_M": m, "BLOCK_N": n})
+                    for w in WARP_ROWS:
+                        if m % w == 0 and (w == 16 or head_dim <= WARP_32_MAX_HEAD_DIM):
+                            space.append({"kernel": "mma", "BLOCK_M": m, "BLOCK_N": n,
+                                          "WARP_M": w})
     if head_dim <= SCALAR_MAX_HEAD_DIM:
         space.append({"kernel": "scalar"})
     return space
@@ -144,9 +155,18 @@ def resolve_config(config: dict | None, block: int, head_dim: int, dtype: torch.
                     f"layout block {block}"
                 )
             out[key] = val
-    unknown = set(config) - {"kernel", "BLOCK_M", "BLOCK_N"}
+    w = config.get("WARP_M", 16)
+    if w not in WARP_ROWS or out["BLOCK_M"] % w:
+        raise ValueError(f"config['WARP_M']={w!r} must be one of {WARP_ROWS} and divide BLOCK_M")
+    if w > 16 and head_dim > WARP_32_MAX_HEAD_DIM:
+        raise ValueError(f"config['WARP_M']={w} needs head dim <= {WARP_32_MAX_HEAD_DIM} "
+                         f"(registers), got {head_dim}: use WARP_M=16")
+    out["WARP_M"] = w
+    unknown = set(config) - {"kernel", "BLOCK_M", "BLOCK_N", "WARP_M"}
     if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}: use kernel, BLOCK_M, BLOCK_N")
+        raise ValueError(
+            f"unknown config keys {sorted(unknown)}: use kernel, BLOCK_M, BLOCK_N, WARP_M"
+        )
     return out
 
 
@@ -163,6 +183,7 @@ def _arr(t: torch.Tensor | None, device: torch.device):
 
     if t is None or t.numel() == 0:
         t = _dummy(device)
+    t = t.detach()  # torch refuses to export a tensor that requires grad through DLPack
     if t.dtype in (torch.float16, torch.bfloat16):
         t = t.view(torch.int16)
     return cupy.from_dlpack(t)
@@ -190,15 +211,27 @@ def variants_for(cfg: dict, dtype: torch.dtype, head_dim: int, block: int, permu
         v = Variant("scalar", code, head_dim, block, 0, 0, permuted, partial)
         return v, v
     m, n = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    return (Variant("fwd_mma", code, head_dim, block, m, n, permuted, partial),
+    return (Variant("fwd_mma", code, head_dim, block, m, n, permuted, partial,
+                    cfg.get("WARP_M", 16) // 16),
             Variant("bwd_mma", code, head_dim, block, m, n, permuted, partial))
 
 
-def launch_geometry(cfg: dict, n_ctx: int, bh: int) -> tuple[tuple, tuple]:
+MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y, which runs over batch x heads
+
+
+def launch_geometry(cfg: dict, n_ctx: int, bh: int) -> tuple[tuple, tuple, tuple]:
+    """(grid, forward block, backward block) of ``cfg``'s kernels: grid x over row tiles, y over
+    batch x heads; a block has a warp per WARP_M rows (forward) or per 16 rows (backward)."""
+    if bh > MAX_GRID_Y:
+        raise ValueError(
+            f"batch x heads = {bh} exceeds {MAX_GRID_Y} (CUDA's grid y limit): split the batch"
+        )
     if cfg["kernel"] == "scalar":
-        return (n_ctx // SCALAR_ROWS, bh, 1), (SCALAR_ROWS * 32, 1, 1)
+        threads = (SCALAR_ROWS * 32, 1, 1)
+        return (n_ctx // SCALAR_ROWS, bh, 1), threads, threads
     m = cfg["BLOCK_M"]
-    return (n_ctx // m, bh, 1), ((m // 16) * 32, 1, 1)
+    return ((n_ctx // m, bh, 1), ((m // cfg.get("WARP_M", 16)) * 32, 1, 1),
+            ((m // 16) * 32, 1, 1))
 
 
 # The kernels' view of the plan: field -> element type of its pointer argument
@@ -255,7 +288,7 @@ class _Launcher:
     """Everything one (layout, shapes, config) needs to launch: kernels, plan arrays, grid."""
 
     def __init__(self, shape: tuple, dtype: torch.dtype, device: torch.device, layout: Layout,
-                 scale: float, cfg: dict):
+                 cfg: dict):
         import cupy
         import numpy as np
 
@@ -271,11 +304,10 @@ class _Launcher:
         # timed region
         self.dq_k = get_kernel(bwd_v, dq_name, self.index)
         self.dkv_k = get_kernel(bwd_v, dkv_name, self.index)
-        self.grid, self.block = launch_geometry(cfg, n, b * h)
+        self.grid, self.fwd_block, self.bwd_block = launch_geometry(cfg, n, b * h)
         self.fwd_plan, self.bwd_plan = plan_args(self.plan, functools.partial(_arr, device=device))
         self.ints = (np.int32(h), np.int32(n))
-        self.scale = np.float32(scale)
-        self.scale_log2 = np.float32(scale * LOG2E)
+        self._np = np
         self._cupy = cupy
 
     def _stream(self):
@@ -283,7 +315,7 @@ class _Launcher:
             torch.cuda.current_stream(self.device).cuda_stream, self.index
         )
 
-    def forward(self, q, k, v):
+    def forward(self, q, k, v, scale: float):
         """q, k, v [B, H, N, D] -> (out [B, H, N, D], lse float32 [B, H, N], base-2 units)."""
         q, k, v = _aligned(q), _aligned(k), _aligned(v)
         out = torch.empty_like(q)
@@ -292,22 +324,23 @@ class _Launcher:
         # DLPack hand-over inside the stream context: CuPy then asks torch for its own current
         # stream, so no cross-stream synchronisation is inserted
         with self._cupy.cuda.Device(self.index), self._stream():
-            args = fwd_args(a, q, k, v, out, lse, self.fwd_plan, self.ints, self.scale_log2)
-            self.fwd(self.grid, self.block, args)
+            args = fwd_args(a, q, k, v, out, lse, self.fwd_plan, self.ints,
+                            self._np.float32(scale * LOG2E))
+            self.fwd(self.grid, self.fwd_block, args)
         return out, lse
 
-    def backward(self, q, k, v, out, lse, dout):
+    def backward(self, q, k, v, out, lse, dout, scale: float):
         """Gradients (dq, dk, dv) for upstream ``dout``; all [B, H, N, D], q, k, v, out
         contiguous and 16-byte aligned (as ``forward`` leaves them)."""
         dout = _aligned(dout)
         delta = row_delta(dout, out)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         a = functools.partial(_arr, device=q.device)
-        ints, sc, sl2 = self.ints, self.scale, self.scale_log2
+        ints, sc, sl2 = self.ints, self._np.float32(scale), self._np.float32(scale * LOG2E)
         with self._cupy.cuda.Device(self.index), self._stream():
-            self.dq_k(self.grid, self.block,
+            self.dq_k(self.grid, self.bwd_block,
                       dq_args(a, q, k, v, dout, lse, delta, dq, self.fwd_plan, ints, sc, sl2))
-            self.dkv_k(self.grid, self.block,
+            self.dkv_k(self.grid, self.bwd_block,
                        dkv_args(a, q, k, v, dout, lse, delta, dk, dv, self.bwd_plan, ints, sc,
                                 sl2))
         return dq, dk, dv
@@ -315,24 +348,24 @@ class _Launcher:
 
 class _CupyAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, launcher):
+    def forward(ctx, q, k, v, launcher, scale):
         q, k, v = _aligned(q), _aligned(k), _aligned(v)
-        out, lse = launcher.forward(q, k, v)
+        out, lse = launcher.forward(q, k, v, scale)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.launcher = launcher
+        ctx.launcher, ctx.scale = launcher, scale
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.launcher.backward(q, k, v, out, lse, dout.contiguous())
-        return dq, dk, dv, None
+        dq, dk, dv = ctx.launcher.backward(q, k, v, out, lse, dout.contiguous(), ctx.scale)
+        return dq, dk, dv, None, None
 
 
 @functools.lru_cache(maxsize=64)
 def _launcher(layout: Layout, shape: tuple, dtype: torch.dtype, device: torch.device,
-              scale: float, cfg_items: tuple) -> _Launcher:
-    return _Launcher(shape, dtype, device, layout, scale, dict(cfg_items))
+              cfg_items: tuple) -> _Launcher:
+    return _Launcher(shape, dtype, device, layout, dict(cfg_items))
 
 
 def _resolve_for(q: torch.Tensor, layout: Layout, config: dict | None) -> dict:
@@ -340,12 +373,14 @@ def _resolve_for(q: torch.Tensor, layout: Layout, config: dict | None) -> dict:
     return resolve_config(config, layout.block, q.shape[-1], q.dtype, cap)
 
 
-def prepare(q: torch.Tensor, layout: Layout, scale: float, config: dict | None = None):
-    """Plan, compile and cache everything for these shapes (timed apart as ``prepare_ms``);
-    returns the resolved config."""
+def prepare(layout: Layout, q: torch.Tensor, config: dict | None = None,
+            backward: bool = True) -> dict:
+    """Plan and compile (forward and backward kernels) for ``q``'s shape, dtype and device ahead
+    of timing (``prepare_ms``); returns the resolved config. ``backward`` is accepted for the
+    triton backend's signature: the backward module is always compiled with the forward."""
     check_available(q.device, q.dtype)
     cfg = _resolve_for(q, layout, config)
-    _launcher(layout, tuple(q.shape), q.dtype, q.device, float(scale), tuple(sorted(cfg.items())))
+    _launcher(layout, tuple(q.shape), q.dtype, q.device, tuple(sorted(cfg.items())))
     return cfg
 
 
@@ -354,8 +389,7 @@ def attention(q, k, v, layout: Layout, scale: float, config: dict | None = None)
     (semantics of DESIGN.md; rows with no allowed key are 0); differentiable in q, k, v."""
     check_available(q.device, q.dtype)
     cfg = _resolve_for(q, layout, config)
-    launcher = _launcher(layout, tuple(q.shape), q.dtype, q.device, float(scale),
-                         tuple(sorted(cfg.items())))
+    launcher = _launcher(layout, tuple(q.shape), q.dtype, q.device, tuple(sorted(cfg.items())))
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return _CupyAttention.apply(q, k, v, launcher)
-    return launcher.forward(q, k, v)[0]
+        return _CupyAttention.apply(q, k, v, launcher, float(scale))
+    return launcher.forward(q, k, v, float(scale))[0]

@@ -3,8 +3,8 @@
 A ``Variant`` names one compilation of one ``.cu`` file of this folder: the element type, the
 head dimension, the layout block, the tile sizes and the two plan features that change the
 code (a token permutation; PARTIAL blocks reading a bitmask). Its ``source()`` is the ``.cu``
-text with the local headers (``st_common.cuh``, ``st_intrinsics.cuh``) pasted in, so the text alone determines the
-binary; its ``options()`` are the NVRTC options (``-D`` defines). The same source and defines
+text with the local headers (``st_*.cuh``) pasted in, so the text alone determines the binary;
+its ``options()`` are the NVRTC options (``-D`` defines). The same source and defines
 feed NVRTC through ``cupy.RawModule`` on the GPU and ``nvcc`` in the CPU build test
 (``nvcc_command``), so what CI compiles is what runs.
 
@@ -12,7 +12,7 @@ Caching: ``load_module`` keeps one ``cupy.RawModule`` per (variant, device) in m
 (``functools.lru_cache``; the device's architecture is fixed per device). On disk CuPy caches
 every NVRTC compilation under ``$CUPY_CACHE_DIR`` (default ``~/.cupy/kernel_cache``), keyed by
 a hash of the source text, the options, the architecture and the NVRTC version; since headers
-are pasted into the source, editing ``st_common.cuh`` invalidates that cache as it should.
+are pasted into the source, editing a ``.cuh`` invalidates that cache as it should.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ class Variant:
     block_n: int = 0
     permuted: bool = False
     has_partial: bool = False
+    m_tiles: int = 1  # 16-row tiles per warp (forward kernel only)
 
     def __post_init__(self):
         if self.family not in FILES:
@@ -63,6 +64,8 @@ class Variant:
             raise ValueError(f"dtype_code={self.dtype_code}: use 0 (fp32), 1 (fp16), 2 (bf16)")
         if self.family != "scalar" and self.dtype_code == 0:
             raise ValueError("the tensor-core kernels take fp16 / bf16; fp32 uses family 'scalar'")
+        if self.m_tiles != 1 and self.family != "fwd_mma":
+            raise ValueError(f"m_tiles={self.m_tiles}: only the forward kernel takes m_tiles > 1")
 
     @property
     def path(self) -> Path:
@@ -82,6 +85,8 @@ class Variant:
         ]
         if self.family != "scalar":
             d += [f"BLOCK_M={self.block_m}", f"BLOCK_N={self.block_n}"]
+        if self.family == "fwd_mma":
+            d.append(f"M_TILES={self.m_tiles}")
         return tuple(d)
 
     def options(self) -> tuple[str, ...]:
@@ -93,6 +98,8 @@ class Variant:
 
     def label(self) -> str:
         tiles = "" if self.family == "scalar" else f"_m{self.block_m}n{self.block_n}"
+        if self.m_tiles != 1:
+            tiles += f"w{16 * self.m_tiles}"
         return (
             f"{self.family}_{DTYPE_NAMES[self.dtype_code]}_d{self.head_dim}_b{self.layout_block}"
             f"{tiles}{'_perm' if self.permuted else ''}{'_partial' if self.has_partial else ''}"

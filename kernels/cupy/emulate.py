@@ -66,7 +66,9 @@ def load(variant: Variant) -> ctypes.CDLL:
         res = subprocess.run([CXX, *flags, "-x", "c++", str(cpp), "-o", str(tmp)],
                              capture_output=True, text=True)
         if res.returncode:
-            raise RuntimeError(f"emulation build of {variant.label()} failed:\n{res.stderr[-3000:]}")
+            raise RuntimeError(
+                f"emulation build of {variant.label()} failed:\n{res.stderr[-3000:]}"
+            )
         os.replace(tmp, lib)
     return ctypes.CDLL(str(lib))
 
@@ -116,7 +118,7 @@ def run(q, k, v, layout: Layout, scale: float, config: dict | None = None, dout=
     plan = plan_for(layout, "cpu")
     fwd_v, bwd_v = backend.variants_for(cfg, q.dtype, d, layout.block, *backend.plan_flags(plan))
     fwd_name, dq_name, dkv_name = backend.KERNEL_NAMES[cfg["kernel"]]
-    grid, block = backend.launch_geometry(cfg, n, b * h)
+    grid, fwd_block, bwd_block = backend.launch_geometry(cfg, n, b * h)
     args = _Args()
     fwd_plan, bwd_plan = backend.plan_args(plan, args.arr)
     ints = (h, n)
@@ -126,7 +128,7 @@ def run(q, k, v, layout: Layout, scale: float, config: dict | None = None, dout=
     lse = torch.empty(b, h, n, dtype=torch.float32)
     lib = load(fwd_v)
     getattr(lib, f"emu_{fwd_name}")(
-        grid[0], grid[1], block[0],
+        grid[0], grid[1], fwd_block[0],
         args.pack(backend.fwd_args(args.arr, qb, kb, vb, out, lse, fwd_plan, ints, scale_log2)),
     )
     out_t = out.view(q.dtype)
@@ -137,12 +139,12 @@ def run(q, k, v, layout: Layout, scale: float, config: dict | None = None, dout=
     dq, dk, dv = torch.empty_like(qb), torch.empty_like(kb), torch.empty_like(vb)
     lib = load(bwd_v)
     getattr(lib, f"emu_{dq_name}")(
-        grid[0], grid[1], block[0],
+        grid[0], grid[1], bwd_block[0],
         args.pack(backend.dq_args(args.arr, qb, kb, vb, dob, lse, delta, dq, fwd_plan, ints,
                                   float(scale), scale_log2)),
     )
     getattr(lib, f"emu_{dkv_name}")(
-        grid[0], grid[1], block[0],
+        grid[0], grid[1], bwd_block[0],
         args.pack(backend.dkv_args(args.arr, qb, kb, vb, dob, lse, delta, dk, dv, bwd_plan, ints,
                                    float(scale), scale_log2)),
     )

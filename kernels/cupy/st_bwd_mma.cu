@@ -106,8 +106,8 @@ st_bwd_dq(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     const int kind = col_kind[e], mid = col_mask[e];
 
     float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
-    mma_a_bt(s, qa, sK[stage], lane);   // S = Q K^T
-    mma_a_bt(dp, da, sV[stage], lane);  // dP = dO V^T
+    mma_a_bt<1>(&s, &qa, sK[stage], lane);   // S = Q K^T
+    mma_a_bt<1>(&dp, &da, sV[stage], lane);  // dP = dO V^T
 #pragma unroll
     for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
 #pragma unroll
@@ -120,7 +120,7 @@ st_bwd_dq(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
         s[nt][i] = p * (dp[nt][i] - (row1 ? dl1 : dl0));  // dS
       }
     }
-    mma_acc_s(acc, s, sK[stage], lane);  // dQ += dS K
+    mma_acc_s<1>(&acc, &s, sK[stage], lane);  // dQ += dS K
     __syncthreads();  // all warps are done with this stage before it is refilled
     e = ne;
     kc = nkc;
@@ -196,8 +196,8 @@ st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     const float* tDelta = sDelta[stage];
 
     float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
-    mma_a_bt(s, ka, sQ[stage], lane);   // S^T = K Q^T   (rows: keys, columns: queries)
-    mma_a_bt(dp, va, sD[stage], lane);  // dP^T = V dO^T
+    mma_a_bt<1>(&s, &ka, sQ[stage], lane);   // S^T = K Q^T   (rows: keys, columns: queries)
+    mma_a_bt<1>(&dp, &va, sD[stage], lane);  // dP^T = V dO^T
 #pragma unroll
     for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
 #pragma unroll
@@ -211,8 +211,8 @@ st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
         dp[nt][i] = p * (dp[nt][i] - tDelta[c]);  // dS^T
       }
     }
-    mma_acc_s(dva, s, sD[stage], lane);   // dV += P^T dO
-    mma_acc_s(dka, dp, sQ[stage], lane);  // dK += dS^T Q
+    mma_acc_s<1>(&dva, &s, sD[stage], lane);   // dV += P^T dO
+    mma_acc_s<1>(&dka, &dp, sQ[stage], lane);  // dK += dS^T Q
     __syncthreads();  // all warps are done with this stage before it is refilled
     e = ne;
     qc = nqc;

@@ -1,8 +1,10 @@
 // st_fwd_mma.cu: block-sparse flash attention forward, float16 / bfloat16 tensor cores
 // (mma.sync m16n8k16, fp32 accumulation).
 //
-// Grid (N / BLOCK_M, B * H); BLOCK_M / 16 warps, warp w owns query rows w*16 .. w*16+15 of the
-// CTA's tile (layout positions q0 .. q0 + BLOCK_M - 1, all inside query block qb).
+// Grid (N / BLOCK_M, B * H); BLOCK_M / (16 * M_TILES) warps, warp w owns M_TILES tiles of 16
+// query rows, rows w*16*M_TILES .. of the CTA's tile (layout positions q0 .. q0 + BLOCK_M - 1,
+// all inside query block qb). Two row tiles per warp (M_TILES = 2) halve the shared-memory
+// reads per tensor-core op: each K / V fragment feeds two mma.sync.
 //
 //   Q_w  <- rows of q (through perm), kept in registers as A fragments
 //   m = -inf, l = 0, O = 0                                    (per row, fp32)
@@ -18,19 +20,23 @@
 // lse is in base-2 units of the scaled scores (what the backward kernels consume).
 // Shared memory: 2 stages * 2 * BLOCK_N * (HEAD_DIM + 8) * 2 bytes (the +8 pad staggers banks;
 // B fragments come through ldmatrix, .trans for V).
-// Registers per thread: HEAD_DIM / 4 (Q) + HEAD_DIM / 2 (O) + BLOCK_N / 2 (S) words.
+// Registers per thread: M_TILES * (HEAD_DIM / 4 (Q) + HEAD_DIM / 2 (O) + BLOCK_N / 2 (S)) words.
 #include "st_common.cuh"
 
 #if ST_DTYPE == 0
 #error "st_fwd_mma.cu is for float16 / bfloat16; float32 uses st_scalar.cu"
 #endif
 
-#define NWARPS (BLOCK_M / 16)
+#ifndef M_TILES
+#define M_TILES 1
+#endif
+#define NWARPS (BLOCK_M / (16 * M_TILES))
 #define SROW (HEAD_DIM + 8)  // padded shared-memory row, in elements
 #include "st_mma_tiles.cuh"
 
 static_assert(HEAD_DIM % 16 == 0, "HEAD_DIM must be a multiple of 16");
-static_assert(BLOCK_M % 16 == 0 && LAYOUT_BLOCK % BLOCK_M == 0, "BLOCK_M must divide the block");
+static_assert(BLOCK_M % (16 * M_TILES) == 0 && LAYOUT_BLOCK % BLOCK_M == 0,
+              "BLOCK_M must divide the block and be a multiple of 16 * M_TILES");
 static_assert(BLOCK_N % 16 == 0 && LAYOUT_BLOCK % BLOCK_N == 0, "BLOCK_N must divide the block");
 
 using namespace st;
@@ -56,26 +62,31 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   const int* prow = perm_row(head_pattern, pattern_perm, perm, h, N);
   const long long base = (long long)bh * N * HEAD_DIM;
 
-  // this thread's two rows, as tile offsets and in-block indices
-  const int r0 = warp * 16 + g, r1 = r0 + 8;
-  const int iq0 = qin0 + r0, iq1 = qin0 + r1;
-  const elem_t* qrow0 = q + base + (long long)token(prow, q0 + r0) * HEAD_DIM;
-  const elem_t* qrow1 = q + base + (long long)token(prow, q0 + r1) * HEAD_DIM;
-
-  unsigned qa[HEAD_DIM / 16][4];
+  // per row tile m: this thread's rows r[m][0] (g) and r[m][1] (g + 8), as tile offsets
+  int r[M_TILES][2];
+  unsigned qa[M_TILES][HEAD_DIM / 16][4];
+  float o[M_TILES][HEAD_DIM / 8][4];
+  float m_run[M_TILES][2], l_run[M_TILES][2];
 #pragma unroll
-  for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
-    const int c = kk * 16 + 2 * t;
-    qa[kk][0] = *reinterpret_cast<const unsigned*>(qrow0 + c);
-    qa[kk][1] = *reinterpret_cast<const unsigned*>(qrow1 + c);
-    qa[kk][2] = *reinterpret_cast<const unsigned*>(qrow0 + c + 8);
-    qa[kk][3] = *reinterpret_cast<const unsigned*>(qrow1 + c + 8);
+  for (int m = 0; m < M_TILES; ++m) {
+    r[m][0] = (warp * M_TILES + m) * 16 + g;
+    r[m][1] = r[m][0] + 8;
+    const elem_t* qrow0 = q + base + (long long)token(prow, q0 + r[m][0]) * HEAD_DIM;
+    const elem_t* qrow1 = q + base + (long long)token(prow, q0 + r[m][1]) * HEAD_DIM;
+#pragma unroll
+    for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
+      const int c = kk * 16 + 2 * t;
+      qa[m][kk][0] = *reinterpret_cast<const unsigned*>(qrow0 + c);
+      qa[m][kk][1] = *reinterpret_cast<const unsigned*>(qrow1 + c);
+      qa[m][kk][2] = *reinterpret_cast<const unsigned*>(qrow0 + c + 8);
+      qa[m][kk][3] = *reinterpret_cast<const unsigned*>(qrow1 + c + 8);
+    }
+#pragma unroll
+    for (int dt = 0; dt < HEAD_DIM / 8; ++dt)
+      o[m][dt][0] = o[m][dt][1] = o[m][dt][2] = o[m][dt][3] = 0.f;
+    m_run[m][0] = m_run[m][1] = neg_inf();
+    l_run[m][0] = l_run[m][1] = 0.f;
   }
-
-  float o[HEAD_DIM / 8][4];
-#pragma unroll
-  for (int dt = 0; dt < HEAD_DIM / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
-  float m0 = neg_inf(), m1 = neg_inf(), l0 = 0.f, l1 = 0.f;
 
   const int e_begin = row_ptr[pat * (nb + 1) + qb], e_end = row_ptr[pat * (nb + 1) + qb + 1];
   int e = e_begin, kc = 0, stage = 0;
@@ -95,75 +106,78 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     cp_async_wait<1>();  // this stage's group has landed (the prefetch may still fly)
     __syncthreads();
     const int kind = col_kind[e], mid = col_mask[e];
-    const elem_t* tK = sK[stage];
-    const elem_t* tV = sV[stage];
 
     // S = Q K^T: B fragment (k = d, n = key) is K[key][d] (st_mma_tiles.cuh: mma_a_bt)
-    float s[BLOCK_N / 8][4];
-    mma_a_bt(s, qa, tK, lane);
+    float s[M_TILES][BLOCK_N / 8][4];
+    mma_a_bt<M_TILES>(s, qa, sK[stage], lane);
 
-    // mask, scale, running max
-    float mx0 = neg_inf(), mx1 = neg_inf();
 #pragma unroll
-    for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+    for (int m = 0; m < M_TILES; ++m) {
+      // mask, scale, running max; half 0: row r[m][0], half 1: row r[m][1]
+      float mx[2] = {neg_inf(), neg_inf()};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int jk = kc + nt * 8 + 2 * t + (i & 1);
-        const int iq = (i < 2) ? iq0 : iq1;
-        s[nt][i] = allowed(kind, mid, iq, jk, masks) ? s[nt][i] * scale_log2 : neg_inf();
+      for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int jk = kc + nt * 8 + 2 * t + (i & 1);
+          const int iq = qin0 + r[m][i >> 1];
+          s[m][nt][i] = allowed(kind, mid, iq, jk, masks) ? s[m][nt][i] * scale_log2 : neg_inf();
+          mx[i >> 1] = fmaxf(mx[i >> 1], s[m][nt][i]);
+        }
       }
-      mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-      mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-    }
-    const float mn0 = fmaxf(m0, quad_max(mx0)), mn1 = fmaxf(m1, quad_max(mx1));
-    // a row with nothing allowed so far keeps m = -inf; subtract 0 then, never (-inf) - (-inf)
-    const float mu0 = (mn0 == neg_inf()) ? 0.f : mn0, mu1 = (mn1 == neg_inf()) ? 0.f : mn1;
-    const float alpha0 = fast_exp2(m0 - mu0), alpha1 = fast_exp2(m1 - mu1);
-    m0 = mn0;
-    m1 = mn1;
-    float ls0 = 0.f, ls1 = 0.f;
+      float mu[2], alpha[2], ls[2] = {0.f, 0.f};
 #pragma unroll
-    for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
-      s[nt][0] = fast_exp2(s[nt][0] - mu0);
-      s[nt][1] = fast_exp2(s[nt][1] - mu0);
-      s[nt][2] = fast_exp2(s[nt][2] - mu1);
-      s[nt][3] = fast_exp2(s[nt][3] - mu1);
-      ls0 += s[nt][0] + s[nt][1];
-      ls1 += s[nt][2] + s[nt][3];
-    }
-    l0 = l0 * alpha0 + ls0;  // per-thread partial sums; the quad is summed at the end
-    l1 = l1 * alpha1 + ls1;
+      for (int hf = 0; hf < 2; ++hf) {
+        const float mn = fmaxf(m_run[m][hf], quad_max(mx[hf]));
+        // a row with nothing allowed so far keeps m = -inf; subtract 0 then, not (-inf) - (-inf)
+        mu[hf] = (mn == neg_inf()) ? 0.f : mn;
+        alpha[hf] = fast_exp2(m_run[m][hf] - mu[hf]);
+        m_run[m][hf] = mn;
+      }
 #pragma unroll
-    for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
-      o[dt][0] *= alpha0;
-      o[dt][1] *= alpha0;
-      o[dt][2] *= alpha1;
-      o[dt][3] *= alpha1;
+      for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          s[m][nt][i] = fast_exp2(s[m][nt][i] - mu[i >> 1]);
+          ls[i >> 1] += s[m][nt][i];
+        }
+      }
+      // per-thread partial sums; the quad is summed at the end
+      l_run[m][0] = l_run[m][0] * alpha[0] + ls[0];
+      l_run[m][1] = l_run[m][1] * alpha[1] + ls[1];
+#pragma unroll
+      for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+        o[m][dt][0] *= alpha[0];
+        o[m][dt][1] *= alpha[0];
+        o[m][dt][2] *= alpha[1];
+        o[m][dt][3] *= alpha[1];
+      }
     }
 
     // O += P V: the S accumulators of two n8 tiles form one A fragment; the B fragment
     // (k = key, n = d) is V[key][d] (st_mma_tiles.cuh: mma_acc_s)
-    mma_acc_s(o, s, tV, lane);
+    mma_acc_s<M_TILES>(o, s, sV[stage], lane);
     __syncthreads();  // all warps are done with this stage before it is refilled
     e = ne;
     kc = nkc;
     stage ^= 1;
   }
 
-  l0 = quad_sum(l0);
-  l1 = quad_sum(l1);
-  const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
-  const int tok0 = token(prow, q0 + r0), tok1 = token(prow, q0 + r1);
-  elem_t* orow0 = out + base + (long long)tok0 * HEAD_DIM;
-  elem_t* orow1 = out + base + (long long)tok1 * HEAD_DIM;
 #pragma unroll
-  for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
-    const int c = dt * 8 + 2 * t;
-    *reinterpret_cast<unsigned*>(orow0 + c) = pack2(o[dt][0] * inv0, o[dt][1] * inv0);
-    *reinterpret_cast<unsigned*>(orow1 + c) = pack2(o[dt][2] * inv1, o[dt][3] * inv1);
-  }
-  if (t == 0) {
-    lse[(long long)bh * N + tok0] = l0 > 0.f ? m0 + fast_log2(l0) : neg_inf();
-    lse[(long long)bh * N + tok1] = l1 > 0.f ? m1 + fast_log2(l1) : neg_inf();
+  for (int m = 0; m < M_TILES; ++m) {
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const float l = quad_sum(l_run[m][hf]);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const int tok = token(prow, q0 + r[m][hf]);
+      elem_t* orow = out + base + (long long)tok * HEAD_DIM;
+#pragma unroll
+      for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
+        *reinterpret_cast<unsigned*>(orow + dt * 8 + 2 * t) =
+            pack2(o[m][dt][2 * hf] * inv, o[m][dt][2 * hf + 1] * inv);
+      }
+      if (t == 0)
+        lse[(long long)bh * N + tok] = l > 0.f ? m_run[m][hf] + fast_log2(l) : neg_inf();
+    }
   }
 }

@@ -8,7 +8,6 @@ permuted (strided transpose) or not, at block 16..128.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 
@@ -64,43 +63,58 @@ def resolve_config(layout, head_dim: int, dtype: torch.dtype, config: dict | Non
     return KernelConfig.from_dict({**base, **(config or {})})
 
 
-@torch.compiler.assume_constant_result
-def _op_key(layout) -> str:
-    """The layout's key for the custom op (registers it); a compile-time constant."""
+# (layout content hash, head dim, dtype, config items) -> (op layout key, resolved config JSON),
+# filled by eager calls and ``prepare``; read (a plain dict lookup) inside torch.compile
+_OP_ARGS: dict[tuple, tuple[str, str]] = {}
+
+
+def _op_args_key(layout, head_dim: int, dtype: torch.dtype, config: dict | None) -> tuple:
+    return (layout.content_hash, int(head_dim), str(dtype), tuple(sorted((config or {}).items())))
+
+
+def _op_args(layout, head_dim: int, dtype: torch.dtype, config: dict | None) -> tuple[str, str]:
+    """Register the layout with the op and resolve the config (host work, once per problem)."""
     from .op import register_layout
 
-    return register_layout(layout)
-
-
-@torch.compiler.assume_constant_result
-def _op_config(layout, head_dim: int, dtype: torch.dtype, config: dict | None) -> str:
-    """The resolved config as JSON; a compile-time constant."""
-    items = tuple(sorted((config or {}).items()))
-    return _config_json(layout.content_hash, layout, head_dim, dtype, items)
-
-
-@functools.lru_cache(maxsize=256)
-def _config_json(key, layout, head_dim, dtype, items) -> str:
-    cfg = resolve_config(layout, head_dim, dtype, dict(items))
-    return json.dumps(cfg.as_dict(), sort_keys=True)
+    k = _op_args_key(layout, head_dim, dtype, config)
+    args = _OP_ARGS.get(k)
+    if args is None:
+        cfg = resolve_config(layout, head_dim, dtype, config)
+        args = (register_layout(layout), json.dumps(cfg.as_dict(), sort_keys=True))
+        _OP_ARGS[k] = args
+    return args
 
 
 def attention(q, k, v, layout, scale: float, config: dict | None = None) -> torch.Tensor:
     """q, k, v [B, H, N, D] -> out [B, H, N, D] (DESIGN.md semantics), differentiable.
-    Host-side work (config, layout key) is constant under torch.compile; the kernels run
-    through the custom op ``stbench::triton_sparse_attn``."""
+
+    Eager: an autograd.Function. Inside torch.compile: the custom op
+    ``stbench::triton_sparse_attn`` (no graph break); the host work must have run once before
+    compiling (one eager call, or ``prepare(layout, q, config)``), since torch.compile cannot
+    trace it."""
     from .op import apply  # lazy: imports triton
 
-    check_available(q.device, q.dtype)
-    check_head_dim(q.shape[-1])
-    key = _op_key(layout)
-    cfg = _op_config(layout, q.shape[-1], q.dtype, config)
-    return apply(q, k, v, key, float(scale), cfg)
+    if torch.compiler.is_compiling():
+        args = _OP_ARGS.get(_op_args_key(layout, q.shape[-1], q.dtype, config))
+        if args is None:
+            raise RuntimeError(
+                "backend 'triton' under torch.compile: call "
+                "stbench.kernels.triton.backend.prepare(layout, q, config) (or run the model "
+                "once eagerly) before compiling"
+            )
+    else:
+        check_available(q.device, q.dtype)
+        check_head_dim(q.shape[-1])
+        args = _op_args(layout, q.shape[-1], q.dtype, config)
+    return apply(q, k, v, args[0], float(scale), args[1])
 
 
 def prepare(layout, q: torch.Tensor, config: dict | None = None, backward: bool = True) -> None:
     """Build the plan and tile lists ahead of timing (they are cached)."""
     from .op import prepare as op_prepare
 
+    check_available(q.device, q.dtype)
+    check_head_dim(q.shape[-1])
+    _op_args(layout, q.shape[-1], q.dtype, config)
     cfg = resolve_config(layout, q.shape[-1], q.dtype, config)
     op_prepare(layout, cfg, q.device, backward_too=backward)

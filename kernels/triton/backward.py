@@ -68,12 +68,13 @@ def _dq_tile(
 
 @triton.jit
 def _dq_kernel(
-    Q, K, V, DO, LSE2, DELTA, DQ,
+    Q, K, V, DO, LSE2, DELTA, DQ, DQ_PREV,
     head_pattern, pattern_perm, perm,
     ptr, split, cols, kind, tmask, masks,
     qk_scale2, scale, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
+    ACCUM: tl.constexpr,
 ):
     t = tl.program_id(0)
     bh = tl.program_id(1)
@@ -106,8 +107,10 @@ def _dq_kernel(
     for e in range(end_causal, end):
         dq = _dq_tile(dq, q, do, lse, delta, e, K, V, base, rows, cols, tmask, masks, perm, pp,
                       N, qk_scale2, 2, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC)
-    tl.store(DQ + base + rtok[:, None] * HEAD_DIM + d[None, :],
-             (dq * scale).to(DQ.dtype.element_ty))
+    dq = dq * scale
+    if ACCUM:  # add an earlier disjoint part's share (fp32): see compose.py
+        dq += tl.load(DQ_PREV + base + rtok[:, None] * HEAD_DIM + d[None, :])
+    tl.store(DQ + base + rtok[:, None] * HEAD_DIM + d[None, :], dq.to(DQ.dtype.element_ty))
 
 
 @triton.jit
@@ -145,12 +148,13 @@ def _dkdv_tile(
 
 @triton.jit
 def _dkdv_kernel(
-    Q, K, V, DO, LSE2, DELTA, DK, DV,
+    Q, K, V, DO, LSE2, DELTA, DK, DV, DK_PREV, DV_PREV,
     head_pattern, pattern_perm, perm,
     ptr, split, cols, kind, tmask, masks,
     qk_scale2, scale, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
+    ACCUM: tl.constexpr,
 ):
     t = tl.program_id(0)  # key tile of BLOCK_N positions
     bh = tl.program_id(1)
@@ -184,30 +188,47 @@ def _dkdv_kernel(
         dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask,
                             masks, perm, pp, N, qk_scale2, 2, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
                             G, HAS_PERM, IN_PREC)
-    tl.store(DK + base + ktok[:, None] * HEAD_DIM + d[None, :],
-             (dk * scale).to(DK.dtype.element_ty))
+    dk = dk * scale
+    if ACCUM:
+        dk += tl.load(DK_PREV + base + ktok[:, None] * HEAD_DIM + d[None, :])
+        dv += tl.load(DV_PREV + base + ktok[:, None] * HEAD_DIM + d[None, :])
+    tl.store(DK + base + ktok[:, None] * HEAD_DIM + d[None, :], dk.to(DK.dtype.element_ty))
     tl.store(DV + base + ktok[:, None] * HEAD_DIM + d[None, :], dv.to(DV.dtype.element_ty))
 
 
-def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg):
-    """Gradients (dq, dk, dv) of the forward. All tensors contiguous [B, H, N, D] (lse2 fp32
-    [B, H, N]); ``tiles_q``: forward-orientation tiles (dQ), ``tiles_k``: transposed (dK/dV)."""
-    B, H, N, D = q.shape
-    delta = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+def delta_of(out, do) -> torch.Tensor:
+    """delta = rowsum(dO * O), fp32 [B, H, N] (out, do contiguous [B, H, N, D])."""
+    B, H, N, D = out.shape
+    delta = torch.empty((B, H, N), device=out.device, dtype=torch.float32)
     n_rows = B * H * N
     _delta_kernel[(triton.cdiv(n_rows, DELTA_ROWS),)](
         out, do, delta, n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS
     )
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
+    return delta
+
+
+def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, delta=None,
+             grad_dtype=None, prev=None):
+    """Gradients (dq, dk, dv) of the forward. All tensors contiguous [B, H, N, D] (lse2 fp32
+    [B, H, N]); ``tiles_q``: forward-orientation tiles (dQ), ``tiles_k``: transposed (dK/dV).
+    ``delta``: precomputed rowsum(dO * O) (default: computed here); ``grad_dtype``: the
+    gradients' dtype (default q's; fp32 for a first part); ``prev``: fp32 (dq, dk, dv) of an
+    earlier disjoint part to add."""
+    B, H, N, D = q.shape
+    if delta is None:
+        delta = delta_of(out, do)
+    gd = grad_dtype or q.dtype
+    dq = torch.empty(q.shape, device=q.device, dtype=gd)
+    dk = torch.empty(q.shape, device=q.device, dtype=gd)
+    dv = torch.empty(q.shape, device=q.device, dtype=gd)
+    dq_p, dk_p, dv_p = prev if prev is not None else (dq, dk, dv)
     has_perm = plan.perm is not None
     perm = plan.perm if has_perm else plan.head_pattern
-    common = dict(HAS_PERM=has_perm, IN_PREC=cfg.in_prec(q.dtype),
+    common = dict(HAS_PERM=has_perm, IN_PREC=cfg.in_prec(q.dtype), ACCUM=prev is not None,
                   num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
     tq = tiles_q
     _dq_kernel[(tq.n_tiles, B * H)](
-        q, k, v, do, lse2, delta, dq,
+        q, k, v, do, lse2, delta, dq, dq_p,
         plan.head_pattern, plan.pattern_perm, perm,
         tq.ptr, tq.split, tq.cols, tq.kind, tq.tmask, tq.masks,
         scale * LOG2E, scale, N, H, tq.n_tiles,
@@ -216,7 +237,7 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg):
     )
     tk = tiles_k
     _dkdv_kernel[(tk.n_tiles, B * H)](
-        q, k, v, do, lse2, delta, dk, dv,
+        q, k, v, do, lse2, delta, dk, dv, dk_p, dv_p,
         plan.head_pattern, plan.pattern_perm, perm,
         tk.ptr, tk.split, tk.cols, tk.kind, tk.tmask, tk.masks,
         scale * LOG2E, scale, N, H, tk.n_tiles,

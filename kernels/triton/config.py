@@ -1,8 +1,10 @@
 """Tunables of the Triton backend: one frozen config, its defaults and the pruned space.
 
-Forward tiles are BLOCK_M (queries) x BLOCK_N (keys); the backward uses BWD_BLOCK_M x
-BWD_BLOCK_N for dQ (query tile x gathered keys) and BWD_BLOCK_N x BWD_BLOCK_M for dK/dV (key
-tile x gathered queries). Tiles are independent of the layout block: see tiles.py.
+Forward tiles are BLOCK_M (queries) x BLOCK_N (gathered keys). The backward's dQ kernel uses
+BWD_BLOCK_M (queries) x DQ_BLOCK_N (gathered keys), its dK/dV kernel BWD_BLOCK_N (keys) x
+DKV_BLOCK_M (gathered queries); DQ_BLOCK_N = 0 means BWD_BLOCK_N and DKV_BLOCK_M = 0 means
+BWD_BLOCK_M (square tiles, the measured default). The Triton fused-attention tutorial's choice
+is the asymmetric 128 x 32 / 128 x 32. Tiles are independent of the layout block: see tiles.py.
 """
 
 from __future__ import annotations
@@ -28,7 +30,17 @@ class KernelConfig:
     BWD_BLOCK_N: int = 64
     bwd_warps: int = 4
     bwd_stages: int = 2
-    allow_tf32: bool = False  # fp32 inputs only: tf32 dots (about 3e-4 relative error)
+    allow_tf32: bool = False  # fp32 inputs only: tf32 dots (about 1e-3 relative error)
+    DQ_BLOCK_N: int = 0  # dQ's gathered key tile (0: BWD_BLOCK_N)
+    DKV_BLOCK_M: int = 0  # dK/dV's gathered query tile (0: BWD_BLOCK_M)
+
+    def dq_tiles(self) -> tuple[int, int]:
+        """(query tile, key tile) of the dQ kernel."""
+        return self.BWD_BLOCK_M, self.DQ_BLOCK_N or self.BWD_BLOCK_N
+
+    def dkv_tiles(self) -> tuple[int, int]:
+        """(key tile, query tile) of the dK/dV kernel."""
+        return self.BWD_BLOCK_N, self.DKV_BLOCK_M or self.BWD_BLOCK_M
 
     def in_prec(self, dtype: torch.dtype) -> str:
         # fp32 exact: three tf32 products (Triton 3.6 fails to lower "ieee" dots on sm_90)
@@ -83,8 +95,12 @@ def _ok(cfg: KernelConfig, n_ctx: int, head_dim: int, dtype: torch.dtype) -> boo
         return False
     if cfg.BLOCK_M < 16 * cfg.num_warps // 4 or (cfg.BLOCK_M >= 128 and cfg.num_warps < 4):
         return False
-    bwork = max(cfg.BWD_BLOCK_M, cfg.BWD_BLOCK_N) * (min(cfg.BWD_BLOCK_M, cfg.BWD_BLOCK_N) + 2 * head_dim)
-    return bwork * esize // 2 <= MAX_TILE_ELEMS_PER_WARP * cfg.bwd_warps
+    for major, minor in (cfg.dq_tiles(), cfg.dkv_tiles()):
+        if minor < 16 or minor & (minor - 1):
+            return False
+        if major * (minor + 2 * head_dim) * esize // 2 > MAX_TILE_ELEMS_PER_WARP * cfg.bwd_warps:
+            return False
+    return True
 
 
 def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
@@ -104,7 +120,13 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
                         "bwd_warps": w})
         for bm, bn, w in ((32, 64, 4), (64, 64, 4), (64, 128, 8), (128, 64, 8), (128, 128, 8))
     )
-    for cfg in itertools.chain(fwd, bwd):
+    # asymmetric backward tiles (Triton tutorial: dK/dV 128 keys x 32 queries, dQ 128 x 32)
+    asym = (
+        KernelConfig(**{**default.as_dict(), "BWD_BLOCK_M": 128, "BWD_BLOCK_N": 128,
+                        "DQ_BLOCK_N": 32, "DKV_BLOCK_M": 32, "bwd_warps": w, "bwd_stages": s})
+        for w, s in ((4, 2), (4, 3), (8, 2))
+    )
+    for cfg in itertools.chain(fwd, bwd, asym):
         if cfg not in seen and _ok(cfg, layout.n_ctx, head_dim, dtype):
             seen.add(cfg)
             out.append(cfg.as_dict())

@@ -65,12 +65,13 @@ def _fwd_tile(
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, O, LSE2,
+    Q, K, V, O, LSE2, O_PREV, LSE_PREV,
     head_pattern, pattern_perm, perm,
     ptr, split, cols, kind, tmask, masks,
     qk_scale2, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
+    MERGE: tl.constexpr,
 ):
     t = tl.program_id(0)
     bh = tl.program_id(1)
@@ -108,29 +109,44 @@ def _fwd_kernel(
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
+    if MERGE:  # fold in an earlier disjoint part's (O_PREV fp32, LSE_PREV): see compose.py
+        lse_p = tl.load(LSE_PREV + bh.to(tl.int64) * N + rtok)
+        o_p = tl.load(O_PREV + base + rtok[:, None] * HEAD_DIM + d[None, :])
+        mx = tl.maximum(lse_p, lse2)
+        mx = tl.where(mx == float("-inf"), 0.0, mx)
+        w_p = tl.math.exp2(lse_p - mx)
+        w_c = tl.math.exp2(lse2 - mx)
+        tot = w_p + w_c
+        none = tot == 0.0
+        tot = tl.where(none, 1.0, tot)
+        out = (o_p * w_p[:, None] + out * w_c[:, None]) / tot[:, None]
+        lse2 = tl.where(none, float("-inf"), mx + tl.math.log2(tot))
     tl.store(O + base + rtok[:, None] * HEAD_DIM + d[None, :], out.to(O.dtype.element_ty))
     tl.store(LSE2 + bh.to(tl.int64) * N + rtok, lse2)
 
 
-def forward(q, k, v, plan, tiles, scale: float, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(q, k, v, plan, tiles, scale: float, cfg, out_dtype=None, prev=None):
     """Launch the forward kernel. q, k, v: contiguous [B, H, N, D]; ``plan``: the device plan;
     ``tiles``: forward-orientation Tiles on the same device; ``cfg``: a KernelConfig.
-    Returns (out [B, H, N, D] in q's dtype, lse2 fp32 [B, H, N], base-2 log-sum-exp)."""
+    ``out_dtype``: the output's dtype (default q's; fp32 for a first part to be merged);
+    ``prev``: (o_prev fp32 [B, H, N, D], lse2_prev) of a disjoint earlier part to merge with.
+    Returns (out [B, H, N, D], lse2 fp32 [B, H, N], base-2 log-sum-exp, -inf on empty rows)."""
     B, H, N, D = q.shape
-    out = torch.empty_like(q)
+    out = torch.empty(q.shape, device=q.device, dtype=out_dtype or q.dtype)
     lse2 = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+    o_prev, lse_prev = prev if prev is not None else (out, lse2)
     n_t = tiles.n_tiles
     has_perm = plan.perm is not None
     perm = plan.perm if has_perm else plan.head_pattern  # any int32 tensor when unused
     grid = (n_t, B * H)
     _fwd_kernel[grid](
-        q, k, v, out, lse2,
+        q, k, v, out, lse2, o_prev, lse_prev,
         plan.head_pattern, plan.pattern_perm, perm,
         tiles.ptr, tiles.split, tiles.cols, tiles.kind, tiles.tmask, tiles.masks,
         scale * LOG2E, N, H, n_t,
         HEAD_DIM=D, BLOCK_M=tiles.tile_major, BLOCK_N=tiles.tile_minor,
         UNIT=tiles.unit, G=tiles.tile_minor // tiles.unit, HAS_PERM=has_perm,
-        IN_PREC=cfg.in_prec(q.dtype),
+        IN_PREC=cfg.in_prec(q.dtype), MERGE=prev is not None,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse2

@@ -61,8 +61,8 @@ def prepare(layout: Layout, cfg: KernelConfig, device, backward_too: bool = True
     tf = tiles_for(cpu_plan, cfg.BLOCK_M, cfg.BLOCK_N, False, device)
     if not backward_too:
         return plan, tf, None, None
-    tq = tiles_for(cpu_plan, cfg.BWD_BLOCK_M, cfg.BWD_BLOCK_N, False, device)
-    tk = tiles_for(cpu_plan, cfg.BWD_BLOCK_N, cfg.BWD_BLOCK_M, True, device)
+    tq = tiles_for(cpu_plan, *cfg.dq_tiles(), False, device)
+    tk = tiles_for(cpu_plan, *cfg.dkv_tiles(), True, device)
     return plan, tf, tq, tk
 
 

@@ -7,9 +7,11 @@ duplicates, so it can hand them to ``Layout`` directly (no O(nnz log nnz) sort):
   local, sliding windows, the merged strided head). One intra-block mask per offset, entries
   made with ``repeat_interleave`` over query blocks: O(nnz) time, no Python loop over blocks.
 - ``token_offset_layout``: the same from a token predicate of delta = q - k, evaluated once per
-  candidate offset on a [b, b] grid.
+  candidate offset on a [b, b] grid (once per residue for a periodic predicate).
 - ``pairs_layout``: an arbitrary set of (head, q block, k block) pairs, every block full, or with
   ``causal`` the diagonal blocks lower-triangular and blocks above the diagonal dropped.
+
+Heads with the same pattern go through ``shared_layout``: the Layout stores the pattern once.
 """
 
 from __future__ import annotations
@@ -88,11 +90,16 @@ def shared_layout(
 
 
 def ragged_rows(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For per-row counts int64 [R]: (row of each entry, position of the entry in its row)."""
+    """For per-row counts [R]: (row of each entry, position of the entry in its row), int32
+    (callers keep R and the counts below 2^31)."""
+    counts = counts.to(torch.int64)
     total = int(counts.sum())
-    rows = torch.repeat_interleave(torch.arange(counts.numel()), counts, output_size=total)
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(total) - starts[rows]
+    rows = torch.repeat_interleave(
+        torch.arange(counts.numel(), dtype=torch.int32), counts, output_size=total
+    )
+    starts = (torch.cumsum(counts, 0) - counts).to(torch.int32)
+    pos = torch.arange(total, dtype=torch.int32)
+    pos -= torch.repeat_interleave(starts, counts, output_size=total)
     return rows, pos
 
 
@@ -122,9 +129,10 @@ def offset_layout(
     lo = n_d - torch.searchsorted(asc, qb_all, right=True)  # first index with d <= qb
     hi = n_d - torch.searchsorted(asc, qb_all - nb, right=True)  # first index with d <= qb - nb
     rows, pos = ragged_rows(hi - lo)
-    idx = pos + lo[rows]
-    kb = rows - d_desc[idx]
-    one = (rows.to(torch.int32), kb.to(torch.int32), kinds[idx], mask_ids[idx])
+    pos += torch.repeat_interleave(lo.to(torch.int32), hi - lo, output_size=pos.numel())
+    idx = pos  # index into the offset tables (small: gathers stay in cache)
+    kb = rows - d_desc.to(torch.int32)[idx]
+    one = (rows, kb, kinds[idx], mask_ids[idx])
     return shared_layout(n_ctx, heads, block, name, [one], [0] * heads, masks, perms, head_perm)
 
 

@@ -22,22 +22,25 @@ from ._build import check_common, check_int, fmt_name, ragged_rows, shared_layou
 
 
 def _pattern(nb: int, s: int, cols: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """One head's sorted entries: cols int64 [vertsize], the summary block columns mod s."""
+    """One head's sorted entries (q, k int32, kinds int8); cols: the summary block columns mod
+    s, ascending. Query block r (stride c = r // s) holds c * vs summary entries
+    ``m*s + cols[j]`` (m < c) and then its window ``c*s .. r``; int32 arithmetic throughout."""
     vs = cols.numel()
-    qb_all = torch.arange(nb, dtype=torch.int64)
-    window_start = (qb_all // s) * s
-    n_sum = (qb_all // s) * vs  # summary columns in earlier strides
-    counts = n_sum + (qb_all - window_start + 1)
+    qb_all = torch.arange(nb, dtype=torch.int32)
+    chunk = torch.div(qb_all, s, rounding_mode="floor")
+    counts = chunk * vs + (qb_all - chunk * s + 1)
     rows, pos = ragged_rows(counts)
-    ns = n_sum[rows]
-    in_sum = pos < ns
-    kb = torch.where(
-        in_sum,
-        torch.div(pos, vs, rounding_mode="floor") * s + cols[pos % vs],
-        window_start[rows] + (pos - ns),
-    )
-    kinds = torch.where(kb == rows, DIAG, FULL).to(torch.int8)
-    return rows.to(torch.int32), kb.to(torch.int32), kinds
+    c = torch.div(rows, s, rounding_mode="floor")
+    ns = c * vs  # summary entries before the window
+    if vs == 1:
+        summary = pos * s + int(cols[0])
+    else:
+        summary = torch.div(pos, vs, rounding_mode="floor") * s + cols.to(torch.int32)[pos % vs]
+    window = c * (s - vs) + pos  # = c*s + (pos - ns)
+    kb = torch.where(pos < ns, summary, window)
+    kinds = torch.full(kb.shape, FULL, dtype=torch.int8)
+    kinds[kb == rows] = DIAG
+    return rows, kb, kinds
 
 
 def fixed(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..layout import CHUNK_ELEMENTS, PARTIAL, Layout, LayoutError, classify_blocks, dedup_masks
+from ..layout import CHUNK_ELEMENTS, Layout, LayoutError, classify_blocks, dedup_masks
 from ._build import check_common, make_layout, pairs_layout, shared_layout
 
 

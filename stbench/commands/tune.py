@@ -75,18 +75,24 @@ def run(args) -> int:
 
             if not args.out:
                 raise ValueError("--evaluate needs --out DIR")
-            probs = [problems.Problem(problems.layout_spec(name), n,
+            probs = [problems.Problem(_spec(name), n,
                                       args.batch or problems.batch_for(n), args.heads,
                                       args.head_dim, args.dtype, args.mode)
                      for n in args.ns for name in args.layouts]
+            from pathlib import Path
+
             recs = evaluate.evaluate(probs, args.backends, device=args.device or _dev(),
                                      out_dir=args.out, strategy=args.strategy,
-                                     cache_path=args.cache)
+                                     cache_path=args.cache or Path(args.out) / "tune.json")
             for r in recs:
-                console.print(f"{r['problem']}: pick/best = {r.get('ratio')}, tune "
-                              f"{r['tune_s']:.1f} s, lookup {r.get('lookup_warm_ms')} ms")
+                if r.get("ratio") is None:
+                    console.print(f"{r['problem']}: {r.get('status')}")
+                    continue
+                console.print(f"{r['problem']}: pick/best = {r['ratio']:.3f}, tune "
+                              f"{r['tune_s']:.1f} s (exhaustive {r['exhaustive_s']:.1f} s), "
+                              f"cached lookup {r['lookup_warm_ms']:.3f} ms")
             return 0
-        prob = problems.Problem(problems.layout_spec(args.layout), args.n_ctx,
+        prob = problems.Problem(_spec(args.layout), args.n_ctx,
                                 args.batch or problems.batch_for(args.n_ctx), args.heads,
                                 args.head_dim, args.dtype, args.mode)
         res = autotune.tune(prob, args.backends, device=args.device or _dev(),
@@ -106,6 +112,15 @@ def run(args) -> int:
     console.print(f"pick: {res.best.backend} block {res.best.block} {json.dumps(res.best.config)}"
                   f" ({res.best.median_ms:.4g} ms), cached in {args.cache or cache.default_path()}")
     return 0
+
+
+def _spec(name: str):
+    """The named spec, built at the largest block that fits when its own does not."""
+    from dataclasses import replace
+
+    from stbench import problems
+
+    return replace(problems.layout_spec(name), fit_block=True)
 
 
 def _dev() -> str:

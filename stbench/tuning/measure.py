@@ -17,6 +17,8 @@ from stbench import backends, environment, results, timing
 from stbench.problems import Problem
 
 ERROR_CHARS = 2000  # error messages kept in a row
+OOM_ERRORS = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                               getattr(torch.cuda, "OutOfMemoryError", None)) if t is not None)
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,12 @@ def classify_exception(exc: BaseException) -> str:
     name = type(exc).__name__
     module = type(exc).__module__ or ""
     text = str(exc).lower()
-    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text:
+    if isinstance(exc, OOM_ERRORS) or "out of memory" in text:
         return "oom"
     if isinstance(exc, backends.BackendUnavailable):
         return "unsupported"
-    if ("compil" in name.lower() or module.startswith(("triton.compiler", "torch._inductor",
-                                                         "torch._dynamo"))
+    if ("compil" in name.lower() or name == "OutOfResources"  # triton: tiles too large
+            or module.startswith(("triton.compiler", "torch._inductor", "torch._dynamo"))
             or "nvrtc" in text or "compilation" in text):
         return "compile_error"
     return "runtime_error"
@@ -128,8 +130,8 @@ def measure(problem: Problem, layout, backend: str, config: dict | None, *, inpu
     module = backends.load(backend)
     do = None
     if problem.mode == "fwd+bwd":
-        g = torch.Generator().manual_seed(problem.seed + 104729)  # dO: seeded like the inputs
-        do = torch.randn(q.shape, generator=g, dtype=torch.float32).to(q.device, q.dtype)
+        g = torch.Generator(device=q.device).manual_seed(problem.seed + 104729)  # dO, seeded
+        do = torch.randn(q.shape, generator=g, dtype=torch.float32, device=q.device).to(q.dtype)
     run = closure(module, q, k, v, layout, scale, config, problem.mode, do)
     grads = [q, k, v] if problem.mode == "fwd+bwd" else None
     in_bytes = sum(t.numel() * t.element_size() for t in (q, k, v) + ((do,) if do is not None

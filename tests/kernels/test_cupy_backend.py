@@ -74,11 +74,21 @@ def test_float32_and_odd_head_dims_use_the_scalar_kernel():
         ({"kernel": "wgmma"}, "kernel"),
         ({"kernel": "mma", "num_warps": 4}, "unknown config keys"),
         ({"kernel": "scalar", "BLOCK_M": 16}, "do not apply"),
+        ({"kernel": "mma", "BLOCK_M": 16, "WARP_M": 32}, "WARP_M"),
+        ({"kernel": "mma", "WARP_M": 8}, "WARP_M"),
     ],
 )
 def test_bad_configs_name_the_key(config, match):
     with pytest.raises(ValueError, match=match):
         backend.resolve_config(config, 64, 64, torch.float16)
+
+
+def test_warp_rows_32_only_where_registers_allow():
+    lay = causal(256, block=64, heads=1)
+    assert any(c.get("WARP_M") == 32 for c in backend.config_space(lay, 64, torch.float16))
+    assert all(c.get("WARP_M", 16) == 16 for c in backend.config_space(lay, 128, torch.float16))
+    with pytest.raises(ValueError, match="head dim"):
+        backend.resolve_config({"kernel": "mma", "WARP_M": 32}, 64, 128, torch.float16)
 
 
 def test_mma_on_float32_is_refused_with_the_fix():

@@ -2,7 +2,7 @@
 the same source, inline PTX swapped for C++, one fiber per CUDA thread), against the dense
 reference with stbench.accuracy's rule, forward and dq / dk / dv. Covers both kernel families
 (tensor-core mma, scalar), both 16-bit dtypes and float32, blocks 16..128, the permutation,
-partial bitmasks, empty rows, 1..8 warps per CTA. Each case builds two small shared libraries
+partial bitmasks, empty rows, 1..8 warps per CTA, 16 and 32 query rows per warp. Each case builds two small shared libraries
 with g++ (cached on disk) and runs in a few seconds; skipped without a C++ compiler."""
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ CASES = [
     ("st_mix_b32", 512, F16, 16, {"kernel": MMA, "BLOCK_M": 32, "BLOCK_N": 16}),
     ("token_mask_b32", 128, F16, 32, {"kernel": MMA, "BLOCK_M": 32, "BLOCK_N": 32}),
     ("fixed_b32", 256, F16, 128, {"kernel": MMA, "BLOCK_M": 32, "BLOCK_N": 32}),
+    ("causal_b128", 256, F16, 64, {"kernel": MMA, "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}),
+    ("st_mix_b32", 512, BF16, 32, {"kernel": MMA, "BLOCK_M": 32, "BLOCK_N": 16, "WARP_M": 32}),
     ("block_mask_b64", 256, BF16, 64, {"kernel": MMA, "BLOCK_M": 64, "BLOCK_N": 64}),
     ("strided_b16", 256, F32, 40, {"kernel": "scalar"}),
     ("token_mask_b32", 128, BF16, 32, {"kernel": "scalar"}),
@@ -39,6 +41,7 @@ CASES = [
 def _ids(case):
     name, n, dtype, d, cfg = case
     tiles = "" if cfg["kernel"] == "scalar" else f"-m{cfg['BLOCK_M']}n{cfg['BLOCK_N']}"
+    tiles += f"w{cfg['WARP_M']}" if "WARP_M" in cfg else ""
     return f"{name}-N{n}-{str(dtype).removeprefix('torch.')}-d{d}-{cfg['kernel']}{tiles}"
 
 
@@ -91,3 +94,81 @@ def test_check_case_judges_the_emulated_kernels():
 
     row = check_case("merged_strided_b16", F16, 32, cfg, runner=broken, **kw)
     assert row.status == "runtime_error" and "launch failed" in row.error
+
+
+# ------------------------------------------------------------------ the backend's own launch path
+class _FakeArray:
+    """Stands for cupy.from_dlpack's result: runs torch's own DLPack export (and its checks)."""
+
+    def __init__(self, t: torch.Tensor):
+        t.__dlpack__()
+        self.t = t
+
+
+class _EmuKernel:
+    """Stands for a cupy.RawKernel: launches the emulated kernel with the backend's arguments."""
+
+    def __init__(self, variant, name):
+        self.variant, self.name = variant, name
+
+    def __call__(self, grid, block, args):
+        import ctypes
+
+        import numpy as np
+
+        box = emulate._Args()
+        vals = []
+        for a in args:
+            if isinstance(a, _FakeArray):
+                box.keep.append(a.t)
+                vals.append(ctypes.c_void_p(a.t.data_ptr()))
+            elif isinstance(a, np.integer):
+                vals.append(int(a))
+            elif isinstance(a, np.floating):
+                vals.append(float(a))
+            else:
+                raise TypeError(f"unexpected kernel argument {type(a).__name__}")
+        lib = emulate.load(self.variant)
+        getattr(lib, f"emu_{self.name}")(grid[0], grid[1], block[0], box.pack(vals))
+
+
+@pytest.fixture
+def emulated_backend(monkeypatch):
+    """backend.attention with CuPy replaced by the emulation: the Launcher, the DLPack hand-over,
+    the argument lists, the autograd Function and the backward run as on the GPU."""
+    import sys
+    import types
+    from contextlib import nullcontext
+
+    from stbench.kernels.cupy import backend
+
+    fake = types.SimpleNamespace(
+        from_dlpack=_FakeArray,
+        cuda=types.SimpleNamespace(Device=lambda i: nullcontext(),
+                                   ExternalStream=lambda ptr, dev: nullcontext()),
+    )
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend, "get_kernel", lambda v, name, index: _EmuKernel(v, name))
+    monkeypatch.setattr(backend, "check_available", lambda device, dtype: None)
+    monkeypatch.setattr(backend._Launcher, "_stream", lambda self: nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    backend._launcher.cache_clear()
+    yield backend
+    backend._launcher.cache_clear()
+
+
+@pytest.mark.parametrize("cfg, dtype", [(None, BF16), ({"kernel": "scalar"}, F32)],
+                         ids=["mma-default-bf16", "scalar-fp32"])
+def test_backend_attention_path_with_emulated_kernels(emulated_backend, cfg, dtype, gen):
+    from stbench.kernels.cupy.checks import check_case
+
+    row = check_case("st_mix_b32", dtype, 32, cfg, n_ctx=512, heads=2, batch=1, device="cpu",
+                     runner=emulated_backend.attention)
+    assert row.status == "ok", row
+    # no grad wanted: the plain forward path
+    lay = LAYOUT_CASES["causal_b64"](128, 2)
+    q = torch.randn(1, 2, 128, 32, generator=gen).to(dtype)
+    out = emulated_backend.attention(q, q, q, lay, 0.2, cfg)
+    ref = reference(q.double(), q.double(), q.double(), lay, 0.2)
+    assert (out.double() - ref).abs().max() < 1e-2

@@ -156,6 +156,18 @@ def test_flex_config_space_and_errors(gen):
     torch.testing.assert_close(out, dense.attention(q, k, v, L, 0.3), atol=2e-6, rtol=0)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests cover the compiled path")
+def test_flex_compiled_forward_on_cpu(gen):
+    """The compiled path (inductor lowers our mask_mod: block table, packed bits) on the CPU,
+    forward only (FlexAttention has no CPU backward); two layouts = two compilations."""
+    for L in (partial_layout(gen, n=128, block=32), layouts.strided(256, block=16, stride=16,
+                                                                    heads=2)):
+        q, k, v = qkv(gen, (1, L.heads, L.n_ctx, 16), torch.float32)
+        out = flex.flex_forward(q, k, v, L, 0.3, compiled=True)
+        torch.testing.assert_close(out, dense.attention(q, k, v, L, 0.3), atol=2e-6, rtol=0)
+
+
 def test_flex_block_mask_from_predicate_cpu():
     n, stride = 256, 32
 

@@ -52,7 +52,8 @@ def test_strided(n, block, stride, heads):
 @pytest.mark.parametrize(
     "n,block,stride,heads,num_verts,vertsize",
     [(512, 16, 64, 1, 1, 1), (512, 16, 64, 4, 2, 1), (512, 16, 64, 4, 2, 2), (1024, 32, 128, 3, 1, 2),
-     (512, 16, 128, 4, 4, 2), (1024, 64, 128, 2, 2, 1), (256, 16, 16, 1, 1, 1), (1024, 128, 256, 1, 1, 2)],
+     (512, 16, 128, 4, 4, 2), (1024, 64, 128, 2, 2, 1), (256, 16, 16, 1, 1, 1), (1024, 128, 256, 1, 1, 2),
+     (576, 32, 128, 2, 2, 1), (96, 16, 64, 1, 1, 1)],  # N not a multiple of the stride
 )
 def test_fixed(n, block, stride, heads, num_verts, vertsize):
     q, k = grid(n)
@@ -80,7 +81,7 @@ def test_fixed(n, block, stride, heads, num_verts, vertsize):
 
 @pytest.mark.parametrize(
     "n,block,stride,heads", [(512, 16, 64, 1), (512, 16, 40, 2), (256, 32, 16, 1), (512, 128, 64, 1),
-                             (512, 16, 7, 1), (256, 64, 128, 1)]
+                             (512, 16, 7, 1), (256, 64, 128, 1), (576, 32, 100, 1)]
 )
 def test_merged_strided(n, block, stride, heads):
     q, k = grid(n)
@@ -134,3 +135,29 @@ def test_large_n_is_fast_and_small():
     L = layouts.merged_strided(1 << 20, block=128, stride=1024, heads=8)
     assert L.n_patterns == 1 and L.masks.shape[0] <= 3
     assert L.pat_q.numel() == L.nnz // 8
+
+
+def fixed_count(n, b, l):
+    """Blocks per head of fixed(l, vertsize 1): C s(s+1)/2 window + s C(C-1)/2 summary blocks."""
+    s, nb = l // b, n // b
+    c = nb // s
+    return c * s * (s + 1) // 2 + s * (c * (c - 1) // 2)
+
+
+def merged_count(n, b, l):
+    """Blocks per head of merged_strided (l % b == 0): the local offsets 0..(l+b-2)//b, then one
+    offset per further multiple of l, each present in rows qb >= d."""
+    nb, last, step = n // b, (l + b - 2) // b, l // b
+    qb = torch.arange(nb)
+    strides = (qb // step - (last // step + 1) + 1).clamp(min=0)
+    return int((qb.clamp(max=last) + 1 + strides).sum())
+
+
+@pytest.mark.parametrize("n,b,l", [(1 << 16, 16, 256), (1 << 16, 128, 128), (1 << 16, 16, 128),
+                                   (1 << 14, 32, 64), (1 << 14, 16, 1024)])
+def test_block_count_formulas(n, b, l):
+    """The arithmetic of docs/plan_benchmark.md, checked against the generators."""
+    assert layouts.fixed(n, b, l).nnz == fixed_count(n, b, l)
+    assert layouts.merged_strided(n, b, l).nnz == merged_count(n, b, l)
+    assert fixed_count(1 << 20, 16, 1024) == 35_651_584
+    assert fixed_count(1 << 20, 128, 1024) == 4_227_072

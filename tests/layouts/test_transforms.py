@@ -100,3 +100,23 @@ def test_stack_heads_and_st_mix():
     assert_exact(M, exp)
     assert M.name == "st_mix(l=32)" and M.head_perm == (-1, 0, -1, 0)
     assert_canonical(M)
+
+
+def test_reblock_keeps_shared_patterns():
+    L = layouts.fixed(2048, 32, 128, heads=8, num_verts=2)
+    for b in (16, 128):
+        R = L.reblock(b)
+        assert R.n_patterns == 2 and R.head_pattern == L.head_pattern
+    S = layouts.st_mix(1024, 32, 32, 6).reblock(16)
+    assert S.n_patterns == 2 and S.head_perm == (-1, 0) * 3
+
+
+def test_from_parts_rejects_bad_blocks():
+    with pytest.raises(LayoutError, match="twice"):
+        layouts.Layout.from_parts(64, 1, 16, "x", [0, 0], [1, 1], [0, 0], [0, 0])
+    with pytest.raises(LayoutError, match="diagonal"):
+        layouts.Layout.from_parts(64, 1, 16, "x", [0], [1], [0], [layouts.DIAG])
+    with pytest.raises(LayoutError, match="mask id"):
+        layouts.Layout.from_parts(64, 1, 16, "x", [0], [1], [0], [layouts.PARTIAL])
+    with pytest.raises(LayoutError, match="outside"):
+        layouts.Layout.from_parts(64, 1, 16, "x", [0], [4], [0], [layouts.FULL])

@@ -117,20 +117,29 @@ def _write_config(path, **kw):
     return path
 
 
-@pytest.mark.parametrize("fault, timeout, status, text", [
-    ("crash:sdpa", 120, "runtime_error", "worker died (exit code 86)"),
-    ("hang:sdpa", 10, "timeout", "killed after 10 s"),  # dense must finish within 10 s too
+@pytest.mark.parametrize("fault, timeout, layouts, status, text", [
+    ("crash:sdpa", 120, ["causal", "local"], "runtime_error", "worker died (exit code 86)"),
+    ("hang:sdpa", 10, ["causal"], "timeout", "killed after 10 s"),  # dense must finish in 10 s
 ])
 def test_isolate_survives_a_crashing_or_hanging_row(tmp_path, monkeypatch, fault, timeout,
-                                                    status, text):
+                                                    layouts, status, text):
     monkeypatch.setenv("STBENCH_SWEEP_FAULT", fault)
-    cfg = SweepConfig.from_toml(_write_config(tmp_path / "iso.toml", row_timeout_s=timeout))
+    cfg = SweepConfig.from_toml(_write_config(tmp_path / "iso.toml", row_timeout_s=timeout,
+                                              layouts=layouts))
     counts = run_sweep(cfg, tmp_path / "out", isolate=True, progress=False)
-    rows = {r.backend: r for r in _rows(tmp_path / "out")}
-    assert rows["sdpa"].status == status and text in rows["sdpa"].error
-    assert rows["dense"].status == "ok"  # a fresh worker went on with the rest
-    assert counts[status] == 1 and counts["ok"] == 1
+    rows = _rows(tmp_path / "out")
+    assert [(r.layout, r.backend) for r in rows] == [(lay, b) for lay in layouts
+                                                     for b in ("sdpa", "dense")]
+    for r in rows:
+        if r.backend == "sdpa":
+            assert r.status == status and text in r.error
+        else:
+            assert r.status == "ok"  # a fresh worker went on with the rest
+    assert counts[status] == len(layouts) and counts["ok"] == len(layouts)
     assert not list((tmp_path / "out" / ".work").glob("*.json"))  # task files cleaned up
+    # --resume after an isolated sweep measures nothing new
+    counts = run_sweep(cfg, tmp_path / "out", isolate=True, resume=True, progress=False)
+    assert counts["skipped"] == 2 * len(layouts) and len(_rows(tmp_path / "out")) == len(rows)
 
 
 def test_tuned_sweep_measures_the_pick_and_keeps_its_files_under_out(tmp_path, monkeypatch):
@@ -144,3 +153,16 @@ def test_tuned_sweep_measures_the_pick_and_keeps_its_files_under_out(tmp_path, m
     assert {r.block for r in cands if r.status == "ok"} == {16, 32, 64, 128}  # re-blocked
     assert (tmp_path / "out" / "tune.json").exists()
     assert not (tmp_path / "user-cache").exists()  # a sweep writes only under --out
+
+
+@pytest.mark.parametrize("exc, status", [
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "oom"),
+    (type("CompilationError", (Exception,), {})("at 12:4: bad"), "compile_error"),
+    (type("OutOfResources", (Exception,), {})("shared memory"), "compile_error"),
+    (backends.BackendUnavailable("no GPU"), "unsupported"),
+    (RuntimeError("CUDA error: an illegal memory access was encountered"), "runtime_error"),
+])
+def test_exceptions_map_to_statuses(exc, status):
+    from stbench.tuning.measure import classify_exception
+
+    assert classify_exception(exc) == status

@@ -73,3 +73,15 @@ def test_flops_of_a_causal_layout():
     assert timing.tflops(1.0, None) is None
     with pytest.raises(ValueError, match="mode"):
         timing.attention_flops(lay, 1, 64, "bwd")
+
+
+@pytest.mark.gpu
+def test_bench_cuda_events_and_peak_memory():
+    a = torch.randn(2048, 2048, device="cuda")
+    t = timing.bench(lambda: a @ a, warmup_ms=5, rep_ms=20)
+    assert t.device == "cuda" and t.reps >= 3 and 0 < t.p20_ms <= t.median_ms <= t.p80_ms
+    # 2 * 2048^3 flops: an H200 does this in well under 1 ms, far over 1 us
+    assert 1e-3 < t.median_ms < 50
+    peak = timing.peak_memory(lambda: torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda"))
+    assert peak >= 64 * 2**20
+    assert timing.time_prepare(lambda: a @ a) > 0
