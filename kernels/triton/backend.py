@@ -110,11 +110,11 @@ def attention(q, k, v, layout, scale: float, config: dict | None = None) -> torc
 
 
 def prepare(layout, q: torch.Tensor, config: dict | None = None, backward: bool = True) -> None:
-    """Build the plan and tile lists ahead of timing (they are cached)."""
-    from .op import prepare as op_prepare
+    """Do the host work ahead of timing or torch.compile: register the layout, resolve the
+    config, build the plan and tile lists (all cached)."""
+    from .op import _prepared
 
     check_available(q.device, q.dtype)
     check_head_dim(q.shape[-1])
-    _op_args(layout, q.shape[-1], q.dtype, config)
-    cfg = resolve_config(layout, q.shape[-1], q.dtype, config)
-    op_prepare(layout, cfg, q.device, backward_too=backward)
+    key, cfg_json = _op_args(layout, q.shape[-1], q.dtype, config)
+    _prepared(key, cfg_json, str(q.device), backward)

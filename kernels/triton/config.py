@@ -33,6 +33,7 @@ class KernelConfig:
     allow_tf32: bool = False  # fp32 inputs only: tf32 dots (about 1e-3 relative error)
     DQ_BLOCK_N: int = 0  # dQ's gathered key tile (0: BWD_BLOCK_N)
     DKV_BLOCK_M: int = 0  # dK/dV's gathered query tile (0: BWD_BLOCK_M)
+    split_union: bool = False  # merged strided layouts: two exact parts merged by LSE (compose.py)
 
     def dq_tiles(self) -> tuple[int, int]:
         """(query tile, key tile) of the dQ kernel."""
@@ -103,6 +104,12 @@ def _ok(cfg: KernelConfig, n_ctx: int, head_dim: int, dtype: torch.dtype) -> boo
     return True
 
 
+def _is_merged_strided(layout) -> bool:
+    from .compose import split_merged_strided
+
+    return split_merged_strided(layout) is not None
+
+
 def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     """Configurations for the autotuner (dicts of KernelConfig fields), pruned by ``_ok``.
     The default configuration comes first."""
@@ -126,7 +133,11 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
                         "DQ_BLOCK_N": 32, "DKV_BLOCK_M": 32, "bwd_warps": w, "bwd_stages": s})
         for w, s in ((4, 2), (4, 3), (8, 2))
     )
-    for cfg in itertools.chain(fwd, bwd, asym):
+    split = ()
+    if _is_merged_strided(layout):
+        split = (KernelConfig(**{**c.as_dict(), "split_union": True}) for c in
+                 (default, KernelConfig(**{**default.as_dict(), "BLOCK_M": 64})))
+    for cfg in itertools.chain(split, fwd, bwd, asym):
         if cfg not in seen and _ok(cfg, layout.n_ctx, head_dim, dtype):
             seen.add(cfg)
             out.append(cfg.as_dict())

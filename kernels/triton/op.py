@@ -22,7 +22,8 @@ import torch
 
 from stbench.layouts import Layout, plan_for
 
-from .backward import backward
+from .backward import backward, delta_of
+from .compose import split_merged_strided
 from .config import KernelConfig
 from .forward import forward
 from .tiles import tiles_for
@@ -68,21 +69,37 @@ def prepare(layout: Layout, cfg: KernelConfig, device, backward_too: bool = True
 
 @functools.lru_cache(maxsize=256)
 def _prepared(layout_key: str, config_json: str, device: str, backward_too: bool):
-    """(cfg, plan, fwd tiles, dQ tiles, dK/dV tiles), cached per (layout, config, device): the
-    host work of a repeated call is one dictionary lookup."""
+    """(cfg, parts): per part (plan, fwd tiles, dQ tiles, dK/dV tiles), cached per (layout,
+    config, device): the host work of a repeated call is one dictionary lookup. One part, or two
+    disjoint ones when ``cfg.split_union`` splits a merged strided layout (compose.py)."""
     cfg = KernelConfig.from_dict(json.loads(config_json))
-    return (cfg, *prepare(_layout(layout_key), cfg, device, backward_too))
+    layout = _layout(layout_key)
+    split = split_merged_strided(layout) if cfg.split_union else None
+    parts = split if split is not None else (layout,)
+    return cfg, tuple(prepare(p, cfg, device, backward_too) for p in parts)
 
 
 def _fwd_impl(q, k, v, layout_key, scale, config_json):
-    cfg, plan, tf, _, _ = _prepared(layout_key, config_json, str(q.device), False)
-    return forward(q.contiguous(), k.contiguous(), v.contiguous(), plan, tf, scale, cfg)
+    cfg, parts = _prepared(layout_key, config_json, str(q.device), False)
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    prev = None
+    for i, (plan, tf, _, _) in enumerate(parts):
+        last = i == len(parts) - 1
+        prev = forward(q, k, v, plan, tf, scale, cfg, out_dtype=None if last else torch.float32,
+                       prev=prev)
+    return prev
 
 
 def _bwd_impl(do, q, k, v, out, lse2, layout_key, scale, config_json):
-    cfg, plan, _, tq, tk = _prepared(layout_key, config_json, str(q.device), True)
-    c = lambda t: t.contiguous()  # noqa: E731
-    return backward(c(do), c(q), c(k), c(v), c(out), c(lse2), plan, tq, tk, scale, cfg)
+    cfg, parts = _prepared(layout_key, config_json, str(q.device), True)
+    do, q, k, v, out, lse2 = (t.contiguous() for t in (do, q, k, v, out, lse2))
+    delta = delta_of(out, do)
+    prev = None
+    for i, (plan, _, tq, tk) in enumerate(parts):
+        last = i == len(parts) - 1
+        prev = backward(do, q, k, v, out, lse2, plan, tq, tk, scale, cfg, delta=delta,
+                        grad_dtype=None if last else torch.float32, prev=prev)
+    return prev
 
 
 @torch.library.custom_op("stbench::triton_sparse_attn", mutates_args=())

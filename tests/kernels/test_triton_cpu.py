@@ -169,3 +169,17 @@ def test_compiled_model_calls_op(gen, device):
     loss.backward()
     torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(model.proj.weight.grad, g_eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_ctx, block, stride", [(512, 16, 32), (768, 32, 48)])
+def test_split_union_exact(n_ctx, block, stride, gen, device):
+    """merged_strided split into local + strict strided parts merged by LSE (compose.py):
+    forward and gradients equal the dense reference on the unsplit layout."""
+    from stbench.kernels.triton.compose import split_merged_strided
+
+    layout = layouts.merged_strided(n_ctx, block=block, stride=stride, heads=2)
+    local, stride_part = split_merged_strided(layout)
+    tm_a, tm_b = local.token_mask(), stride_part.token_mask()
+    assert torch.equal(tm_a | tm_b, layout.token_mask()) and not (tm_a & tm_b).any()
+    _check(layout, gen, device, dict(SMALL, split_union=True))
+    assert triton_backend.config_space(layout, 32, torch.float32)[1]["split_union"]
