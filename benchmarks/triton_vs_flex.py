@@ -5,8 +5,8 @@
     python3 benchmarks/triton_vs_flex.py --suite paper --out ...      # exact masks, item 3
     python3 benchmarks/triton_vs_flex.py --suite scale --ns 131072,1048576 --out ...
 
-Per problem: the Triton output is checked against the dense reference first (forward; the
-gradients too up to N = 4096), then a few Triton configurations are timed (a mini-tune over
+Per problem: every Triton configuration tried is first checked against the dense reference
+(forward; the gradients too up to N = 4096; fresh inputs), then timed (a mini-tune over
 ``CANDIDATES``; every candidate is a ``tune`` row, the best the ``sweep`` row) and the FlexAttention
 peer (``stbench.kernels.flex``; for the paper's masks, a BlockMask from the token predicate at
 its default block 128 and at block 64 with 64 tiles, as a user would write it). Times come from
@@ -54,6 +54,8 @@ def candidates(layout, mode):
         for bm, bn, w in BWD_CANDIDATES:
             if layout.n_ctx % max(bm, bn) == 0:
                 out.append({**base, "BWD_BLOCK_M": bm, "BWD_BLOCK_N": bn, "bwd_warps": w})
+    if base["split_union"]:  # merged strided: the split (default) and the unsplit form
+        out += [{**c, "split_union": False} for c in list(out)]
     uniq = []
     for c in out:
         if c not in uniq:
@@ -71,27 +73,37 @@ def make_call(fn, q, k, v, do, mode):
     return step
 
 
-def check(layout, q, k, v, do, mode, scale, cfg):
-    """(err, tol, how) of the Triton output (and grads for small N) against dense."""
-    grads = mode == "fwd+bwd" and layout.n_ctx <= GRAD_CHECK_MAX_N
-    g = torch.Generator(device="cpu").manual_seed(12345 + layout.n_ctx)  # fresh inputs
-    fresh = [torch.randn(q.shape, generator=g).to(q.device) for _ in range(4)]
-    hi = [t.float().clone().requires_grad_(grads) for t in fresh[:3]]
-    lo = [t.to(q.dtype).clone().requires_grad_(grads) for t in fresh[:3]]
-    ins = [t.to(q.dtype).clone().requires_grad_(grads) for t in fresh[:3]]
-    ref_hi = dense.attention(*hi, layout, scale)
-    ref_lo = dense.attention(*lo, layout, scale)
-    out = tb.attention(*ins, layout, scale, cfg)
-    ok, err, tol = accuracy.within(out, ref_hi, ref_lo, q.dtype)
-    how = "fwd"
-    if grads:
-        for t in (out, ref_hi, ref_lo):
-            t.backward(fresh[3].to(t.dtype))
-        for a, b, c in zip(ins, hi, lo):
-            ok2, e2, t2 = accuracy.within(a.grad, b.grad, c.grad, q.dtype)
-            ok, err, tol = ok and ok2, max(err, e2), max(tol, t2)
-        how = "fwd+grads"
-    return ok, err, tol, how + " vs dense fp32/bf16"
+class Checker:
+    """Dense references computed once per problem on fresh inputs; ``check(cfg)`` returns
+    (ok, err, tol, how) of one Triton config (forward; gradients too up to N = 4096)."""
+
+    def __init__(self, layout, q, mode, scale):
+        self.layout, self.scale, self.dtype = layout, scale, q.dtype
+        self.grads = mode == "fwd+bwd" and layout.n_ctx <= GRAD_CHECK_MAX_N
+        g = torch.Generator(device="cpu").manual_seed(12345 + layout.n_ctx)  # fresh inputs
+        self.fresh = [torch.randn(q.shape, generator=g).to(q.device) for _ in range(4)]
+        hi = [t.float().clone().requires_grad_(self.grads) for t in self.fresh[:3]]
+        lo = [t.to(q.dtype).clone().requires_grad_(self.grads) for t in self.fresh[:3]]
+        self.ref_hi = dense.attention(*hi, layout, scale)
+        self.ref_lo = dense.attention(*lo, layout, scale)
+        self.grad_refs = None
+        if self.grads:
+            for t in (self.ref_hi, self.ref_lo):
+                t.backward(self.fresh[3].to(t.dtype))
+            self.grad_refs = [(a.grad, b.grad) for a, b in zip(hi, lo)]
+
+    def check(self, cfg):
+        ins = [t.to(self.dtype).clone().requires_grad_(self.grads) for t in self.fresh[:3]]
+        out = tb.attention(*ins, self.layout, self.scale, cfg)
+        ok, err, tol = accuracy.within(out, self.ref_hi, self.ref_lo, self.dtype)
+        how = "fwd"
+        if self.grads:
+            out.backward(self.fresh[3].to(out.dtype))
+            for a, (b, c) in zip(ins, self.grad_refs):
+                ok2, e2, t2 = accuracy.within(a.grad, b, c, self.dtype)
+                ok, err, tol = ok and ok2, max(err, e2), max(tol, t2)
+            how = "fwd+grads"
+        return ok, err, tol, how + " vs dense fp32/bf16"
 
 
 def row(prob, layout, backend, status, env, **kw):
@@ -122,15 +134,15 @@ def run_problem(prob, out_path, env, table, flex_variants):
     flops = timing.attention_flops(layout, prob.batch, prob.head_dim, prob.mode)
     rows, best = [], None
     cands = candidates(layout, prob.mode)
-    ok, err, tol, how = check(layout, q, k, v, do, prob.mode, scale, cands[0])
-    if not ok:
-        rows.append(row(prob, layout, "triton", "incorrect", env, err=err, tol=tol, check=how,
-                        config=cands[0]))
-        results.append_rows(out_path, rows)
-        print(f"INCORRECT {prob.label()} err={err:.3g} tol={tol:.3g}", flush=True)
-        return
+    checker = Checker(layout, q, prob.mode, scale)
     for cfg in cands:
         try:
+            ok, err, tol, how = checker.check(cfg)  # every candidate is checked before timing
+            if not ok:
+                print(f"INCORRECT {prob.label()} {cfg} err={err:.3g} tol={tol:.3g}", flush=True)
+                rows.append(row(prob, layout, "triton", "incorrect", env, err=err, tol=tol,
+                                check=how, config=cfg, kind="tune"))
+                continue
             fn = make_call(lambda a, b, c, cfg=cfg: tb.attention(a, b, c, layout, scale, cfg),
                            q, k, v, do, prob.mode)
             t0 = time.perf_counter()
@@ -193,15 +205,51 @@ def paper_flex(layout, prob, scale):
     return out
 
 
+def plot(jsonl: str, png: str) -> None:
+    """Bar chart of the ``sweep`` rows' median times (log scale), per layout and mode, one bar
+    per backend (a failed backend shows no bar): a pure function of the JSONL file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results.read_rows(jsonl) if r.kind == "sweep"]
+    keys = sorted({(r.layout, r.mode, r.n_ctx) for r in rows})
+    backends = sorted({r.backend for r in rows})
+    fig, ax = plt.subplots(figsize=(1.2 * len(keys) + 2, 4))
+    width = 0.8 / max(1, len(backends))
+    for i, be in enumerate(backends):
+        ys = []
+        for key in keys:
+            hit = [r for r in rows if (r.layout, r.mode, r.n_ctx) == key and r.backend == be
+                   and r.status == "ok"]
+            ys.append(hit[0].median_ms if hit else float("nan"))
+        ax.bar([j + i * width for j in range(len(keys))], ys, width, label=be)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
+    ax.set_xticklabels([f"{lay}\n{mode}\nN={n}" for lay, mode, n in keys], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("median ms (log)")
+    ax.legend()
+    ax.set_title(f"{jsonl.split('/')[-1]}: bf16, H=8, D=64, B*N=65536")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--suite", choices=("standard", "paper", "scale"), default="standard")
     ap.add_argument("--ns", default="1024,4096,16384,65536")
     ap.add_argument("--layouts", default=",".join(problems.STANDARD_LAYOUTS))
     ap.add_argument("--modes", default="fwd,fwd+bwd")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="JSONL to append rows to (required unless --plot)")
+    ap.add_argument("--plot", nargs=2, metavar=("JSONL", "PNG"), help="only plot a results file")
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new problems after")
     args = ap.parse_args(argv)
+    if args.plot:
+        plot(*args.plot)
+        return 0
+    if not args.out:
+        ap.error("--out is required (or use --plot JSONL PNG)")
     modes = tuple(args.modes.split(","))
     ns = [int(x) for x in args.ns.split(",")]
     if args.suite == "standard":

@@ -11,6 +11,7 @@ Standard problem: bf16, H = 8, D = 64, B x N = 65,536 tokens, N = 1024 .. 65536,
     st_mix    even heads local(l), odd heads strided(l)
     paper_fixed  the paper's exact fixed mask: l = 128, c = vertsize * block = 32 (block 32)
     paper_union  the paper's merged strided head: local(128) or (q - k) % 128 == 0 (block 16)
+    paper_*_128  the same two masks re-blocked to 128 (FlexAttention's default granularity)
 
 A spec names a builder and its parameters; parameters left out follow the stride rule, so one
 spec serves every N. Building goes through ``stbench.layouts``' generators.
@@ -137,6 +138,7 @@ class LayoutSpec:
     block: int = STANDARD_BLOCK
     params: tuple[tuple[str, object], ...] = ()
     fit_block: bool = False  # if the pattern cannot exist at ``block``, use the largest that fits
+    reblock: int | None = None  # then re-block the same token pattern to this block (exact)
 
     def __post_init__(self):
         if self.builder not in BUILDERS:
@@ -144,6 +146,9 @@ class LayoutSpec:
                 f"layout {self.name!r}: builder={self.builder!r} is unknown: use one of "
                 f"{', '.join(BUILDERS)}"
             )
+        if self.reblock is not None and self.reblock not in layouts.ALLOWED_BLOCKS:
+            raise ValueError(f"layout {self.name!r}: reblock={self.reblock!r} must be one of "
+                             f"{layouts.ALLOWED_BLOCKS}")
 
     def build(self, n_ctx: int, heads: int, block: int | None = None) -> layouts.Layout:
         """The layout at ``n_ctx`` with ``heads`` heads (LayoutError when it cannot exist; with
@@ -160,11 +165,14 @@ class LayoutSpec:
             except layouts.LayoutError:
                 if i == len(tries) - 1:
                     raise
+        if self.reblock and block is None:
+            lay = lay.reblock(self.reblock)
         return lay.renamed(self.name) if lay.name != self.name else lay
 
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.params)
-        return f"{self.builder}({args})"
+        tail = f" re-blocked to {self.reblock}" if self.reblock else ""
+        return f"{self.builder}({args}) at block {self.block}{tail}"
 
 
 LAYOUT_SPECS: dict[str, LayoutSpec] = {
@@ -178,6 +186,11 @@ LAYOUT_SPECS: dict[str, LayoutSpec] = {
         LayoutSpec("paper_fixed", "fixed", block=32,
                    params=(("stride", PAPER_STRIDE), ("c", PAPER_C))),
         LayoutSpec("paper_union", "merged_strided", block=16, params=(("stride", PAPER_STRIDE),)),
+        # the same exact masks at block 128, as a user hands them to FlexAttention by default
+        LayoutSpec("paper_fixed_128", "fixed", block=32,
+                   params=(("stride", PAPER_STRIDE), ("c", PAPER_C)), reblock=128),
+        LayoutSpec("paper_union_128", "merged_strided", block=16,
+                   params=(("stride", PAPER_STRIDE),), reblock=128),
     )
 }
 STANDARD_LAYOUTS = ("causal", "local", "strided", "fixed", "st_mix")

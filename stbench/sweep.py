@@ -19,7 +19,8 @@ Robustness: every exception is a row and the sweep goes on; ``--resume`` skips r
 TASK.json``, an argv list, no shell) that reports each row's start and end on stdout: a row that
 crashes the worker (illegal address, segfault) becomes a ``runtime_error`` row, one that runs past
 ``row_timeout_s`` is killed and becomes a ``timeout`` row, and a fresh worker continues with the
-rows after it (one worker start per crash, not per row). Without ``--isolate`` a hung kernel
+rows after it (one worker start per crash, not per row); each worker's stderr is kept in
+``OUT/.work/task-*.log``. Without ``--isolate`` a hung kernel
 cannot be interrupted and a crash ends the sweep (``--resume`` continues after the rows written). A sweep writes only under ``--out``.
 """
 
@@ -117,14 +118,16 @@ class SweepConfig:
                 t = dict(defs[name])
                 builder = t.pop("builder", name)
                 block = t.pop("block", d.get("block", STANDARD_BLOCK))
-                specs.append(LayoutSpec(name, builder, block, tuple(sorted(t.items()))))
+                reblock = t.pop("reblock", None)
+                specs.append(LayoutSpec(name, builder, block, tuple(sorted(t.items())),
+                                        reblock=reblock))
             else:
                 s = layout_spec(name)
                 if "block" in d:
-                    s = LayoutSpec(s.name, s.builder, d["block"], s.params)
+                    s = replace(s, block=d["block"])
                 specs.append(s)
         if d.get("fit_block"):
-            specs = [LayoutSpec(s.name, s.builder, s.block, s.params, True) for s in specs]
+            specs = [replace(s, fit_block=True) for s in specs]
         for b in d["backends"]:
             backends.info(b)  # UnknownBackend names the registered ones
         kw = {k: d[k] for k in ("name", "tokens", "batch", "heads", "head_dim", "warmup_ms",

@@ -73,16 +73,27 @@ def _largest_divisor_tile(n_ctx: int, want: int) -> int:
     return t
 
 
+# Below this block density the standard layouts are latency-bound (1-3 tiles per query tile):
+# 64-row tiles with 4 warps and 3 stages measured best there, 128 x 64 with 8 warps and 3 stages
+# on causal / fixed (H200, N = 65536, bf16: reports/triton/triton_vs_flex_n65536.jsonl).
+SPARSE_BLOCK_DENSITY = 0.05
+
+
 def default_config(layout, head_dim: int, dtype: torch.dtype) -> KernelConfig:
-    """A sound untuned choice: 128-row query tiles (64 for D=128 or fp32), 64-wide key tiles,
-    shrunk to divide N; the backward at 64 x 64."""
+    """A sound untuned choice, from the measured mini-tune: 16-bit, D <= 64: 128 x 64 tiles,
+    8 warps, 3 stages (64 x 64, 4 warps, 3 stages on layouts sparser than
+    SPARSE_BLOCK_DENSITY); D = 128 or fp32: 64-row tiles, 2 stages (shared memory); tiles
+    shrunk to divide N; the backward at 64 x 64 (32 x 32 for fp32 at D = 128). A merged
+    strided layout is split (``split_union``, compose.py) and run with 64-row tiles."""
     wide = head_dim >= 128 or dtype == torch.float32
-    bm = _largest_divisor_tile(layout.n_ctx, 64 if wide else 128)
+    split = _is_merged_strided(layout)  # exact split: 3-9x less work than any single layout
+    sparse = split or layout.block_density < SPARSE_BLOCK_DENSITY
+    bm = _largest_divisor_tile(layout.n_ctx, 64 if (wide or sparse) else 128)
     bn = 32 if (wide and head_dim >= 128 and dtype == torch.float32) else 64
     bwd = _largest_divisor_tile(layout.n_ctx, 64 if not (wide and head_dim >= 128) else 32)
     return KernelConfig(
-        BLOCK_M=bm, BLOCK_N=bn, num_warps=8 if bm >= 128 else 4, num_stages=2,
-        BWD_BLOCK_M=bwd, BWD_BLOCK_N=bwd, bwd_warps=4, bwd_stages=2,
+        BLOCK_M=bm, BLOCK_N=bn, num_warps=8 if bm >= 128 else 4, num_stages=2 if wide else 3,
+        BWD_BLOCK_M=bwd, BWD_BLOCK_N=bwd, bwd_warps=4, bwd_stages=2, split_union=split,
     )
 
 
@@ -134,9 +145,8 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
         for w, s in ((4, 2), (4, 3), (8, 2))
     )
     split = ()
-    if _is_merged_strided(layout):
-        split = (KernelConfig(**{**c.as_dict(), "split_union": True}) for c in
-                 (default, KernelConfig(**{**default.as_dict(), "BLOCK_M": 64})))
+    if default.split_union:  # the unsplit form too (the tuner measures what the split buys)
+        split = (KernelConfig(**{**default.as_dict(), "split_union": False}),)
     for cfg in itertools.chain(split, fwd, bwd, asym):
         if cfg not in seen and _ok(cfg, layout.n_ctx, head_dim, dtype):
             seen.add(cfg)

@@ -39,6 +39,8 @@ def register(subparsers) -> None:
     p.add_argument("--modes", type=_csv, default=None, help="override modes (fwd,fwd+bwd)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the grid (rows, and which layouts exist at which block) and exit")
     p.set_defaults(func=run)
 
 
@@ -54,6 +56,8 @@ def run(args) -> int:
                                  modes=args.modes)
         if args.max_minutes is not None and args.max_minutes <= 0:
             raise SweepError("--max-minutes must be positive")
+        if args.dry_run:
+            return _dry_run(cfg, console)
         counts = run_sweep(cfg, args.out, resume=args.resume, isolate=args.isolate,
                            tune=args.tune, max_minutes=args.max_minutes, device=args.device,
                            progress=not args.no_progress)
@@ -67,4 +71,25 @@ def run(args) -> int:
                   f"{args.out}/results.jsonl")
     if stopped:
         console.print("[yellow]stopped at --max-minutes; rerun with --resume to continue[/yellow]")
+    return 0
+
+
+def _dry_run(cfg, console) -> int:
+    """The grid's size and each (layout, N)'s block (or why it does not exist)."""
+    from stbench.sweep import plan_groups
+
+    groups = plan_groups(cfg)
+    console.print(f"sweep {cfg.name}: {len(groups)} groups (N x layout x dtype), "
+                  f"{sum(len(g.items) for g in groups)} rows (x modes {list(cfg.modes)} "
+                  f"x backends {list(cfg.backends)})")
+    for g in groups:
+        spec = cfg.spec(g.layout)
+        try:
+            lay = spec.build(g.n, cfg.heads)
+            what = (f"block {lay.block}, block density {lay.block_density:.4f}, "
+                    f"token density {lay.token_density:.4f}")
+        except ValueError as exc:
+            what = f"does not exist: {exc}"
+        console.print(f"  {g.layout:12s} N={g.n:<6d} B={cfg.batch_for(g.n):<4d} {what}",
+                      soft_wrap=True)
     return 0

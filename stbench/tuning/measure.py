@@ -39,8 +39,10 @@ def classify_exception(exc: BaseException) -> str:
     text = str(exc).lower()
     if isinstance(exc, OOM_ERRORS) or "out of memory" in text:
         return "oom"
-    if isinstance(exc, backends.BackendUnavailable):
-        return "unsupported"
+    if isinstance(exc, backends.BackendUnavailable) or (
+            isinstance(exc, (ValueError, TypeError, NotImplementedError))
+            and ("not supported" in text or "unsupported" in text)):
+        return "unsupported"  # the backend refuses these inputs, saying so
     if ("compil" in name.lower() or name == "OutOfResources"  # triton: tiles too large
             or module.startswith(("triton.compiler", "torch._inductor", "torch._dynamo"))
             or "nvrtc" in text or "compilation" in text):

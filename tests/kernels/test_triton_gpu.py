@@ -114,3 +114,10 @@ PAPER_CONFIGS = (
 def test_paper_masks(name, cfg, gen):
     """The paper's exact masks at their fine blocks, under tiles that gather several blocks."""
     _run(PAPER[name](3072), torch.bfloat16, 64, gen, batch=1, config=cfg)
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32), ids=str)
+def test_split_union(dtype, gen):
+    """The merged strided head computed as local + strict strided parts merged by LSE."""
+    lay = layouts.merged_strided(4096, block=16, stride=128, heads=2)
+    _run(lay, dtype, 64, gen, batch=1, config={"split_union": True})

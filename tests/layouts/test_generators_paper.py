@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stbench import layouts
 from stbench.layouts import LayoutError
@@ -161,3 +163,35 @@ def test_block_count_formulas(n, b, l):
     assert layouts.merged_strided(n, b, l).nnz == merged_count(n, b, l)
     assert fixed_count(1 << 20, 16, 1024) == 35_651_584
     assert fixed_count(1 << 20, 128, 1024) == 4_227_072
+
+
+@st.composite
+def paper_params(draw):
+    block = draw(st.sampled_from([16, 32, 64, 128]))
+    n = block * draw(st.integers(1, 8))
+    return n, block, draw(st.integers(1, 3))
+
+
+@settings(max_examples=30, deadline=None)
+@given(paper_params(), st.integers(1, 300), st.data())
+def test_paper_generators_random_parameters(params, l, data):
+    """local / merged_strided at any window or stride; strided and fixed wherever valid."""
+    n, block, heads = params
+    q = torch.arange(n).view(-1, 1)
+    k = torch.arange(n).view(1, -1)
+    d = q - k
+    assert_exact(layouts.local(n, block, l, heads), ((d >= 0) & (d < l)).expand(heads, n, n))
+    assert_exact(layouts.merged_strided(n, block, l, heads),
+                 ((d >= 0) & ((d < l) | (d % l == 0))).expand(heads, n, n))
+    divisors = [x for x in range(1, n + 1) if n % x == 0 and (n // x) % block == 0]
+    sl = data.draw(st.sampled_from(divisors))
+    assert_exact(layouts.strided(n, block, sl, heads), ((d >= 0) & (d % sl == 0)).expand(heads, n, n))
+    fl = block * data.draw(st.integers(1, 4))
+    s = fl // block
+    vs = data.draw(st.sampled_from([v for v in range(1, s + 1) if s % v == 0]))
+    nv = data.draw(st.sampled_from([v for v in range(1, s // vs + 1) if heads % v == 0] or [1]))
+    c = vs * block
+    exp = torch.stack([(k <= q) & ((q // fl == k // fl) | ((fl - (h % nv + 1) * c <= k % fl)
+                                                          & (k % fl < fl - (h % nv) * c)))
+                       for h in range(heads)])
+    assert_exact(layouts.fixed(n, block, fl, heads, nv, vs), exp)
