@@ -451,7 +451,10 @@ class _NewRows:
 def _watch_worker(task: Path, log: Path, row_timeout: float, ended):
     """Run one worker, calling ``ended(i)`` as it finishes item i. Returns ('done'|'stopped',
     n_finished, '') or ('crash'|'timeout', index of the item it died on, detail)."""
-    argv = [sys.executable, "-m", "stbench.sweep", "--worker", str(task)]
+    # -P: do not put the working directory first on sys.path, where a source checkout's
+    # stbench/ folder would shadow the installed package (its layouts/ etc. are mapped in)
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    argv = [sys.executable, *safe_path, "-m", "stbench.sweep", "--worker", str(task)]
     with log.open("w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True,
                                 start_new_session=True)

@@ -51,8 +51,9 @@ def test_quick_preset_end_to_end_with_failures_and_resume(tmp_path, broken_backe
         sdpa = by[("causal", mode, "sdpa")]
         assert sdpa.status == "ok" and sdpa.check == "full" and sdpa.err <= sdpa.tol
     assert by[("strided", "fwd", "sdpa")].status == "unsupported"
-    assert "GPU" in by[("causal", "fwd", "cupy")].error or "CUDA" in by[
-        ("causal", "fwd", "cupy")].error
+    cupy_why = by[("causal", "fwd", "cupy")].error  # no GPU here, or no cupy at all (CI)
+    assert by[("causal", "fwd", "cupy")].status == "unsupported"
+    assert "GPU" in cupy_why or "CUDA" in cupy_why or "not installed" in cupy_why
     assert by[("causal", "fwd", "broken")].status == "runtime_error"
     assert "illegal memory access" in by[("causal", "fwd", "broken")].error
     assert by[("causal", "fwd+bwd", "broken")].status == "oom"
