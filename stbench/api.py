@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from stbench import backends
-from stbench.layouts import Layout
+from stbench.layouts import Layout, LayoutError
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -72,19 +73,35 @@ def validate_inputs(q, k, v, layout, scale) -> float:
     return scale
 
 
-def resolve_backend(name: str, q: torch.Tensor, layout: Layout) -> tuple[str, dict | None]:
-    """Backend name and tuned config for ``name`` ('auto' consults the tuning cache)."""
+@functools.lru_cache(maxsize=16)
+def _reblocked(layout: Layout, block: int) -> Layout:
+    """``layout`` at another block size, built once per (layout content, block)."""
+    return layout.reblock(block)
+
+
+def resolve_backend(
+    name: str, q: torch.Tensor, layout: Layout
+) -> tuple[str, dict | None, Layout]:
+    """Backend name, tuned config and the layout to run for ``name``. 'auto' consults the
+    tuning cache, whose pick may be the same token pattern at another block granularity."""
     if name != "auto":
         backends.info(name)  # raises UnknownBackend listing the registered names
-        return name, None
+        return name, None, layout
     from stbench import autotune  # local import: the tuner imports this module
 
-    picked = autotune.cached_pick(layout, q)
+    picked = autotune.cached_best(layout, q)
     if picked is not None:
-        return picked
+        backend, config, block = picked
+        if block != layout.block:
+            try:
+                layout = _reblocked(layout, block)
+            except LayoutError:  # that granularity is not exact for this pattern: stay
+                config = None
+        if config is not None:
+            return backend, config, layout
     for candidate in backends.AUTO_FALLBACK_ORDER:
         if backends.unavailable_reason(candidate, q.device, q.dtype, layout) is None:
-            return candidate, None
+            return candidate, None, layout
     raise backends.BackendUnavailable(f"no backend can run on {q.device} with {q.dtype}")
 
 
@@ -95,11 +112,12 @@ def attention(q, k, v, layout: Layout, backend: str = "auto", scale=None, config
     ``out[b,h,i] = sum_j softmax_j(scale * q_i . k_j) v_j`` over the j where
     ``layout.token_mask()[h, i, j]``; a row with no allowed key is zero. ``scale`` defaults to
     1/sqrt(D). ``backend``: a registered name (see ``stbench.backends.names()``) or 'auto', the
-    fastest tuned backend that runs here. ``config``: a backend configuration (tiles, warps...),
+    fastest tuned backend that runs here, at the block granularity the autotuner found best
+    (re-blocking is exact: the token pattern, and so the result, is unchanged). ``config``: a backend configuration (tiles, warps...),
     default: the tuned or built-in one.
     """
     scale = validate_inputs(q, k, v, layout, scale)
-    name, tuned = resolve_backend(backend, q, layout)
+    name, tuned, layout = resolve_backend(backend, q, layout)
     module = backends.load(name)
     module.check_available(q.device, q.dtype)
     if hasattr(module, "supports"):

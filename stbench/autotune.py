@@ -15,7 +15,8 @@ with the full timer budget before the pick.
 
 The pick is saved in the persistent cache (``tuning/cache.py``) under the layout's hash and under
 the hash of each re-blocked variant (with that block's best), so ``stbench.attention(...,
-backend='auto')`` finds it through ``cached_pick``.
+backend='auto')`` finds it through ``cached_best`` (at the tuned block) or ``cached_pick``
+(at the layout's own block).
 """
 
 from __future__ import annotations
@@ -268,6 +269,29 @@ def cached_entry(layout, q, mode: str | None = None, objective: str = "time", pa
                          objective, path=path)
         if e is not None:
             return e
+    return None
+
+
+def cached_best(layout, q, path=None) -> tuple[str, dict, int] | None:
+    """(backend, config, block): the overall best tuned for this layout and q's shape, dtype and
+    this environment, whose block may differ from the layout's own (then run it on
+    ``layout.reblock(block)``, the same token pattern); falls back to the best at the layout's
+    own block when the overall winner cannot run here; None when nothing usable is cached."""
+    try:
+        e = cached_entry(layout, q, path=path)
+    except Exception:  # noqa: BLE001 - a broken cache must never break attention()
+        return None
+    if e is None:
+        return None
+    for pick in (e, e.get("same_block") or {}):
+        name, config, block = pick.get("backend"), pick.get("config"), pick.get("block")
+        if (not isinstance(name, str) or not isinstance(config, dict)
+                or name not in backends.REGISTRY):
+            continue
+        if not isinstance(block, int) or pick is not e:
+            block = layout.block
+        if backends.unavailable_reason(name, q.device, q.dtype) is None:
+            return name, config, block
     return None
 
 

@@ -132,6 +132,29 @@ def test_tune_fake_backend(fake_backend, tmp_path, strategy):
     assert (time.perf_counter() - t) / 10 < 0.05  # TARGETS.md item 5: < 50 ms
 
 
+def test_auto_runs_the_tuned_block(fake_backend, tmp_path, monkeypatch):
+    """backend='auto' runs the overall pick, re-blocking the layout to the tuned block (32),
+    and the answer is still the layout's exact attention."""
+    import stbench
+
+    monkeypatch.setenv("STBENCH_CACHE_DIR", str(tmp_path))
+    prob = _tiny_problem()
+    autotune.tune(prob, [fake_backend], device="cpu", strategy="exhaustive", settings=FAST,
+                  final=FAST_FINAL, cache_path=tmp_path / cache.FILE_NAME)
+    lay64 = prob.build_layout()
+    assert lay64.block == 64
+    seen = []  # the spy computes without the fake's memo (keyed by data_ptr, reused here)
+    monkeypatch.setattr(sys.modules["stbench_fake_backend"], "attention",
+                        lambda q, k, v, layout, scale, config=None:
+                        seen.append((layout.block, config))
+                        or _masked_attention(q, k, v, layout, scale))
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(1, 2, 128, 16, generator=g) for _ in range(3))
+    out = stbench.attention(q, k, v, lay64, backend="auto")
+    assert seen == [(32, {"delay_ms": 10})]
+    assert torch.allclose(out, _masked_attention(q, k, v, lay64, 16**-0.5), atol=1e-6)
+
+
 def test_time_under_budget_needs_a_budget():
     with pytest.raises(ValueError, match="memory_budget"):
         autotune.tune(_tiny_problem(), ["dense"], device="cpu", objective="time_under_budget")
