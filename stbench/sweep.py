@@ -15,28 +15,18 @@ H N^2 = 8 x 16384^2 score entries, 256 seeded rows per head beyond (``tuning.che
 
 Robustness: every exception is a row and the sweep goes on; ``--resume`` skips rows already in
 ``results.jsonl``; ``--max-minutes`` stops cleanly before starting a row past the budget;
-``--isolate`` runs the rows in a worker subprocess (``python -m stbench.sweep --worker
-TASK.json``, an argv list, no shell) that reports each row's start and end on stdout: a row that
-crashes the worker (illegal address, segfault) becomes a ``runtime_error`` row, one that runs past
-``row_timeout_s`` is killed and becomes a ``timeout`` row, and a fresh worker continues with the
-rows after it (one worker start per crash, not per row); each worker's stderr is kept in
-``OUT/.work/task-*.log``. Without ``--isolate`` a hung kernel
-cannot be interrupted and a crash ends the sweep (``--resume`` continues after the rows written). A sweep writes only under ``--out``.
+``--isolate`` runs the rows in worker subprocesses (``stbench/isolation.py``), so that a row that
+crashes (illegal address) or hangs becomes a ``runtime_error`` or ``timeout`` row. Without
+``--isolate`` a hung kernel cannot be interrupted and a crash ends the sweep (``--resume``
+continues after the rows written). A sweep writes only under ``--out``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -50,14 +40,6 @@ from stbench.tuning.measure import (BenchSettings, classify_exception, error_tex
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 WORK_DIR = ".work"
 TUNE_CACHE = "tune.json"
-BEGIN, END, STOP = "STBENCH-BEGIN", "STBENCH-END", "STBENCH-STOP"
-WORKER_STARTUP_S = 180  # imports, CUDA context, first compilation before a worker's first row
-TUNE_TIMEOUT_FACTOR = 20  # a tuned row may take this many row timeouts (many candidates)
-# Fault injection for testing isolation: STBENCH_SWEEP_FAULT=crash:BACKEND (the worker exits
-# abruptly when it starts a row of BACKEND) or hang:BACKEND (it sleeps). Workers only.
-FAULT_ENV = "STBENCH_SWEEP_FAULT"
-FAULT_EXIT_CODE = 86
-FAULT_HANG_S = 3600
 
 
 class SweepError(ValueError):
@@ -331,7 +313,10 @@ def run_sweep(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool 
 
     with bar:
         if isolate:
-            finished = _run_isolated(cfg, groups, out_dir, device, tune, deadline, on_row)
+            from stbench import isolation  # imports this module: import it here
+
+            finished = isolation.run_isolated(cfg, groups, out_dir, device, tune, deadline,
+                                              on_row)
         else:
             finished = True
             for g in groups:
@@ -378,162 +363,3 @@ class _Progress:
     def advance(self, last: str) -> None:
         if self.enabled:
             self.p.update(self.task, advance=1, last=last)
-
-
-# ----------------------------------------------------------------------------- isolation
-def _regroup(pending: list) -> list[Group]:
-    """[(group, item)] -> groups of consecutive items of one (N, layout, dtype)."""
-    out: list[Group] = []
-    for g, item in pending:
-        if out and (out[-1].n, out[-1].layout, out[-1].dtype) == (g.n, g.layout, g.dtype):
-            out[-1] = Group(g.n, g.layout, g.dtype, out[-1].items + (item,))
-        else:
-            out.append(Group(g.n, g.layout, g.dtype, (item,)))
-    return out
-
-
-def _run_isolated(cfg, groups: list[Group], out_dir: Path, device, tune, deadline,
-                  on_row) -> bool:
-    """Run every item in one worker subprocess; after a crash or a timeout, record that item's
-    row and start a fresh worker with the items after it."""
-    work = out_dir / WORK_DIR
-    work.mkdir(parents=True, exist_ok=True)
-    out = out_dir / results.RESULTS_FILE
-    pending = [(g, item) for g in groups for item in g.items]
-    row_timeout = cfg.row_timeout_s * (TUNE_TIMEOUT_FACTOR if tune else 1)
-    while pending:
-        task = work / f"task-{os.getpid()}-{time.time_ns()}.json"
-        task.write_text(json.dumps({
-            "config": cfg.source, "groups": [asdict(g) for g in _regroup(pending)],
-            "out": str(out_dir), "device": device, "tune": tune, "deadline": deadline,
-        }))
-        tail = _NewRows(out)
-        outcome, index, detail = _watch_worker(
-            task, task.with_suffix(".log"), row_timeout,
-            lambda i, tail=tail: [on_row(r) for r in tail.read()])
-        task.unlink(missing_ok=True)
-        if outcome == "done":
-            return True
-        if outcome == "stopped":
-            return False
-        # crash or timeout at pending[index]: record it, go on with the rest in a fresh worker
-        g, (mode, backend) = pending[index]
-        prob = cfg.problem(g.n, g.layout, g.dtype, mode)
-        status = "timeout" if outcome == "timeout" else "runtime_error"
-        row = make_row(prob, None, backend, status, block=prob.layout.block, error=detail)
-        results.append_rows(out, [row])
-        on_row(row)
-        pending = pending[index + 1:]
-        if deadline is not None and time.time() > deadline:
-            return False
-    return True
-
-
-class _NewRows:
-    """Rows appended to a results file since this object was made."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.offset = path.stat().st_size if path.exists() else 0
-
-    def read(self) -> list:
-        if not self.path.exists():
-            return []
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return [results.row_from_dict(json.loads(line), str(self.path))
-                for line in data[:end].decode("utf-8").splitlines() if line.strip()]
-
-
-def _watch_worker(task: Path, log: Path, row_timeout: float, ended):
-    """Run one worker, calling ``ended(i)`` as it finishes item i. Returns ('done'|'stopped',
-    n_finished, '') or ('crash'|'timeout', index of the item it died on, detail)."""
-    # -P: do not put the working directory first on sys.path, where a source checkout's
-    # stbench/ folder would shadow the installed package (its layouts/ etc. are mapped in)
-    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
-    argv = [sys.executable, *safe_path, "-m", "stbench.sweep", "--worker", str(task)]
-    with log.open("w") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True,
-                                start_new_session=True)
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-        finished = 0
-        limit = time.time() + WORKER_STARTUP_S + row_timeout
-        while True:
-            try:
-                line = lines.get(timeout=max(0.1, limit - time.time()))
-            except queue.Empty:
-                line = ""
-            if line is None:  # stdout closed: the worker exited
-                proc.wait()
-                break
-            if line.startswith(BEGIN):
-                limit = time.time() + row_timeout
-            elif line.startswith(END):
-                finished = int(line.split()[1]) + 1
-                ended(finished - 1)
-                limit = time.time() + row_timeout
-            elif line.startswith(STOP):
-                proc.wait()
-                return "stopped", finished, ""
-            if time.time() > limit:
-                os.killpg(proc.pid, signal.SIGKILL)  # the worker's own session, started above
-                proc.wait()
-                return "timeout", finished, f"killed after {row_timeout:.0f} s without finishing"
-    if proc.returncode == 0:
-        return "done", finished, ""
-    text = log.read_text(errors="replace")[-1500:]
-    return "crash", finished, f"worker died (exit code {proc.returncode}): {text}"
-
-
-def _pump(stream, q: queue.Queue) -> None:
-    for line in stream:
-        q.put(line.strip())
-    q.put(None)
-
-
-def worker_main(task_path: str) -> int:
-    """Entry point of ``python -m stbench.sweep --worker TASK.json``."""
-    task = json.loads(Path(task_path).read_text())
-    cfg = SweepConfig.from_dict(task["config"])
-    if cfg.triton_interpret and not _cuda_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    groups = [Group(g["n"], g["layout"], g["dtype"], tuple(tuple(x) for x in g["items"]))
-              for g in task["groups"]]
-    fault = os.environ.get(FAULT_ENV, "")
-
-    def say(*parts):
-        print(*parts, flush=True)
-
-    offset = 0
-    for group in groups:
-        def begin(i, group=group, offset=offset):
-            say(BEGIN, offset + i)
-            backend = group.items[i][1]
-            if fault == f"crash:{backend}":
-                os._exit(FAULT_EXIT_CODE)
-            if fault == f"hang:{backend}":
-                time.sleep(FAULT_HANG_S)
-
-        finished = run_group(cfg, group, Path(task["out"]), device=task["device"],
-                             tune=task["tune"], deadline=task["deadline"], on_begin=begin,
-                             on_end=lambda i, row, offset=offset: say(END, offset + i))
-        if not finished:
-            say(STOP)
-            break
-        offset += len(group.items)
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stbench.sweep")
-    parser.add_argument("--worker", required=True, help="task file written by the sweep runner")
-    args = parser.parse_args(argv)
-    return worker_main(args.worker)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
