@@ -10,10 +10,12 @@ over N x N tokens:
 ``mask_mod(b, h, q, k)`` is exact at every (q, k): it reads a per-pattern block table
 ``slot[p, q // b, k // b]`` (0 empty, 1 full, 2 causal diagonal, 3 + m partial mask m of the
 plan's packed bitmask table) and, for partial blocks, the bit ``k % b`` of row ``q % b`` of
-packed mask m; for diagonal blocks ``q % b >= k % b``. The table is O(P nb^2) int8/int16 bytes
-(nb = N / b blocks per side, P distinct head patterns): 134 MB at N = 1,048,576, b = 128,
-P = 2. FlexAttention itself keeps its index lists as dense [H, nb, nb] int32 (kv and the
-transposed q lists), so the BlockMask costs about 16 H nb^2 bytes on top.
+packed mask m (kept as bytes: see ``_mask_bytes``); for diagonal blocks ``q % b >= k % b``.
+The table is O(P nb^2) int8/int16 bytes (nb = N / b blocks per side, P distinct head
+patterns): 134 MB at N = 1,048,576, b = 128, P = 2. The compiled path uses a table-free
+``q % b >= k % b`` instead when no block is partial (``_diagonal_mask_mod``). FlexAttention
+itself keeps its index lists as dense [H, nb, nb] int32 (kv and the transposed q lists), so the
+BlockMask costs about 16 H nb^2 bytes on top.
 
 Layouts carrying a permutation (OpenAI's strided transpose): q, k, v are gathered into the
 layout's own order per head before the kernel and the output is gathered back after it, as a
@@ -48,7 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from stbench.backends import BackendUnavailable
-from stbench.layouts import DIAG, FULL, Layout, plan_for
+from stbench.layouts import DIAG, FULL, PARTIAL, Layout, plan_for
 
 DEFAULT_BLOCK = 128  # FlexAttention's default sparse block size
 FALLBACK_NUM_STAGES = 2  # when inductor finds no default config that fits in shared memory
@@ -143,6 +145,7 @@ class FlexLayout:
     """A layout prepared for FlexAttention on one device."""
 
     block_mask: object  # torch.nn.attention.flex_attention.BlockMask, [1, H or 1, nb, nb]
+    compiled_block_mask: object  # the same lists, the cheapest mask_mod exact where compiled
     gather: torch.Tensor | None  # int64 [H, N]: original token at each layout position
     scatter: torch.Tensor | None  # int64 [H, N]: layout position of each original token
     table_bytes: int
@@ -170,6 +173,33 @@ def _ordered_lists(rows, cols, n_rows: int, width: int):
     return counts.to(torch.int32), idx
 
 
+def _mask_bytes(words: torch.Tensor, block: int, device) -> torch.Tensor:
+    """The plan's packed masks int32 [M, b, W] (bit j % 32 of word j // 32) as bytes uint8
+    [M or 1, b, 4 W] (bit j % 8 of byte j // 8). Byte-wide on purpose: Triton pipelines a
+    4-byte gather inside the mask_mod with cp.async into (num_stages - 1) shared buffers of
+    BLOCK_M x BLOCK_N x 4 bytes (2 x 64 KiB at FlexAttention's sm90 default 128 x 128, 3
+    stages: the 'Required: 247808' shared-memory failure), while a 1-byte gather stays a plain
+    load. No partial block: one zero row keeps the lookup well defined."""
+    if words.shape[0] == 0:
+        return torch.zeros(1, block, max(1, -(-block // 8)), dtype=torch.uint8, device=device)
+    shifts = torch.tensor([0, 8, 16, 24], dtype=torch.int64, device=words.device)
+    parts = (words.to(torch.int64).unsqueeze(-1) >> shifts) & 0xFF  # [M, b, W, 4]
+    return parts.reshape(words.shape[0], words.shape[1], -1).to(torch.uint8).contiguous()
+
+
+def _diagonal_mask_mod(block: int):
+    """``q % b >= k % b``: exact on every block compiled FlexAttention applies a mask_mod to when
+    the layout's only masked blocks are causal-diagonal ones (it skips the mask on full blocks
+    and never visits empty ones). Unlike the table lookups of ``_make_mask_mod``, it reads no
+    memory per (q, k), which in the compiled kernel costs a scattered gather per element of every
+    masked tile. Eager FlexAttention applies the mask_mod everywhere, so it keeps the table."""
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (q_idx % block) >= (kv_idx % block)
+
+    return mask_mod
+
+
 def _make_mask_mod(slots, packed, head_pattern, block: int):
     """Exact token predicate from the block table (see the module docstring)."""
 
@@ -177,8 +207,8 @@ def _make_mask_mod(slots, packed, head_pattern, block: int):
         qi, kj = q_idx % block, kv_idx % block
         slot = slots[head_pattern[h], q_idx // block, kv_idx // block].to(torch.int32)
         mid = torch.clamp(slot - SLOT_PARTIAL0, min=0)
-        word = packed[mid, qi, kj // 32]
-        bit = (word >> (kj % 32)) & 1
+        byte = packed[mid, qi, kj // 8].to(torch.int32)
+        bit = (byte >> (kj % 8)) & 1
         return (
             (slot == SLOT_FULL)
             | ((slot == SLOT_DIAG) & (qi >= kj))
@@ -212,9 +242,7 @@ def build_flex_layout(layout: Layout, device) -> FlexLayout:
     slots = torch.zeros(n_rows * nb, dtype=width, device=device)
     slots[rows * nb + cols] = code.to(width)
     slots = slots.reshape(n_pat, nb, nb)
-    packed = plan.masks
-    if packed.shape[0] == 0:  # no partial block: a dummy row keeps the lookup well defined
-        packed = torch.zeros(1, b, max(1, -(-b // 32)), dtype=torch.int32, device=device)
+    packed = _mask_bytes(plan.masks, b, device)
     head_pattern = plan.head_pattern.long()
 
     def per_head(t):  # [P * nb, ...] -> [1, H or 1, nb, ...]
@@ -222,11 +250,16 @@ def build_flex_layout(layout: Layout, device) -> FlexLayout:
         t = t if n_pat == 1 else t.index_select(0, head_pattern)
         return t.unsqueeze(0).contiguous()
 
-    block_mask = fa.BlockMask.from_kv_blocks(
-        per_head(part_n), per_head(part_idx), per_head(full_n), per_head(full_idx),
-        BLOCK_SIZE=(b, b), mask_mod=_make_mask_mod(slots, packed, head_pattern, b),
-        seq_lengths=(layout.n_ctx, layout.n_ctx),
-    )
+    lists = (per_head(part_n), per_head(part_idx), per_head(full_n), per_head(full_idx))
+
+    def block_mask_with(mask_mod):
+        return fa.BlockMask.from_kv_blocks(*lists, BLOCK_SIZE=(b, b), mask_mod=mask_mod,
+                                           seq_lengths=(layout.n_ctx, layout.n_ctx))
+
+    block_mask = block_mask_with(_make_mask_mod(slots, packed, head_pattern, b))
+    compiled_block_mask = block_mask
+    if not bool((kind == PARTIAL).any()):
+        compiled_block_mask = block_mask_with(_diagonal_mask_mod(b))
     gather = scatter = None
     if layout.perms is not None:
         ident = torch.arange(layout.n_ctx)
@@ -237,7 +270,8 @@ def build_flex_layout(layout: Layout, device) -> FlexLayout:
         scatter = torch.empty_like(gather)
         scatter.scatter_(1, gather, ident.expand(heads, -1).contiguous())
         gather, scatter = gather.to(device), scatter.to(device)
-    return FlexLayout(block_mask, gather, scatter, slots.numel() * slots.element_size())
+    return FlexLayout(block_mask, compiled_block_mask, gather, scatter,
+                      slots.numel() * slots.element_size())
 
 
 @functools.lru_cache(maxsize=BLOCK_MASK_CACHE_SIZE)
@@ -283,21 +317,25 @@ def flex_forward(q, k, v, layout: Layout, scale: float, config=None, compiled: b
         q, k, v = (_permute(t, prepared.gather) for t in (q, k, v))
     fn = compiled_flex_attention() if compiled else _flex_module().flex_attention
     fallback_key = (layout.content_hash, q.dtype, q.shape[-1], q.requires_grad)
-    if compiled and fallback_key in _NEEDS_FEWER_STAGES and "num_stages" not in config:
-        config["num_stages"] = FALLBACK_NUM_STAGES
+    if (compiled and fallback_key in _NEEDS_FEWER_STAGES
+            and not {"num_stages", "fwd_num_stages"} & set(config)):
+        config["fwd_num_stages"] = FALLBACK_NUM_STAGES
+    block_mask = prepared.compiled_block_mask if compiled else prepared.block_mask
     try:
-        out = fn(q, k, v, block_mask=prepared.block_mask, scale=scale,
-                 kernel_options=config or None)
+        out = fn(q, k, v, block_mask=block_mask, scale=scale, kernel_options=config or None)
     except Exception as exc:
-        # torch 2.11 on the H200: with this BlockMask's mask_mod the default forward config
-        # asks for 247,808 bytes of shared memory (limit 232,448) and inductor gives up. Retry
-        # once with one pipeline stage fewer, as its message advises; tuned configs that set
-        # num_stages themselves are left to fail (the autotuner records them).
-        if "out of resource" not in str(exc) or "num_stages" in config or not compiled:
+        # torch 2.11 on the H200: with the table mask_mod reading 4-byte words, the default
+        # forward config asked for 247,808 bytes of shared memory (limit 232,448) and inductor
+        # gave up (see _mask_bytes). If a default config still does not fit, retry once with
+        # one forward pipeline stage fewer, as its message advises; tuned configs that set the
+        # stages themselves are left to fail (the autotuner records them).
+        if ("out of resource" not in str(exc) or not compiled
+                or {"num_stages", "fwd_num_stages"} & set(config)):
             raise
         _NEEDS_FEWER_STAGES.add(fallback_key)  # later calls go straight to the fallback
-        config = {**config, "num_stages": FALLBACK_NUM_STAGES}
-        out = fn(q, k, v, block_mask=prepared.block_mask, scale=scale, kernel_options=config)
+        # fwd_: an unprefixed num_stages would also override the backward's default
+        config = {**config, "fwd_num_stages": FALLBACK_NUM_STAGES}
+        out = fn(q, k, v, block_mask=block_mask, scale=scale, kernel_options=config)
     if prepared.scatter is not None:
         out = _permute(out, prepared.scatter)
     return out
