@@ -53,7 +53,8 @@ def check_head_dim(head_dim: int) -> None:
     if head_dim not in HEAD_DIMS:
         raise ValueError(
             f"head_dim={head_dim} is not supported by backend 'triton': use one of {HEAD_DIMS} "
-            "(pad q, k, v with zeros to the next one, or use backend='dense')"
+            "(pad q, k, v with zeros to the next one and pass scale=1/sqrt(original head_dim), "
+            "or use backend='dense')"
         )
 
 
