@@ -36,7 +36,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from .layout import PARTIAL, Layout
+from .layout import Layout
 
 PLAN_CACHE_SIZE = 32
 
@@ -234,8 +234,3 @@ def _plan_on_device(plan: Plan, device: str) -> Plan:
     """Plans hash by identity, so each CPU plan is copied to a device once."""
     moved = {k: v.to(device) for k, v in plan.tensors().items()}
     return Plan(**{**{f.name: getattr(plan, f.name) for f in fields(plan)}, **moved})
-
-
-def partial_entries(plan: Plan) -> int:
-    """Number of PARTIAL entries (the ones that read a bitmask)."""
-    return int((plan.col_kind == PARTIAL).sum())

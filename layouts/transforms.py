@@ -93,7 +93,7 @@ def reblock(layout: Layout, block: int) -> Layout:
 
 
 def _refine(L: Layout, nbk: int) -> Layout:
-    b, f = L.block, L.block // nbk
+    f = L.block // nbk
     m = L.masks.shape[0]
     # sub-block tables [2 + M, f, f]: row 0 FULL parent, row 1 DIAG parent, 2 + m mask m
     ii = torch.arange(f).view(f, 1)

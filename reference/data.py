@@ -30,8 +30,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # torch is imported lazily: data preparation does not need it
+    import torch
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "validation", "test")

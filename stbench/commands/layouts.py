@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 from typing import Callable
 
 from rich.console import Console
