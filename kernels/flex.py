@@ -13,7 +13,7 @@ plan's packed bitmask table) and, for partial blocks, the bit ``k % b`` of row `
 packed mask m (kept as bytes: see ``_mask_bytes``); for diagonal blocks ``q % b >= k % b``.
 The table is O(P nb^2) int8/int16 bytes (nb = N / b blocks per side, P distinct head
 patterns): 134 MB at N = 1,048,576, b = 128, P = 2. The compiled path uses a table-free
-``q % b >= k % b`` instead when no block is partial (``_diagonal_mask_mod``). FlexAttention
+``lo[h] <= q - k < hi[h]`` instead wherever that is exact (``band_bounds``). FlexAttention
 itself keeps its index lists as dense [H, nb, nb] int32 (kv and the transposed q lists), so the
 BlockMask costs about 16 H nb^2 bytes on top.
 
@@ -50,9 +50,11 @@ from dataclasses import dataclass
 import torch
 
 from stbench.backends import BackendUnavailable
-from stbench.layouts import DIAG, FULL, PARTIAL, Layout, plan_for
+from stbench.layouts import DIAG, FULL, Layout, plan_for
+from stbench.layouts.plan import unpack_masks
 
 DEFAULT_BLOCK = 128  # FlexAttention's default sparse block size
+MAX_BAND_COMBOS = 4096  # distinct (pattern, block offset, mask) to test for a band mask_mod
 FALLBACK_NUM_STAGES = 2  # when inductor finds no default config that fits in shared memory
 # (layout hash, dtype, head dim, requires grad) whose default config failed to fit: the retry
 # is remembered so that a timed call never pays a failed compilation.
@@ -145,7 +147,7 @@ class FlexLayout:
     """A layout prepared for FlexAttention on one device."""
 
     block_mask: object  # torch.nn.attention.flex_attention.BlockMask, [1, H or 1, nb, nb]
-    compiled_block_mask: object  # the same lists, the cheapest mask_mod exact where compiled
+    compiled_block_mask: object  # the same lists, a table-free mask_mod where that is exact
     gather: torch.Tensor | None  # int64 [H, N]: original token at each layout position
     scatter: torch.Tensor | None  # int64 [H, N]: layout position of each original token
     table_bytes: int
@@ -187,15 +189,58 @@ def _mask_bytes(words: torch.Tensor, block: int, device) -> torch.Tensor:
     return parts.reshape(words.shape[0], words.shape[1], -1).to(torch.uint8).contiguous()
 
 
-def _diagonal_mask_mod(block: int):
-    """``q % b >= k % b``: exact on every block compiled FlexAttention applies a mask_mod to when
-    the layout's only masked blocks are causal-diagonal ones (it skips the mask on full blocks
-    and never visits empty ones). Unlike the table lookups of ``_make_mask_mod``, it reads no
-    memory per (q, k), which in the compiled kernel costs a scattered gather per element of every
-    masked tile. Eager FlexAttention applies the mask_mod everywhere, so it keeps the table."""
+def band_bounds(layout: Layout) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per head, the interval [lo, hi) of q - k (layout order) that reproduces the layout exactly
+    on every causal-diagonal and partial block, or None when some head has none.
+
+    Compiled FlexAttention applies the mask_mod only to the blocks in the partial lists (full
+    blocks skip it, empty ones are never visited), so on those blocks the table lookups of
+    ``_make_mask_mod`` can be replaced by ``lo[h] <= q - k < hi[h]``: causal, fixed and strided
+    (diagonal blocks only, [0, b)), local and sliding windows ([0, W)) qualify; the merged
+    strided head (its stride diagonals) does not. The table reads cost a scattered gather per
+    (q, k) of every masked tile; lo[h] and hi[h] are one scalar read per program. Returns int32
+    tensors [H] (CPU)."""
+    plan = plan_for(layout, "cpu")
+    b, nb = layout.block, plan.n_blocks
+    rows = _rows_of_entries(plan.row_ptr.long())
+    masked = plan.col_kind != FULL
+    pattern = rows[masked] // nb
+    d = rows[masked] % nb - plan.col_idx[masked].long()
+    combos = torch.stack([pattern, d, plan.col_kind[masked].long(), plan.col_mask[masked].long()],
+                         1).unique(dim=0)
+    if combos.shape[0] > MAX_BAND_COMBOS:
+        return None
+    tril = torch.ones(b, b, dtype=torch.bool).tril()
+    masks = unpack_masks(plan.masks, b) if plan.masks.shape[0] else None
+    within_block = torch.arange(b).view(b, 1) - torch.arange(b).view(1, b)  # i - j
+    allowed = [[] for _ in range(plan.n_patterns)]
+    refused = [[] for _ in range(plan.n_patterns)]
+    for p, dd, kind, mid in combos.tolist():
+        m = tril if kind == DIAG else masks[mid]
+        delta = dd * b + within_block
+        allowed[p].append(delta[m])
+        refused[p].append(delta[~m])
+    lo = torch.zeros(plan.n_patterns, dtype=torch.int32)
+    hi = torch.ones(plan.n_patterns, dtype=torch.int32)  # a pattern without masked blocks
+    for p in range(plan.n_patterns):
+        if not allowed[p]:
+            continue
+        yes, no = torch.cat(allowed[p]), torch.cat(refused[p])
+        if yes.numel() == 0:
+            return None
+        lo[p], hi[p] = int(yes.min()), int(yes.max()) + 1
+        if ((no >= lo[p]) & (no < hi[p])).any():
+            return None
+    head_pattern = plan.head_pattern.long()
+    return lo[head_pattern], hi[head_pattern]
+
+
+def _band_mask_mod(lo: torch.Tensor, hi: torch.Tensor):
+    """``lo[h] <= q - k < hi[h]`` (see ``band_bounds``; exact only where compiled)."""
 
     def mask_mod(b, h, q_idx, kv_idx):
-        return (q_idx % block) >= (kv_idx % block)
+        diff = q_idx - kv_idx
+        return (diff >= lo[h]) & (diff < hi[h])
 
     return mask_mod
 
@@ -257,9 +302,10 @@ def build_flex_layout(layout: Layout, device) -> FlexLayout:
                                            seq_lengths=(layout.n_ctx, layout.n_ctx))
 
     block_mask = block_mask_with(_make_mask_mod(slots, packed, head_pattern, b))
+    band = band_bounds(layout)
     compiled_block_mask = block_mask
-    if not bool((kind == PARTIAL).any()):
-        compiled_block_mask = block_mask_with(_diagonal_mask_mod(b))
+    if band is not None:
+        compiled_block_mask = block_mask_with(_band_mask_mod(*(t.to(device) for t in band)))
     gather = scatter = None
     if layout.perms is not None:
         ident = torch.arange(layout.n_ctx)

@@ -211,3 +211,35 @@ def test_flex_compiled_small_block_forward(gen):
         ok, err, tol = within(out, dense.attention(*(t.double() for t in (q, k, v)), L, 0.125),
                               dense.attention(q, k, v, L, 0.125))
         assert ok, (config, err, tol)
+
+
+BAND_LAYOUTS = [
+    lambda: layouts.causal(512, block=64, heads=2),
+    lambda: layouts.local(512, block=32, window=100, heads=2),  # window edge inside a block
+    lambda: layouts.fixed(512, block=32, stride=128, heads=4, num_verts=2),
+    lambda: layouts.strided(512, block=16, stride=32, heads=2),  # layout order (transposed)
+    lambda: layouts.st_mix(512, block=16, stride=32, heads=4),  # two patterns, two bands
+    lambda: layouts.sliding_window(512, block=32, heads=2),
+]
+
+
+@pytest.mark.parametrize("make", BAND_LAYOUTS)
+def test_flex_band_mask_is_exact_on_every_masked_block(make):
+    """Where band_bounds gives [lo, hi), lo <= q - k < hi equals the layout's own mask (layout
+    order) on every causal-diagonal and partial block: the blocks compiled flex masks."""
+    L = make()
+    lo, hi = flex.band_bounds(L)
+    b = L.block
+    for h in range(L.heads):
+        rows = L.layout_order_rows(h, 0, L.n_ctx)  # bool [N, N], layout order
+        q, k = L.heads_idx == h, L.kinds != layouts.FULL
+        for qb, kb in zip(L.q_blocks[q & k].tolist(), L.k_blocks[q & k].tolist()):
+            qi = torch.arange(qb * b, qb * b + b).view(-1, 1)
+            ki = torch.arange(kb * b, kb * b + b).view(1, -1)
+            band = ((qi - ki) >= lo[h]) & ((qi - ki) < hi[h])
+            assert torch.equal(band, rows[qb * b:qb * b + b, kb * b:kb * b + b])
+
+
+def test_flex_band_mask_refused_where_it_cannot_be_exact(gen):
+    assert flex.band_bounds(layouts.merged_strided(512, block=16, stride=128, heads=2)) is None
+    assert flex.band_bounds(partial_layout(gen)) is None
