@@ -18,7 +18,6 @@ COMMAND_MODULES = (
     "report",
     "model",
     "data",
-    "plan",
 )
 
 
@@ -30,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"stbench.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"stbench.commands.{name}":
-                continue  # not built yet
-            raise
-        module.register(sub)
+        importlib.import_module(f"stbench.commands.{name}").register(sub)
     return parser
 
 
