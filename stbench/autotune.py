@@ -272,46 +272,43 @@ def cached_entry(layout, q, mode: str | None = None, objective: str = "time", pa
     return None
 
 
-def cached_best(layout, q, path=None) -> tuple[str, dict, int] | None:
-    """(backend, config, block): the overall best tuned for this layout and q's shape, dtype and
-    this environment, whose block may differ from the layout's own (then run it on
-    ``layout.reblock(block)``, the same token pattern); falls back to the best at the layout's
-    own block when the overall winner cannot run here; None when nothing usable is cached."""
+def _entry_or_none(layout, q, path) -> dict | None:
     try:
-        e = cached_entry(layout, q, path=path)
+        return cached_entry(layout, q, path=path)
     except Exception:  # noqa: BLE001 - a broken cache must never break attention()
         return None
-    if e is None:
-        return None
-    for pick in (e, e.get("same_block") or {}):
-        name, config, block = pick.get("backend"), pick.get("config"), pick.get("block")
-        if (not isinstance(name, str) or not isinstance(config, dict)
-                or name not in backends.REGISTRY):
-            continue
-        if not isinstance(block, int) or pick is not e:
-            block = layout.block
-        if backends.unavailable_reason(name, q.device, q.dtype) is None:
-            return name, config, block
-    return None
 
 
-def cached_pick(layout, q, path=None) -> tuple[str, dict] | None:
-    """(backend, config) tuned for this layout AT ITS OWN BLOCK and q's shape, dtype and this
-    environment, or None. (The overall best may be at another block: ``cached_entry(...)['block']``;
-    use it with ``layout.reblock(block)``.)"""
-    try:
-        e = cached_entry(layout, q, path=path)
-    except Exception:  # noqa: BLE001 - a broken cache must never break attention()
-        return None
-    if e is None:
-        return None
-    same = e.get("same_block") or {}
-    name, config = same.get("backend"), same.get("config")
+def _usable(pick: dict, q, layout=None) -> tuple[str, dict] | None:
+    """(backend, config) of a cached pick when it is well formed and can run here."""
+    name, config = pick.get("backend"), pick.get("config")
     if not isinstance(name, str) or not isinstance(config, dict) or name not in backends.REGISTRY:
         return None
     if backends.unavailable_reason(name, q.device, q.dtype, layout) is not None:
         return None
     return name, config
+
+
+def cached_best(layout, q, path=None) -> tuple[str, dict, int] | None:
+    """(backend, config, block): the overall best tuned for this layout and q's shape, dtype and
+    this environment, whose block may differ from the layout's own (then run it on
+    ``layout.reblock(block)``, the same token pattern); falls back to the best at the layout's
+    own block when the overall winner cannot run here; None when nothing usable is cached."""
+    e = _entry_or_none(layout, q, path)
+    if e is None:
+        return None
+    best = _usable(e, q)
+    if best is not None and isinstance(e.get("block"), int):
+        return (*best, e["block"])
+    same = _usable(e.get("same_block") or {}, q)
+    return None if same is None else (*same, layout.block)
+
+
+def cached_pick(layout, q, path=None) -> tuple[str, dict] | None:
+    """(backend, config) tuned for this layout AT ITS OWN BLOCK and q's shape, dtype and this
+    environment, or None (the overall best, maybe at another block: ``cached_best``)."""
+    e = _entry_or_none(layout, q, path)
+    return None if e is None else _usable(e.get("same_block") or {}, q, layout)
 
 
 def default_cache_path() -> Path:
