@@ -44,6 +44,15 @@ def _check_causal(causal) -> bool:
     return causal
 
 
+def _window_blocks(value, nb: int) -> int:
+    """num_sliding_window_blocks, checked: a positive int of at most nb blocks."""
+    wb = check_int("num_sliding_window_blocks", value, 1)
+    if wb > nb:
+        raise LayoutError(f"num_sliding_window_blocks={wb} exceeds the {nb} blocks per row: "
+                          "lower it or use a longer n_ctx / smaller block")
+    return wb
+
+
 def _rng(seed, generator, needed: bool, who: str) -> torch.Generator | None:
     if generator is not None:
         if not isinstance(generator, torch.Generator):
@@ -139,10 +148,7 @@ def sliding_window(
     n_ctx, block, heads = check_common(n_ctx, block, heads)
     causal = _check_causal(causal)
     nb = n_ctx // block
-    wb = check_int("num_sliding_window_blocks", num_sliding_window_blocks, 1)
-    if wb > nb:
-        raise LayoutError(f"num_sliding_window_blocks={wb} exceeds the {nb} blocks per row: "
-                          "lower it or use a longer n_ctx / smaller block")
+    wb = _window_blocks(num_sliding_window_blocks, nb)
     w = wb // 2
     d = torch.arange(0 if causal else -w, w + 1, dtype=torch.int64)
     kinds = torch.where((d == 0) & causal, DIAG, FULL).to(torch.int8)
@@ -191,10 +197,7 @@ def longformer(
     n_ctx, block, heads = check_common(n_ctx, block, heads)
     causal = _check_causal(causal)
     nb = n_ctx // block
-    wb = check_int("num_sliding_window_blocks", num_sliding_window_blocks, 1)
-    if wb > nb:
-        raise LayoutError(f"num_sliding_window_blocks={wb} exceeds the {nb} blocks per row: "
-                          "lower it")
+    wb = _window_blocks(num_sliding_window_blocks, nb)
     starts = as_int_list("global_block_indices", global_block_indices)
     ends = (None if global_block_end_indices is None
             else as_int_list("global_block_end_indices", global_block_end_indices))
