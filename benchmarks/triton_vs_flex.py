@@ -5,9 +5,10 @@
     python3 benchmarks/triton_vs_flex.py --suite paper --out ...      # exact masks, item 3
     python3 benchmarks/triton_vs_flex.py --suite scale --ns 131072,1048576 --out ...
 
-Per problem: every Triton configuration tried is first checked against the dense reference
-(forward; the gradients too up to N = 4096; fresh inputs), then timed (a mini-tune over
-``CANDIDATES``; every candidate is a ``tune`` row, the best the ``sweep`` row) and the FlexAttention
+Per problem: every Triton configuration and every FlexAttention variant is first checked against
+the dense reference (``stbench.tuning.check``: output and, for fwd+bwd, gradients; every row
+up to N = 16384, sampled rows beyond; fresh random inputs), then timed (the default config and the autotuner's pick, ``candidates``; each a ``tune`` row,
+the faster the ``sweep`` row) and the FlexAttention
 peer (``stbench.kernels.flex``; for the paper's masks, a BlockMask from the token predicate at
 its default block 128 and at block 64 with 64 tiles, as a user would write it). Times come from
 ``stbench.timing.bench`` (CUDA events, L2 flush, median, p20/p80); FLOPs use the shared
@@ -25,42 +26,37 @@ from dataclasses import replace
 
 import torch
 
-from stbench import accuracy, environment, problems, results, timing
+from stbench import autotune, environment, problems, results, timing
 from stbench.kernels import flex
 from stbench.kernels.triton import backend as tb
-from stbench.reference import dense
+from stbench.tuning import check
 
-# forward tile candidates (BLOCK_M, BLOCK_N, num_warps, num_stages), then backward ones
-FWD_CANDIDATES = ((128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 4, 3))
-BWD_CANDIDATES = ((64, 64, 4), (128, 64, 8), (64, 128, 8))
-GRAD_CHECK_MAX_N = 4096
-
-PAPER_PREDICATES = {
-    # fixed, l = 128, c = 32 (head h' = 0): own period, or the last c keys of every period
-    "paper_fixed": lambda q, k: (k <= q) & ((q // 128 == k // 128) | (k % 128 >= 96)),
-    # merged strided head: local(128) or (q - k) % 128 == 0
-    "paper_union": lambda q, k: (k <= q) & (((q - k) < 128) | ((q - k) % 128 == 0)),
-}
+TUNE_MAX_EVALS = 16  # candidates the autotuner measures per problem (local search)
+FWD_PICKS = {}  # (layout name, N) -> (block, config): the 'fwd+bwd' tune varies the backward
 
 
-def candidates(layout, mode):
-    base = tb.default_config(layout, 64, torch.bfloat16).as_dict()
-    out = [base]
-    if mode == "fwd":
-        for bm, bn, w, s in FWD_CANDIDATES:
-            if layout.n_ctx % bm == 0:
-                out.append({**base, "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": s})
-    else:
-        for bm, bn, w in BWD_CANDIDATES:
-            if layout.n_ctx % max(bm, bn) == 0:
-                out.append({**base, "BWD_BLOCK_M": bm, "BWD_BLOCK_N": bn, "bwd_warps": w})
-    if base["split_union"]:  # merged strided: the split (default) and the unsplit form
-        out += [{**c, "split_union": False} for c in list(out)]
-    uniq = []
-    for c in out:
-        if c not in uniq:
-            uniq.append(c)
-    return uniq
+def q_device(checker):
+    return checker.fresh[0].device
+
+
+def candidates(prob, layout, checker):
+    """(layout, config) pairs to time: the default config, and the autotuner's pick (local
+    search over ``config_space`` and the layout blocks to which it re-blocks exactly; every
+    candidate it measures is checked against the same dense reference first)."""
+    base = tb.default_config(layout, prob.head_dim, prob.torch_dtype).as_dict()
+    out = [(layout, base)]
+    res = autotune.tune(prob, ["triton"], device=q_device(checker), strategy="local", save=False,
+                        layout=layout, inputs=checker.fresh, reference=checker.ref,
+                        max_evals=TUNE_MAX_EVALS, forward={"triton": FWD_PICKS[key]}
+                        if (key := (prob.layout.name, prob.n_ctx)) in FWD_PICKS else None)
+    if res.best is not None:
+        if prob.mode == "fwd":
+            FWD_PICKS[key] = (res.best.block, res.best.config)
+        if (res.best.block, res.best.config) != (layout.block, base):
+            out.append((autotune.reblock(layout, res.best.block), res.best.config))
+    print(f"  tuned {prob.label()}: {res.evaluated} of {res.candidates} candidates in "
+          f"{res.seconds:.1f} s", flush=True)
+    return out
 
 
 def make_call(fn, q, k, v, do, mode):
@@ -74,36 +70,17 @@ def make_call(fn, q, k, v, do, mode):
 
 
 class Checker:
-    """Dense references computed once per problem on fresh inputs; ``check(cfg)`` returns
-    (ok, err, tol, how) of one Triton config (forward; gradients too up to N = 4096)."""
+    """The dense-reference gate (``stbench.tuning.check.Reference``: every row up to N = 16384,
+    sampled query rows beyond) on fresh random inputs of the problem's shape, computed once per
+    problem; ``check(fn)`` judges ``fn(q, k, v) -> out`` (and its gradients for 'fwd+bwd')."""
 
     def __init__(self, layout, q, mode, scale):
-        self.layout, self.scale, self.dtype = layout, scale, q.dtype
-        self.grads = mode == "fwd+bwd" and layout.n_ctx <= GRAD_CHECK_MAX_N
-        g = torch.Generator(device="cpu").manual_seed(12345 + layout.n_ctx)  # fresh inputs
-        self.fresh = [torch.randn(q.shape, generator=g).to(q.device) for _ in range(4)]
-        hi = [t.float().clone().requires_grad_(self.grads) for t in self.fresh[:3]]
-        lo = [t.to(q.dtype).clone().requires_grad_(self.grads) for t in self.fresh[:3]]
-        self.ref_hi = dense.attention(*hi, layout, scale)
-        self.ref_lo = dense.attention(*lo, layout, scale)
-        self.grad_refs = None
-        if self.grads:
-            for t in (self.ref_hi, self.ref_lo):
-                t.backward(self.fresh[3].to(t.dtype))
-            self.grad_refs = [(a.grad, b.grad) for a, b in zip(hi, lo)]
+        self.fresh = [torch.randn_like(q) for _ in range(3)]  # unseeded: new every run
+        self.ref = check.Reference(*self.fresh, layout, scale, mode)
 
-    def check(self, cfg):
-        ins = [t.to(self.dtype).clone().requires_grad_(self.grads) for t in self.fresh[:3]]
-        out = tb.attention(*ins, self.layout, self.scale, cfg)
-        ok, err, tol = accuracy.within(out, self.ref_hi, self.ref_lo, self.dtype)
-        how = "fwd"
-        if self.grads:
-            out.backward(self.fresh[3].to(out.dtype))
-            for a, (b, c) in zip(ins, self.grad_refs):
-                ok2, e2, t2 = accuracy.within(a.grad, b, c, self.dtype)
-                ok, err, tol = ok and ok2, max(err, e2), max(tol, t2)
-            how = "fwd+grads"
-        return ok, err, tol, how + " vs dense fp32/bf16"
+    def check(self, fn):
+        v = self.ref.check_backend(fn, inputs=self.fresh)
+        return v.ok, v.err, v.tol, f"{v.check} vs dense fp64 ({v.worst} worst)"
 
 
 def row(prob, layout, backend, status, env, **kw):
@@ -133,27 +110,28 @@ def run_problem(prob, out_path, env, table, flex_variants):
     grads = [q, k, v] if prob.mode == "fwd+bwd" else None
     flops = timing.attention_flops(layout, prob.batch, prob.head_dim, prob.mode)
     rows, best = [], None
-    cands = candidates(layout, prob.mode)
     checker = Checker(layout, q, prob.mode, scale)
-    for cfg in cands:
+    for lay, cfg in candidates(prob, layout, checker):
         try:
-            ok, err, tol, how = checker.check(cfg)  # every candidate is checked before timing
+            ok, err, tol, how = checker.check(  # every candidate is checked before timing
+                lambda a, b, c, cfg=cfg, lay=lay: tb.attention(a, b, c, lay, scale, cfg))
             if not ok:
                 print(f"INCORRECT {prob.label()} {cfg} err={err:.3g} tol={tol:.3g}", flush=True)
-                rows.append(row(prob, layout, "triton", "incorrect", env, err=err, tol=tol,
+                rows.append(row(prob, lay, "triton", "incorrect", env, err=err, tol=tol,
                                 check=how, config=cfg, kind="tune"))
                 continue
-            fn = make_call(lambda a, b, c, cfg=cfg: tb.attention(a, b, c, layout, scale, cfg),
-                           q, k, v, do, prob.mode)
+            fn = make_call(
+                lambda a, b, c, cfg=cfg, lay=lay: tb.attention(a, b, c, lay, scale, cfg),
+                q, k, v, do, prob.mode)
             t0 = time.perf_counter()
             fn()
             torch.cuda.synchronize()
             prep = (time.perf_counter() - t0) * 1e3
             t = timed(fn, grads)
-            r = row(prob, layout, "triton", "ok", env, config=cfg, kind="tune", err=err, tol=tol,
+            r = row(prob, lay, "triton", "ok", env, config=cfg, kind="tune", err=err, tol=tol,
                     check=how, prepare_ms=prep, tflops=timing.tflops(flops, t["median_ms"]), **t)
         except Exception as exc:  # a failing config is a data point
-            r = row(prob, layout, "triton", "runtime_error", env, config=cfg, kind="tune",
+            r = row(prob, lay, "triton", "runtime_error", env, config=cfg, kind="tune",
                     error=repr(exc)[:400])
         rows.append(r)
         if r.status == "ok" and (best is None or r.median_ms < best.median_ms):
@@ -163,6 +141,13 @@ def run_problem(prob, out_path, env, table, flex_variants):
     fl_best = None
     for name, fn_flex in flex_variants(layout, prob, scale):
         try:
+            ok, err, tol, how = checker.check(fn_flex)  # the peer passes the same gate
+            if not ok:
+                print(f"INCORRECT flex[{name}] {prob.label()} err={err:.3g} tol={tol:.3g}",
+                      flush=True)
+                rows.append(row(prob, layout, "flex", "incorrect", env, err=err, tol=tol,
+                                check=how, config={"variant": name}))
+                continue
             fn = make_call(fn_flex, q, k, v, do, prob.mode)
             t0 = time.perf_counter()
             fn()
@@ -170,7 +155,7 @@ def run_problem(prob, out_path, env, table, flex_variants):
             prep = (time.perf_counter() - t0) * 1e3
             t = timed(fn, grads)
             r = row(prob, layout, "flex", "ok", env, config={"variant": name}, prepare_ms=prep,
-                    tflops=timing.tflops(flops, t["median_ms"]), **t)
+                    err=err, tol=tol, check=how, tflops=timing.tflops(flops, t["median_ms"]), **t)
         except Exception as exc:
             r = row(prob, layout, "flex", "compile_error", env, config={"variant": name},
                     error=repr(exc)[:400])

@@ -331,10 +331,39 @@ def flex_layout(layout: Layout, device) -> FlexLayout:
     return _flex_layout_cached(layout, str(torch.device(device)))
 
 
-def _permute(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x [B, H, N, D] -> x[:, h, index[h]] per head."""
+def _row_index(index: torch.Tensor, batch: int) -> torch.Tensor:
+    """index int64 [H, N] -> int64 [B * H * N]: rows of x.view(B * H * N, D) to take."""
+    heads, n = index.shape
+    base = torch.arange(batch * heads, device=index.device).view(batch, heads, 1) * n
+    return (base + index.unsqueeze(0)).reshape(-1)
+
+
+class _Permute(torch.autograd.Function):
+    """y[:, h, i] = x[:, h, index[h, i]] for a per-head permutation ``index`` whose inverse is
+    ``inverse``: one row gather (D contiguous elements per row) each way. Its backward is the
+    inverse gather, not the scatter-add autograd gives torch.gather (atomics over an index
+    expanded across D: ~10 ms per pass at B x N = 65536, H = 8, D = 64 on an H200)."""
+
+    @staticmethod
+    def forward(ctx, x, index, inverse):
+        ctx.save_for_backward(inverse)
+        return _gather_rows(x, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        return _gather_rows(grad, inverse), None, None
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     bsz, heads, n, d = x.shape
-    return torch.gather(x, 2, index.view(1, heads, n, 1).expand(bsz, heads, n, d))
+    rows = _row_index(index, bsz)
+    return x.contiguous().view(bsz * heads * n, d).index_select(0, rows).view(bsz, heads, n, d)
+
+
+def _permute(x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """x [B, H, N, D] -> x[:, h, index[h]] per head (differentiable; ``inverse`` undoes it)."""
+    return _Permute.apply(x, index, inverse)
 
 
 def flex_forward(q, k, v, layout: Layout, scale: float, config=None, compiled: bool = True):
@@ -360,7 +389,7 @@ def flex_forward(q, k, v, layout: Layout, scale: float, config=None, compiled: b
         config.setdefault("BLOCK_N", layout.block)
     prepared = flex_layout(layout, q.device)
     if prepared.gather is not None:
-        q, k, v = (_permute(t, prepared.gather) for t in (q, k, v))
+        q, k, v = (_permute(t, prepared.gather, prepared.scatter) for t in (q, k, v))
     fn = compiled_flex_attention() if compiled else _flex_module().flex_attention
     fallback_key = (layout.content_hash, q.dtype, q.shape[-1], q.requires_grad)
     if (compiled and fallback_key in _NEEDS_FEWER_STAGES
@@ -383,7 +412,7 @@ def flex_forward(q, k, v, layout: Layout, scale: float, config=None, compiled: b
         config = {**config, "fwd_num_stages": FALLBACK_NUM_STAGES}
         out = fn(q, k, v, block_mask=block_mask, scale=scale, kernel_options=config)
     if prepared.scatter is not None:
-        out = _permute(out, prepared.scatter)
+        out = _permute(out, prepared.scatter, prepared.gather)
     return out
 
 

@@ -104,6 +104,25 @@ def candidate_space(problem: Problem, layout, backend: str, blocks=layouts.ALLOW
     return cands, variants, notes
 
 
+def with_forward(cands, forward):
+    """'fwd+bwd' candidates narrowed to the forward pick ``forward = (block, config)``: at that
+    block, every distinct backward setting of ``cands`` joined to the pick's forward keys (the
+    forward kernel is then tuned once, in 'fwd', and the search spends its budget on the
+    backward's tiles). ``cands`` unchanged when none is at that block."""
+    block, config = forward
+    fwd_keys = {k: v for k, v in config.items() if not k.startswith(BWD_PREFIXES)}
+    out, seen = [], set()
+    for c in cands:
+        if c.block != block:
+            continue
+        joined = {**c.config, **fwd_keys}
+        key = json.dumps(joined, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(Candidate(c.backend, joined, block))
+    return out or list(cands)
+
+
 def score_of(row: results.ResultRow, objective: str, memory_budget: int | None) -> float:
     if row.status != "ok" or row.median_ms is None:
         return math.inf
@@ -122,10 +141,14 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
          objective: str = "time", memory_budget: int | None = None,
          settings: BenchSettings | None = None, final: BenchSettings | None = None,
          cache_path=None, save: bool = True, rows_path=None, seed: int = 0, layout=None,
-         inputs=None, reference=None, blocks=layouts.ALLOWED_BLOCKS) -> TuneResult:
+         inputs=None, reference=None, blocks=layouts.ALLOWED_BLOCKS,
+         max_evals: int | None = None, forward: dict | None = None) -> TuneResult:
     """Tune ``problem`` over ``backend_names`` (default: every registered backend that runs
     here). Writes candidate rows to ``rows_path`` (JSONL) if given, and the pick to the cache
-    (``cache_path``, default the user's) unless ``save=False``."""
+    (``cache_path``, default the user's) unless ``save=False``. ``max_evals`` caps the
+    candidates measured per backend (None: as many as the strategy wants). ``forward``:
+    {backend: (block, config)} of 'fwd' picks; a 'fwd+bwd' problem then searches only the
+    backward keys of that backend at that block (``with_forward``)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}: use one of {', '.join(STRATEGIES)}")
     if objective not in OBJECTIVES:
@@ -152,6 +175,8 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
             rows.append(make_row(problem, layout, name, "unsupported", error=why, kind="tune"))
             continue
         cands, variants, notes = candidate_space(problem, layout, name, blocks)
+        if forward and name in forward and problem.mode == "fwd+bwd":
+            cands = with_forward(cands, forward[name])
         layout_of_block.update(variants)
         for b, why in notes:
             rows.append(make_row(problem, None, name, "unsupported", block=b, kind="tune",
@@ -174,7 +199,7 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
                 _memo[key] = (s, c, row)
             return _memo[key][0]
 
-        STRATEGIES[strategy](cands, evaluate, seed=seed)
+        STRATEGIES[strategy](cands, evaluate, seed=seed, budget=max_evals)
         evaluated += len(memo)
         scored.extend(v for v in memo.values() if math.isfinite(v[0]))
     scored.sort(key=lambda x: x[0])

@@ -75,6 +75,7 @@ class SweepConfig:
     tune_backends: tuple[str, ...] = ()  # () = every backend of the grid
     tune_strategy: str = "local"
     tune_rep_ms: float = 40
+    tune_max_evals: int | None = None  # candidates measured per (problem, backend); None: no cap
     seed: int = 0
     description: str = ""
     source: dict = field(default_factory=dict, compare=False, repr=False)
@@ -82,7 +83,7 @@ class SweepConfig:
     KEYS = ("name", "description", "ns", "layouts", "backends", "modes", "dtypes", "tokens",
             "batch", "heads", "head_dim", "block", "warmup_ms", "rep_ms", "flush_l2",
             "min_reps", "row_timeout_s", "max_n", "triton_interpret", "tune_backends",
-            "tune_strategy", "tune_rep_ms", "seed", "layout", "fit_block")
+            "tune_strategy", "tune_rep_ms", "tune_max_evals", "seed", "layout", "fit_block")
 
     @staticmethod
     def from_dict(d: dict, where: str = "sweep config") -> "SweepConfig":
@@ -114,7 +115,8 @@ class SweepConfig:
             backends.info(b)  # UnknownBackend names the registered ones
         kw = {k: d[k] for k in ("name", "tokens", "batch", "heads", "head_dim", "warmup_ms",
                                 "rep_ms", "flush_l2", "min_reps", "row_timeout_s",
-                                "triton_interpret", "tune_strategy", "tune_rep_ms", "seed",
+                                "triton_interpret", "tune_strategy", "tune_rep_ms",
+                                "tune_max_evals", "seed",
                                 "description") if k in d}
         for k in ("modes", "dtypes", "tune_backends"):
             if k in d:
@@ -200,6 +202,7 @@ def run_group(cfg: SweepConfig, group: Group, out_dir: Path, *, device, tune: bo
     except (layouts.LayoutError, ValueError) as exc:
         layout, layout_error = None, f"layout {base.layout.describe()} at N={group.n}: {exc}"
     state = {}  # mode -> (inputs, reference) or an error row's (status, message)
+    fwd_picks = {}  # backend -> (block, config) tuned in 'fwd': 'fwd+bwd' tunes the backward
     for i, (mode, backend) in enumerate(group.items):
         if deadline is not None and time.time() > deadline:
             return False
@@ -227,7 +230,7 @@ def run_group(cfg: SweepConfig, group: Group, out_dir: Path, *, device, tune: bo
             else:
                 inputs, ref, note = prepared
                 row = _measure_backend(cfg, prob, layout, backend, inputs, ref, device,
-                                       settings, tune, out_dir)
+                                       settings, tune, out_dir, fwd_picks)
                 if ref is None and row.check == "skipped":
                     row = replace(row, check=f"skipped: {note}")
         results.append_rows(out, [row])
@@ -256,7 +259,8 @@ def _prepare_mode(prob, layout, device):
         return inputs, None, f"dense reference failed: {error_text(exc)[:300]}"
 
 
-def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, tune, out_dir):
+def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, tune, out_dir,
+                     fwd_picks):
     config, lay, tuned = None, layout, False
     if tune and (not cfg.tune_backends or backend in cfg.tune_backends):
         try:
@@ -266,9 +270,12 @@ def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, 
                                        min_reps=cfg.min_reps),
                 cache_path=out_dir / TUNE_CACHE, rows_path=out_dir / results.TUNE_FILE,
                 seed=cfg.seed, layout=layout, inputs=inputs, reference=ref,
+                max_evals=cfg.tune_max_evals, forward=fwd_picks,
             )
             if res.best is not None:
                 config, tuned = res.best.config, True
+                if prob.mode == "fwd":
+                    fwd_picks[backend] = (res.best.block, res.best.config)
                 lay = autotune.reblock(layout, res.best.block)
         except Exception as exc:  # noqa: BLE001 - a failed tuning falls back to the default
             return make_row(prob, layout, backend, classify_exception(exc),

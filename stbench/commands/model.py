@@ -90,7 +90,8 @@ def _train(args) -> int:
     )
     splits = data.load(tcfg.dataset, args.data_dir)
     with _progress() as progress:
-        last = train.train(cfg, tcfg, splits, args.out, _device(args.device), args.resume, progress)
+        last = train.train(cfg, tcfg, splits, args.out, _device(args.device), args.resume, progress,
+                           time_limit_s=60 * args.minutes if args.minutes else None)
     print(json.dumps(last))
     return 0
 
@@ -225,6 +226,8 @@ def register(subparsers) -> None:
                    help="validation batches per evaluation (default: the whole split)")
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    t.add_argument("--minutes", type=float, default=None,
+                   help="wall-clock cap: stop (evaluated and checkpointed) after this long")
     _common(t, checkpoint=False)
     t.set_defaults(func=_friendly(_train))
 

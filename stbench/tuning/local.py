@@ -34,8 +34,10 @@ def differs_in_one(a: dict, b: dict) -> bool:
 
 
 def search(candidates: Sequence, evaluate: Callable[[object], float], *, seed: int = 0,
-           random_starts: int = 2, max_rounds: int = 8):
-    """The best candidate found (lowest finite score) or None; ``evaluate`` as in exhaustive."""
+           random_starts: int = 2, max_rounds: int = 8, budget: int | None = None):
+    """The best candidate found (lowest finite score) or None; ``evaluate`` as in exhaustive.
+    ``budget`` caps the evaluations (None: no cap): once spent, an unevaluated candidate
+    scores infinity, so the search keeps the best it has measured."""
     if not candidates:
         return None
     cands = list(candidates)
@@ -43,6 +45,8 @@ def search(candidates: Sequence, evaluate: Callable[[object], float], *, seed: i
 
     def score(i: int) -> float:
         if i not in scores:
+            if budget is not None and len(scores) >= budget:
+                return math.inf
             scores[i] = evaluate(cands[i])
         return scores[i]
 

@@ -243,3 +243,21 @@ def test_flex_band_mask_is_exact_on_every_masked_block(make):
 def test_flex_band_mask_refused_where_it_cannot_be_exact(gen):
     assert flex.band_bounds(layouts.merged_strided(512, block=16, stride=128, heads=2)) is None
     assert flex.band_bounds(partial_layout(gen)) is None
+
+
+def test_flex_permutation_gathers_rows_and_inverts_in_backward(gen):
+    """The permutation around FlexAttention: forward = x[:, h, index[h]], backward = the inverse
+    gather (the same gradient autograd derives for torch.gather, without its scatter-add)."""
+    lay = layouts.st_mix(256, block=16, stride=16, heads=4)  # odd heads permuted, even plain
+    prepared = flex.flex_layout(lay, "cpu")
+    x = torch.randn(3, 4, 256, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = flex._permute(x, prepared.gather, prepared.scatter)
+    idx = prepared.gather.view(1, 4, 256, 1).expand(3, 4, 256, 8)
+    expect = torch.gather(x, 2, idx)
+    assert torch.equal(y, expect)
+    g = torch.randn_like(y)
+    (got,) = torch.autograd.grad(y, x, g)
+    (want,) = torch.autograd.grad(expect, x, g)
+    assert torch.equal(got, want)
+    back = flex._permute(y, prepared.scatter, prepared.gather)
+    assert torch.equal(back, x)

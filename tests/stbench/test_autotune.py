@@ -48,6 +48,25 @@ def test_strategies_find_the_known_best(strategy):
         assert len(set(map(repr, calls))) < len(cands)  # cheaper than exhaustive
 
 
+@pytest.mark.parametrize("strategy", [exhaustive.search, local.search])
+@pytest.mark.parametrize("budget", [1, 5, 9])
+def test_a_budget_caps_the_evaluations_and_keeps_the_best_measured(strategy, budget):
+    cands, score = _landscape()
+    calls = []
+
+    def evaluate(c):
+        calls.append(c)
+        return score[(c.block, c.config["A"], c.config["B"])]
+
+    best = strategy(cands, evaluate, seed=0, budget=budget)
+    assert len(calls) == budget
+    measured = [score[(c.block, c.config["A"], c.config["B"])] for c in calls]
+    if math.isinf(min(measured)):  # the first candidate is the invalid one
+        assert best is None
+    else:
+        assert score[(best.block, best.config["A"], best.config["B"])] == min(measured)
+
+
 def test_strategies_return_none_when_nothing_is_valid():
     cands, _ = _landscape()
     for strategy in (exhaustive.search, local.search):
@@ -220,3 +239,15 @@ def test_item5_evaluation_record(fake_backend, tmp_path, monkeypatch):
     assert rec["pick"]["block"] == rec["best"]["block"] == 32
     assert rec["tune_evaluated"] < rec["exhaustive_evaluated"] == rec["candidates"] == 20
     assert 0.5 < rec["ratio"] < 2 and rec["lookup_warm_ms"] < 50
+
+
+def test_with_forward_keeps_the_forward_pick_and_varies_only_the_backward():
+    cands = [Candidate("fake", {"BLOCK_M": bm, "BWD_BLOCK_M": bb, "bwd_warps": w}, block)
+             for block in (32, 64) for bm in (64, 128) for bb in (32, 64) for w in (4, 8)]
+    got = autotune.with_forward(cands, (64, {"BLOCK_M": 128, "BWD_BLOCK_M": 32, "bwd_warps": 4}))
+    assert {c.block for c in got} == {64}
+    assert {c.config["BLOCK_M"] for c in got} == {128}
+    assert sorted((c.config["BWD_BLOCK_M"], c.config["bwd_warps"]) for c in got) == [
+        (32, 4), (32, 8), (64, 4), (64, 8)]
+    # no candidate at the pick's block: the space is left as it was
+    assert autotune.with_forward(cands, (16, {"BLOCK_M": 64})) == cands

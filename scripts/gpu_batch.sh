@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Independent GPU jobs of one device call, one job per GPU, side by side (each job's timings are
+# its own GPU's; jobs share only the host's CPUs). Usage, on the GPU machine, from the repo root:
+#
+#   OUT=/some/dir DATA_TGZ=.carry/data.tgz bash scripts/gpu_batch.sh JOB [JOB ...]
+#
+# JOB names (a function below): sweep, flex, versus, table2, model, evaluate, sanitize, gputests;
+# A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
+# share a GPU run one after another.
+# Each job writes under $OUT/JOB/ and its log to $OUT/JOB/log; every step has a time cap so a
+# hang costs one step, and the folder is packed into $OUT/JOB.tgz at the end (the device tool
+# returns at most 8 files). DEADLINE_S (default 570) bounds the whole call.
+set -u
+export PYTHONUNBUFFERED=1
+START=$(date +%s)
+DEADLINE=$((START + ${DEADLINE_S:-570}))
+NGPU=$(nvidia-smi -L | wc -l)
+DATA=/tmp/stbench-data
+
+left() { echo $((DEADLINE - $(date +%s))); }
+
+# step CAP_S NAME CMD...: run CMD with a cap of min(CAP_S, time left - 15 s), logging its status
+step() {
+    local cap=$1 name=$2
+    shift 2
+    local t=$(( $(left) - 15 ))
+    (( t > cap )) && t=$cap
+    if (( t < 10 )); then echo "SKIP $name: no time left"; return 0; fi
+    echo "=== $name (cap ${t}s) $(date -u +%T)"
+    timeout --signal=INT --kill-after=10 "$t" "$@"
+    echo "=== $name rc=$? after $(( $(date +%s) - START ))s"
+}
+
+data() { [[ -d $DATA ]] || { mkdir -p $DATA && tar xzf "${DATA_TGZ:-.carry/data.tgz}" -C $DATA --strip-components=1; }; }
+
+job_sweep() {  # issue 6: the standard sweep, tuned, every backend and peer (report: on any CPU)
+    step 540 sweep python3 -m stbench sweep --preset standard --out "$1" --isolate --tune --max-minutes 8.4 --no-progress
+}
+
+job_resume() {  # the standard sweep continued from $RESUME_DIR (a results folder carried along)
+    cp -r "$RESUME_DIR/." "$1/"
+    step 540 sweep python3 -m stbench sweep --preset standard --out "$1" --isolate --tune --resume --no-progress
+}
+
+job_flex() {  # the flex peer's cost; TARGETS.md items 3 (paper masks) and 6 (scale)
+    step 100 flex_overhead python3 scripts/gpu_flex_overhead.py
+    step 200 paper python3 benchmarks/triton_vs_flex.py --suite paper --ns 12288,65536 --out "$1/paper.jsonl" --budget-s 170
+    step 200 scale python3 benchmarks/triton_vs_flex.py --suite scale --ns 131072,262144,524288,1048576 \
+        --out "$1/scale.jsonl" --budget-s 160
+}
+
+job_versus() {  # TARGETS.md item 3 at N = 12288, then items 1-2 at N = 65536 (tuned triton vs flex)
+    step 200 paper12k python3 benchmarks/triton_vs_flex.py --suite paper --ns 12288 --out "$1/paper.jsonl" --budget-s 150
+    step 400 standard65k python3 benchmarks/triton_vs_flex.py --suite standard --ns 65536 --out "$1/standard.jsonl" \
+        --layouts st_mix,strided,local,fixed,causal --budget-s 320
+}
+
+job_table2() {  # issue 5: the paper's Table 2 in miniature, then text samples
+    data
+    step 500 table2 python3 scripts/gpu_table2.py --out "$1" --data-dir $DATA --minutes 2.4 --steps 1400
+    step 60 text_samples python3 -m stbench model sample --checkpoint "$1/fixed/checkpoint.pt" --out "$1/samples" \
+        --num 4 --length 400 --backend triton --dtype bf16 --device cuda --data-dir $DATA
+}
+
+job_model() {  # issue 5: an image model and completions; bits-per-dim parity on the GPU
+    data
+    step 150 images python3 -m stbench model train --preset images --out "$1/images" --steps 3000 --batch-size 32 \
+        --lr 1e-3 --warmup 100 --eval-every 500 --eval-batches 20 --log-every 50 --dtype bf16 \
+        --backend triton --device cuda --data-dir $DATA --minutes 1.9
+    step 60 completions python3 -m stbench model sample --checkpoint "$1/images/checkpoint.pt" --out "$1/images" \
+        --num 8 --backend triton --dtype bf16 --device cuda --data-dir $DATA
+    for dt in bf16 fp32; do
+        step 80 parity_$dt python3 -m stbench model parity --preset text-8k --backends dense,triton,cupy,flex \
+            --batch-size 2 --dtype $dt --json --device cuda --data-dir $DATA
+    done
+}
+
+job_evaluate() {  # TARGETS.md item 5: the tuner's pick against exhaustive search
+    step 330 evaluate python3 -m stbench tune --evaluate --backends triton --out "$1" --ns 4096,16384
+}
+
+job_sanitize() {  # issues 3 and 4: compute-sanitizer over every kernel variant
+    export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+    for be in triton cupy; do
+        step 120 warm_$be python3 scripts/gpu_sanitize.py --backend $be
+        step 200 memcheck_$be compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+            python3 scripts/gpu_sanitize.py --backend $be
+    done
+    step 200 racecheck_cupy compute-sanitizer --tool racecheck --error-exitcode 9 --print-limit 20 \
+        python3 scripts/gpu_sanitize.py --backend cupy
+}
+
+job_gputests() {  # every GPU-marked test
+    step 400 pytest_gpu python3 -m pytest -q -m gpu -n 8 tests
+}
+
+i=0
+declare -A ON_GPU
+for arg in "$@"; do
+    g=$((i % NGPU))
+    ON_GPU[$g]="${ON_GPU[$g]:-} ${arg//+/ }"
+    i=$((i + 1))
+done
+echo "GPUs: $NGPU; jobs by GPU:"; for g in "${!ON_GPU[@]}"; do echo "  $g:${ON_GPU[$g]}"; done
+nvidia-smi -L
+for g in "${!ON_GPU[@]}"; do
+    (
+        export CUDA_VISIBLE_DEVICES=$g
+        for job in ${ON_GPU[$g]}; do
+            mkdir -p "$OUT/$job"
+            { echo "job $job on GPU $g of $NGPU (other jobs run on the other GPUs)"; job_$job "$OUT/$job"; } \
+                >"$OUT/$job/log" 2>&1
+        done
+    ) &
+done
+wait
+cd "$OUT" && for job in $(echo "$@" | tr "+" " "); do
+    tar czf "$job.tgz" --exclude='*.pt' "$job" && rm -rf "$job"  # checkpoints: too big to return
+    echo "--- $job"; tar xzOf "$job.tgz" "$job/log" | grep -E "^===|^SKIP|rc=|passed|failed|speedup|ERROR|Error" | tail -25
+done
