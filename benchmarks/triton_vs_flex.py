@@ -31,6 +31,12 @@ from stbench.kernels import flex
 from stbench.kernels.triton import backend as tb
 from stbench.tuning import check
 
+PAPER_PREDICATES = {
+    # fixed, l = 128, c = 32 (head h' = 0): own period, or the last c keys of every period
+    "paper_fixed": lambda q, k: (k <= q) & ((q // 128 == k // 128) | (k % 128 >= 96)),
+    # merged strided head: local(128) or (q - k) % 128 == 0
+    "paper_union": lambda q, k: (k <= q) & (((q - k) < 128) | ((q - k) % 128 == 0)),
+}
 TUNE_MAX_EVALS = 16  # candidates the autotuner measures per problem (local search)
 FWD_PICKS = {}  # (layout name, N) -> (block, config): the 'fwd+bwd' tune varies the backward
 

@@ -4,7 +4,8 @@
 #
 #   OUT=/some/dir DATA_TGZ=.carry/data.tgz bash scripts/gpu_batch.sh JOB [JOB ...]
 #
-# JOB names (a function below): sweep, flex, versus, table2, model, evaluate, sanitize, gputests;
+# JOB names (a function below): sweep, resume, flex, paper, versus, table2, model, evaluate,
+# sanitize_triton, sanitize_cupy, gputests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
 # Each job writes under $OUT/JOB/ and its log to $OUT/JOB/log; every step has a time cap so a
@@ -39,7 +40,8 @@ job_sweep() {  # issue 6: the standard sweep, tuned, every backend and peer (rep
 
 job_resume() {  # the standard sweep continued from $RESUME_DIR (a results folder carried along)
     cp -r "$RESUME_DIR/." "$1/"
-    step 540 sweep python3 -m stbench sweep --preset standard --out "$1" --isolate --tune --resume --no-progress
+    step 540 sweep python3 -m stbench sweep --preset standard --out "$1" --isolate --tune --resume \
+        --max-minutes ${RESUME_MINUTES:-8} --no-progress
 }
 
 job_flex() {  # the flex peer's cost; TARGETS.md items 3 (paper masks) and 6 (scale)
@@ -47,6 +49,10 @@ job_flex() {  # the flex peer's cost; TARGETS.md items 3 (paper masks) and 6 (sc
     step 200 paper python3 benchmarks/triton_vs_flex.py --suite paper --ns 12288,65536 --out "$1/paper.jsonl" --budget-s 170
     step 200 scale python3 benchmarks/triton_vs_flex.py --suite scale --ns 131072,262144,524288,1048576 \
         --out "$1/scale.jsonl" --budget-s 160
+}
+
+job_paper() {  # TARGETS.md item 3: the paper's exact masks at N = 12288 and 65536
+    step 450 paper python3 benchmarks/triton_vs_flex.py --suite paper --ns 12288,65536 --out "$1/paper.jsonl" --budget-s 380
 }
 
 job_versus() {  # TARGETS.md item 3 at N = 12288, then items 1-2 at N = 65536 (tuned triton vs flex)
@@ -76,18 +82,28 @@ job_model() {  # issue 5: an image model and completions; bits-per-dim parity on
 }
 
 job_evaluate() {  # TARGETS.md item 5: the tuner's pick against exhaustive search
-    step 330 evaluate python3 -m stbench tune --evaluate --backends triton --out "$1" --ns 4096,16384
+    step 330 evaluate python3 -m stbench tune --evaluate --backends triton --out "$1" \
+        --ns ${EVAL_NS:-4096,16384} --layouts ${EVAL_LAYOUTS:-causal,local,strided,fixed,st_mix}
 }
 
-job_sanitize() {  # issues 3 and 4: compute-sanitizer over every kernel variant
+job_sanitize_triton() {  # issue 3: compute-sanitizer memcheck over every Triton kernel variant
+    sanitize triton memcheck
+}
+
+job_sanitize_cupy() {  # issue 4: memcheck and racecheck over every CUDA C++ kernel variant
+    sanitize cupy memcheck racecheck
+}
+
+# sanitize BACKEND TOOL...: fill the kernel caches (a plain run), then each tool over the same run
+sanitize() {
+    local be=$1
+    shift
     export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-    for be in triton cupy; do
-        step 120 warm_$be python3 scripts/gpu_sanitize.py --backend $be
-        step 200 memcheck_$be compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+    step 150 warm_$be python3 scripts/gpu_sanitize.py --backend $be
+    for tool in "$@"; do
+        step 300 ${tool}_$be compute-sanitizer --tool $tool --error-exitcode 9 --print-limit 20 \
             python3 scripts/gpu_sanitize.py --backend $be
     done
-    step 200 racecheck_cupy compute-sanitizer --tool racecheck --error-exitcode 9 --print-limit 20 \
-        python3 scripts/gpu_sanitize.py --backend cupy
 }
 
 job_gputests() {  # every GPU-marked test
