@@ -81,7 +81,8 @@ class Checker:
     problem; ``check(fn)`` judges ``fn(q, k, v) -> out`` (and its gradients for 'fwd+bwd')."""
 
     def __init__(self, layout, q, mode, scale):
-        self.fresh = [torch.randn_like(q) for _ in range(3)]  # unseeded: new every run
+        grad = mode == "fwd+bwd"  # the tuner times fwd+bwd candidates on these tensors
+        self.fresh = [torch.randn_like(q).requires_grad_(grad) for _ in range(3)]  # unseeded
         self.ref = check.Reference(*self.fresh, layout, scale, mode)
 
     def check(self, fn):
@@ -196,7 +197,7 @@ def paper_flex(layout, prob, scale):
     return out
 
 
-def plot(jsonl: str, png: str) -> None:
+def plot(jsonl: str, png: str, title: str | None = None) -> None:
     """Bar chart of the ``sweep`` rows' median times (log scale), per layout and mode, one bar
     per backend (a failed backend shows no bar): a pure function of the JSONL file."""
     import matplotlib
@@ -206,13 +207,18 @@ def plot(jsonl: str, png: str) -> None:
 
     rows = [r for r in results.read_rows(jsonl) if r.kind == "sweep"]
     keys = sorted({(r.layout, r.mode, r.n_ctx) for r in rows})
-    backends = sorted({r.backend for r in rows})
+
+    def label(r):  # one bar per FlexAttention variant (default block, best block, ...)
+        variant = (r.config or {}).get("variant")
+        return f"{r.backend}[{variant}]" if variant else r.backend
+
+    backends = sorted({label(r) for r in rows})
     fig, ax = plt.subplots(figsize=(1.2 * len(keys) + 2, 4))
     width = 0.8 / max(1, len(backends))
     for i, be in enumerate(backends):
         ys = []
         for key in keys:
-            hit = [r for r in rows if (r.layout, r.mode, r.n_ctx) == key and r.backend == be
+            hit = [r for r in rows if (r.layout, r.mode, r.n_ctx) == key and label(r) == be
                    and r.status == "ok"]
             ys.append(hit[0].median_ms if hit else float("nan"))
         ax.bar([j + i * width for j in range(len(keys))], ys, width, label=be)
@@ -221,7 +227,7 @@ def plot(jsonl: str, png: str) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("median ms (log)")
     ax.legend()
-    ax.set_title(f"{jsonl.split('/')[-1]}: bf16, H=8, D=64, B*N=65536")
+    ax.set_title(title or f"{jsonl.split('/')[-1]}: bf16, H=8, D=64")
     fig.tight_layout()
     fig.savefig(png, dpi=120)
 
@@ -234,10 +240,11 @@ def main(argv=None):
     ap.add_argument("--modes", default="fwd,fwd+bwd")
     ap.add_argument("--out", help="JSONL to append rows to (required unless --plot)")
     ap.add_argument("--plot", nargs=2, metavar=("JSONL", "PNG"), help="only plot a results file")
+    ap.add_argument("--title", help="plot title (with --plot)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new problems after")
     args = ap.parse_args(argv)
     if args.plot:
-        plot(*args.plot)
+        plot(*args.plot, title=args.title)
         return 0
     if not args.out:
         ap.error("--out is required (or use --plot JSONL PNG)")
