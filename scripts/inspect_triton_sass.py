@@ -1,0 +1,191 @@
+"""AOT-compile the Triton backend's kernels for an H200 (sm_90) without a GPU and summarise the
+generated code: registers/thread, spills, shared memory, warps/stages, SASS instruction counts.
+
+Each row is one @triton.jit kernel (kernels/triton/forward.py, backward.py) at a configuration
+the autotuner picked at N = 65536, bf16, head dim 64 (reports/standard/results.jsonl), with the
+constexprs the launchers pass for that layout (UNIT = min(layout block, tile sides),
+G = tile minor / UNIT, HAS_PERM for strided / st_mix). FULL, CAUSAL and MASKED tiles are three
+constexpr-specialised loops inside ONE kernel, so each row covers all three.
+Pointers and ints divisible by 16 get the tt.divisibility=16 hint, as the JIT launcher gives
+them at run time (torch allocations are 16-byte aligned; N = 65536, n_t = N / tile).
+
+Compilation: triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32)); registers and
+spills from Triton's bundled ptxas -v on the PTX; SASS from its bundled cuobjdump.
+
+Run (CPU only; TRITON_INTERPRET must be unset, else the interpreter is used):
+    env -u TRITON_INTERPRET python scripts/inspect_triton_sass.py > reports/triton/sass_inspect.txt
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from collections import Counter
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from stbench.kernels.triton.backward import DELTA_ROWS, _delta_kernel, _dkdv_kernel, _dq_kernel
+from stbench.kernels.triton.forward import _fwd_kernel
+
+N, H, D = 65536, 8, 64
+TARGET = GPUTarget("cuda", 90, 32)
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+PLAN = ["head_pattern", "pattern_perm", "perm", "ptr", "split", "cols", "kind", "tmask"]
+COUNTS = ["HGMMA", "HMMA", "LDGSTS", "LDGSTS.128", "UTMALDG", "LDG", "LDG.128", "LDSM", "LDS", "STS",
+          "MUFU.EX2", "BAR.SYNC"]
+
+
+def fwd_sig():
+    s = {n: "*bf16" for n in ("Q", "K", "V", "O", "O_PREV")}
+    s.update(LSE2="*fp32", LSE_PREV="*fp32", masks="*u8", qk_scale2="fp32", N="i32", H="i32",
+             n_t="i32", **{n: "*i32" for n in PLAN})
+    return s
+
+
+def dq_sig():
+    s = {n: "*bf16" for n in ("Q", "K", "V", "DO", "DQ", "DQ_PREV")}
+    s.update(LSE2="*fp32", DELTA="*fp32", masks="*u8", qk_scale2="fp32", scale="fp32",
+             N="i32", H="i32", n_t="i32", **{n: "*i32" for n in PLAN})
+    return s
+
+
+def dkdv_sig():
+    s = dq_sig()
+    for n in ("DQ", "DQ_PREV"):
+        del s[n]
+    s.update({n: "*bf16" for n in ("DK", "DV", "DK_PREV", "DV_PREV")})
+    return s
+
+
+def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag):
+    """A row of a tile kernel: major / minor tile sides, the layout block, HAS_PERM."""
+    unit = min(block, major, minor)
+    names = ("BLOCK_N", "BLOCK_M") if fn is _dkdv_kernel else ("BLOCK_M", "BLOCK_N")
+    cx = {"HEAD_DIM": D, names[0]: major, names[1]: minor, "UNIT": unit, "G": minor // unit,
+          "HAS_PERM": perm, "IN_PREC": "tf32", flag: False}
+    ints = {"N": N, "H": H, "n_t": N // major}
+    cfg = f"{major}x{minor} u{unit} G{minor // unit} perm{int(perm)} w{warps} s{stages}"
+    return name, fn, sig, cx, ints, warps, stages, cfg
+
+
+ROWS = [
+    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE"),
+    tiled("fwd local", _fwd_kernel, fwd_sig(), 64, 32, 32, False, 4, 3, "MERGE"),
+    tiled("fwd strided/st_mix", _fwd_kernel, fwd_sig(), 64, 32, 64, True, 4, 2, "MERGE"),
+    ("delta", _delta_kernel, {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "n_rows": "i32"},
+     {"HEAD_DIM": D, "ROWS": DELTA_ROWS}, {"n_rows": H * N}, 4, 3, f"{DELTA_ROWS} rows w4 s3"),
+    tiled("dq causal/fixed", _dq_kernel, dq_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
+    tiled("dkdv causal/fixed", _dkdv_kernel, dkdv_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
+    tiled("dq local", _dq_kernel, dq_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
+    tiled("dkdv local", _dkdv_kernel, dkdv_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
+    tiled("dq st_mix", _dq_kernel, dq_sig(), 64, 64, 64, True, 4, 2, "ACCUM"),
+    tiled("dkdv st_mix", _dkdv_kernel, dkdv_sig(), 64, 64, 64, True, 4, 2, "ACCUM"),
+    tiled("dq strided", _dq_kernel, dq_sig(), 32, 64, 64, True, 4, 2, "ACCUM"),
+    tiled("dkdv strided", _dkdv_kernel, dkdv_sig(), 64, 32, 64, True, 4, 2, "ACCUM"),
+]
+
+
+def compile_row(fn, sig, cx, ints, warps, stages):
+    names = fn.arg_names
+    signature = {n: ("constexpr" if n in cx else sig[n]) for n in names}
+    attrs = {}
+    for i, n in enumerate(names):
+        if n not in cx and (sig[n].startswith("*") or ints.get(n, 1) % 16 == 0):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=signature, constexprs=cx, attrs=attrs)
+    return triton.compile(src, target=TARGET,
+                          options={"num_warps": warps, "num_stages": stages})
+
+
+def ptxas_usage(ptx, tmp):
+    path = os.path.join(tmp, "k.ptx")
+    with open(path, "w") as f:
+        f.write(ptx)
+    arch = re.search(r"^\.target\s+(\w+)", ptx, re.M).group(1)
+    r = subprocess.run([os.path.join(BIN, "ptxas"), "-v", f"-arch={arch}", path,
+                        "-o", os.path.join(tmp, "v.cubin")], capture_output=True, text=True)
+    txt = r.stdout + r.stderr
+    get = lambda pat: int(m.group(1)) if (m := re.search(pat, txt)) else None  # noqa: E731
+    return (arch, get(r"Used (\d+) registers"), get(r"(\d+) bytes spill stores"),
+            get(r"(\d+) bytes spill loads"), get(r"(\d+) bytes stack frame"))
+
+
+def sass_counts(cubin, tmp):
+    path = os.path.join(tmp, "k.cubin")
+    with open(path, "wb") as f:
+        f.write(cubin)
+    out = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-sass", path],
+                         capture_output=True, text=True, check=True).stdout
+    ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", out)
+    c = Counter()
+    for op in ops:
+        head = op.split(".")[0]
+        if head in ("HGMMA", "HMMA", "LDGSTS", "UTMALDG", "LDSM", "LDS", "STS"):
+            c[head] += 1
+            c["LDGSTS.128"] += head == "LDGSTS" and ".128" in op
+        elif head == "LDG":
+            c["LDG"] += 1
+            c["LDG.128"] += ".128" in op
+        elif op.startswith("MUFU.EX2"):
+            c["MUFU.EX2"] += 1
+        elif op.startswith("BAR.SYNC"):
+            c["BAR.SYNC"] += 1
+    res = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", path],
+                         capture_output=True, text=True, check=True).stdout
+    usage = {k: int(v) for k, v in re.findall(r"\b(REG|SHARED|LOCAL):(\d+)", res)}
+    return c, len(ops), usage
+
+
+def main():
+    print(f"triton {triton.__version__}; target {TARGET}; ptxas/cuobjdump from {BIN}")
+    print(f"bf16, HEAD_DIM={D}, N={N}, H={H}; IN_PREC='tf32' (ignored for bf16 dots); "
+          "MERGE/ACCUM off; one row = one kernel (FULL+CAUSAL+MASKED loops together)")
+    print("LDG.128 / LDGSTS.128 = 16-byte loads / cp.async (subsets of LDG / LDGSTS); "
+          "LDSM = ldmatrix; "
+          "regs/spills from ptxas -v (regs checked against the cubin's REG);\n"
+          "lmem = cubin LOCAL bytes/thread; smem = bytes/CTA: Triton's dynamic shared + the "
+          "cubin's static SHARED (the 1 KB per-CTA reservation)\n")
+    cols = ["kernel", "config", "regs", "spill st/ld/lmem", "smem", "occ"] + COUNTS + ["instrs"]
+    rows, errors = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fn, sig, cx, ints, warps, stages, cfg in ROWS:
+            try:
+                k = compile_row(fn, sig, cx, ints, warps, stages)
+                arch, regs, sst, sld, _stack = ptxas_usage(k.asm["ptx"], tmp)
+                c, total, use = sass_counts(k.asm["cubin"], tmp)
+                md = k.metadata
+                assert use.get("REG") == regs, ("cubin REG", use.get("REG"), "ptxas -v", regs)
+                smem = md.shared + use.get("SHARED", 0)  # dynamic + static (1 KB reserved)
+                # CTAs/SM on H200: 64K regs (allocated per thread in units of 8), 228 KB smem,
+                # 64 warps, 32 CTAs
+                by_reg = 65536 // (-(-regs // 8) * 8 * 32 * md.num_warps)
+                by_smem = 233472 // smem
+                occ = min(by_reg, by_smem, 64 // md.num_warps, 32)
+                rows.append([name, cfg, regs, f"{sst}/{sld}/{use.get('LOCAL')}", smem,
+                             f"{occ} (r{by_reg},s{by_smem})"] + [c[x] for x in COUNTS] + [total])
+                assert md.num_warps == warps and md.num_stages == stages, (md.num_warps,
+                                                                            md.num_stages)
+            except Exception as exc:  # every row is data
+                msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}"
+                rows.append([name, cfg, "ERROR"] + [""] * (len(cols) - 3))
+                errors.append(f"{name} [{cfg}]: {msg}")
+    print(f"PTX target: {arch}\n")
+    widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
+    fmt = lambda r: "  ".join(str(v).rjust(w) if i > 1 else str(v).ljust(w)  # noqa: E731
+                               for i, (v, w) in enumerate(zip(r, widths)))
+    print(fmt(cols))
+    print("-" * len(fmt(cols)))
+    for r in rows:
+        print(fmt(r))
+    print("\nocc = resident CTAs per SM on an H200 (min of the register limit r, shared memory "
+          "limit s, 64 warps/SM, 32 CTAs/SM)")
+    for e in errors:
+        print("ERROR", e)
+
+
+if __name__ == "__main__":
+    main()
