@@ -41,20 +41,17 @@ TUNE_MAX_EVALS = 16  # candidates the autotuner measures per problem (local sear
 FWD_PICKS = {}  # (layout name, N) -> (block, config): the 'fwd+bwd' tune varies the backward
 
 
-def q_device(checker):
-    return checker.fresh[0].device
-
-
 def candidates(prob, layout, checker):
     """(layout, config) pairs to time: the default config, and the autotuner's pick (local
     search over ``config_space`` and the layout blocks to which it re-blocks exactly; every
     candidate it measures is checked against the same dense reference first)."""
     base = tb.default_config(layout, prob.head_dim, prob.torch_dtype).as_dict()
     out = [(layout, base)]
-    res = autotune.tune(prob, ["triton"], device=q_device(checker), strategy="local", save=False,
-                        layout=layout, inputs=checker.fresh, reference=checker.ref,
-                        max_evals=TUNE_MAX_EVALS, forward={"triton": FWD_PICKS[key]}
-                        if (key := (prob.layout.name, prob.n_ctx)) in FWD_PICKS else None)
+    key = (prob.layout.name, prob.n_ctx)
+    forward = {"triton": FWD_PICKS[key]} if key in FWD_PICKS else None
+    res = autotune.tune(prob, ["triton"], device=checker.fresh[0].device, strategy="local",
+                        save=False, layout=layout, inputs=checker.fresh, reference=checker.ref,
+                        max_evals=TUNE_MAX_EVALS, forward=forward)
     if res.best is not None:
         if prob.mode == "fwd":
             FWD_PICKS[key] = (res.best.block, res.best.config)

@@ -334,10 +334,10 @@ def flex_layout(layout: Layout, device) -> FlexLayout:
 class _Permute(torch.autograd.Function):
     """y[:, h, i] = x[:, h, index[h, i]] for a per-head permutation ``index`` whose inverse is
     ``inverse``. Its backward is the inverse gather, not the scatter-add autograd derives for
-    torch.gather (atomics over an index expanded across D). torch.gather measured faster here
-    than index_select over rows (H200, B x N = 65536, H = 8, D = 64: the strided forward with
-    four permutations took 0.6 ms with gather, 1.4 ms with index_select;
-    reports/standard/NOTES.md)."""
+    torch.gather (atomics over an index expanded across D). torch.gather measured faster than
+    an index_select over rows: the strided forward at N = 2048..8192, B x N = 65536, H = 8,
+    D = 64 took 0.59-0.61 ms with gather (reports/standard_run1/) and 1.40-1.42 ms with
+    index_select (reports/standard/, same problems), on one H200."""
 
     @staticmethod
     def forward(ctx, x, index, inverse):
