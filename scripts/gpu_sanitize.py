@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from stbench import accuracy, backends
+from stbench.commands.check import check_one, dense_reference
 from stbench.kernels.cupy.checks import LAYOUT_CASES
-from stbench.reference import dense
 
 N_CTX, HEADS, BATCH = 512, 2, 2
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def cases():
@@ -38,39 +38,34 @@ def cases():
             yield name, torch.float16, d
 
 
-def run_case(module, name, dtype, head_dim, gen) -> tuple[bool, str]:
+def run_case(backend, name, dtype, head_dim, gen) -> tuple[bool, str]:
+    """``stbench check``'s judgement of one case: output and dq, dk, dv of the whole batch
+    against the float64 and the same-dtype dense reference (stbench/accuracy.py's rule)."""
     layout = LAYOUT_CASES[name](N_CTX, HEADS)
     shape = (BATCH, HEADS, N_CTX, head_dim)
-    q, k, v, do = (torch.randn(shape, generator=gen).cuda() for _ in range(4))
+    inputs64 = [torch.randn(shape, generator=gen, dtype=torch.float64).to(DEVICE)
+                for _ in range(4)]
     scale = head_dim**-0.5
-    hi = [t.double().requires_grad_() for t in (q, k, v)]
-    lo = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    ins = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    r64, rlo = dense.attention(*hi, layout, scale), dense.attention(*lo, layout, scale)
-    out = module.attention(*ins, layout, scale)
-    for t, g in ((r64, do.double()), (rlo, do.to(dtype)), (out, do.to(dtype))):
-        t.backward(g)
-    torch.cuda.synchronize()
-    worst = []
-    for what, a, b, c in (("out", out, r64, rlo),) + tuple(
-            (f"d{n}", x.grad, y.grad, z.grad) for n, x, y, z in zip("qkv", ins, hi, lo)):
-        ok, err, tol = accuracy.within(a, b, c, dtype)
-        if not ok:
-            worst.append(f"{what} rel_err {err:.3g} > {tol:.3g}")
-    return not worst, "; ".join(worst) or "ok"
+    refs64 = dense_reference(*inputs64[:3], layout, scale, inputs64[3])
+    refs_t = dense_reference(*(t.to(dtype) for t in inputs64[:3]), layout, scale,
+                             inputs64[3].to(dtype))
+    row = check_one(backend, name, layout, dtype, inputs64, refs64, refs_t, DEVICE)
+    if row.status == "ok":
+        return True, "ok"
+    return False, row.message or (f"{row.status}: out rel_err {row.fwd_err:.3g} / "
+                                  f"{row.fwd_tol:.3g}, worst grad {row.grad_err} / {row.grad_tol}")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", required=True, choices=("triton", "cupy"))
     args = ap.parse_args(argv)
-    module = backends.load(args.backend)
     gen = torch.Generator().manual_seed(int(time.time()))  # fresh inputs every run
     failed = 0
     for name, dtype, d in cases():
         t0 = time.perf_counter()
         try:
-            ok, msg = run_case(module, name, dtype, d, gen)
+            ok, msg = run_case(args.backend, name, dtype, d, gen)
         except Exception as exc:  # noqa: BLE001 - a crashing case is a failure line, go on
             ok, msg = False, f"{type(exc).__name__}: {str(exc)[:300]}"
         failed += not ok

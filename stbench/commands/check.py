@@ -117,7 +117,7 @@ def check_layouts(n_ctx: int, heads: int, block: int, seed: int) -> list[tuple[s
 
 
 # ------------------------------------------------------------------------------ checking
-def _reference(q, k, v, layout, scale, do):
+def dense_reference(q, k, v, layout, scale, do):
     """(out, (dq, dk, dv)) of the dense reference in q's dtype; the plain one when small."""
     import torch
 
@@ -189,9 +189,9 @@ def run_checks(backend_names, dtypes, n_ctx, heads, batch, head_dim, block, seed
         inputs64 = [torch.randn(*shape, generator=gen, dtype=torch.float64).to(device)
                     for _ in range(4)]
         scale = 1.0 / math.sqrt(head_dim)
-        refs64 = _reference(*inputs64[:3], layout, scale, inputs64[3])
+        refs64 = dense_reference(*inputs64[:3], layout, scale, inputs64[3])
         for dtype in dtypes:
-            refs_t = _reference(*(t.to(dtype) for t in inputs64[:3]), layout, scale,
+            refs_t = dense_reference(*(t.to(dtype) for t in inputs64[:3]), layout, scale,
                                 inputs64[3].to(dtype))
             for name in backend_names:
                 if progress:
