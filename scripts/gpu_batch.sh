@@ -5,7 +5,7 @@
 #   OUT=/some/dir DATA_TGZ=.carry/data.tgz bash scripts/gpu_batch.sh JOB [JOB ...]
 #
 # JOB names (a function below): sweep, resume, flex, paper, versus, table2, model, evaluate,
-# sanitize_triton, sanitize_cupy, gputests;
+# sanitize_triton, sanitize_cupy, racecheck_cupy, profile, gputests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
 # Each job writes under $OUT/JOB/ and its log to $OUT/JOB/log; every step has a time cap so a
@@ -35,7 +35,8 @@ step() {
 data() { [[ -d $DATA ]] || { mkdir -p $DATA && tar xzf "${DATA_TGZ:-.carry/data.tgz}" -C $DATA --strip-components=1; }; }
 
 job_sweep() {  # issue 6: the standard sweep, tuned, every backend and peer (report: on any CPU)
-    step 540 sweep python3 -m stbench sweep --preset standard --out "$1" --isolate --tune --max-minutes 8.4 --no-progress
+    step 570 sweep python3 -m stbench sweep --preset standard --out "$1" --isolate --tune \
+        --max-minutes ${SWEEP_MINUTES:-9.2} --no-progress
 }
 
 job_resume() {  # the standard sweep continued from $RESUME_DIR (a results folder carried along)
@@ -103,6 +104,29 @@ sanitize() {
     for tool in "$@"; do
         step 300 ${tool}_$be compute-sanitizer --tool $tool --error-exitcode 9 --print-limit 20 \
             python3 scripts/gpu_sanitize.py --backend $be
+    done
+}
+
+job_racecheck_cupy() {  # issue 4: racecheck alone, with the time the full 22 cases need
+    sanitize cupy racecheck
+}
+
+# issues 3 and 4: Nsight Compute over each backend's kernels on the standard problem at N = 65536
+# (clocks left alone); per profile NAME.ncu-rep and its raw and details pages as CSV
+PROFILES=${PROFILES:-"triton:causal:fwd+bwd flex:causal:fwd+bwd cupy:causal:fwd+bwd triton:st_mix:fwd+bwd flex:st_mix:fwd+bwd cupy:st_mix:fwd+bwd triton:fixed:fwd flex:fixed:fwd"}
+job_profile() {
+    local ncu
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    export TORCHINDUCTOR_COMPILE_THREADS=1  # no compile subprocesses under ncu's injection
+    for spec in $PROFILES; do
+        IFS=: read -r be lay mode <<<"$spec"
+        local name=${be}_${lay}_${mode/+/_}
+        step 150 ncu_$name "$ncu" --clock-control none --profile-from-start off --target-processes all \
+            --section SpeedOfLight --section Occupancy --section LaunchStats \
+            --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats \
+            -f -o "$1/$name" python3 scripts/gpu_profile.py --backend "$be" --layout "$lay" --mode "$mode"
+        "$ncu" --import "$1/$name.ncu-rep" --csv --page raw >"$1/$name.raw.csv" 2>&1
+        "$ncu" --import "$1/$name.ncu-rep" --csv --page details >"$1/$name.details.csv" 2>&1
     done
 }
 

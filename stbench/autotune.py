@@ -33,6 +33,7 @@ from stbench import backends, layouts, results
 from stbench.problems import Problem
 from stbench.tuning import cache, check, exhaustive, local
 from stbench.tuning.measure import BenchSettings, Candidate, make_row, measure
+from stbench.tuning.precompile import COMPILED_BACKENDS, Job
 
 STRATEGIES = {"exhaustive": exhaustive.search, "local": local.search}
 OBJECTIVES = ("time", "memory", "time_under_budget")
@@ -142,13 +143,17 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
          settings: BenchSettings | None = None, final: BenchSettings | None = None,
          cache_path=None, save: bool = True, rows_path=None, seed: int = 0, layout=None,
          inputs=None, reference=None, blocks=layouts.ALLOWED_BLOCKS,
-         max_evals: int | None = None, forward: dict | None = None) -> TuneResult:
+         max_evals: int | None = None, forward: dict | None = None,
+         precompiler=None) -> TuneResult:
     """Tune ``problem`` over ``backend_names`` (default: every registered backend that runs
     here). Writes candidate rows to ``rows_path`` (JSONL) if given, and the pick to the cache
     (``cache_path``, default the user's) unless ``save=False``. ``max_evals`` caps the
     candidates measured per backend (None: as many as the strategy wants). ``forward``:
     {backend: (block, config)} of 'fwd' picks; a 'fwd+bwd' problem then searches only the
-    backward keys of that backend at that block (``with_forward``)."""
+    backward keys of that backend at that block (``with_forward``). ``precompiler``: a
+    ``tuning.precompile.Precompiler`` that compiles each batch of candidates the strategy is
+    about to evaluate side by side first; its workers rebuild the layout from ``problem``, so
+    pass it only when ``layout`` is ``problem.build_layout()`` (or None)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}: use one of {', '.join(STRATEGIES)}")
     if objective not in OBJECTIVES:
@@ -199,7 +204,13 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
                 _memo[key] = (s, c, row)
             return _memo[key][0]
 
-        STRATEGIES[strategy](cands, evaluate, seed=seed, budget=max_evals)
+        prepare = None
+        if precompiler is not None and name in COMPILED_BACKENDS:
+            def prepare(batch, _memo=memo):
+                precompiler.run([Job.of(problem, c.backend, c.block, c.config) for c in batch
+                                 if (c.block, json.dumps(c.config, sort_keys=True)) not in _memo])
+
+        STRATEGIES[strategy](cands, evaluate, seed=seed, budget=max_evals, prepare=prepare)
         evaluated += len(memo)
         scored.extend(v for v in memo.values() if math.isfinite(v[0]))
     scored.sort(key=lambda x: x[0])

@@ -25,7 +25,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from stbench import results
-from stbench.sweep import WORK_DIR, Group, SweepConfig, _cuda_available, run_group
+from stbench.sweep import (WORK_DIR, Group, SweepConfig, _cuda_available, open_precompiler,
+                           run_group)
 from stbench.tuning.measure import make_row
 
 BEGIN, END, STOP = "STBENCH-BEGIN", "STBENCH-END", "STBENCH-STOP"
@@ -164,6 +165,15 @@ def worker_main(task_path: str) -> int:
     def say(*parts):
         print(*parts, flush=True)
 
+    pre = open_precompiler(cfg, groups, task["device"], task["tune"], Path(task["out"]))
+    try:
+        return _run_groups(cfg, groups, task, fault, say, pre)
+    finally:
+        if pre is not None:
+            pre.close()
+
+
+def _run_groups(cfg, groups, task, fault, say, pre) -> int:
     offset = 0
     for group in groups:
         def begin(i, group=group, offset=offset):
@@ -176,7 +186,8 @@ def worker_main(task_path: str) -> int:
 
         finished = run_group(cfg, group, Path(task["out"]), device=task["device"],
                              tune=task["tune"], deadline=task["deadline"], on_begin=begin,
-                             on_end=lambda i, row, offset=offset: say(END, offset + i))
+                             on_end=lambda i, row, offset=offset: say(END, offset + i),
+                             precompiler=pre)
         if not finished:
             say(STOP)
             break

@@ -76,6 +76,7 @@ class SweepConfig:
     tune_strategy: str = "local"
     tune_rep_ms: float = 40
     tune_max_evals: int | None = None  # candidates measured per (problem, backend); None: no cap
+    precompile_workers: int = 0  # processes compiling kernels ahead of timing; 0: off
     seed: int = 0
     description: str = ""
     source: dict = field(default_factory=dict, compare=False, repr=False)
@@ -83,7 +84,8 @@ class SweepConfig:
     KEYS = ("name", "description", "ns", "layouts", "backends", "modes", "dtypes", "tokens",
             "batch", "heads", "head_dim", "block", "warmup_ms", "rep_ms", "flush_l2",
             "min_reps", "row_timeout_s", "max_n", "triton_interpret", "tune_backends",
-            "tune_strategy", "tune_rep_ms", "tune_max_evals", "seed", "layout", "fit_block")
+            "tune_strategy", "tune_rep_ms", "tune_max_evals", "precompile_workers", "seed",
+            "layout", "fit_block")
 
     @staticmethod
     def from_dict(d: dict, where: str = "sweep config") -> "SweepConfig":
@@ -113,10 +115,14 @@ class SweepConfig:
             specs = [replace(s, fit_block=True) for s in specs]
         for b in d["backends"]:
             backends.info(b)  # UnknownBackend names the registered ones
+        workers = d.get("precompile_workers", 0)
+        if not isinstance(workers, int) or workers < 0:
+            raise SweepError(f"{where}: precompile_workers={workers!r} must be an int >= 0 "
+                             "(0: compile on first call; N: N processes compile ahead)")
         kw = {k: d[k] for k in ("name", "tokens", "batch", "heads", "head_dim", "warmup_ms",
                                 "rep_ms", "flush_l2", "min_reps", "row_timeout_s",
                                 "triton_interpret", "tune_strategy", "tune_rep_ms",
-                                "tune_max_evals", "seed",
+                                "tune_max_evals", "precompile_workers", "seed",
                                 "description") if k in d}
         for k in ("modes", "dtypes", "tune_backends"):
             if k in d:
@@ -189,9 +195,11 @@ def item_key(cfg: SweepConfig, group: Group, mode: str, backend: str) -> str:
 
 # ----------------------------------------------------------------------------- one group
 def run_group(cfg: SweepConfig, group: Group, out_dir: Path, *, device, tune: bool,
-              deadline: float | None, on_begin=None, on_end=None) -> bool:
+              deadline: float | None, on_begin=None, on_end=None, precompiler=None) -> bool:
     """Run a group's items in order, appending each row to results.jsonl; False if stopped by
-    the deadline. Inputs and the dense reference are made once per mode, on first need."""
+    the deadline. Inputs and the dense reference are made once per mode, on first need.
+    ``precompiler``: a ``tuning.precompile.Precompiler`` the tuner compiles each batch of
+    candidates with, side by side, before timing them."""
     out = out_dir / results.RESULTS_FILE
     device = torch.device(device)
     settings = BenchSettings(cfg.warmup_ms, cfg.rep_ms, cfg.flush_l2, min_reps=cfg.min_reps)
@@ -230,7 +238,7 @@ def run_group(cfg: SweepConfig, group: Group, out_dir: Path, *, device, tune: bo
             else:
                 inputs, ref, note = prepared
                 row = _measure_backend(cfg, prob, layout, backend, inputs, ref, device,
-                                       settings, tune, out_dir, fwd_picks)
+                                       settings, tune, out_dir, fwd_picks, precompiler)
                 if ref is None and row.check == "skipped":
                     row = replace(row, check=f"skipped: {note}")
         results.append_rows(out, [row])
@@ -260,7 +268,7 @@ def _prepare_mode(prob, layout, device):
 
 
 def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, tune, out_dir,
-                     fwd_picks):
+                     fwd_picks, precompiler=None):
     config, lay, tuned = None, layout, False
     if tune and (not cfg.tune_backends or backend in cfg.tune_backends):
         try:
@@ -270,7 +278,7 @@ def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, 
                                        min_reps=cfg.min_reps),
                 cache_path=out_dir / TUNE_CACHE, rows_path=out_dir / results.TUNE_FILE,
                 seed=cfg.seed, layout=layout, inputs=inputs, reference=ref,
-                max_evals=cfg.tune_max_evals, forward=fwd_picks,
+                max_evals=cfg.tune_max_evals, forward=fwd_picks, precompiler=precompiler,
             )
             if res.best is not None:
                 config, tuned = res.best.config, True
@@ -282,6 +290,63 @@ def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, 
                             error=f"tune: {error_text(exc)}")
     return measure(prob, lay, backend, config, inputs=inputs, reference=ref, device=device,
                    settings=settings, tuned=tuned)
+
+
+# ----------------------------------------------------------------------------- precompiling
+def _tuned(cfg: SweepConfig, backend: str) -> bool:
+    return not cfg.tune_backends or backend in cfg.tune_backends
+
+
+def precompile_jobs(cfg: SweepConfig, groups: list[Group], device, tune: bool) -> list:
+    """The first calls the sweep's rows will make that are known before it starts: each
+    compiling backend's default config on each row it runs untuned, and for each tuned 'fwd'
+    problem the starts of the local search (``tuning.local.start_indices``, the same seed),
+    cut to ``tune_max_evals``. The rest (the search's later rounds, and 'fwd+bwd' tuning,
+    which starts from the 'fwd' pick) is compiled in batches as the tuner reaches it."""
+    from stbench.tuning import local
+    from stbench.tuning.precompile import COMPILED_BACKENDS, Job
+
+    jobs = []
+    max_n = dict(cfg.max_n)
+    for g in groups:
+        layout = None
+        for mode, backend in g.items:
+            if backend not in COMPILED_BACKENDS or g.n > max_n.get(backend, g.n):
+                continue
+            prob = cfg.problem(g.n, g.layout, g.dtype, mode)
+            if backends.unavailable_reason(backend, device, prob.torch_dtype) is not None:
+                continue
+            if not (tune and _tuned(cfg, backend)):
+                jobs.append(Job.of(prob, backend))
+                continue
+            if mode != "fwd" or cfg.tune_strategy != "local":
+                continue
+            try:
+                layout = layout or prob.build_layout()
+                cands, _, _ = autotune.candidate_space(prob, layout, backend)
+            except (layouts.LayoutError, ValueError):
+                continue  # the row says why; nothing to compile
+            starts = local.start_indices(cands, seed=cfg.seed)[:cfg.tune_max_evals]
+            jobs.extend(Job.of(prob, backend, cands[i].block, cands[i].config) for i in starts)
+    return jobs
+
+
+def open_precompiler(cfg: SweepConfig, groups: list[Group], device, tune: bool, out_dir: Path,
+                     describe=None):
+    """A ``Precompiler`` with ``cfg.precompile_workers`` processes that has run
+    ``precompile_jobs``, or None when ``precompile_workers`` is 0. Each batch's outcome is
+    logged to ``OUT/.work/precompile.jsonl``."""
+    if not cfg.precompile_workers:
+        return None
+    from stbench.tuning.precompile import Precompiler
+
+    pre = Precompiler(cfg.precompile_workers, str(device),
+                      log_path=out_dir / WORK_DIR / "precompile.jsonl")
+    jobs = precompile_jobs(cfg, groups, device, tune)
+    if describe:
+        describe(f"precompiling {len(jobs)} first calls on {cfg.precompile_workers} workers")
+    pre.run(jobs, phase="sweep")
+    return pre
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -326,12 +391,18 @@ def run_sweep(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool 
                                               on_row)
         else:
             finished = True
-            for g in groups:
-                bar.describe(f"{g.layout} N={g.n} {g.dtype}")
-                if not run_group(cfg, g, out_dir, device=device, tune=tune, deadline=deadline,
-                                 on_end=lambda i, row: on_row(row)):
-                    finished = False
-                    break
+            pre = open_precompiler(cfg, groups, device, tune, out_dir, bar.describe)
+            try:
+                for g in groups:
+                    bar.describe(f"{g.layout} N={g.n} {g.dtype}")
+                    if not run_group(cfg, g, out_dir, device=device, tune=tune,
+                                     deadline=deadline, on_end=lambda i, row: on_row(row),
+                                     precompiler=pre):
+                        finished = False
+                        break
+            finally:
+                if pre is not None:
+                    pre.close()
     counts["stopped"] = not finished
     return counts
 

@@ -37,6 +37,9 @@ def register(subparsers) -> None:
     p.add_argument("--backends", type=_csv, default=None,
                    help="override backends, comma-separated")
     p.add_argument("--modes", type=_csv, default=None, help="override modes (fwd,fwd+bwd)")
+    p.add_argument("--precompile-workers", type=int, default=None,
+                   help="processes that compile kernels ahead of timing (0: off; default: the "
+                   "config's precompile_workers)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true",
@@ -53,7 +56,7 @@ def run(args) -> int:
     try:
         cfg = SweepConfig.preset(args.preset) if args.preset else SweepConfig.from_toml(args.config)
         cfg = cfg.with_overrides(ns=args.ns, layouts=args.layouts, backends=args.backends,
-                                 modes=args.modes)
+                                 modes=args.modes, precompile_workers=args.precompile_workers)
         if args.max_minutes is not None and args.max_minutes <= 0:
             raise SweepError("--max-minutes must be positive")
         if args.dry_run:

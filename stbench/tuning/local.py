@@ -9,6 +9,10 @@ backend's config keys (``coords(c)``). Algorithm:
     repeat:  evaluate every unevaluated candidate that differs from ``current`` in exactly one
              coordinate; move to the best if it improves, else stop
 
+``prepare(cands)``, when given, is called with each batch of candidates about to be evaluated
+(the starts, then each round's unevaluated neighbours, cut to the budget left) before any of
+them is scored, so their kernels can be compiled side by side (``tuning/precompile.py``).
+
 Evaluations: about (#blocks + random_starts) + rounds x (#values per coordinate), against the
 exhaustive search's #candidates. Every tunable here changes one knob at a time in the backend's
 space (tiles, warps, stages, block), so a local optimum in that neighbourhood is what an expert's
@@ -22,6 +26,8 @@ import math
 import random
 from typing import Callable, Sequence
 
+RANDOM_STARTS = 2
+
 
 def coords(cand) -> dict:
     """The coordinates of a candidate: its block and its config's (key, value) pairs."""
@@ -33,15 +39,38 @@ def differs_in_one(a: dict, b: dict) -> bool:
     return sum(a.get(k) != b.get(k) for k in keys) == 1
 
 
+def start_indices(cands: Sequence, seed: int = 0, random_starts: int = RANDOM_STARTS) -> list[int]:
+    """Indices of the starts: the first candidate of each block, then ``random_starts`` others
+    drawn with a seeded RNG (the same list for the same candidates and seed)."""
+    seen_blocks, starts = set(), []
+    for i, c in enumerate(cands):
+        if c.block not in seen_blocks:
+            seen_blocks.add(c.block)
+            starts.append(i)
+    rest = [i for i in range(len(cands)) if i not in starts]
+    rng = random.Random(seed)
+    return starts + rng.sample(rest, min(random_starts, len(rest)))
+
+
 def search(candidates: Sequence, evaluate: Callable[[object], float], *, seed: int = 0,
-           random_starts: int = 2, max_rounds: int = 8, budget: int | None = None):
+           random_starts: int = RANDOM_STARTS, max_rounds: int = 8, budget: int | None = None,
+           prepare: Callable[[list], None] | None = None):
     """The best candidate found (lowest finite score) or None; ``evaluate`` as in exhaustive.
     ``budget`` caps the evaluations (None: no cap): once spent, an unevaluated candidate
-    scores infinity, so the search keeps the best it has measured."""
+    scores infinity, so the search keeps the best it has measured. ``prepare``: see above."""
     if not candidates:
         return None
     cands = list(candidates)
     scores: dict[int, float] = {}
+
+    def prepare_batch(indices: list[int]) -> None:
+        if prepare is None:
+            return
+        todo = [i for i in dict.fromkeys(indices) if i not in scores]
+        if budget is not None:
+            todo = todo[:max(0, budget - len(scores))]
+        if todo:
+            prepare([cands[i] for i in todo])
 
     def score(i: int) -> float:
         if i not in scores:
@@ -50,14 +79,8 @@ def search(candidates: Sequence, evaluate: Callable[[object], float], *, seed: i
             scores[i] = evaluate(cands[i])
         return scores[i]
 
-    seen_blocks, starts = set(), []
-    for i, c in enumerate(cands):
-        if c.block not in seen_blocks:
-            seen_blocks.add(c.block)
-            starts.append(i)
-    rest = [i for i in range(len(cands)) if i not in starts]
-    rng = random.Random(seed)
-    starts += rng.sample(rest, min(random_starts, len(rest)))
+    starts = start_indices(cands, seed, random_starts)
+    prepare_batch(starts)
     current = min(starts, key=score)
     for _ in range(max_rounds):
         here = coords(cands[current])
@@ -65,6 +88,7 @@ def search(candidates: Sequence, evaluate: Callable[[object], float], *, seed: i
                  if i != current and differs_in_one(here, coords(cands[i]))]
         if not neigh:
             break
+        prepare_batch(neigh)
         best = min(neigh, key=score)
         if score(best) < score(current):
             current = best

@@ -1,0 +1,212 @@
+"""Compile kernels ahead of timing, in worker processes side by side.
+
+A backend compiles on its first call with a new configuration: Triton JIT-compiles each
+(kernel, constexprs, argument specialisation), CuPy runs NVRTC per kernel variant,
+FlexAttention runs TorchInductor per layout and shape. Each takes one CPU core for seconds; the
+tuned standard sweep spent 9.4 of its 15.4 minutes there, one compilation after another
+(reports/standard). All three keep what they compile on disk, keyed by what determines the
+binary (Triton: ``TRITON_CACHE_DIR``, default ``~/.triton/cache``; CuPy: ``CUPY_CACHE_DIR``,
+default ``~/.cupy/kernel_cache``; TorchInductor: its FX-graph, AOTAutograd and Triton caches under
+``TORCHINDUCTOR_CACHE_DIR``). So a pool of worker processes that makes each call once — the same
+problem, inputs of the same shapes, strides and dtype, the same backend call
+(``measure.closure``) — leaves the compiled code on disk, and the timing process's first call
+loads it instead of compiling.
+
+``Precompiler.run(jobs)`` blocks until every job has run, so no worker's kernel runs while the
+calling process times anything. Jobs that differ only in N (same backend, mode, layout, block
+and config) form one chain run in order by one worker: the first compiles, the rest find the
+cache or compile what their N specialises. A job's failure is only reported back (the timing
+process meets it again and records it as a row). Workers are started with ``spawn`` (CUDA state
+must not be forked) and keep their CUDA context between batches; each frees its tensors after a
+chain. A job already run without error is not run again. A worker's standard output goes to its
+standard error, so that a sweep worker's stdout (the protocol of ``stbench/isolation.py``)
+carries only its own lines.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stbench.problems import Problem
+
+COMPILED_BACKENDS = ("triton", "cupy", "flex")  # backends whose first call compiles
+ERROR_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Job:
+    """One first call to make: ``backend`` with ``config`` (JSON text; "null": the default) on
+    ``problem``'s layout re-blocked to ``block`` (None: as built), in ``problem.mode``."""
+
+    problem: Problem
+    backend: str
+    block: int | None = None
+    config: str = "null"
+
+    @staticmethod
+    def of(problem: Problem, backend: str, block: int | None = None,
+           config: dict | None = None) -> "Job":
+        return Job(problem, backend, block, json.dumps(config, sort_keys=True))
+
+    def chain_key(self) -> tuple:
+        p = self.problem
+        return (self.backend, p.mode, p.layout, p.heads, p.head_dim, p.dtype, self.block,
+                self.config)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: Job
+    seconds: float
+    error: str | None
+
+
+def default_workers() -> int:
+    """Host cores minus two (the timing process and the OS), at least 1."""
+    return max(1, (os.cpu_count() or 1) - 2)
+
+
+class Precompiler:
+    """A pool of ``workers`` processes making first calls on ``device``. Use as a context
+    manager, or call ``close()``. The pool starts on the first ``run``."""
+
+    def __init__(self, workers: int, device: str, log_path=None):
+        if workers < 1:
+            raise ValueError(f"precompile workers={workers}: use at least 1 (0 turns it off)")
+        self.workers = workers
+        self.device = str(device)
+        self.log_path = log_path  # JSONL: one line per run() (phase, jobs, errors, seconds)
+        self._pool: ProcessPoolExecutor | None = None
+        self.done: set[Job] = set()  # jobs that ran without error: not run again
+        self.seconds = 0.0  # wall time spent in run()
+        self.jobs = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def run(self, jobs, phase: str = "tune") -> list[Outcome]:
+        """Run every job not already done (chains side by side); returns their outcomes."""
+        chains: dict[tuple, list[Job]] = {}
+        for job in dict.fromkeys(j for j in jobs if j not in self.done):
+            chains.setdefault(job.chain_key(), []).append(job)
+        if not chains:
+            return []
+        t0 = time.perf_counter()
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers,
+                                             mp_context=mp.get_context("spawn"),
+                                             initializer=_init_worker)
+        # longest chains first, so that the last to finish is short
+        ordered = sorted(chains.values(), key=len, reverse=True)
+        futures = [self._pool.submit(run_chain, chain, self.device) for chain in ordered]
+        out = []
+        for chain, fut in zip(ordered, futures):
+            try:
+                out.extend(fut.result())
+            except Exception as exc:  # noqa: BLE001 - a dead worker: the timing process retries
+                out.extend(Outcome(j, 0.0, f"worker failed: {exc}"[:ERROR_CHARS]) for j in chain)
+                self.close()  # a broken pool cannot take more work; the next run starts one
+        seconds = time.perf_counter() - t0
+        self.done.update(o.job for o in out if o.error is None)
+        self.seconds += seconds
+        self.jobs += len(out)
+        if self.log_path is not None:
+            self._log(phase, out, seconds)
+        return out
+
+    def _log(self, phase: str, out: list[Outcome], seconds: float) -> None:
+        errors = [o for o in out if o.error]
+        line = {"phase": phase, "jobs": len(out), "chains": len({o.job.chain_key() for o in out}),
+                "workers": self.workers, "seconds": round(seconds, 3),
+                "job_seconds": round(sum(o.seconds for o in out), 3), "errors": len(errors),
+                "first_errors": [f"{o.job.backend} {o.job.problem.layout.name} "
+                                 f"N={o.job.problem.n_ctx}: {o.error}" for o in errors[:3]]}
+        path = Path(self.log_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+# ----------------------------------------------------------------------------- in the worker
+_CACHE: dict = {}  # this worker's last problem: its layouts (per block) and inputs
+
+
+def _init_worker() -> None:
+    """Worker set-up: stdout onto stderr; TorchInductor compiles in this process alone (the
+    pool is the parallelism; by default each worker would start a pool of its own)."""
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.compile_threads = 1
+    except ImportError:  # a torch without inductor: nothing to set
+        pass
+
+
+def run_chain(chain: list[Job], device: str) -> list[Outcome]:
+    """Make each job's first call in order; free this worker's tensors after."""
+    out = []
+    try:
+        for job in chain:
+            t0 = time.perf_counter()
+            try:
+                first_call(job, torch.device(device))
+                error = None
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                error = f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
+            out.append(Outcome(job, time.perf_counter() - t0, error))
+    finally:
+        _CACHE.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return out
+
+
+def first_call(job: Job, device: torch.device) -> None:
+    """One call of the job's backend, as ``measure`` makes it (forward, or forward+backward)."""
+    from stbench import autotune, backends
+    from stbench.tuning.measure import closure
+
+    prob = job.problem
+    key = (prob.layout, prob.n_ctx, prob.heads, prob.batch, prob.dtype, prob.mode, prob.seed)
+    if _CACHE.get("key") != key:
+        _CACHE.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        _CACHE.update(key=key, layouts={}, inputs=prob.inputs(device))
+    layouts = _CACHE["layouts"]
+    if job.block not in layouts:
+        base = layouts.get(None) or prob.build_layout()
+        layouts[None] = base
+        layouts[job.block] = base if job.block is None else autotune.reblock(base, job.block)
+    layout = layouts[job.block]
+    q, k, v = _CACHE["inputs"]
+    module = backends.load(job.backend)
+    do = torch.ones_like(q) if prob.mode == "fwd+bwd" else None
+    run = closure(module, q, k, v, layout, prob.head_dim ** -0.5, json.loads(job.config),
+                  prob.mode, do)
+    try:
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    finally:
+        for t in (q, k, v):
+            t.grad = None

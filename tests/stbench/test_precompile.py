@@ -1,0 +1,177 @@
+"""Compiling ahead of timing (stbench/tuning/precompile.py): the strategies hand each batch to
+``prepare`` before evaluating it, the pool runs chains in worker processes and reports
+failures, and a sweep with ``precompile_workers`` measures what one without it measures. On the
+GPU: a first call after precompiling loads the kernel instead of compiling it."""
+
+import json
+import math
+import os
+import time
+
+import pytest
+import torch
+
+from stbench import results
+from stbench.problems import LayoutSpec, Problem
+from stbench.sweep import SweepConfig, SweepError, plan_groups, precompile_jobs, run_sweep
+from stbench.tuning import exhaustive, local
+from stbench.tuning.measure import Candidate
+from stbench.tuning.precompile import Job, Precompiler
+
+
+def _grid_candidates():
+    """Candidates on a 3 x 4 x 3 grid (block, tile, warps) with a unique best."""
+    return [Candidate("x", {"tile": t, "warps": w}, b)
+            for b in (16, 32, 64) for t in (16, 32, 64, 128) for w in (2, 4, 8)]
+
+
+def _score(c):
+    return abs(math.log2(c.block) - 5) + abs(math.log2(c.config["tile"]) - 6) + c.config["warps"]
+
+
+@pytest.mark.parametrize("budget", [None, 5, 12])
+def test_local_search_prepares_each_candidate_before_evaluating_it(budget):
+    prepared, evaluated = [], []
+
+    def prepare(batch):
+        prepared.extend(id(c) for c in batch)
+
+    def evaluate(c):
+        assert id(c) in prepared, "evaluated a candidate that was not prepared first"
+        evaluated.append(id(c))
+        return _score(c)
+
+    best = local.search(_grid_candidates(), evaluate, seed=3, budget=budget, prepare=prepare)
+    assert best is not None
+    assert len(prepared) == len(set(prepared))  # nothing prepared twice
+    assert set(evaluated) == set(prepared)  # nothing prepared in vain, even at the budget's end
+    if budget is not None:
+        assert len(prepared) <= budget
+
+
+def test_local_starts_are_what_the_search_evaluates_first():
+    cands = _grid_candidates()
+    order = []
+    local.search(cands, lambda c: order.append(c) or _score(c), seed=7)
+    starts = local.start_indices(cands, seed=7)
+    assert [id(c) for c in order[:len(starts)]] == [id(cands[i]) for i in starts]
+    assert [cands[i].block for i in starts[:3]] == [16, 32, 64]  # each block's first
+
+
+def test_exhaustive_prepares_in_batches_within_the_budget(monkeypatch):
+    monkeypatch.setattr(exhaustive, "PREPARE_BATCH", 5)
+    batches, seen = [], []
+    cands = _grid_candidates()
+
+    def evaluate(c):
+        assert any(c in b for b in batches)
+        seen.append(c)
+        return _score(c)
+
+    exhaustive.search(cands, evaluate, budget=12, prepare=batches.append)
+    assert [len(b) for b in batches] == [5, 5, 2] and seen == cands[:12]
+
+
+def _problem(n, mode="fwd"):
+    return Problem(LayoutSpec("causal", "causal", 32), n, 1, 2, 32, "float32", mode)
+
+
+def test_precompiler_runs_chains_in_workers_and_reports_failures(tmp_path):
+    jobs = [Job.of(_problem(64), "dense"), Job.of(_problem(128), "dense"),  # one chain
+            Job.of(_problem(64, "fwd+bwd"), "dense"),
+            Job.of(_problem(64), "triton", None, {"NO_SUCH_KEY": 1})]
+    assert jobs[0].chain_key() == jobs[1].chain_key() != jobs[2].chain_key()
+    log = tmp_path / "pre.jsonl"
+    with Precompiler(2, "cpu", log_path=log) as pre:
+        out = pre.run(jobs + jobs[:1], phase="test")  # a repeated job runs once
+        assert sorted(map(repr, (o.job for o in out))) == sorted(map(repr, jobs))
+        errors = {o.job: o.error for o in out}
+        assert errors[jobs[0]] is None and errors[jobs[2]] is None
+        assert "NO_SUCH_KEY" in errors[jobs[3]]  # the config error, named
+        assert pre.run(jobs[:3]) == []  # done jobs are not run again
+        again = pre.run(jobs[3:])  # a failed one is
+        assert len(again) == 1 and again[0].error
+    (line, second) = [json.loads(x) for x in log.read_text().splitlines()]
+    assert line["phase"] == "test" and line["jobs"] == 4 and line["chains"] == 3
+    assert line["errors"] == 1 and "triton causal N=64" in line["first_errors"][0]
+    assert second["jobs"] == 1
+
+
+def test_precompile_workers_is_validated():
+    with pytest.raises(SweepError, match="precompile_workers=-1 must be an int >= 0"):
+        SweepConfig.from_dict({"name": "x", "ns": [256], "layouts": ["causal"],
+                               "backends": ["dense"], "precompile_workers": -1})
+    with pytest.raises(ValueError, match="use at least 1"):
+        Precompiler(0, "cpu")
+
+
+TUNED = {"name": "pre", "ns": [128, 256], "layouts": ["causal"], "backends": ["triton", "dense"],
+         "modes": ["fwd", "fwd+bwd"], "dtypes": ["float32"], "heads": 2, "head_dim": 32,
+         "tokens": 256, "warmup_ms": 1, "rep_ms": 2, "min_reps": 1, "flush_l2": False,
+         "block": 32, "triton_interpret": True, "tune_rep_ms": 2, "tune_max_evals": 3,
+         "tune_backends": ["triton"]}
+
+
+def test_precompile_jobs_are_the_local_starts_of_each_tuned_fwd_problem():
+    cfg = SweepConfig.from_dict(dict(TUNED, backends=["triton", "dense", "flex"]))
+    jobs = precompile_jobs(cfg, plan_groups(cfg), "cpu", tune=True)
+    # triton fwd: the first 3 starts at each N; fwd+bwd (tuned from the fwd pick): none;
+    # dense compiles nothing; flex cannot run on a CPU
+    assert {(j.backend, j.problem.mode, j.problem.n_ctx) for j in jobs} == {
+        ("triton", "fwd", 128), ("triton", "fwd", 256)}
+    assert len(jobs) == 6
+    untuned = precompile_jobs(cfg, plan_groups(cfg), "cpu", tune=False)
+    assert {(j.problem.mode, j.config) for j in untuned} == {("fwd", "null"),
+                                                            ("fwd+bwd", "null")}
+
+
+@pytest.mark.slow
+def test_a_precompiled_sweep_measures_what_a_plain_one_does(tmp_path, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("the interpreter run of this grid is for the CPU")
+    monkeypatch.setenv("STBENCH_CACHE_DIR", str(tmp_path / "user-cache"))
+    plain = SweepConfig.from_dict(dict(TUNED, ns=[128]))
+    pre = SweepConfig.from_dict(dict(TUNED, ns=[128], precompile_workers=2))
+    run_sweep(plain, tmp_path / "plain", tune=True, progress=False)
+    run_sweep(pre, tmp_path / "pre", tune=True, progress=False)
+    a = results.read_rows(tmp_path / "plain" / "results.jsonl")
+    b = results.read_rows(tmp_path / "pre" / "results.jsonl")
+    assert [(r.backend, r.mode, r.status, r.tuned) for r in a] == \
+        [(r.backend, r.mode, r.status, r.tuned) for r in b]
+    assert all(r.status == "ok" for r in b)
+    log = [json.loads(x) for x in
+           (tmp_path / "pre" / ".work" / "precompile.jsonl").read_text().splitlines()]
+    assert log[0]["phase"] == "sweep" and log[0]["jobs"] == 3 and log[0]["errors"] == 0
+    assert any(x["phase"] == "tune" for x in log)  # the fwd+bwd search, compiled in batches
+    assert not (tmp_path / "plain" / ".work" / "precompile.jsonl").exists()
+
+
+@pytest.mark.gpu
+def test_a_first_call_after_precompiling_loads_instead_of_compiling(tmp_path, monkeypatch):
+    """In a fresh Triton cache, two configs never compiled before: the one a worker compiled
+    first makes its first call here in a fraction of the other's (which compiles here)."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton-cache"))
+    from stbench import backends
+    from stbench.tuning.measure import closure
+
+    prob = Problem(LayoutSpec("causal", "causal", 64), 1024, 2, 4, 64, "bfloat16", "fwd+bwd")
+    pre_cfg = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+    cold_cfg = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    with Precompiler(1, "cuda") as pre:
+        (outcome,) = pre.run([Job.of(prob, "triton", None, pre_cfg)])
+    assert outcome.error is None
+    assert any(os.scandir(tmp_path / "triton-cache"))
+    q, k, v = prob.inputs("cuda")
+    layout = prob.build_layout()
+
+    def first_call(config):
+        run = closure(backends.load("triton"), q, k, v, layout, 64 ** -0.5, config, "fwd+bwd",
+                      torch.ones_like(q))
+        t0 = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    cold = first_call(cold_cfg)  # compiles here (and builds the plan, shared by both)
+    warm = first_call(pre_cfg)
+    assert warm < 0.3 * cold, (warm, cold)
