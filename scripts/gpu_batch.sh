@@ -113,7 +113,7 @@ job_racecheck_cupy() {  # issue 4: racecheck alone, with the time the full 22 ca
 
 # issues 3 and 4: Nsight Compute over each backend's kernels on the standard problem at N = 65536
 # (clocks left alone); per profile NAME.ncu-rep and its raw and details pages as CSV
-PROFILES=${PROFILES:-"triton:causal:fwd+bwd flex:causal:fwd+bwd cupy:causal:fwd+bwd triton:st_mix:fwd+bwd flex:st_mix:fwd+bwd cupy:st_mix:fwd+bwd triton:fixed:fwd flex:fixed:fwd"}
+PROFILES=${PROFILES:-"triton:causal:fwd+bwd flex:causal:fwd+bwd cupy:causal:fwd+bwd triton:st_mix:fwd+bwd flex:st_mix:fwd+bwd cupy:st_mix:fwd+bwd"}
 job_profile() {
     local ncu
     ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
@@ -121,7 +121,7 @@ job_profile() {
     for spec in $PROFILES; do
         IFS=: read -r be lay mode <<<"$spec"
         local name=${be}_${lay}_${mode/+/_}
-        step 150 ncu_$name "$ncu" --clock-control none --profile-from-start off --target-processes all \
+        step 100 ncu_$name "$ncu" --clock-control none --profile-from-start off --target-processes all \
             --section SpeedOfLight --section Occupancy --section LaunchStats \
             --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section WarpStateStats \
             -f -o "$1/$name" python3 scripts/gpu_profile.py --backend "$be" --layout "$lay" --mode "$mode"

@@ -12,15 +12,18 @@ problem, inputs of the same shapes, strides and dtype, the same backend call
 (``measure.closure``) — leaves the compiled code on disk, and the timing process's first call
 loads it instead of compiling.
 
-``Precompiler.run(jobs)`` blocks until every job has run, so no worker's kernel runs while the
-calling process times anything. Jobs that differ only in N (same backend, mode, layout, block
-and config) form one chain run in order by one worker: the first compiles, the rest find the
-cache or compile what their N specialises. A job's failure is only reported back (the timing
+Triton's and CuPy's kernels do not depend on N (Triton specialises integer arguments only on
+divisibility by 16, and N is a multiple of the layout block), so jobs that differ only in N
+share one compile key (``Job.compile_key``): ``Precompiler.run(jobs)`` makes one chain of them,
+smallest N first, and a worker runs the chain until one job succeeds; a key done once is not
+run again. Where an N specialises differently after all, the timing process compiles that one
+itself (slower, still correct). FlexAttention compiles per shape (``dynamic=False``), so its key
+includes N and the batch. ``run`` blocks until every chain has ended, so no worker's kernel runs
+while the calling process times anything. A job's failure is only reported back (the timing
 process meets it again and records it as a row). Workers are started with ``spawn`` (CUDA state
 must not be forked) and keep their CUDA context between batches; each frees its tensors after a
-chain. A job already run without error is not run again. A worker's standard output goes to its
-standard error, so that a sweep worker's stdout (the protocol of ``stbench/isolation.py``)
-carries only its own lines.
+chain. A worker's standard output goes to its standard error, so that a sweep worker's stdout
+(the protocol of ``stbench/isolation.py``) carries only its own lines.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 from stbench.problems import Problem
 
 COMPILED_BACKENDS = ("triton", "cupy", "flex")  # backends whose first call compiles
+SHAPE_SPECIALISED = ("flex",)  # backends that compile per (N, batch)
 ERROR_CHARS = 300
 
 
@@ -57,10 +61,12 @@ class Job:
            config: dict | None = None) -> "Job":
         return Job(problem, backend, block, json.dumps(config, sort_keys=True))
 
-    def chain_key(self) -> tuple:
+    def compile_key(self) -> tuple:
+        """What determines the compiled kernels (N and the batch only where they do)."""
         p = self.problem
+        shape = (p.n_ctx, p.batch) if self.backend in SHAPE_SPECIALISED else ()
         return (self.backend, p.mode, p.layout, p.heads, p.head_dim, p.dtype, self.block,
-                self.config)
+                self.config, *shape)
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ class Precompiler:
         self.device = str(device)
         self.log_path = log_path  # JSONL: one line per run() (phase, jobs, errors, seconds)
         self._pool: ProcessPoolExecutor | None = None
-        self.done: set[Job] = set()  # jobs that ran without error: not run again
+        self.done: set[tuple] = set()  # compile keys with a job that ran without error
         self.seconds = 0.0  # wall time spent in run()
         self.jobs = 0
 
@@ -102,10 +108,12 @@ class Precompiler:
             self._pool = None
 
     def run(self, jobs, phase: str = "tune") -> list[Outcome]:
-        """Run every job not already done (chains side by side); returns their outcomes."""
+        """Run the chains of the jobs whose compile key is not done yet, side by side; returns
+        the outcome of each job run."""
         chains: dict[tuple, list[Job]] = {}
-        for job in dict.fromkeys(j for j in jobs if j not in self.done):
-            chains.setdefault(job.chain_key(), []).append(job)
+        for job in dict.fromkeys(jobs):
+            if job.compile_key() not in self.done:
+                chains.setdefault(job.compile_key(), []).append(job)
         if not chains:
             return []
         t0 = time.perf_counter()
@@ -113,8 +121,8 @@ class Precompiler:
             self._pool = ProcessPoolExecutor(max_workers=self.workers,
                                              mp_context=mp.get_context("spawn"),
                                              initializer=_init_worker)
-        # longest chains first, so that the last to finish is short
-        ordered = sorted(chains.values(), key=len, reverse=True)
+        ordered = [sorted(c, key=lambda j: (j.problem.n_ctx, j.problem.batch))
+                   for c in chains.values()]
         futures = [self._pool.submit(run_chain, chain, self.device) for chain in ordered]
         out = []
         for chain, fut in zip(ordered, futures):
@@ -124,7 +132,7 @@ class Precompiler:
                 out.extend(Outcome(j, 0.0, f"worker failed: {exc}"[:ERROR_CHARS]) for j in chain)
                 self.close()  # a broken pool cannot take more work; the next run starts one
         seconds = time.perf_counter() - t0
-        self.done.update(o.job for o in out if o.error is None)
+        self.done.update(o.job.compile_key() for o in out if o.error is None)
         self.seconds += seconds
         self.jobs += len(out)
         if self.log_path is not None:
@@ -133,7 +141,8 @@ class Precompiler:
 
     def _log(self, phase: str, out: list[Outcome], seconds: float) -> None:
         errors = [o for o in out if o.error]
-        line = {"phase": phase, "jobs": len(out), "chains": len({o.job.chain_key() for o in out}),
+        line = {"phase": phase, "jobs": len(out),
+                "chains": len({o.job.compile_key() for o in out}),
                 "workers": self.workers, "seconds": round(seconds, 3),
                 "job_seconds": round(sum(o.seconds for o in out), 3), "errors": len(errors),
                 "first_errors": [f"{o.job.backend} {o.job.problem.layout.name} "
@@ -162,7 +171,8 @@ def _init_worker() -> None:
 
 
 def run_chain(chain: list[Job], device: str) -> list[Outcome]:
-    """Make each job's first call in order; free this worker's tensors after."""
+    """Make the jobs' first calls in order until one succeeds; free this worker's tensors
+    after."""
     out = []
     try:
         for job in chain:
@@ -173,6 +183,8 @@ def run_chain(chain: list[Job], device: str) -> list[Outcome]:
             except Exception as exc:  # noqa: BLE001 - reported, not raised
                 error = f"{type(exc).__name__}: {exc}"[:ERROR_CHARS]
             out.append(Outcome(job, time.perf_counter() - t0, error))
+            if error is None:
+                break
     finally:
         _CACHE.clear()
         if torch.cuda.is_available():

@@ -72,29 +72,38 @@ def test_exhaustive_prepares_in_batches_within_the_budget(monkeypatch):
     assert [len(b) for b in batches] == [5, 5, 2] and seen == cands[:12]
 
 
-def _problem(n, mode="fwd"):
-    return Problem(LayoutSpec("causal", "causal", 32), n, 1, 2, 32, "float32", mode)
+def _problem(n, mode="fwd", spec=LayoutSpec("causal", "causal", 32)):
+    return Problem(spec, n, 1, 2, 32, "float32", mode)
 
 
-def test_precompiler_runs_chains_in_workers_and_reports_failures(tmp_path):
-    jobs = [Job.of(_problem(64), "dense"), Job.of(_problem(128), "dense"),  # one chain
-            Job.of(_problem(64, "fwd+bwd"), "dense"),
-            Job.of(_problem(64), "triton", None, {"NO_SUCH_KEY": 1})]
-    assert jobs[0].chain_key() == jobs[1].chain_key() != jobs[2].chain_key()
+def test_precompiler_runs_one_chain_per_compile_key_until_a_job_succeeds(tmp_path):
+    strided = LayoutSpec("strided", "strided", 16, (("stride", 16),))  # no such layout at N=128
+    chain = [Job.of(_problem(128, spec=strided), "dense"), Job.of(_problem(256, spec=strided),
+                                                                  "dense"),
+             Job.of(_problem(512, spec=strided), "dense")]
+    causal = [Job.of(_problem(64), "dense"), Job.of(_problem(128), "dense")]
+    bwd = Job.of(_problem(64, "fwd+bwd"), "dense")
+    bad = Job.of(_problem(64), "triton", None, {"NO_SUCH_KEY": 1})
+    flex = [Job.of(_problem(64), "flex"), Job.of(_problem(128), "flex")]
+    assert chain[0].compile_key() == chain[2].compile_key() != causal[0].compile_key()
+    assert causal[0].compile_key() == causal[1].compile_key() != bwd.compile_key()
+    assert flex[0].compile_key() != flex[1].compile_key()  # compiled per shape
     log = tmp_path / "pre.jsonl"
     with Precompiler(2, "cpu", log_path=log) as pre:
-        out = pre.run(jobs + jobs[:1], phase="test")  # a repeated job runs once
-        assert sorted(map(repr, (o.job for o in out))) == sorted(map(repr, jobs))
+        out = pre.run(causal[::-1] + chain + [bwd, bad, bwd], phase="test")
         errors = {o.job: o.error for o in out}
-        assert errors[jobs[0]] is None and errors[jobs[2]] is None
-        assert "NO_SUCH_KEY" in errors[jobs[3]]  # the config error, named
-        assert pre.run(jobs[:3]) == []  # done jobs are not run again
-        again = pre.run(jobs[3:])  # a failed one is
+        # each chain ran smallest N first, until one job succeeded
+        assert set(errors) == {causal[0], chain[0], chain[1], bwd, bad}
+        assert "strided needs" in errors[chain[0]] and errors[chain[1]] is None
+        assert errors[causal[0]] is None and errors[bwd] is None
+        assert "NO_SUCH_KEY" in errors[bad]  # the config error, named
+        assert pre.run(causal + chain + [bwd]) == []  # done keys are not run again
+        again = pre.run([bad])  # a failed one is
         assert len(again) == 1 and again[0].error
     (line, second) = [json.loads(x) for x in log.read_text().splitlines()]
-    assert line["phase"] == "test" and line["jobs"] == 4 and line["chains"] == 3
-    assert line["errors"] == 1 and "triton causal N=64" in line["first_errors"][0]
-    assert second["jobs"] == 1
+    assert line["phase"] == "test" and line["jobs"] == 5 and line["chains"] == 4
+    assert line["errors"] == 2 and second["jobs"] == 1
+    assert any("triton causal N=64" in e for e in line["first_errors"])
 
 
 def test_precompile_workers_is_validated():
