@@ -5,7 +5,7 @@
 #   OUT=/some/dir DATA_TGZ=.carry/data.tgz bash scripts/gpu_batch.sh JOB [JOB ...]
 #
 # JOB names (a function below): sweep, resume, flex, paper, versus, table2, model, evaluate,
-# sanitize_triton, sanitize_cupy, racecheck_cupy, profile, gputests;
+# sanitize_triton, sanitize_cupy, racecheck_cupy, profile, replay, paperbwd, gputests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
 # Each job writes under $OUT/JOB/ and its log to $OUT/JOB/log; every step has a time cap so a
@@ -107,6 +107,16 @@ sanitize() {
     done
 }
 
+job_replay() {  # issue 4: triton and cupy fwd+bwd at the committed sweep's picks (kernel change check)
+    step ${REPLAY_CAP:-300} replay python3 -m stbench sweep --preset standard --backends triton,cupy \
+        --modes fwd+bwd --picks reports/standard/results.jsonl --isolate --out "$1" --no-progress
+}
+
+job_paperbwd() {  # TARGETS.md item 3, forward+backward only (the fwd+bwd tune at the fwd pick)
+    step 450 paper python3 benchmarks/triton_vs_flex.py --suite paper --ns 12288,65536 --modes fwd+bwd \
+        --out "$1/paper.jsonl" --budget-s $(( $(left) - 60 ))
+}
+
 job_racecheck_cupy() {  # issue 4: racecheck alone, with the time the full 22 cases need
     sanitize cupy racecheck
 }
@@ -130,8 +140,9 @@ job_profile() {
     done
 }
 
-job_gputests() {  # every GPU-marked test
-    step 400 pytest_gpu python3 -m pytest -q -m gpu -n 8 tests
+job_gputests() {  # every GPU-marked test (pytest-xdist carried as wheels in .carry/wheels)
+    python3 -m pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | tail -2
+    step 450 pytest_gpu python3 -m pytest -q -m gpu -n 8 tests
 }
 
 i=0

@@ -25,8 +25,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from stbench import results
-from stbench.sweep import (WORK_DIR, Group, SweepConfig, _cuda_available, open_precompiler,
-                           run_group)
+from stbench.sweep import (WORK_DIR, Group, SweepConfig, _cuda_available, load_picks,
+                           open_precompiler, run_group)
 from stbench.tuning.measure import make_row
 
 BEGIN, END, STOP = "STBENCH-BEGIN", "STBENCH-END", "STBENCH-STOP"
@@ -51,7 +51,7 @@ def _regroup(pending: list) -> list[Group]:
 
 
 def run_isolated(cfg, groups: list[Group], out_dir: Path, device, tune, deadline,
-                  on_row) -> bool:
+                  on_row, picks_path=None) -> bool:
     """Run every item in one worker subprocess; after a crash or a timeout, record that item's
     row and start a fresh worker with the items after it."""
     work = out_dir / WORK_DIR
@@ -64,6 +64,7 @@ def run_isolated(cfg, groups: list[Group], out_dir: Path, device, tune, deadline
         task.write_text(json.dumps({
             "config": cfg.source, "groups": [asdict(g) for g in _regroup(pending)],
             "out": str(out_dir), "device": device, "tune": tune, "deadline": deadline,
+            "picks": str(picks_path) if picks_path else None,
         }))
         tail = _NewRows(out)
         outcome, index, detail = _watch_worker(
@@ -165,15 +166,17 @@ def worker_main(task_path: str) -> int:
     def say(*parts):
         print(*parts, flush=True)
 
-    pre = open_precompiler(cfg, groups, task["device"], task["tune"], Path(task["out"]))
+    picks = load_picks(task["picks"]) if task.get("picks") else None
+    pre = open_precompiler(cfg, groups, task["device"], task["tune"], Path(task["out"]),
+                           picks=picks)
     try:
-        return _run_groups(cfg, groups, task, fault, say, pre)
+        return _run_groups(cfg, groups, task, fault, say, pre, picks)
     finally:
         if pre is not None:
             pre.close()
 
 
-def _run_groups(cfg, groups, task, fault, say, pre) -> int:
+def _run_groups(cfg, groups, task, fault, say, pre, picks) -> int:
     offset = 0
     for group in groups:
         def begin(i, group=group, offset=offset):
@@ -187,7 +190,7 @@ def _run_groups(cfg, groups, task, fault, say, pre) -> int:
         finished = run_group(cfg, group, Path(task["out"]), device=task["device"],
                              tune=task["tune"], deadline=task["deadline"], on_begin=begin,
                              on_end=lambda i, row, offset=offset: say(END, offset + i),
-                             precompiler=pre)
+                             precompiler=pre, picks=picks)
         if not finished:
             say(STOP)
             break

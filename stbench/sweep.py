@@ -13,6 +13,10 @@ H N^2 = 8 x 16384^2 score entries, 256 seeded rows per head beyond (``tuning.che
 (problem, backend) is tuned first (``stbench.autotune``; candidates in ``tune.jsonl``, picks in
 ``tune.json`` under ``--out``) and the row measures the pick.
 
+``--picks RESULTS.jsonl`` re-measures the (block, config) of each matching ok row of an earlier
+sweep instead (a regression check after a kernel change). With ``precompile_workers`` > 0,
+kernels are compiled ahead of timing in worker processes (``tuning/precompile.py``).
+
 Robustness: every exception is a row and the sweep goes on; ``--resume`` skips rows already in
 ``results.jsonl``; ``--max-minutes`` stops cleanly before starting a row past the budget;
 ``--isolate`` runs the rows in worker subprocesses (``stbench/isolation.py``), so that a row that
@@ -193,13 +197,30 @@ def item_key(cfg: SweepConfig, group: Group, mode: str, backend: str) -> str:
                            cfg.heads, cfg.head_dim, group.dtype, mode)
 
 
+def load_picks(path) -> dict:
+    """{(backend, layout, N, mode, dtype): (block, config)} of the 'ok' sweep rows of an earlier
+    results file: ``--picks`` re-measures exactly those configurations (say, after a kernel
+    change) instead of tuning or taking defaults."""
+    path = Path(path)
+    if not path.exists():
+        raise SweepError(f"--picks {path}: no such results file (give a results.jsonl)")
+    return {(r.backend, r.layout, r.n_ctx, r.mode, r.dtype): (r.block, r.config or None)
+            for r in results.read_rows(path) if r.status == "ok" and r.kind == "sweep"}
+
+
+def pick_key(prob: Problem, backend: str) -> tuple:
+    return (backend, prob.layout.name, prob.n_ctx, prob.mode, prob.dtype)
+
+
 # ----------------------------------------------------------------------------- one group
 def run_group(cfg: SweepConfig, group: Group, out_dir: Path, *, device, tune: bool,
-              deadline: float | None, on_begin=None, on_end=None, precompiler=None) -> bool:
+              deadline: float | None, on_begin=None, on_end=None, precompiler=None,
+              picks: dict | None = None) -> bool:
     """Run a group's items in order, appending each row to results.jsonl; False if stopped by
     the deadline. Inputs and the dense reference are made once per mode, on first need.
     ``precompiler``: a ``tuning.precompile.Precompiler`` the tuner compiles each batch of
-    candidates with, side by side, before timing them."""
+    candidates with, side by side, before timing them. ``picks`` (``load_picks``): rows found
+    there run that (block, config), untuned."""
     out = out_dir / results.RESULTS_FILE
     device = torch.device(device)
     settings = BenchSettings(cfg.warmup_ms, cfg.rep_ms, cfg.flush_l2, min_reps=cfg.min_reps)
@@ -238,7 +259,8 @@ def run_group(cfg: SweepConfig, group: Group, out_dir: Path, *, device, tune: bo
             else:
                 inputs, ref, note = prepared
                 row = _measure_backend(cfg, prob, layout, backend, inputs, ref, device,
-                                       settings, tune, out_dir, fwd_picks, precompiler)
+                                       settings, tune, out_dir, fwd_picks, precompiler,
+                                       (picks or {}).get(pick_key(prob, backend)))
                 if ref is None and row.check == "skipped":
                     row = replace(row, check=f"skipped: {note}")
         results.append_rows(out, [row])
@@ -268,9 +290,16 @@ def _prepare_mode(prob, layout, device):
 
 
 def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, tune, out_dir,
-                     fwd_picks, precompiler=None):
+                     fwd_picks, precompiler=None, pick=None):
     config, lay, tuned = None, layout, False
-    if tune and (not cfg.tune_backends or backend in cfg.tune_backends):
+    if pick is not None:
+        block, config = pick
+        try:
+            lay = autotune.reblock(layout, block) if block else layout
+        except (layouts.LayoutError, ValueError) as exc:
+            return make_row(prob, layout, backend, "unsupported",
+                            error=f"--picks: block {block}: {exc}")
+    elif tune and _tuned(cfg, backend):
         try:
             res = autotune.tune(
                 prob, [backend], device=device, strategy=cfg.tune_strategy,
@@ -297,42 +326,45 @@ def _tuned(cfg: SweepConfig, backend: str) -> bool:
     return not cfg.tune_backends or backend in cfg.tune_backends
 
 
-def precompile_jobs(cfg: SweepConfig, groups: list[Group], device, tune: bool) -> list:
+def precompile_jobs(cfg: SweepConfig, groups: list[Group], device, tune: bool,
+                    picks: dict | None = None) -> list:
     """The first calls the sweep's rows will make that are known before it starts: each
     compiling backend's default config on each row it runs untuned, and for each tuned 'fwd'
     problem the starts of the local search (``tuning.local.start_indices``, the same seed),
     cut to ``tune_max_evals``. The rest (the search's later rounds, and 'fwd+bwd' tuning,
-    which starts from the 'fwd' pick) is compiled in batches as the tuner reaches it."""
+    which starts from the 'fwd' pick) is compiled in batches as the tuner reaches it. A row in
+    ``picks`` compiles its pick."""
     from stbench.tuning import local
     from stbench.tuning.precompile import COMPILED_BACKENDS, Job
 
     jobs = []
     max_n = dict(cfg.max_n)
     for g in groups:
-        layout = None
+        try:
+            layout = cfg.problem(g.n, g.layout, g.dtype, g.items[0][0]).build_layout()
+        except (layouts.LayoutError, ValueError):
+            continue  # no such layout at this N: the rows say so; nothing to compile
         for mode, backend in g.items:
             if backend not in COMPILED_BACKENDS or g.n > max_n.get(backend, g.n):
                 continue
             prob = cfg.problem(g.n, g.layout, g.dtype, mode)
             if backends.unavailable_reason(backend, device, prob.torch_dtype) is not None:
                 continue
-            if not (tune and _tuned(cfg, backend)):
+            if picks and pick_key(prob, backend) in picks:
+                block, config = picks[pick_key(prob, backend)]
+                jobs.append(Job.of(prob, backend, block, config))
+            elif not (tune and _tuned(cfg, backend)):
                 jobs.append(Job.of(prob, backend))
-                continue
-            if mode != "fwd" or cfg.tune_strategy != "local":
-                continue
-            try:
-                layout = layout or prob.build_layout()
+            elif mode == "fwd" and cfg.tune_strategy == "local":
                 cands, _, _ = autotune.candidate_space(prob, layout, backend)
-            except (layouts.LayoutError, ValueError):
-                continue  # the row says why; nothing to compile
-            starts = local.start_indices(cands, seed=cfg.seed)[:cfg.tune_max_evals]
-            jobs.extend(Job.of(prob, backend, cands[i].block, cands[i].config) for i in starts)
+                starts = local.start_indices(cands, seed=cfg.seed)[:cfg.tune_max_evals]
+                jobs.extend(Job.of(prob, backend, cands[i].block, cands[i].config)
+                            for i in starts)
     return jobs
 
 
 def open_precompiler(cfg: SweepConfig, groups: list[Group], device, tune: bool, out_dir: Path,
-                     describe=None):
+                     describe=None, picks: dict | None = None):
     """A ``Precompiler`` with ``cfg.precompile_workers`` processes that has run
     ``precompile_jobs``, or None when ``precompile_workers`` is 0. Each batch's outcome is
     logged to ``OUT/.work/precompile.jsonl``."""
@@ -342,7 +374,7 @@ def open_precompiler(cfg: SweepConfig, groups: list[Group], device, tune: bool, 
 
     pre = Precompiler(cfg.precompile_workers, str(device),
                       log_path=out_dir / WORK_DIR / "precompile.jsonl")
-    jobs = precompile_jobs(cfg, groups, device, tune)
+    jobs = precompile_jobs(cfg, groups, device, tune, picks)
     if describe:
         describe(f"precompiling {len(jobs)} first calls on {cfg.precompile_workers} workers")
     pre.run(jobs, phase="sweep")
@@ -356,14 +388,16 @@ def default_device() -> str:
 
 def run_sweep(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool = False,
               tune: bool = False, max_minutes: float | None = None, device: str | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, picks_path=None) -> dict:
     """Run the grid into ``out_dir/results.jsonl``; returns counts {status: n, 'skipped': n,
-    'stopped': bool}."""
+    'stopped': bool}. ``picks_path``: an earlier results.jsonl whose (block, config) each
+    matching row re-measures (``load_picks``)."""
     out_dir = Path(out_dir)
     out = out_dir / results.RESULTS_FILE
     if out.exists() and out.stat().st_size and not resume:
         raise SweepError(f"{out} already has rows: pass --resume to continue that sweep, or "
                          "choose another --out")
+    picks = load_picks(picks_path) if picks_path else None
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.triton_interpret and not _cuda_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -388,16 +422,16 @@ def run_sweep(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool 
             from stbench import isolation  # imports this module: import it here
 
             finished = isolation.run_isolated(cfg, groups, out_dir, device, tune, deadline,
-                                              on_row)
+                                              on_row, picks_path)
         else:
             finished = True
-            pre = open_precompiler(cfg, groups, device, tune, out_dir, bar.describe)
+            pre = open_precompiler(cfg, groups, device, tune, out_dir, bar.describe, picks)
             try:
                 for g in groups:
                     bar.describe(f"{g.layout} N={g.n} {g.dtype}")
                     if not run_group(cfg, g, out_dir, device=device, tune=tune,
                                      deadline=deadline, on_end=lambda i, row: on_row(row),
-                                     precompiler=pre):
+                                     precompiler=pre, picks=picks):
                         finished = False
                         break
             finally:

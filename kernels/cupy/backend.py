@@ -35,6 +35,7 @@ from .compile import (
     DTYPE_CODES,
     MMA_MAX_HEAD_DIM,
     SCALAR_MAX_HEAD_DIM,
+    DELTA_ROWS,
     SCALAR_ROWS,
     Variant,
     get_kernel,
@@ -274,8 +275,20 @@ def dkv_args(arr, q, k, v, dout, lse, delta, dk, dv, bwd_plan, ints, scale, scal
 
 
 def row_delta(dout: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """delta [B, H, N] float32 = rowsum(dO * O), the backward's softmax correction."""
+    """delta [B, H, N] float32 = rowsum(dO * O), the backward's softmax correction, in torch
+    (the reference for the kernel ``st_bwd_delta``, which the backward launches)."""
     return (dout.float() * out.float()).sum(-1)
+
+
+def delta_geometry(rows: int) -> tuple[tuple, tuple]:
+    """(grid, block) of st_bwd_delta over ``rows`` = B * H * N rows: one warp per row."""
+    return ((rows + DELTA_ROWS - 1) // DELTA_ROWS, 1, 1), (DELTA_ROWS * 32, 1, 1)
+
+
+def delta_args(arr, dout, out, delta, rows) -> tuple:
+    """Arguments of st_bwd_delta, in its order (``rows``: B * H * N, as the int type of the
+    caller's launcher)."""
+    return arr(dout), arr(out), arr(delta), rows
 
 
 KERNEL_NAMES = {
@@ -304,6 +317,8 @@ class _Launcher:
         # timed region
         self.dq_k = get_kernel(bwd_v, dq_name, self.index)
         self.dkv_k = get_kernel(bwd_v, dkv_name, self.index)
+        self.delta_k = get_kernel(bwd_v, "st_bwd_delta", self.index)
+        self.delta_grid, self.delta_block = delta_geometry(b * h * n)
         self.grid, self.fwd_block, self.bwd_block = launch_geometry(cfg, n, b * h)
         self.fwd_plan, self.bwd_plan = plan_args(self.plan, functools.partial(_arr, device=device))
         self.ints = (np.int32(h), np.int32(n))
@@ -333,11 +348,13 @@ class _Launcher:
         """Gradients (dq, dk, dv) for upstream ``dout``; all [B, H, N, D], q, k, v, out
         contiguous and 16-byte aligned (as ``forward`` leaves them)."""
         dout = _aligned(dout)
-        delta = row_delta(dout, out)
+        delta = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         a = functools.partial(_arr, device=q.device)
         ints, sc, sl2 = self.ints, self._np.float32(scale), self._np.float32(scale * LOG2E)
         with self._cupy.cuda.Device(self.index), self._stream():
+            self.delta_k(self.delta_grid, self.delta_block,
+                         delta_args(a, dout, out, delta, self._np.int32(delta.numel())))
             self.dq_k(self.grid, self.bwd_block,
                       dq_args(a, q, k, v, dout, lse, delta, dq, self.fwd_plan, ints, sc, sl2))
             self.dkv_k(self.grid, self.bwd_block,

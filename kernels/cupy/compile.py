@@ -34,10 +34,12 @@ DTYPE_NAMES = {0: "fp32", 1: "fp16", 2: "bf16"}
 # kernel family -> (file, kernel names in it)
 FILES = {
     "fwd_mma": ("st_fwd_mma.cu", ("st_fwd_mma",)),
-    "bwd_mma": ("st_bwd_mma.cu", ("st_bwd_dq", "st_bwd_dkv")),
-    "scalar": ("st_scalar.cu", ("st_fwd_scalar", "st_bwd_dq_scalar", "st_bwd_dkv_scalar")),
+    "bwd_mma": ("st_bwd_mma.cu", ("st_bwd_dq", "st_bwd_dkv", "st_bwd_delta")),
+    "scalar": ("st_scalar.cu", ("st_fwd_scalar", "st_bwd_dq_scalar", "st_bwd_dkv_scalar",
+                                "st_bwd_delta")),
 }
 SCALAR_ROWS = 8  # SC_ROWS in st_scalar.cu: rows (warps) per CTA of the scalar kernels
+DELTA_ROWS = 8  # ST_DELTA_ROWS in st_delta.cuh: rows (warps) per CTA of st_bwd_delta
 MMA_MAX_HEAD_DIM = 128  # registers: Q and O fragments take 3 * HEAD_DIM / 4 words per thread
 SCALAR_MAX_HEAD_DIM = 128  # shared memory: two fp32 chunks of 32 rows in 48 KB
 

@@ -135,7 +135,7 @@ def run(q, k, v, layout: Layout, scale: float, config: dict | None = None, dout=
     if dout is None:
         return out_t, lse
     dob = _as_bits(dout.to(q.dtype))
-    delta = backend.row_delta(dob.view(q.dtype), out_t).contiguous()
+    delta = row_delta(bwd_v, dob, out)
     dq, dk, dv = torch.empty_like(qb), torch.empty_like(kb), torch.empty_like(vb)
     lib = load(bwd_v)
     getattr(lib, f"emu_{dq_name}")(
@@ -149,6 +149,20 @@ def run(q, k, v, layout: Layout, scale: float, config: dict | None = None, dout=
                                    float(scale), scale_log2)),
     )
     return out_t, lse, (dq.view(q.dtype), dk.view(q.dtype), dv.view(q.dtype))
+
+
+def row_delta(variant: Variant, dout_bits: torch.Tensor, out_bits: torch.Tensor) -> torch.Tensor:
+    """delta float32 [B, H, N] from the kernel st_bwd_delta of ``variant`` (a backward module)
+    on the CPU; dout_bits, out_bits [B, H, N, D] as ``_as_bits`` leaves them."""
+    b, h, n, _ = dout_bits.shape
+    delta = torch.empty(b, h, n, dtype=torch.float32)
+    args = _Args()
+    grid, block = backend.delta_geometry(b * h * n)
+    load(variant).emu_st_bwd_delta(
+        grid[0], grid[1], block[0],
+        args.pack(backend.delta_args(args.arr, dout_bits.contiguous(), out_bits.contiguous(),
+                                     delta, b * h * n)))
+    return delta
 
 
 class _Emulated(torch.autograd.Function):

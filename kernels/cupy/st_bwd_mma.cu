@@ -1,7 +1,7 @@
 // st_bwd_mma.cu: block-sparse flash attention backward, float16 / bfloat16 tensor cores.
 //
 // Scores are recomputed from the saved lse (base-2 units, st_fwd_mma.cu); with
-// delta_i = sum_d dO[i, d] * O[i, d] (computed by the caller):
+// delta_i = sum_d dO[i, d] * O[i, d] (st_bwd_delta, st_delta.cuh, launched first):
 //   P = exp2(Q K^T * scale * LOG2E - lse),  0 where the mask forbids (i, j)
 //   dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   dQ = scale * dS K,   dK = scale * dS^T Q
 //
@@ -13,6 +13,7 @@
 // (st_mma_tiles.cuh): the next chunk is copied by cp.async while the current one is computed.
 // Shared memory: 2 stages * 2 * BLOCK_N * (HEAD_DIM + 8) * 2 bytes; dkv adds 2 * 8 * BLOCK_N.
 #include "st_common.cuh"
+#include "st_delta.cuh"
 
 #if ST_DTYPE == 0
 #error "st_bwd_mma.cu is for float16 / bfloat16; float32 uses st_scalar.cu"

@@ -13,6 +13,7 @@
 // Grid (N / SC_ROWS, B * H), block SC_ROWS * 32 threads.
 // Shared memory: 4 * (2 * SC_CHUNK * (HEAD_DIM + 1) + 2 * SC_ROWS * HEAD_DIM + 2 * SC_CHUNK).
 #include "st_common.cuh"
+#include "st_delta.cuh"
 
 #define SC_ROWS 8
 #define SC_CHUNK (LAYOUT_BLOCK < 32 ? LAYOUT_BLOCK : 32)

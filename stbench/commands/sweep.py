@@ -3,6 +3,7 @@
     stbench sweep --preset quick --out out/quick
     stbench sweep --preset standard --out out/std --isolate --tune --max-minutes 8
     stbench sweep --config my_grid.toml --out out/mine --resume
+    stbench sweep --preset standard --out out/again --picks reports/standard/results.jsonl
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ def register(subparsers) -> None:
                    "timeout becomes a row and a fresh worker continues")
     p.add_argument("--tune", action="store_true",
                    help="autotune each (problem, backend) first and measure the pick")
+    p.add_argument("--picks", default=None, metavar="RESULTS.jsonl",
+                   help="re-measure the (block, config) of each matching ok row of an earlier "
+                   "sweep (regression check after a kernel change); other rows as usual")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop cleanly before starting a row past this budget (then --resume)")
     p.add_argument("--ns", type=lambda s: [int(x) for x in _csv(s)], default=None,
@@ -63,7 +67,7 @@ def run(args) -> int:
             return _dry_run(cfg, console)
         counts = run_sweep(cfg, args.out, resume=args.resume, isolate=args.isolate,
                            tune=args.tune, max_minutes=args.max_minutes, device=args.device,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, picks_path=args.picks)
     except (SweepError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2

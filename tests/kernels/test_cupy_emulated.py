@@ -172,3 +172,20 @@ def test_backend_attention_path_with_emulated_kernels(emulated_backend, cfg, dty
     out = emulated_backend.attention(q, q, q, lay, 0.2, cfg)
     ref = reference(q.double(), q.double(), q.double(), lay, 0.2)
     assert (out.double() - ref).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("family, dtype, d", [("bwd_mma", BF16, 64), ("bwd_mma", F16, 16),
+                                              ("scalar", F32, 40), ("scalar", BF16, 128)])
+def test_delta_kernel_matches_torch_rowsum(family, dtype, d, gen):
+    """st_bwd_delta (one warp per row, float32 products and sum) against rowsum(dO * O) in
+    float32; 3 x 5 x 7 = 105 rows, not a multiple of the 8 rows a CTA takes (the tail)."""
+    from stbench.kernels.cupy import backend
+    from stbench.kernels.cupy.compile import DTYPE_CODES, Variant
+
+    tiles = {} if family == "scalar" else {"block_m": 16, "block_n": 16}
+    variant = Variant(family, DTYPE_CODES[dtype], d, 16, **tiles)
+    dout, out = (torch.randn(3, 5, 7, d, generator=gen).to(dtype) for _ in range(2))
+    got = emulate.row_delta(variant, emulate._as_bits(dout), emulate._as_bits(out))
+    want = backend.row_delta(dout, out)
+    assert got.dtype == torch.float32 and got.shape == (3, 5, 7)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

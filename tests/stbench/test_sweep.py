@@ -167,3 +167,22 @@ def test_exceptions_map_to_statuses(exc, status):
     from stbench.tuning.measure import classify_exception
 
     assert classify_exception(exc) == status
+
+
+def test_picks_re_measures_an_earlier_sweeps_configs(tmp_path, monkeypatch):
+    monkeypatch.setenv("STBENCH_CACHE_DIR", str(tmp_path / "user-cache"))
+    cfg = SweepConfig.from_toml(_write_config(tmp_path / "p.toml", backends=["sdpa", "dense"],
+                                              tune_rep_ms=2, tune_backends=["sdpa"]))
+    run_sweep(cfg, tmp_path / "first", tune=True, progress=False)
+    first = {r.backend: r for r in _rows(tmp_path / "first")}
+    assert first["sdpa"].tuned
+    run_sweep(cfg, tmp_path / "again", progress=False,
+              picks_path=tmp_path / "first" / "results.jsonl")
+    again = {r.backend: r for r in _rows(tmp_path / "again")}
+    for name in ("sdpa", "dense"):
+        assert again[name].status == "ok" and not again[name].tuned
+        assert (again[name].block, again[name].config) == (first[name].block,
+                                                           first[name].config)
+    assert not (tmp_path / "again" / "tune.jsonl").exists()  # nothing tuned
+    with pytest.raises(SweepError, match="no such results file"):
+        run_sweep(cfg, tmp_path / "x", picks_path=tmp_path / "missing.jsonl", progress=False)
