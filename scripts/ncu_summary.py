@@ -71,6 +71,15 @@ def fmt(v, spec: str) -> str:
     return "" if v is None else format(v, spec)
 
 
+def kib(kernel: dict, metric: str) -> float:
+    """A shared-memory size in KiB (ncu gives "byte/block", "Kbyte/block", ...); 0 if absent."""
+    v = num(kernel, metric)
+    if v is None:
+        return 0.0
+    unit = kernel[metric][1].split("/")[0]
+    return v * {"byte": 1 / 1024, "Kbyte": 1000 / 1024, "Mbyte": 1e6 / 1024}.get(unit, 1 / 1024)
+
+
 def limiter(kernel: dict) -> str:
     """The occupancy limiters that allow the fewest blocks per SM."""
     limits = {name: num(kernel, f"launch__occupancy_limit_{name}")
@@ -83,7 +92,7 @@ def limiter(kernel: dict) -> str:
 
 
 HEADER = ("| profile | kernel | grid x block | time us | DRAM MB | DRAM TB/s | L2 hit % | SM % | "
-          "tensor pipe % | wgmma % | mma.sync % | occupancy % (achieved / theor.) | "
+          "tensor pipe % | wgmma inst % | mma.sync inst % | occupancy % (achieved / theor.) | "
           "blocks/SM (limit) | regs | smem KB | waves | top stalls (per issue) |")
 
 
@@ -94,11 +103,8 @@ def table(folder: Path) -> str:
             secs = seconds(kern)
             moved = dram_bytes(kern, secs)
             name = kern.get("Kernel Name", ("?", ""))[0]
-            smem = num(kern, "launch__shared_mem_per_block_dynamic")
-            smem_unit = kern.get("launch__shared_mem_per_block_dynamic", ("", ""))[1]
-            if smem is not None:
-                smem = smem * {"byte": 1 / 1024, "Kbyte": 1000 / 1024, "Mbyte": 1e6 / 1024,
-                               "KB": 1.0}.get(smem_unit, 1 / 1024)
+            smem = sum(kib(kern, f"launch__shared_mem_per_block_{kind}")
+                       for kind in ("static", "dynamic"))
             lines.append(
                 f"| {path.name.removesuffix('.raw.csv')} | {name[:40]} "
                 f"| {fmt(num(kern, 'launch__grid_size'), '.0f')} x "

@@ -5,6 +5,8 @@ head dim 32 / 64 / 128, tensor-core tiles and the scalar kernel. Tolerances: stb
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -110,12 +112,18 @@ HEAD_DIMS = [32, 64, 128]
 TILE_LAYOUTS = ["causal_b128", "merged_strided_b16", "st_mix_b32", "token_mask_b32"]
 
 
+def compile_workers() -> int:
+    """Processes for the precompile: the host's cores shared among pytest-xdist's workers, at
+    most 8. Each process holds a CUDA context: all cores in each of 8 xdist workers (8 x 32
+    contexts) ran the H200 out of memory."""
+    share = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    return max(1, min(8, (os.cpu_count() or 1) // share))
+
+
 @pytest.fixture(scope="module")
 def compiled():
     """Compile every variant the GPU tests use in parallel processes first (NVRTC takes 1-3 s a
     variant; CuPy's disk cache then serves the tests)."""
-    import os
-
     from stbench.kernels.cupy.checks import case_variants
     from stbench.kernels.cupy.compile import precompile
 
@@ -131,7 +139,7 @@ def compiled():
             for d in HEAD_DIMS:
                 for cfg in backend.config_space(lay, d, dt):
                     variants += case_variants(lay, dt, d, cfg, cap)
-    errors = {k: v for k, v in precompile(variants, workers=os.cpu_count() or 1).items() if v}
+    errors = {k: v for k, v in precompile(variants, workers=compile_workers()).items() if v}
     assert not errors, errors
 
 
@@ -170,3 +178,11 @@ def test_runs_on_the_current_stream_and_through_the_api():
     s.synchronize()
     ref = stbench.attention(q, k, v, lay, backend="dense")
     assert (out.float() - ref.float()).abs().max() < 5e-2
+
+
+def test_compile_workers_share_the_host_among_xdist_workers(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 32)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "8")
+    assert compile_workers() == 4
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT")
+    assert compile_workers() == 8
