@@ -18,6 +18,9 @@ from pathlib import Path
 TIME_UNITS = {"ns": 1e-9, "usecond": 1e-6, "us": 1e-6, "msecond": 1e-3, "ms": 1e-3,
               "nsecond": 1e-9, "second": 1.0, "s": 1.0}
 RATE_UNITS = {"byte/s": 1.0, "Kbyte/s": 1e3, "Mbyte/s": 1e6, "Gbyte/s": 1e9, "Tbyte/s": 1e12}
+TENSOR_PIPE = "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"
+WGMMA_INST = "sm__inst_executed_pipe_tensor_op_gmma.avg.pct_of_peak_sustained_active"
+MMA_SYNC_INST = "sm__inst_executed_pipe_tensor_op_hmma.avg.pct_of_peak_sustained_active"
 STALL_PREFIX = "smsp__average_warps_issue_stalled_"
 STALL_SUFFIX = "_per_issue_active.ratio"
 
@@ -114,9 +117,9 @@ def table(folder: Path) -> str:
                 f"| {fmt(None if moved is None or not secs else moved / secs / 1e12, '.2f')} "
                 f"| {fmt(num(kern, 'lts__t_sector_hit_rate.pct'), '.0f')} "
                 f"| {fmt(num(kern, 'sm__throughput.avg.pct_of_peak_sustained_elapsed'), '.0f')} "
-                f"| {fmt(num(kern, 'sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active'), '.0f')} "  # noqa: E501
-                f"| {fmt(num(kern, 'sm__inst_executed_pipe_tensor_op_gmma.avg.pct_of_peak_sustained_active'), '.0f')} "  # noqa: E501
-                f"| {fmt(num(kern, 'sm__inst_executed_pipe_tensor_op_hmma.avg.pct_of_peak_sustained_active'), '.0f')} "  # noqa: E501
+                f"| {fmt(num(kern, TENSOR_PIPE), '.0f')} "
+                f"| {fmt(num(kern, WGMMA_INST), '.0f')} "
+                f"| {fmt(num(kern, MMA_SYNC_INST), '.0f')} "
                 f"| {fmt(num(kern, 'sm__warps_active.avg.pct_of_peak_sustained_active'), '.0f')} / "
                 f"{fmt(num(kern, 'sm__maximum_warps_per_active_cycle_pct'), '.0f')} "
                 f"| {limiter(kern)} "

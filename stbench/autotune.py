@@ -204,12 +204,8 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
                 _memo[key] = (s, c, row)
             return _memo[key][0]
 
-        prepare = None
-        if precompiler is not None and name in COMPILED_BACKENDS:
-            def prepare(batch, _memo=memo):
-                precompiler.run([Job.of(problem, c.backend, c.block, c.config) for c in batch
-                                 if (c.block, json.dumps(c.config, sort_keys=True)) not in _memo])
-
+        prepare = (_compile_ahead(precompiler, problem, memo)
+                   if precompiler is not None and name in COMPILED_BACKENDS else None)
         STRATEGIES[strategy](cands, evaluate, seed=seed, budget=max_evals, prepare=prepare)
         evaluated += len(memo)
         scored.extend(v for v in memo.values() if math.isfinite(v[0]))
@@ -248,6 +244,15 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
     if save and best is not None:
         save_result(result, layout, layout_of_block, cache_path)
     return result
+
+
+def _compile_ahead(precompiler, problem: Problem, memo: dict):
+    """The strategies' ``prepare``: compile a batch's candidates not measured yet (``memo``
+    keys: (block, config JSON)) in the precompiler's workers."""
+    def prepare(batch) -> None:
+        precompiler.run([Job.of(problem, c.backend, c.block, c.config) for c in batch
+                         if (c.block, json.dumps(c.config, sort_keys=True)) not in memo])
+    return prepare
 
 
 def _is_peer_or_reference(name: str) -> bool:

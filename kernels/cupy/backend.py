@@ -32,10 +32,10 @@ from stbench.backends import BackendUnavailable
 from stbench.layouts import PARTIAL, Layout, Plan, plan_for
 
 from .compile import (
+    DELTA_ROWS,
     DTYPE_CODES,
     MMA_MAX_HEAD_DIM,
     SCALAR_MAX_HEAD_DIM,
-    DELTA_ROWS,
     SCALAR_ROWS,
     Variant,
     get_kernel,
