@@ -40,6 +40,9 @@ def register(subparsers) -> None:
                    "~/.cache/stbench/tune.json)")
     p.add_argument("--rows", default=None, help="append every candidate's row to this JSONL")
     p.add_argument("--device", default=None)
+    p.add_argument("--precompile-workers", type=int, default=0,
+                   help="processes that compile each batch of candidates side by side before "
+                   "it is timed (0: compile on first call)")
     p.add_argument("--evaluate", action="store_true",
                    help="item 5: exhaustive vs --strategy on standard problems into --out")
     p.add_argument("--out", default=None, help="folder for --evaluate (tune_eval.jsonl)")
@@ -95,10 +98,7 @@ def run(args) -> int:
         prob = problems.Problem(_spec(args.layout), args.n_ctx,
                                 args.batch or problems.batch_for(args.n_ctx), args.heads,
                                 args.head_dim, args.dtype, args.mode)
-        res = autotune.tune(prob, args.backends, device=args.device or _dev(),
-                            strategy=args.strategy, objective=args.objective,
-                            memory_budget=args.memory_budget, cache_path=args.cache,
-                            rows_path=args.rows)
+        res = _tune_one(autotune, prob, args)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
@@ -112,6 +112,23 @@ def run(args) -> int:
     console.print(f"pick: {res.best.backend} block {res.best.block} {json.dumps(res.best.config)}"
                   f" ({res.best.median_ms:.4g} ms), cached in {args.cache or cache.default_path()}")
     return 0
+
+
+def _tune_one(autotune, prob, args):
+    """``autotune.tune`` for the command's problem, with a precompiler when asked for."""
+    from stbench.tuning.precompile import Precompiler
+
+    device = args.device or _dev()
+    if args.precompile_workers < 0:
+        raise ValueError(f"--precompile-workers {args.precompile_workers}: use 0 (off) or more")
+    pre = Precompiler(args.precompile_workers, device) if args.precompile_workers else None
+    try:
+        return autotune.tune(prob, args.backends, device=device, strategy=args.strategy,
+                             objective=args.objective, memory_budget=args.memory_budget,
+                             cache_path=args.cache, rows_path=args.rows, precompiler=pre)
+    finally:
+        if pre is not None:
+            pre.close()
 
 
 def _spec(name: str):

@@ -184,3 +184,30 @@ def test_a_first_call_after_precompiling_loads_instead_of_compiling(tmp_path, mo
     cold = first_call(cold_cfg)  # compiles here (and builds the plan, shared by both)
     warm = first_call(pre_cfg)
     assert warm < 0.3 * cold, (warm, cold)
+
+
+def test_the_tune_command_hands_the_tuner_a_precompiler_and_closes_it():
+    import argparse
+
+    from stbench.commands import tune as tune_cmd
+
+    seen = []
+
+    class FakeAutotune:
+        @staticmethod
+        def tune(prob, names, **kw):
+            seen.append(kw["precompiler"])
+            return "result"
+
+    args = argparse.Namespace(device="cpu", precompile_workers=2, backends=None,
+                              strategy="local", objective="time", memory_budget=None,
+                              cache=None, rows=None)
+    assert tune_cmd._tune_one(FakeAutotune, _problem(64), args) == "result"
+    assert isinstance(seen[0], Precompiler) and seen[0].workers == 2
+    assert seen[0]._pool is None  # closed (it never started: the fake tuner ran nothing)
+    args.precompile_workers = 0
+    tune_cmd._tune_one(FakeAutotune, _problem(64), args)
+    assert seen[1] is None
+    args.precompile_workers = -1
+    with pytest.raises(ValueError, match="--precompile-workers -1"):
+        tune_cmd._tune_one(FakeAutotune, _problem(64), args)
