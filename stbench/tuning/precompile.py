@@ -76,11 +76,6 @@ class Outcome:
     error: str | None
 
 
-def default_workers() -> int:
-    """Host cores minus two (the timing process and the OS), at least 1."""
-    return max(1, (os.cpu_count() or 1) - 2)
-
-
 class Precompiler:
     """A pool of ``workers`` processes making first calls on ``device``. Use as a context
     manager, or call ``close()``. The pool starts on the first ``run``."""
@@ -93,8 +88,6 @@ class Precompiler:
         self.log_path = log_path  # JSONL: one line per run() (phase, jobs, errors, seconds)
         self._pool: ProcessPoolExecutor | None = None
         self.done: set[tuple] = set()  # compile keys with a job that ran without error
-        self.seconds = 0.0  # wall time spent in run()
-        self.jobs = 0
 
     def __enter__(self):
         return self
@@ -133,8 +126,6 @@ class Precompiler:
                 self.close()  # a broken pool cannot take more work; the next run starts one
         seconds = time.perf_counter() - t0
         self.done.update(o.job.compile_key() for o in out if o.error is None)
-        self.seconds += seconds
-        self.jobs += len(out)
         if self.log_path is not None:
             self._log(phase, out, seconds)
         return out
