@@ -22,23 +22,13 @@ from pathlib import Path
 
 import torch
 
-from stbench import autotune, backends, results
-from stbench.sweep import SweepConfig
+from stbench import autotune, backends
+from stbench.sweep import SweepConfig, load_picks, pick_key
 from stbench.tuning import check
 from stbench.tuning.measure import closure
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PICKS = ROOT / "reports" / "standard" / "results.jsonl"
-
-
-def pick_of(picks: Path, backend: str, layout: str, n: int, mode: str):
-    """(config, block) of the sweep row measured for this problem, or (None, None)."""
-    if not picks.exists():
-        return None, None
-    for r in results.read_rows(picks):
-        if (r.backend, r.layout, r.n_ctx, r.mode, r.status) == (backend, layout, n, mode, "ok"):
-            return r.config or None, r.block
-    return None, None
 
 
 def main(argv=None) -> int:
@@ -54,7 +44,8 @@ def main(argv=None) -> int:
     cfg = SweepConfig.preset("standard")
     prob = cfg.problem(args.n, args.layout, "bfloat16", args.mode)
     layout = prob.build_layout()
-    config, block = pick_of(args.picks, args.backend, args.layout, args.n, args.mode)
+    picks = load_picks(args.picks) if args.picks.exists() else {}
+    block, config = picks.get(pick_key(prob, args.backend), (None, None))
     run_layout = autotune.reblock(layout, block) if block else layout
     q, k, v = prob.inputs("cuda")
     module = backends.load(args.backend)

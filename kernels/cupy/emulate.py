@@ -135,7 +135,7 @@ def run(q, k, v, layout: Layout, scale: float, config: dict | None = None, dout=
     if dout is None:
         return out_t, lse
     dob = _as_bits(dout.to(q.dtype))
-    delta = row_delta(bwd_v, dob, out)
+    delta = kernel_delta(bwd_v, dob, out)
     dq, dk, dv = torch.empty_like(qb), torch.empty_like(kb), torch.empty_like(vb)
     lib = load(bwd_v)
     getattr(lib, f"emu_{dq_name}")(
@@ -151,7 +151,8 @@ def run(q, k, v, layout: Layout, scale: float, config: dict | None = None, dout=
     return out_t, lse, (dq.view(q.dtype), dk.view(q.dtype), dv.view(q.dtype))
 
 
-def row_delta(variant: Variant, dout_bits: torch.Tensor, out_bits: torch.Tensor) -> torch.Tensor:
+def kernel_delta(variant: Variant, dout_bits: torch.Tensor,
+                 out_bits: torch.Tensor) -> torch.Tensor:
     """delta float32 [B, H, N] from the kernel st_bwd_delta of ``variant`` (a backward module)
     on the CPU; dout_bits, out_bits [B, H, N, D] as ``_as_bits`` leaves them."""
     b, h, n, _ = dout_bits.shape

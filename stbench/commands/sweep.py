@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _csv(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
+from stbench.commands import csv_list
 
 
 def register(subparsers) -> None:
@@ -35,12 +33,12 @@ def register(subparsers) -> None:
                    "sweep (regression check after a kernel change); other rows as usual")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop cleanly before starting a row past this budget (then --resume)")
-    p.add_argument("--ns", type=lambda s: [int(x) for x in _csv(s)], default=None,
+    p.add_argument("--ns", type=lambda s: [int(x) for x in csv_list(s)], default=None,
                    help="override N values, comma-separated")
-    p.add_argument("--layouts", type=_csv, default=None, help="override layouts, comma-separated")
-    p.add_argument("--backends", type=_csv, default=None,
+    p.add_argument("--layouts", type=csv_list, default=None, help="override layouts, comma-separated")
+    p.add_argument("--backends", type=csv_list, default=None,
                    help="override backends, comma-separated")
-    p.add_argument("--modes", type=_csv, default=None, help="override modes (fwd,fwd+bwd)")
+    p.add_argument("--modes", type=csv_list, default=None, help="override modes (fwd,fwd+bwd)")
     p.add_argument("--precompile-workers", type=int, default=None,
                    help="processes that compile kernels ahead of timing (0: off; default: the "
                    "config's precompile_workers)")

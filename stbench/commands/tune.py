@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
-
-def _csv(text: str) -> list[str]:
-    return [t for t in text.split(",") if t]
+from stbench.commands import csv_list
 
 
 def register(subparsers) -> None:
@@ -30,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--mode", default="fwd", choices=("fwd", "fwd+bwd"))
-    p.add_argument("--backends", type=_csv, default=None,
+    p.add_argument("--backends", type=csv_list, default=None,
                    help="comma-separated (default: every backend that runs here)")
     p.add_argument("--strategy", default="local", choices=("local", "exhaustive"))
     p.add_argument("--objective", default="time", choices=("time", "memory", "time_under_budget"))
@@ -46,9 +44,9 @@ def register(subparsers) -> None:
     p.add_argument("--evaluate", action="store_true",
                    help="item 5: exhaustive vs --strategy on standard problems into --out")
     p.add_argument("--out", default=None, help="folder for --evaluate (tune_eval.jsonl)")
-    p.add_argument("--ns", type=lambda s: [int(x) for x in _csv(s)], default=[4096, 16384],
+    p.add_argument("--ns", type=lambda s: [int(x) for x in csv_list(s)], default=[4096, 16384],
                    help="N values for --evaluate (default 4096,16384)")
-    p.add_argument("--layouts", type=_csv,
+    p.add_argument("--layouts", type=csv_list,
                    default=["causal", "local", "strided", "fixed", "st_mix"],
                    help="layouts for --evaluate")
     p.add_argument("--list", action="store_true", help="print the cache's entries and exit")

@@ -185,7 +185,7 @@ def test_delta_kernel_matches_torch_rowsum(family, dtype, d, gen):
     tiles = {} if family == "scalar" else {"block_m": 16, "block_n": 16}
     variant = Variant(family, DTYPE_CODES[dtype], d, 16, **tiles)
     dout, out = (torch.randn(3, 5, 7, d, generator=gen).to(dtype) for _ in range(2))
-    got = emulate.row_delta(variant, emulate._as_bits(dout), emulate._as_bits(out))
+    got = emulate.kernel_delta(variant, emulate._as_bits(dout), emulate._as_bits(out))
     want = backend.row_delta(dout, out)
     assert got.dtype == torch.float32 and got.shape == (3, 5, 7)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
