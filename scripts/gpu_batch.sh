@@ -5,7 +5,9 @@
 #   OUT=/some/dir DATA_TGZ=.carry/data.tgz bash scripts/gpu_batch.sh JOB [JOB ...]
 #
 # JOB names (a function below): sweep, resume, flex, paper, versus, table2, model, evaluate,
-# sanitize_triton, sanitize_cupy, racecheck_cupy, profile, replay, paperbwd, gputests;
+# sanitize_triton, sanitize_cupy, racecheck_cupy, profile, replay, paperbwd, gputests,
+# fwdvariants (fwdvar_causal, fwdvar_fixed), memcheck_tma, sweep_large, sweep_small,
+# cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
 # Each job writes under $OUT/JOB/ and its log to $OUT/JOB/log; every step has a time cap so a
@@ -36,8 +38,11 @@ data() { [[ -d $DATA ]] || { mkdir -p $DATA && tar xzf "${DATA_TGZ:-.carry/data.
 
 job_sweep() {  # issue 6: the standard sweep, tuned, every backend and peer (report: on any CPU)
     step 570 sweep python3 -m stbench sweep --preset standard --out "$1" --isolate --tune \
-        --max-minutes ${SWEEP_MINUTES:-9.2} --no-progress
+        --max-minutes ${SWEEP_MINUTES:-9.2} --no-progress ${SWEEP_NS:+--ns $SWEEP_NS}
 }
+# the same sweep split over two GPUs by N (merge: cat the two results.jsonl, then stbench report)
+job_sweep_large() { SWEEP_NS=65536,2048,1024 job_sweep "$@"; }
+job_sweep_small() { SWEEP_NS=32768,16384,8192,4096 job_sweep "$@"; }
 
 job_resume() {  # the standard sweep continued from $RESUME_DIR (a results folder carried along)
     cp -r "$RESUME_DIR/." "$1/"
@@ -113,8 +118,8 @@ job_replay() {  # issue 4: triton and cupy fwd+bwd at the committed sweep's pick
 }
 
 job_paperbwd() {  # TARGETS.md item 3, forward+backward only (the fwd+bwd tune at the fwd pick)
-    step 450 paper python3 benchmarks/triton_vs_flex.py --suite paper --ns 12288,65536 --modes fwd+bwd \
-        --out "$1/paper.jsonl" --budget-s $(( $(left) - 60 ))
+    step 450 paper python3 benchmarks/triton_vs_flex.py --suite paper --ns ${PAPER_NS:-12288,65536} \
+        --modes fwd+bwd --out "$1/paper.jsonl" --budget-s $(( $(left) - 60 ))
 }
 
 job_racecheck_cupy() {  # issue 4: racecheck alone, with the time the full 22 cases need
@@ -140,10 +145,54 @@ job_profile() {
     done
 }
 
+# issue 3: the forward's load variants (gather / tma / tma_ws) against flex, one process per
+# configuration under its own cap (scripts/gpu_fwd_variants.py); FWDVAR_LAYOUTS picks layouts
+FWDVAR_CONFIGS=(
+    ''
+    '{"fwd_loads": "gather"}'
+    '{"fwd_loads": "tma", "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}'
+)
+job_fwdvariants() {
+    for lay in ${FWDVAR_LAYOUTS:-causal fixed}; do
+        for n in ${FWDVAR_NS:-65536 16384}; do
+            step 100 "flex_${lay}_$n" python3 scripts/gpu_fwd_variants.py --backend flex --layout $lay \
+                --n $n >>"$1/fwd_variants.jsonl"
+            for cfg in "${FWDVAR_CONFIGS[@]}"; do
+                step 100 "triton_${lay}_${n}_${cfg:15:6}" python3 scripts/gpu_fwd_variants.py --backend triton \
+                    --layout $lay --n $n ${cfg:+--config "$cfg"} >>"$1/fwd_variants.jsonl"
+            done
+        done
+    done
+    grep "^{" "$1/fwd_variants.jsonl" | python3 -c "import json,sys
+for l in sys.stdin:
+    r = json.loads(l); print(r['backend'], r['layout'], r['n_ctx'], r['config'], r['ok'], r.get('median_ms'))"
+}
+job_fwdvar_causal() { FWDVAR_LAYOUTS=causal job_fwdvariants "$@"; }
+job_fwdvar_fixed() { FWDVAR_LAYOUTS=fixed job_fwdvariants "$@"; }
+
+job_memcheck_tma() {  # issue 3: memcheck over the TMA / warp-specialised forward's GPU tests
+    export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+    local sel="tma and (bfloat16 or head_dim_128)"
+    step 100 warm_tma python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py -k "$sel"
+    step 300 memcheck_tma compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+        python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py -k "$sel"
+}
+
 job_gputests() {  # every GPU-marked test (pytest-xdist carried as wheels in .carry/wheels)
     python3 -m pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | tail -2
-    step 450 pytest_gpu python3 -m pytest -q -m gpu -n 8 tests
+    # -v: a line per test as it ends (a killed run still names its failures); faulthandler
+    # dumps every thread's stack when one test runs past 120 s
+    step ${GPUTESTS_CAP:-450} pytest_gpu python3 -m pytest -v -rf -m gpu -n 8 \
+        -o faulthandler_timeout=120 ${GPUTESTS_PATHS:-tests}
 }
+job_cupytests() {  # the CuPy backend's GPU tests alone
+    GPUTESTS_CAP=280 GPUTESTS_PATHS=tests/kernels/test_cupy_backend.py job_gputests "$@"
+}
+job_othertests() {  # every other GPU test
+    GPUTESTS_CAP=300 GPUTESTS_PATHS="tests --ignore=tests/kernels/test_cupy_backend.py" \
+        job_gputests "$@"
+}
+
 
 i=0
 declare -A ON_GPU

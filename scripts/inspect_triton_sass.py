@@ -61,19 +61,29 @@ def dkdv_sig():
     return s
 
 
-def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag):
-    """A row of a tile kernel: major / minor tile sides, the layout block, HAS_PERM."""
+def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=False):
+    """A row of a tile kernel: major / minor tile sides, the layout block, HAS_PERM; ``tma``:
+    the forward's fwd_loads="tma" (host tensor descriptors over [B * H * N, D])."""
     unit = min(block, major, minor)
     names = ("BLOCK_N", "BLOCK_M") if fn is _dkdv_kernel else ("BLOCK_M", "BLOCK_N")
     cx = {"HEAD_DIM": D, names[0]: major, names[1]: minor, "UNIT": unit, "G": minor // unit,
           "HAS_PERM": perm, "IN_PREC": "tf32", flag: False}
+    if fn is _fwd_kernel:
+        cx["TMA"] = tma
+        if tma:
+            sig = {**sig, "QD": f"tensordesc<bf16[{major},{D}]>",
+                   "KD": f"tensordesc<bf16[{minor},{D}]>", "VD": f"tensordesc<bf16[{minor},{D}]>"}
+        else:
+            cx.update(QD=None, KD=None, VD=None)
     ints = {"N": N, "H": H, "n_t": N // major}
-    cfg = f"{major}x{minor} u{unit} G{minor // unit} perm{int(perm)} w{warps} s{stages}"
+    cfg = (f"{major}x{minor} u{unit} G{minor // unit} perm{int(perm)} w{warps} s{stages}"
+           + (" tma" if tma else ""))
     return name, fn, sig, cx, ints, warps, stages, cfg
 
 
 ROWS = [
     tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE"),
+    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE", True),
     tiled("fwd local", _fwd_kernel, fwd_sig(), 64, 32, 32, False, 4, 3, "MERGE"),
     tiled("fwd strided/st_mix", _fwd_kernel, fwd_sig(), 64, 32, 64, True, 4, 2, "MERGE"),
     ("delta", _delta_kernel, {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "n_rows": "i32"},
@@ -94,7 +104,8 @@ def compile_row(fn, sig, cx, ints, warps, stages):
     signature = {n: ("constexpr" if n in cx else sig[n]) for n in names}
     attrs = {}
     for i, n in enumerate(names):
-        if n not in cx and (sig[n].startswith("*") or ints.get(n, 1) % 16 == 0):
+        if n not in cx and (sig[n].startswith("*") or ints.get(n, 1) % 16 == 0
+                            and not sig[n].startswith("tensordesc")):
             attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=fn, signature=signature, constexprs=cx, attrs=attrs)
     return triton.compile(src, target=TARGET,

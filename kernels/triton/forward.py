@@ -34,21 +34,30 @@ interpret.apply()
 
 @triton.jit
 def _fwd_tile(
-    q, m_i, l_i, acc, e, K, V, base, rows, cols, tmask, masks, perm, pp, N, qk_scale2,
-    MODE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
+    q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows, cols, tmask, masks, perm, pp, N,
+    qk_scale2, MODE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr,
+    IN_PREC: tl.constexpr, TMA: tl.constexpr,
 ):
-    """One key tile of the online softmax; MODE: 0 FULL, 1 CAUSAL, 2 MASKED (constexpr)."""
+    """One key tile of the online softmax; MODE: 0 FULL, 1 CAUSAL, 2 MASKED (constexpr).
+    TMA: K / V come as one contiguous [BLOCK_N, D] box each through the tensor descriptors KD,
+    VD over [B * H * N, D] (G = 1, no permutation: the tile's keys are the rows from
+    row0 + cols[e] * UNIT); otherwise gathered row by row."""
     cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
-    ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
-    d = tl.arange(0, HEAD_DIM)
-    kv = base + ctok[:, None] * HEAD_DIM + d[None, :]
-    if MODE == 0:
-        k = tl.load(K + kv)
-        v = tl.load(V + kv)
+    if TMA:
+        k0 = tl.load(cols + e) * UNIT
+        k = KD.load([row0 + k0, 0])
+        v = VD.load([row0 + k0, 0])
     else:
-        k = tl.load(K + kv, mask=ok[:, None], other=0.0)
-        v = tl.load(V + kv, mask=ok[:, None], other=0.0)
+        ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
+        d = tl.arange(0, HEAD_DIM)
+        kv = base + ctok[:, None] * HEAD_DIM + d[None, :]
+        if MODE == 0:
+            k = tl.load(K + kv)
+            v = tl.load(V + kv)
+        else:
+            k = tl.load(K + kv, mask=ok[:, None], other=0.0)
+            v = tl.load(V + kv, mask=ok[:, None], other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
     s = apply_mask(s, e, tmask, masks, rows, cpos, ok, MODE, False, BLOCK_M, BLOCK_N)
     m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -65,13 +74,13 @@ def _fwd_tile(
 
 @triton.jit
 def _fwd_kernel(
-    Q, K, V, O, LSE2, O_PREV, LSE_PREV,
+    Q, K, V, O, LSE2, O_PREV, LSE_PREV, QD, KD, VD,
     head_pattern, pattern_perm, perm,
     ptr, split, cols, kind, tmask, masks,
     qk_scale2, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    MERGE: tl.constexpr,
+    MERGE: tl.constexpr, TMA: tl.constexpr,
 ):
     t = tl.program_id(0)
     bh = tl.program_id(1)
@@ -84,7 +93,11 @@ def _fwd_kernel(
     d = tl.arange(0, HEAD_DIM)
     rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
     rtok = to_tokens(rows, perm, pp, N, HAS_PERM).to(tl.int64)
-    q = tl.load(Q + base + rtok[:, None] * HEAD_DIM + d[None, :])
+    row0 = bh * N  # the head's first row in [B * H * N, D] (TMA coordinates)
+    if TMA:
+        q = QD.load([row0 + t * BLOCK_M, 0])
+    else:
+        q = tl.load(Q + base + rtok[:, None] * HEAD_DIM + d[None, :])
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -94,17 +107,17 @@ def _fwd_kernel(
     end_causal = tl.load(split + (pat * n_t + t) * 2 + 1)
     end = tl.load(ptr + pat * (n_t + 1) + t + 1)
     for e in range(start, end_full):
-        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, base, rows, cols, tmask, masks,
-                                  perm, pp, N, qk_scale2, 0, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT,
-                                  G, HAS_PERM, IN_PREC)
+        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows,
+                                  cols, tmask, masks, perm, pp, N, qk_scale2, 0, HEAD_DIM,
+                                  BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
     for e in range(end_full, end_causal):
-        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, base, rows, cols, tmask, masks,
-                                  perm, pp, N, qk_scale2, 1, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT,
-                                  G, HAS_PERM, IN_PREC)
+        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows,
+                                  cols, tmask, masks, perm, pp, N, qk_scale2, 1, HEAD_DIM,
+                                  BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
     for e in range(end_causal, end):
-        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, base, rows, cols, tmask, masks,
-                                  perm, pp, N, qk_scale2, 2, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT,
-                                  G, HAS_PERM, IN_PREC)
+        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows,
+                                  cols, tmask, masks, perm, pp, N, qk_scale2, 2, HEAD_DIM,
+                                  BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -125,6 +138,36 @@ def _fwd_kernel(
     tl.store(LSE2 + bh.to(tl.int64) * N + rtok, lse2)
 
 
+def fwd_loads_error(loads: str, plan, tiles, dtype: torch.dtype) -> str | None:
+    """Why the forward load variant ``loads`` (KernelConfig.fwd_loads) cannot run these
+    forward tiles; None when it can. The TMA variants load each key tile as one box of
+    consecutive rows, so the tile must be one unpermuted layout block (or part of one)."""
+    if loads == "gather":
+        return None
+    if dtype == torch.float32:
+        return f"fwd_loads={loads!r} is for float16 / bfloat16 inputs: use fwd_loads='gather'"
+    if plan.perm is not None:
+        return (f"fwd_loads={loads!r} needs contiguous key rows, but this layout permutes tokens "
+                "(the strided transpose): use fwd_loads='gather'")
+    if tiles.tile_minor != tiles.unit:
+        return (f"fwd_loads={loads!r} needs each key tile inside one layout block, but "
+                f"BLOCK_N={tiles.tile_minor} gathers blocks of {tiles.unit}: use BLOCK_N <= "
+                f"{tiles.unit} or fwd_loads='gather'")
+    return None
+
+
+def _descriptors(q, k, v, tiles):
+    """TMA descriptors of q, k, v viewed as [B * H * N, D], boxes of one tile's rows."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    D = q.shape[-1]
+    rows = q.numel() // D
+    qd = TensorDescriptor.from_tensor(q.view(rows, D), [tiles.tile_major, D])
+    kd = TensorDescriptor.from_tensor(k.view(rows, D), [tiles.tile_minor, D])
+    vd = TensorDescriptor.from_tensor(v.view(rows, D), [tiles.tile_minor, D])
+    return qd, kd, vd
+
+
 def forward(q, k, v, plan, tiles, scale: float, cfg, out_dtype=None, prev=None):
     """Launch the forward kernel. q, k, v: contiguous [B, H, N, D]; ``plan``: the device plan;
     ``tiles``: forward-orientation Tiles on the same device; ``cfg``: a KernelConfig.
@@ -139,14 +182,19 @@ def forward(q, k, v, plan, tiles, scale: float, cfg, out_dtype=None, prev=None):
     has_perm = plan.perm is not None
     perm = plan.perm if has_perm else plan.head_pattern  # any int32 tensor when unused
     grid = (n_t, B * H)
+    loads = cfg.fwd_loads
+    err = fwd_loads_error(loads, plan, tiles, q.dtype)
+    if err:
+        raise ValueError(err)
+    qd, kd, vd = _descriptors(q, k, v, tiles) if loads == "tma" else (None, None, None)
     _fwd_kernel[grid](
-        q, k, v, out, lse2, o_prev, lse_prev,
+        q, k, v, out, lse2, o_prev, lse_prev, qd, kd, vd,
         plan.head_pattern, plan.pattern_perm, perm,
         tiles.ptr, tiles.split, tiles.cols, tiles.kind, tiles.tmask, tiles.masks,
         scale * LOG2E, N, H, n_t,
         HEAD_DIM=D, BLOCK_M=tiles.tile_major, BLOCK_N=tiles.tile_minor,
         UNIT=tiles.unit, G=tiles.tile_minor // tiles.unit, HAS_PERM=has_perm,
-        IN_PREC=cfg.in_prec(q.dtype), MERGE=prev is not None,
+        IN_PREC=cfg.in_prec(q.dtype), MERGE=prev is not None, TMA=loads == "tma",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse2

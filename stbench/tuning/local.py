@@ -4,6 +4,8 @@ Candidates are points in a discrete space whose coordinates are the layout block
 backend's config keys (``coords(c)``). Algorithm:
 
     starts   = the first candidate of each block (a backend lists its default config first)
+               + the first candidate of each value of a string-valued key (a kernel variant:
+                 one-knob steps cannot cross between variants whose other knobs differ)
                + ``random_starts`` others drawn with a seeded RNG
     current  = the best start
     repeat:  evaluate every unevaluated candidate that differs from ``current`` in exactly one
@@ -40,13 +42,20 @@ def differs_in_one(a: dict, b: dict) -> bool:
 
 
 def start_indices(cands: Sequence, seed: int = 0, random_starts: int = RANDOM_STARTS) -> list[int]:
-    """Indices of the starts: the first candidate of each block, then ``random_starts`` others
-    drawn with a seeded RNG (the same list for the same candidates and seed)."""
-    seen_blocks, starts = set(), []
+    """Indices of the starts: the first candidate of each block, then of each value of each
+    string-valued config key (a categorical variant), then ``random_starts`` others drawn with
+    a seeded RNG (the same list for the same candidates and seed)."""
+    seen, starts = set(), []
     for i, c in enumerate(cands):
-        if c.block not in seen_blocks:
-            seen_blocks.add(c.block)
+        if ("block", c.block) not in seen:
+            seen.add(("block", c.block))
             starts.append(i)
+    for i, c in enumerate(cands):
+        variants = {(k, v) for k, v in c.config.items() if isinstance(v, str)} - seen
+        if variants:
+            seen |= variants
+            if i not in starts:
+                starts.append(i)
     rest = [i for i in range(len(cands)) if i not in starts]
     rng = random.Random(seed)
     return starts + rng.sample(rest, min(random_starts, len(rest)))

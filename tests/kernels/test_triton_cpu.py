@@ -190,3 +190,53 @@ def test_split_union_exact(n_ctx, block, stride, gen, device):
     _check(layout, gen, device, dict(SMALL, split_union=True))
     space = triton_backend.config_space(layout, 32, torch.float32)
     assert space[0]["split_union"] and not space[1]["split_union"]
+
+
+# the forward's TMA loads (kernels/triton/forward.py, fwd_loads="tma"): layouts whose key tiles
+# are consecutive rows (no permutation, BLOCK_N within one layout block)
+TMA_CASES = {
+    "causal 32x32 tiles, block 32": (lambda: layouts.causal(128, block=32, heads=2),
+                                     dict(SMALL, BLOCK_M=32, BLOCK_N=32)),
+    "causal 64x32 tiles, block 64": (lambda: layouts.causal(128, block=64, heads=2),
+                                     dict(SMALL, BLOCK_M=64, BLOCK_N=32)),
+    "fixed 32x16, block 16": (lambda: layouts.fixed(128, block=16, stride=64, heads=2,
+                                                     num_verts=2, vertsize=1),
+                              dict(SMALL, BLOCK_M=32, BLOCK_N=16)),
+    "partial blocks, empty rows": (
+        lambda: random_block_layout(128, 32, heads=2, density=0.6,
+                                    gen=torch.Generator().manual_seed(3), partial=True),
+        dict(SMALL, BLOCK_M=32, BLOCK_N=32)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TMA_CASES))
+def test_tma_forward(case, gen, device):
+    make, config = TMA_CASES[case]
+    _check(make(), gen, device, dict(config, fwd_loads="tma"), dtype=torch.bfloat16)
+
+
+def test_tma_default_and_fallback():
+    """The default takes TMA on dense-ish 16-bit layouts; a tile override that breaks its
+    condition falls back to the gather unless fwd_loads is named."""
+    lay = layouts.causal(1024, block=128, heads=1)
+    assert triton_backend.default_config(lay, 64, torch.bfloat16).fwd_loads == "tma"
+    assert triton_backend.default_config(lay, 64, torch.float32).fwd_loads == "gather"
+    assert triton_backend.resolve_config(lay, 64, torch.bfloat16, {"BLOCK_N": 128, "BLOCK_M": 64}
+                                         ).fwd_loads == "gather"
+    strided = layouts.strided(1024, block=16, stride=16, heads=1)
+    assert triton_backend.default_config(strided, 64, torch.bfloat16).fwd_loads == "gather"
+    space = triton_backend.config_space(lay, 64, torch.bfloat16)
+    assert {c["fwd_loads"] for c in space} == {"gather", "tma"}
+
+
+@pytest.mark.parametrize("layout, config, match", [
+    (lambda: layouts.strided(256, block=16, stride=16, heads=1), dict(SMALL, BLOCK_N=16),
+     "permutes tokens"),
+    (lambda: layouts.causal(256, block=16, heads=1), SMALL, "BLOCK_N=32 gathers blocks of 16"),
+])
+def test_tma_refuses_gathered_tiles(layout, config, match, device):
+    x = torch.zeros(1, 1, 256, 32, device=device, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=match):
+        triton_backend.attention(x, x, x, layout(), 0.1, dict(config, fwd_loads="tma"))
+    with pytest.raises(ValueError, match="fwd_loads='dma' is not"):
+        triton_backend.attention(x, x, x, layout(), 0.1, dict(config, fwd_loads="dma"))

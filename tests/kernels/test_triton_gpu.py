@@ -121,3 +121,22 @@ def test_split_union(dtype, gen):
     """The merged strided head computed as local + strict strided parts merged by LSE."""
     lay = layouts.merged_strided(4096, block=16, stride=128, heads=2)
     _run(lay, dtype, 64, gen, batch=1, config={"split_union": True})
+
+
+TMA_CONFIGS = [dict(fwd_loads=loads, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+               for loads, bm, bn, w, s in triton_backend.TMA_CANDIDATES]
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
+@pytest.mark.parametrize(
+    "cfg", TMA_CONFIGS, ids=lambda c: "{BLOCK_M}x{BLOCK_N}-w{num_warps}s{num_stages}".format(**c))
+def test_tma_forward(cfg, dtype, gen):
+    """The tuner's TMA forwards (and the backward from their LSE) on causal and fixed, D = 64,
+    against the dense reference."""
+    _run(layouts.causal(2048, block=128, heads=2), dtype, 64, gen, config=cfg)
+    _run(layouts.fixed(2048, block=128, stride=512, heads=2), dtype, 64, gen, config=cfg)
+
+
+def test_tma_forward_head_dim_128(gen):
+    cfg = dict(fwd_loads="tma", BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+    _run(layouts.causal(2048, block=64, heads=2), torch.bfloat16, 128, gen, config=cfg)

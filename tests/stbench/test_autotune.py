@@ -73,6 +73,19 @@ def test_strategies_return_none_when_nothing_is_valid():
         assert strategy(cands, lambda c: math.inf) is None
 
 
+def test_local_search_crosses_kernel_variants():
+    """A string-valued key is a variant: its first candidate of each value is a start, so the
+    best variant is found even when it differs from the default in more than one knob."""
+    cands = [Candidate("fake", {"loads": "gather", "W": w, "S": s}, 64)
+             for w, s in itertools.product((4, 8), (2, 3))]
+    cands += [Candidate("fake", {"loads": "tma", "W": 4, "S": 2}, 64)]  # two knobs from [0]
+    starts = local.start_indices(cands, random_starts=0)
+    assert starts == [0, len(cands) - 1]
+    best = local.search(cands, lambda c: 1.0 if c.config["loads"] == "tma" else 2.0 + c.config["W"],
+                        random_starts=0)
+    assert best.config["loads"] == "tma"
+
+
 # ----------------------------------------------------------------------------- a fake backend
 def _masked_attention(q, k, v, layout, scale):
     """Plain masked softmax attention (tiny shapes only)."""

@@ -1,0 +1,99 @@
+"""One backend, one configuration, one standard problem: checked against the dense reference,
+then timed; one JSON line on stdout (GPU only). A process per configuration, so a kernel that
+hangs or faults costs its own time cap, not the comparison (scripts/gpu_batch.sh fwdvariants).
+
+    python3 scripts/gpu_fwd_variants.py --backend triton --layout causal --n 65536 \
+        --config '{"fwd_loads": "tma_ws", "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4}'
+    python3 scripts/gpu_fwd_variants.py --backend flex --layout causal --n 65536
+    python3 scripts/gpu_fwd_variants.py --plot reports/session4/fwd_variants/fwd_variants.jsonl \
+        reports/session4/fwd_variants/fwd_variants.png              # any machine
+
+The problem is TARGETS.md's standard one (bf16, H = 8, D = 64, B x N = 65536) at ``--n``, at the
+layout's own block (``--block`` re-blocks it); ``--config`` overrides the backend's default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import torch
+
+from stbench import autotune, backends, environment, timing
+from stbench.sweep import SweepConfig
+from stbench.tuning import check
+from stbench.tuning.measure import closure
+
+
+def label(row: dict) -> str:
+    """A row's bar label: the backend, and for triton its fwd_loads (or "default")."""
+    if row["backend"] != "triton":
+        return row["backend"]
+    cfg = row["config"] or {}
+    tiles = f" {cfg['BLOCK_M']}x{cfg['BLOCK_N']} s{cfg.get('num_stages')}" if "BLOCK_M" in cfg else ""
+    return f"triton {cfg.get('fwd_loads', 'default')}{tiles}"
+
+
+def plot(jsonl: str, png: str) -> None:
+    """Median forward time per (layout, N), one bar per configuration that passed its check."""
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in open(jsonl) if x.startswith("{")]
+    rows = [r for r in rows if r["ok"]]
+    problems = sorted({(r["layout"], r["n_ctx"]) for r in rows})
+    fig, axes = plt.subplots(1, len(problems), figsize=(4 * len(problems), 4), squeeze=False)
+    for ax, (lay, n) in zip(axes[0], problems):
+        mine = [r for r in rows if (r["layout"], r["n_ctx"]) == (lay, n)]
+        ax.barh([label(r) for r in mine], [r["median_ms"] for r in mine],
+                xerr=[[r["median_ms"] - r["p20_ms"] for r in mine],
+                      [r["p80_ms"] - r["median_ms"] for r in mine]])
+        ax.set_title(f"{lay}, N = {n}, fwd")
+        ax.set_xlabel("median ms (p20-p80)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--plot"]:
+        plot(*argv[1:3])
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", required=True, choices=("triton", "cupy", "flex"))
+    ap.add_argument("--layout", required=True)
+    ap.add_argument("--n", type=int, default=65536)
+    ap.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd")
+    ap.add_argument("--block", type=int, default=None)
+    ap.add_argument("--config", type=json.loads, default=None)
+    args = ap.parse_args(argv)
+
+    prob = SweepConfig.preset("standard").problem(args.n, args.layout, "bfloat16", args.mode)
+    layout = prob.build_layout()
+    run_layout = autotune.reblock(layout, args.block) if args.block else layout
+    scale = prob.head_dim ** -0.5
+    q, k, v = prob.inputs("cuda")
+    module = backends.load(args.backend)
+    fresh = [torch.randn_like(q) for _ in range(3)]  # unseeded: fresh inputs every run
+    ref = check.Reference(*fresh, layout, scale, "fwd")
+    verdict = ref.check_backend(
+        lambda a, b, c: module.attention(a, b, c, run_layout, scale, args.config), inputs=fresh)
+    row = {"backend": args.backend, "layout": args.layout, "n_ctx": args.n, "mode": args.mode,
+           "block": run_layout.block, "config": args.config, "check": verdict.check,
+           "err": verdict.err, "tol": verdict.tol, "ok": verdict.ok}
+    if verdict.ok:
+        do = torch.randn_like(q) if args.mode == "fwd+bwd" else None
+        run = closure(module, q, k, v, run_layout, scale, args.config, args.mode, do)
+        t = timing.bench(run, grad_to_none=[q, k, v] if do is not None else None)
+        flops = timing.attention_flops(layout, prob.batch, prob.head_dim, args.mode)
+        row.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, reps=t.reps,
+                   tflops=timing.tflops(flops, t.median_ms))
+    row["env"] = dataclasses.asdict(environment.collect())
+    print(json.dumps(row), flush=True)
+    return 0 if verdict.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""scripts/gpu_fwd_variants.py's CPU side: bar labels name the backend and the Triton load
+variant, and the plot skips step lines and rows that failed their check."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_fwd_variants.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("gpu_fwd_variants", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _row(backend, config, ok=True, ms=1.0):
+    return {"backend": backend, "layout": "causal", "n_ctx": 1024, "config": config, "ok": ok,
+            "median_ms": ms if ok else None, "p20_ms": ms * 0.9, "p80_ms": ms * 1.1}
+
+
+def test_labels():
+    mod = _load()
+    assert mod.label(_row("flex", None)) == "flex"
+    assert mod.label(_row("triton", None)) == "triton default"
+    cfg = {"fwd_loads": "tma", "BLOCK_M": 128, "BLOCK_N": 64, "num_stages": 3}
+    assert mod.label(_row("triton", cfg)) == "triton tma 128x64 s3"
+
+
+def test_plot_skips_step_lines_and_failed_rows(tmp_path, monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    mod = _load()
+    src = tmp_path / "rows.jsonl"
+    src.write_text("=== step (cap 100s)\n" + "\n".join(
+        json.dumps(r) for r in (_row("flex", None), _row("triton", None, ms=0.5),
+                                _row("triton", {"fwd_loads": "tma"}, ok=False))) + "\n")
+    png = tmp_path / "out.png"
+    assert mod.main(["--plot", str(src), str(png)]) == 0
+    assert png.stat().st_size > 1000
