@@ -145,7 +145,7 @@ job_profile() {
     done
 }
 
-# issue 3: the forward's load variants (gather / tma / tma_ws) against flex, one process per
+# issue 3: the forward's load variants (default, gather, tma) against flex, one process per
 # configuration under its own cap (scripts/gpu_fwd_variants.py); FWDVAR_LAYOUTS picks layouts
 FWDVAR_CONFIGS=(
     ''
@@ -170,7 +170,7 @@ for l in sys.stdin:
 job_fwdvar_causal() { FWDVAR_LAYOUTS=causal job_fwdvariants "$@"; }
 job_fwdvar_fixed() { FWDVAR_LAYOUTS=fixed job_fwdvariants "$@"; }
 
-job_memcheck_tma() {  # issue 3: memcheck over the TMA / warp-specialised forward's GPU tests
+job_memcheck_tma() {  # issue 3: memcheck over the TMA forward's GPU tests
     export PYTORCH_NO_CUDA_MEMORY_CACHING=1
     local sel="tma and (bfloat16 or head_dim_128)"
     step 100 warm_tma python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py -k "$sel"

@@ -3,7 +3,7 @@ then timed; one JSON line on stdout (GPU only). A process per configuration, so 
 hangs or faults costs its own time cap, not the comparison (scripts/gpu_batch.sh fwdvariants).
 
     python3 scripts/gpu_fwd_variants.py --backend triton --layout causal --n 65536 \
-        --config '{"fwd_loads": "tma_ws", "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4}'
+        --config '{"fwd_loads": "tma", "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'
     python3 scripts/gpu_fwd_variants.py --backend flex --layout causal --n 65536
     python3 scripts/gpu_fwd_variants.py --plot reports/session4/fwd_variants/fwd_variants.jsonl \
         reports/session4/fwd_variants/fwd_variants.png              # any machine
