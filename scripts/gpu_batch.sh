@@ -6,7 +6,7 @@
 #
 # JOB names (a function below): sweep, resume, flex, paper, versus, table2, model, evaluate,
 # sanitize_triton, sanitize_cupy, racecheck_cupy, profile, replay, paperbwd, gputests,
-# fwdvariants (fwdvar_causal, fwdvar_fixed), memcheck_tma, sweep_large, sweep_small,
+# fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse), memcheck_tma, memcheck_persistent, sweep_large, sweep_small,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -152,12 +152,21 @@ FWDVAR_CONFIGS=(
     '{"fwd_loads": "gather"}'
     '{"fwd_loads": "tma", "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}'
 )
+# the persistent forward (persistent.py) against the tiled one on the sparse layouts
+FWDVAR_SPARSE_CONFIGS=(
+    ''
+    '{"BLOCK_M": 64, "BLOCK_N": 32}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "persistent": 2}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "persistent": 3}'
+    '{"BLOCK_M": 64, "BLOCK_N": 64, "persistent": 3}'
+)
 job_fwdvariants() {
+    local -n cfgs=${FWDVAR_SET:-FWDVAR_CONFIGS}
     for lay in ${FWDVAR_LAYOUTS:-causal fixed}; do
         for n in ${FWDVAR_NS:-65536 16384}; do
             step 100 "flex_${lay}_$n" python3 scripts/gpu_fwd_variants.py --backend flex --layout $lay \
                 --n $n >>"$1/fwd_variants.jsonl"
-            for cfg in "${FWDVAR_CONFIGS[@]}"; do
+            for cfg in "${cfgs[@]}"; do
                 step 100 "triton_${lay}_${n}_${cfg:15:6}" python3 scripts/gpu_fwd_variants.py --backend triton \
                     --layout $lay --n $n ${cfg:+--config "$cfg"} >>"$1/fwd_variants.jsonl"
             done
@@ -169,13 +178,25 @@ for l in sys.stdin:
 }
 job_fwdvar_causal() { FWDVAR_LAYOUTS=causal job_fwdvariants "$@"; }
 job_fwdvar_fixed() { FWDVAR_LAYOUTS=fixed job_fwdvariants "$@"; }
+job_fwdvar_sparse() {
+    FWDVAR_SET=FWDVAR_SPARSE_CONFIGS FWDVAR_LAYOUTS="st_mix local strided" job_fwdvariants "$@"
+}
 
 job_memcheck_tma() {  # issue 3: memcheck over the TMA forward's GPU tests
+    # (the keyword also matches every test of the module, through `pytestmark`: 10 bf16 tests)
     export PYTORCH_NO_CUDA_MEMORY_CACHING=1
     local sel="tma and (bfloat16 or head_dim_128)"
     step 100 warm_tma python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py -k "$sel"
     step 300 memcheck_tma compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
         python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py -k "$sel"
+}
+
+job_memcheck_persistent() {  # issue 3: memcheck over the persistent forward's GPU tests
+    export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+    local sel=tests/kernels/test_triton_gpu.py::test_persistent_forward
+    step 150 warm_persistent python3 -m pytest -q -m gpu "$sel"
+    step 300 memcheck_persistent compute-sanitizer --tool memcheck --error-exitcode 9 \
+        --print-limit 20 python3 -m pytest -q -m gpu "$sel"
 }
 
 job_gputests() {  # every GPU-marked test (pytest-xdist carried as wheels in .carry/wheels)

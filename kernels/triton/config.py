@@ -39,6 +39,9 @@ class KernelConfig:
     # Hopper TMA box per tile: 16-bit inputs, no token permutation, BLOCK_N <= min(BLOCK_M,
     # layout block), so that every key tile is consecutive rows)
     fwd_loads: str = "gather"
+    # forward grid: 0 = a program per (query tile, batch x head); k > 0 = k programs per SM
+    # walking a flat list of tile steps (persistent.py; gather loads, no split_union)
+    persistent: int = 0
 
     def __post_init__(self):
         if self.fwd_loads not in FWD_LOADS:
@@ -46,6 +49,9 @@ class KernelConfig:
                 f"fwd_loads={self.fwd_loads!r} is not a forward load variant: use one of "
                 f"{FWD_LOADS}"
             )
+        if not isinstance(self.persistent, int) or self.persistent < 0:
+            raise ValueError(f"persistent={self.persistent!r}: use 0 (off) or a number of "
+                             "programs per SM")
 
     def dq_tiles(self) -> tuple[int, int]:
         """(query tile, key tile) of the dQ kernel."""
@@ -138,6 +144,11 @@ def _ok(cfg: KernelConfig, n_ctx: int, head_dim: int, dtype: torch.dtype) -> boo
     return True
 
 
+# (persistent programs per SM, BLOCK_M, BLOCK_N) of the persistent forward, proposed on the
+# sparse layouts (not measured yet: session 4 built it after its last GPU call; 156-165
+# registers at 64 x 32 tiles, 4 warps: 3 CTAs per SM, so 2 or 3 programs per SM stay resident)
+PERSISTENT_CANDIDATES = tuple((p, bm, bn) for p in (2, 3) for bm, bn in ((64, 32), (64, 64)))
+
 # (fwd_loads, BLOCK_M, BLOCK_N, num_warps, num_stages) of the TMA forward, proposed at head
 # dims <= 64 (where it was measured)
 TMA_CANDIDATES = (("tma", 128, 64, 8, 3), ("tma", 64, 64, 4, 3), ("tma", 64, 32, 4, 3))
@@ -180,10 +191,17 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     )
     tma = (c for c in tma if head_dim <= 64 and dtype != torch.float32
            and tma_tiles_fit(layout, c.BLOCK_M, c.BLOCK_N))
+    persistent = ()
+    if not default.split_union and layout.block_density < SPARSE_BLOCK_DENSITY:
+        persistent = (
+            KernelConfig(**{**default.as_dict(), "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4,
+                            "num_stages": 3, "fwd_loads": "gather", "persistent": p})
+            for p, bm, bn in PERSISTENT_CANDIDATES
+        )
     split = ()
     if default.split_union:  # the unsplit form too (the tuner measures what the split buys)
         split = (KernelConfig(**{**default.as_dict(), "split_union": False}),)
-    for cfg in itertools.chain(split, fwd, bwd, asym, tma):
+    for cfg in itertools.chain(split, fwd, bwd, asym, tma, persistent):
         if cfg not in seen and _ok(cfg, layout.n_ctx, head_dim, dtype):
             seen.add(cfg)
             out.append(cfg.as_dict())
