@@ -144,9 +144,10 @@ def _ok(cfg: KernelConfig, n_ctx: int, head_dim: int, dtype: torch.dtype) -> boo
     return True
 
 
-# (persistent programs per SM, BLOCK_M, BLOCK_N) of the persistent forward, proposed on the
-# sparse layouts (not measured yet: session 4 built it after its last GPU call; 156-165
-# registers at 64 x 32 tiles, 4 warps: 3 CTAs per SM, so 2 or 3 programs per SM stay resident)
+# (persistent programs per SM, BLOCK_M, BLOCK_N) of the persistent forward, for the sparse
+# layouts: what the GPU tests and `gpu_batch.sh fwdvar_sparse` run. Not in the tuner's space
+# until measured on a GPU (session 4 built it after its last GPU call; a kernel that hung
+# would stall a sweep). 156-165 registers at 64 x 32 tiles, 4 warps: 3 CTAs per SM.
 PERSISTENT_CANDIDATES = tuple((p, bm, bn) for p in (2, 3) for bm, bn in ((64, 32), (64, 64)))
 
 # (fwd_loads, BLOCK_M, BLOCK_N, num_warps, num_stages) of the TMA forward, proposed at head
@@ -191,17 +192,10 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     )
     tma = (c for c in tma if head_dim <= 64 and dtype != torch.float32
            and tma_tiles_fit(layout, c.BLOCK_M, c.BLOCK_N))
-    persistent = ()
-    if not default.split_union and layout.block_density < SPARSE_BLOCK_DENSITY:
-        persistent = (
-            KernelConfig(**{**default.as_dict(), "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": 4,
-                            "num_stages": 3, "fwd_loads": "gather", "persistent": p})
-            for p, bm, bn in PERSISTENT_CANDIDATES
-        )
     split = ()
     if default.split_union:  # the unsplit form too (the tuner measures what the split buys)
         split = (KernelConfig(**{**default.as_dict(), "split_union": False}),)
-    for cfg in itertools.chain(split, fwd, bwd, asym, tma, persistent):
+    for cfg in itertools.chain(split, fwd, bwd, asym, tma):
         if cfg not in seen and _ok(cfg, layout.n_ctx, head_dim, dtype):
             seen.add(cfg)
             out.append(cfg.as_dict())
