@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from . import interpret
-from .common import LOG2E, apply_mask, tile_cols, to_tokens
+from .common import LOG2E, apply_mask, load_row_pair, tile_cols, to_tokens
 
 DELTA_ROWS = 64  # rows per program of the delta preprocess
 
@@ -49,15 +49,7 @@ def _dq_tile(
 ):
     """dQ contribution of one key tile; MODE: 0 FULL, 1 CAUSAL, 2 MASKED (constexpr)."""
     cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
-    ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
-    d = tl.arange(0, HEAD_DIM)
-    kv = base + ctok[:, None] * HEAD_DIM + d[None, :]
-    if MODE == 0:
-        k = tl.load(K + kv)
-        v = tl.load(V + kv)
-    else:
-        k = tl.load(K + kv, mask=ok[:, None], other=0.0)
-        v = tl.load(V + kv, mask=ok[:, None], other=0.0)
+    k, v, _ = load_row_pair(K, V, base, cpos, ok, perm, pp, N, HEAD_DIM, HAS_PERM, MODE != 0)
     s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
     s = apply_mask(s, e, tmask, masks, rows, cpos, ok, MODE, False, BLOCK_M, BLOCK_N)
     p = tl.math.exp2(s - lse[:, None])
@@ -122,17 +114,12 @@ def _dkdv_tile(
 ):
     """dK, dV contributions of one gathered query tile; MODE as in _dq_tile."""
     qpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_M)
-    qtok = to_tokens(qpos, perm, pp, N, HAS_PERM).to(tl.int64)
-    d = tl.arange(0, HEAD_DIM)
-    qo = base + qtok[:, None] * HEAD_DIM + d[None, :]
+    q, do, qtok = load_row_pair(Q, DO, base, qpos, ok, perm, pp, N, HEAD_DIM, HAS_PERM,
+                                MODE != 0)
     if MODE == 0:
-        q = tl.load(Q + qo)
-        do = tl.load(DO + qo)
         lse = tl.load(LSE2 + rbase + qtok)
         delta = tl.load(DELTA + rbase + qtok)
     else:
-        q = tl.load(Q + qo, mask=ok[:, None], other=0.0)
-        do = tl.load(DO + qo, mask=ok[:, None], other=0.0)
         lse = tl.load(LSE2 + rbase + qtok, mask=ok, other=float("inf"))
         delta = tl.load(DELTA + rbase + qtok, mask=ok, other=0.0)
     lse = tl.where(lse == float("-inf"), float("inf"), lse)

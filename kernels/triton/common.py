@@ -22,6 +22,23 @@ def to_tokens(pos, perm_ptr, pp, N, HAS_PERM: tl.constexpr):
 
 
 @triton.jit
+def load_row_pair(A, B, base, pos, ok, perm, pp, N, HEAD_DIM: tl.constexpr,
+                  HAS_PERM: tl.constexpr, MASKED: tl.constexpr):
+    """Rows at layout positions ``pos`` [R] of two [N, HEAD_DIM] matrices at offset ``base`` of
+    A and B, gathered through the permutation: (A rows, B rows, their original tokens int64
+    [R]). MASKED: rows whose ``ok`` is False (pads) read as 0."""
+    tok = to_tokens(pos, perm, pp, N, HAS_PERM).to(tl.int64)
+    off = base + tok[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
+    if MASKED:
+        a = tl.load(A + off, mask=ok[:, None], other=0.0)
+        b = tl.load(B + off, mask=ok[:, None], other=0.0)
+    else:
+        a = tl.load(A + off)
+        b = tl.load(B + off)
+    return a, b, tok
+
+
+@triton.jit
 def tile_cols(cols_ptr, e, UNIT: tl.constexpr, G: tl.constexpr, TILE_MINOR: tl.constexpr):
     """Layout positions [TILE_MINOR] of the gathered minor blocks of tile ``e`` and whether each
     is real (False: a pad, position clamped to 0).

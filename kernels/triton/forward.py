@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import interpret
-from .common import LOG2E, apply_mask, tile_cols, to_tokens
+from .common import LOG2E, apply_mask, load_row_pair, tile_cols, to_tokens
 
 interpret.apply()
 
@@ -49,15 +49,7 @@ def _fwd_tile(
         k = KD.load([row0 + k0, 0])
         v = VD.load([row0 + k0, 0])
     else:
-        ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
-        d = tl.arange(0, HEAD_DIM)
-        kv = base + ctok[:, None] * HEAD_DIM + d[None, :]
-        if MODE == 0:
-            k = tl.load(K + kv)
-            v = tl.load(V + kv)
-        else:
-            k = tl.load(K + kv, mask=ok[:, None], other=0.0)
-            v = tl.load(V + kv, mask=ok[:, None], other=0.0)
+        k, v, _ = load_row_pair(K, V, base, cpos, ok, perm, pp, N, HEAD_DIM, HAS_PERM, MODE != 0)
     s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
     s = apply_mask(s, e, tmask, masks, rows, cpos, ok, MODE, False, BLOCK_M, BLOCK_N)
     m_new = tl.maximum(m_i, tl.max(s, 1))

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from . import interpret
-from .common import LOG2E, tile_cols, to_tokens
+from .common import LOG2E, load_row_pair, tile_cols, to_tokens
 
 interpret.apply()
 
@@ -111,10 +111,7 @@ def _fwd_persistent_kernel(
         ee = tl.maximum(e, 0)  # e = -1: an item without tiles, every key masked
         cpos, ok = tile_cols(cols, ee, UNIT, G, BLOCK_N)
         ok = ok & (e >= 0)
-        ctok = to_tokens(cpos, perm, pp, N, HAS_PERM).to(tl.int64)
-        kv = base + ctok[:, None] * HEAD_DIM + d[None, :]
-        k = tl.load(K + kv, mask=ok[:, None], other=0.0)
-        v = tl.load(V + kv, mask=ok[:, None], other=0.0)
+        k, v, _ = load_row_pair(K, V, base, cpos, ok, perm, pp, N, HEAD_DIM, HAS_PERM, True)
         sc = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
         kd = tl.load(kind + ee)  # tiles.py's codes: 0 FULL, 1 CAUSAL, 2 MASKED
         moff = tl.maximum(tl.load(tmask + ee), 0).to(tl.int64) * (BLOCK_M * BLOCK_N)
