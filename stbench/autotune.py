@@ -191,6 +191,14 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
 
         def evaluate(c: Candidate, _memo=memo) -> float:
             key = (c.block, json.dumps(c.config, sort_keys=True))
+            if key not in _memo and _hung(precompiler, problem, c):
+                row = make_row(problem, variants[c.block], c.backend, "timeout",
+                               config=c.config, kind="tune",
+                               error=f"its first call hung in a precompile worker (no end in "
+                                     f"{precompiler.stall_s:g} s): not run here")
+                rows.append(row)
+                _emit(rows_path, row)
+                _memo[key] = (math.inf, c, row)
             if key not in _memo:
                 row = measure(problem, variants[c.block], c.backend, c.config, inputs=inputs,
                               reference=reference, device=device, settings=settings,
@@ -244,6 +252,12 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
     if save and best is not None:
         save_result(result, layout, layout_of_block, cache_path)
     return result
+
+
+def _hung(precompiler, problem: Problem, c) -> bool:
+    """Whether candidate ``c``'s first call hung in the precompiler's workers."""
+    return precompiler is not None and precompiler.hung_key(
+        Job.of(problem, c.backend, c.block, c.config))
 
 
 def _compile_ahead(precompiler, problem: Problem, memo: dict):

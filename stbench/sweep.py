@@ -291,7 +291,12 @@ def _prepare_mode(prob, layout, device):
 
 def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, tune, out_dir,
                      fwd_picks, precompiler=None, pick=None):
-    config, lay, tuned = None, layout, False
+    """One row: the backend at its pick (``pick``), its tuned best (``tune``) or its default;
+    a configuration whose first call hung in a precompile worker becomes a ``timeout`` row
+    without running here."""
+    from stbench.tuning.precompile import Job
+
+    config, lay, tuned, block = None, layout, False, None
     if pick is not None:
         block, config = pick
         try:
@@ -313,10 +318,15 @@ def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, 
                 config, tuned = res.best.config, True
                 if prob.mode == "fwd":
                     fwd_picks[backend] = (res.best.block, res.best.config)
-                lay = autotune.reblock(layout, res.best.block)
+                block = res.best.block
+                lay = autotune.reblock(layout, block)
         except Exception as exc:  # noqa: BLE001 - a failed tuning falls back to the default
             return make_row(prob, layout, backend, classify_exception(exc),
                             error=f"tune: {error_text(exc)}")
+    if precompiler is not None and precompiler.hung_key(Job.of(prob, backend, block, config)):
+        return make_row(prob, lay, backend, "timeout", config=config, tuned=tuned,
+                        error=f"its first call hung in a precompile worker (no end in "
+                              f"{precompiler.stall_s:g} s): not run here")
     return measure(prob, lay, backend, config, inputs=inputs, reference=ref, device=device,
                    settings=settings, tuned=tuned)
 

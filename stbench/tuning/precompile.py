@@ -24,6 +24,14 @@ process meets it again and records it as a row). Workers are started with ``spaw
 must not be forked) and keep their CUDA context between batches; each frees its tensors after a
 chain. A worker's standard output goes to its standard error, so that a sweep worker's stdout
 (the protocol of ``stbench/isolation.py``) carries only its own lines.
+
+A kernel that hangs (session 4's warp-specialised forward did, on the H200) would block ``run``
+for good and then the timing process too. So when no chain of a batch ends for ``stall_s``
+seconds, the chains still in flight are taken to hang: their compile keys go into ``hung``, the
+workers are killed (their CUDA contexts, and the hung kernels with them, go away) and ``run``
+returns. The autotuner scores a candidate whose key hung as a ``timeout`` row without running
+it in the timing process. A chain that merely waited in the queue when the pool was killed is
+reported as not run and compiles on its first timed call, as without a precompiler.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +52,9 @@ from stbench.problems import Problem
 COMPILED_BACKENDS = ("triton", "cupy", "flex")  # backends whose first call compiles
 SHAPE_SPECIALISED = ("flex",)  # backends that compile per (N, batch)
 ERROR_CHARS = 300
+STALL_S = 240  # no chain of a batch ended for this long: the ones in flight hang
+# Fault injection for tests: "hang:BACKEND" makes a worker's first call of BACKEND sleep.
+FAULT_ENV = "STBENCH_PRECOMPILE_FAULT"
 
 
 @dataclass(frozen=True)
@@ -80,14 +91,16 @@ class Precompiler:
     """A pool of ``workers`` processes making first calls on ``device``. Use as a context
     manager, or call ``close()``. The pool starts on the first ``run``."""
 
-    def __init__(self, workers: int, device: str, log_path=None):
+    def __init__(self, workers: int, device: str, log_path=None, stall_s: float = STALL_S):
         if workers < 1:
             raise ValueError(f"precompile workers={workers}: use at least 1 (0 turns it off)")
         self.workers = workers
         self.device = str(device)
         self.log_path = log_path  # JSONL: one line per run() (phase, jobs, errors, seconds)
+        self.stall_s = stall_s
         self._pool: ProcessPoolExecutor | None = None
         self.done: set[tuple] = set()  # compile keys with a job that ran without error
+        self.hung: set[tuple] = set()  # compile keys whose first call did not end (module doc)
 
     def __enter__(self):
         return self
@@ -99,6 +112,18 @@ class Precompiler:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+    def _kill(self) -> None:
+        """Stop the pool now, hung workers included (a plain shutdown would wait for them)."""
+        if self._pool is not None:
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.kill()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def hung_key(self, job: "Job") -> bool:
+        """Whether ``job``'s compile key hung in a worker (do not run it in this process)."""
+        return job.compile_key() in self.hung
 
     def run(self, jobs, phase: str = "tune") -> list[Outcome]:
         """Run the chains of the jobs whose compile key is not done yet, side by side; returns
@@ -116,14 +141,32 @@ class Precompiler:
                                              initializer=_init_worker)
         ordered = [sorted(c, key=lambda j: (j.problem.n_ctx, j.problem.batch))
                    for c in chains.values()]
-        futures = [self._pool.submit(run_chain, chain, self.device) for chain in ordered]
-        out = []
-        for chain, fut in zip(ordered, futures):
-            try:
-                out.extend(fut.result())
-            except Exception as exc:  # noqa: BLE001 - a dead worker: the timing process retries
-                out.extend(Outcome(j, 0.0, f"worker failed: {exc}"[:ERROR_CHARS]) for j in chain)
-                self.close()  # a broken pool cannot take more work; the next run starts one
+        futures = {self._pool.submit(run_chain, chain, self.device): chain for chain in ordered}
+        out, pending, broken = [], set(futures), False
+        while pending:
+            finished, pending = wait(pending, timeout=self.stall_s, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                chain = futures[fut]
+                try:
+                    out.extend(fut.result())
+                except Exception as exc:  # noqa: BLE001 - a dead worker: the timing process retries
+                    out.extend(Outcome(j, 0.0, f"worker failed: {exc}"[:ERROR_CHARS])
+                               for j in chain)
+                    broken = True  # a broken pool cannot take more work; the next run starts one
+            if not finished:  # nothing ended for stall_s: what is in flight hangs
+                for fut in pending:
+                    chain = futures[fut]
+                    if fut.running():
+                        self.hung.add(chain[0].compile_key())
+                        out.append(Outcome(chain[0], self.stall_s, f"timeout: no first call "
+                                           f"ended within {self.stall_s:g} s (a hang?)"))
+                    else:
+                        out.append(Outcome(chain[0], 0.0, "not run: the pool was stopped "
+                                           "after a hang"))
+                self._kill()
+                pending = set()
+        if broken:
+            self.close()
         seconds = time.perf_counter() - t0
         self.done.update(o.job.compile_key() for o in out if o.error is None)
         if self.log_path is not None:
@@ -187,6 +230,9 @@ def first_call(job: Job, device: torch.device) -> None:
     """One call of the job's backend, as ``measure`` makes it (forward, or forward+backward)."""
     from stbench import autotune, backends
     from stbench.tuning.measure import closure
+
+    if os.environ.get(FAULT_ENV) == f"hang:{job.backend}":
+        time.sleep(3600)
 
     prob = job.problem
     key = (prob.layout, prob.n_ctx, prob.heads, prob.batch, prob.dtype, prob.mode, prob.seed)

@@ -106,6 +106,50 @@ def test_precompiler_runs_one_chain_per_compile_key_until_a_job_succeeds(tmp_pat
     assert any("triton causal N=64" in e for e in line["first_errors"])
 
 
+def test_a_hung_first_call_is_reported_and_kept_from_the_timing_process(monkeypatch, tmp_path):
+    """A chain with no end for stall_s: its key goes to ``hung``, the pool is killed, run
+    returns; the tuner then scores that candidate as a timeout row without calling it."""
+    from stbench import autotune
+    from stbench.tuning.precompile import FAULT_ENV
+
+    monkeypatch.setenv(FAULT_ENV, "hang:sdpa")  # the spawned workers inherit it
+    prob = _problem(64)
+    with Precompiler(2, "cpu") as pre:
+        warm = pre.run([Job.of(prob, "dense"), Job.of(_problem(64, "fwd+bwd"), "dense")])
+        assert [o.error for o in warm] == [None, None]  # both workers are up now
+        pre.stall_s = 6
+        t0 = time.perf_counter()
+        hang = Job.of(prob, "sdpa", 32, {})  # as the tuner makes it for its candidate
+        out = pre.run([hang, Job.of(prob, "dense", 16)])  # and a new dense key
+        assert time.perf_counter() - t0 < 60
+        errors = {o.job.backend: o.error for o in out}
+        assert errors["dense"] is None and errors["sdpa"].startswith("timeout")
+        assert pre.hung == {hang.compile_key()} and pre._pool is None
+        calls = []
+        monkeypatch.setattr(autotune, "measure", lambda *a, **k: calls.append(a))
+        res = autotune.tune(prob, ["sdpa"], device="cpu", strategy="exhaustive",
+                            precompiler=pre, save=False, blocks=(32,))
+    assert not calls and res.best is None
+    assert [r.status for r in res.rows] == ["timeout"]
+    assert "hung in a precompile worker" in res.rows[0].error
+
+
+def test_a_sweep_row_whose_first_call_hung_is_a_timeout_row():
+    from stbench import sweep
+
+    class Hung:  # a precompiler whose every key hung
+        stall_s = 6
+
+        def hung_key(self, job):
+            return job.backend == "dense" and job.block is None and job.config == "null"
+
+    prob = _problem(64)
+    row = sweep._measure_backend(SweepConfig.preset("quick"), prob, prob.build_layout(), "dense",
+                                 prob.inputs("cpu"), None, "cpu", None, False, None, {},
+                                 precompiler=Hung())
+    assert row.status == "timeout" and "hung in a precompile worker" in row.error
+
+
 def test_precompile_workers_is_validated():
     with pytest.raises(SweepError, match="precompile_workers=-1 must be an int >= 0"):
         SweepConfig.from_dict({"name": "x", "ns": [256], "layouts": ["causal"],
