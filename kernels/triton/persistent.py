@@ -145,6 +145,8 @@ def forward_persistent(q, k, v, plan, tiles, scale: float, cfg):
     """The persistent forward; same contract as ``forward.forward`` (no ``prev`` merge).
     Returns (out [B, H, N, D], lse2 fp32 [B, H, N])."""
     B, H, N, D = q.shape
+    if tiles.n_entries == 0:  # nothing allowed anywhere (the kernel reads entry 0 of each list)
+        return torch.zeros_like(q), torch.full((B, H, N), float("-inf"), device=q.device)
     out = torch.empty_like(q)
     lse2 = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     n_items = B * H * tiles.n_tiles

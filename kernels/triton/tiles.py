@@ -179,7 +179,7 @@ def build_tiles(plan: Plan, tile_major: int, tile_minor: int, transposed: bool =
     chunk_t = chunk_tm % n_t
 
     # classify chunks
-    full = (codes == _UFULL).reshape(n_chunks, -1).all(1)
+    full = (codes == _UFULL).reshape(n_chunks, R * G).all(1)
     maj_blk = chunk_t.unsqueeze(1) * R + torch.arange(R).unsqueeze(0)  # [E, R]
     mb, cb = maj_blk.unsqueeze(2), cols.unsqueeze(1)  # [E, R, 1], [E, 1, G]
     q_blk, k_blk = (cb, mb) if transposed else (mb, cb)
@@ -187,7 +187,7 @@ def build_tiles(plan: Plan, tile_major: int, tile_minor: int, transposed: bool =
         q_blk > k_blk, _UFULL, torch.where(q_blk == k_blk, _UDIAG, _EMPTY)
     )
     expect = torch.where(cb < 0, _EMPTY, expect)
-    causal = (codes == expect).reshape(n_chunks, -1).all(1) & ~full
+    causal = (codes == expect).reshape(n_chunks, R * G).all(1) & ~full
     kinds = torch.full((n_chunks,), TILE_MASKED, dtype=torch.int64)
     kinds[full] = TILE_FULL
     kinds[causal] = TILE_CAUSAL

@@ -304,3 +304,15 @@ def test_persistent_refusals(device):
         triton_backend.attention(x, x, x, causal, 0.1, dict(persistent=-1))
     assert triton_backend.resolve_config(causal, 32, torch.bfloat16,
                                          {"persistent": 2}).fwd_loads == "gather"
+
+
+@pytest.mark.parametrize("config", [SMALL, dict(SMALL, persistent=2)], ids=["tiled", "persistent"])
+def test_a_layout_with_no_blocks_gives_zeros(config, gen, device):
+    """Nothing allowed anywhere: output and gradients 0 (the contract), no tile list to walk."""
+    none = torch.zeros(0, dtype=torch.long)
+    layout = Layout.from_block_masks(64, 2, 16, "empty", none, none, none,
+                                     torch.ones(0, 16, 16, dtype=torch.bool))
+    q = torch.randn(1, 2, 64, 32, generator=gen).to(device).requires_grad_()
+    out = triton_backend.attention(q, q, q, layout, 0.2, config)
+    out.sum().backward()
+    assert torch.equal(out, torch.zeros_like(out)) and torch.equal(q.grad, torch.zeros_like(q))
