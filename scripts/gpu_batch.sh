@@ -10,6 +10,10 @@
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
+# The jobs share the host's CPUs: compile-heavy ones (sweep*, gputests, cupytests, othertests)
+# slow each other down (session 4: two sweep halves beside two xdist test runs took 119 s for a
+# precompile phase that takes 59 s on a quiet host, and stopped at their caps); give a sweep a
+# host to itself or one light job beside it.
 # Each job writes under $OUT/JOB/ and its log to $OUT/JOB/log; every step has a time cap so a
 # hang costs one step, and the folder is packed into $OUT/JOB.tgz at the end (the device tool
 # returns at most 8 files). DEADLINE_S (default 570) bounds the whole call.
