@@ -191,18 +191,15 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
 
         def evaluate(c: Candidate, _memo=memo) -> float:
             key = (c.block, json.dumps(c.config, sort_keys=True))
-            if key not in _memo and _hung(precompiler, problem, c):
-                row = make_row(problem, variants[c.block], c.backend, "timeout",
-                               config=c.config, kind="tune",
-                               error=f"its first call hung in a precompile worker (no end in "
-                                     f"{precompiler.stall_s:g} s): not run here")
-                rows.append(row)
-                _emit(rows_path, row)
-                _memo[key] = (math.inf, c, row)
             if key not in _memo:
-                row = measure(problem, variants[c.block], c.backend, c.config, inputs=inputs,
-                              reference=reference, device=device, settings=settings,
-                              kind="tune")
+                hung = precompiler.hung_error(_job(problem, c)) if precompiler else None
+                if hung is not None:  # never run it here: it would hang this process too
+                    row = make_row(problem, variants[c.block], c.backend, "timeout",
+                                   config=c.config, kind="tune", error=hung)
+                else:
+                    row = measure(problem, variants[c.block], c.backend, c.config,
+                                  inputs=inputs, reference=reference, device=device,
+                                  settings=settings, kind="tune")
                 s = score_of(row, objective, memory_budget)
                 if row.status == "ok" and not math.isfinite(s):
                     row = replace(row, error=f"constraint: peak {row.peak_bytes} B exceeds the "
@@ -254,17 +251,16 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
     return result
 
 
-def _hung(precompiler, problem: Problem, c) -> bool:
-    """Whether candidate ``c``'s first call hung in the precompiler's workers."""
-    return precompiler is not None and precompiler.hung_key(
-        Job.of(problem, c.backend, c.block, c.config))
+def _job(problem: Problem, c: Candidate) -> Job:
+    """The precompile job of candidate ``c``: its first call, made in a worker."""
+    return Job.of(problem, c.backend, c.block, c.config)
 
 
 def _compile_ahead(precompiler, problem: Problem, memo: dict):
     """The strategies' ``prepare``: compile a batch's candidates not measured yet (``memo``
     keys: (block, config JSON)) in the precompiler's workers."""
     def prepare(batch) -> None:
-        precompiler.run([Job.of(problem, c.backend, c.block, c.config) for c in batch
+        precompiler.run([_job(problem, c) for c in batch
                          if (c.block, json.dumps(c.config, sort_keys=True)) not in memo])
     return prepare
 

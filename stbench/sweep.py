@@ -37,9 +37,10 @@ import torch
 
 from stbench import autotune, backends, layouts, results
 from stbench.problems import STANDARD_BLOCK, LayoutSpec, Problem, layout_spec
-from stbench.tuning import check
+from stbench.tuning import check, local
 from stbench.tuning.measure import (BenchSettings, classify_exception, error_text, make_row,
                                     measure)
+from stbench.tuning.precompile import COMPILED_BACKENDS, Job, Precompiler
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 WORK_DIR = ".work"
@@ -294,8 +295,6 @@ def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, 
     """One row: the backend at its pick (``pick``), its tuned best (``tune``) or its default;
     a configuration whose first call hung in a precompile worker becomes a ``timeout`` row
     without running here."""
-    from stbench.tuning.precompile import Job
-
     config, lay, tuned, block = None, layout, False, None
     if pick is not None:
         block, config = pick
@@ -323,10 +322,9 @@ def _measure_backend(cfg, prob, layout, backend, inputs, ref, device, settings, 
         except Exception as exc:  # noqa: BLE001 - a failed tuning falls back to the default
             return make_row(prob, layout, backend, classify_exception(exc),
                             error=f"tune: {error_text(exc)}")
-    if precompiler is not None and precompiler.hung_key(Job.of(prob, backend, block, config)):
-        return make_row(prob, lay, backend, "timeout", config=config, tuned=tuned,
-                        error=f"its first call hung in a precompile worker (no end in "
-                              f"{precompiler.stall_s:g} s): not run here")
+    hung = precompiler.hung_error(Job.of(prob, backend, block, config)) if precompiler else None
+    if hung is not None:
+        return make_row(prob, lay, backend, "timeout", config=config, tuned=tuned, error=hung)
     return measure(prob, lay, backend, config, inputs=inputs, reference=ref, device=device,
                    settings=settings, tuned=tuned)
 
@@ -344,9 +342,6 @@ def precompile_jobs(cfg: SweepConfig, groups: list[Group], device, tune: bool,
     cut to ``tune_max_evals``. The rest (the search's later rounds, and 'fwd+bwd' tuning,
     which starts from the 'fwd' pick) is compiled in batches as the tuner reaches it. A row in
     ``picks`` compiles its pick."""
-    from stbench.tuning import local
-    from stbench.tuning.precompile import COMPILED_BACKENDS, Job
-
     jobs = []
     max_n = dict(cfg.max_n)
     for g in groups:
@@ -380,8 +375,6 @@ def open_precompiler(cfg: SweepConfig, groups: list[Group], device, tune: bool, 
     logged to ``OUT/.work/precompile.jsonl``."""
     if not cfg.precompile_workers:
         return None
-    from stbench.tuning.precompile import Precompiler
-
     pre = Precompiler(cfg.precompile_workers, str(device),
                       log_path=out_dir / WORK_DIR / "precompile.jsonl")
     jobs = precompile_jobs(cfg, groups, device, tune, picks)

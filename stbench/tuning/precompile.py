@@ -121,9 +121,13 @@ class Precompiler:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-    def hung_key(self, job: "Job") -> bool:
-        """Whether ``job``'s compile key hung in a worker (do not run it in this process)."""
-        return job.compile_key() in self.hung
+    def hung_error(self, job: "Job") -> str | None:
+        """Why ``job`` must not run in this process (its compile key hung in a worker), as a
+        ``timeout`` row's error; None when it did not."""
+        if job.compile_key() not in self.hung:
+            return None
+        return (f"its first call hung in a precompile worker (no end in {self.stall_s:g} s): "
+                "not run here")
 
     def run(self, jobs, phase: str = "tune") -> list[Outcome]:
         """Run the chains of the jobs whose compile key is not done yet, side by side; returns

@@ -125,6 +125,7 @@ def test_a_hung_first_call_is_reported_and_kept_from_the_timing_process(monkeypa
         errors = {o.job.backend: o.error for o in out}
         assert errors["dense"] is None and errors["sdpa"].startswith("timeout")
         assert pre.hung == {hang.compile_key()} and pre._pool is None
+        assert pre.hung_error(hang).startswith("its first call hung")
         calls = []
         monkeypatch.setattr(autotune, "measure", lambda *a, **k: calls.append(a))
         res = autotune.tune(prob, ["sdpa"], device="cpu", strategy="exhaustive",
@@ -137,16 +138,12 @@ def test_a_hung_first_call_is_reported_and_kept_from_the_timing_process(monkeypa
 def test_a_sweep_row_whose_first_call_hung_is_a_timeout_row():
     from stbench import sweep
 
-    class Hung:  # a precompiler whose every key hung
-        stall_s = 6
-
-        def hung_key(self, job):
-            return job.backend == "dense" and job.block is None and job.config == "null"
-
     prob = _problem(64)
+    pre = Precompiler(1, "cpu", stall_s=6)  # its pool never starts here
+    pre.hung.add(Job.of(prob, "dense").compile_key())  # the default row's first call hung
     row = sweep._measure_backend(SweepConfig.preset("quick"), prob, prob.build_layout(), "dense",
                                  prob.inputs("cpu"), None, "cpu", None, False, None, {},
-                                 precompiler=Hung())
+                                 precompiler=pre)
     assert row.status == "timeout" and "hung in a precompile worker" in row.error
 
 
