@@ -130,12 +130,13 @@ class Precompiler:
                 "not run here")
 
     def run(self, jobs, phase: str = "tune") -> list[Outcome]:
-        """Run the chains of the jobs whose compile key is not done yet, side by side; returns
-        the outcome of each job run."""
+        """Run the chains of the jobs whose compile key is neither done nor hung yet, side by
+        side; returns the outcome of each job run."""
         chains: dict[tuple, list[Job]] = {}
         for job in dict.fromkeys(jobs):
-            if job.compile_key() not in self.done:
-                chains.setdefault(job.compile_key(), []).append(job)
+            key = job.compile_key()
+            if key not in self.done and key not in self.hung:
+                chains.setdefault(key, []).append(job)
         if not chains:
             return []
         t0 = time.perf_counter()

@@ -126,6 +126,7 @@ def test_a_hung_first_call_is_reported_and_kept_from_the_timing_process(monkeypa
         assert errors["dense"] is None and errors["sdpa"].startswith("timeout")
         assert pre.hung == {hang.compile_key()} and pre._pool is None
         assert pre.hung_error(hang).startswith("its first call hung")
+        assert pre.run([hang]) == []  # a hung key is not tried again
         calls = []
         monkeypatch.setattr(autotune, "measure", lambda *a, **k: calls.append(a))
         res = autotune.tune(prob, ["sdpa"], device="cpu", strategy="exhaustive",
