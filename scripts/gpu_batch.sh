@@ -6,7 +6,8 @@
 #
 # JOB names (a function below): sweep, resume, flex, paper, versus, table2, model, evaluate,
 # sanitize_triton, sanitize_cupy, racecheck_cupy, profile, replay, paperbwd, gputests,
-# fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse), memcheck_tma, memcheck_persistent, sweep_large, sweep_small,
+# fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse, fwdvar_st_mix, fwdvar_local_strided,
+# fwdvar_scale, fwdvar_cupy), memcheck_tma, memcheck_persistent, sweep_large, sweep_small,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -149,41 +150,73 @@ job_profile() {
     done
 }
 
-# issue 3: the forward's load variants (default, gather, tma) against flex, one process per
-# configuration under its own cap (scripts/gpu_fwd_variants.py); FWDVAR_LAYOUTS picks layouts
+# issue 3: the forward's load variants (default, gather, tma) against flex (a process per problem
+# and backend, every configuration of the set checked then timed in it: scripts/gpu_fwd_variants.py);
+# FWDVAR_LAYOUTS / FWDVAR_NS pick the problems, FWDVAR_SET the configurations
 FWDVAR_CONFIGS=(
-    ''
+    null
     '{"fwd_loads": "gather"}'
     '{"fwd_loads": "tma", "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}'
 )
 # the persistent forward (persistent.py) against the tiled one on the sparse layouts
 FWDVAR_SPARSE_CONFIGS=(
-    ''
+    null
     '{"BLOCK_M": 64, "BLOCK_N": 32}'
     '{"BLOCK_M": 64, "BLOCK_N": 32, "persistent": 2}'
     '{"BLOCK_M": 64, "BLOCK_N": 32, "persistent": 3}'
+    '{"BLOCK_M": 64, "BLOCK_N": 64, "persistent": 2}'
     '{"BLOCK_M": 64, "BLOCK_N": 64, "persistent": 3}'
+)
+# TARGETS.md item 6 (st_mix, B = 1, N = 256k / 1M): 8-9 key blocks per row, tile shapes and persistence
+FWDVAR_SCALE_CONFIGS=(
+    null
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}'
+    '{"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}'
+    '{"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}'
+    '{"BLOCK_M": 64, "BLOCK_N": 64, "persistent": 2}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "persistent": 3}'
+)
+# issue 4: the CuPy forward's tile shapes, side by side with the Triton default
+FWDVAR_CUPY_CONFIGS=(
+    '{"kernel": "mma", "BLOCK_M": 32, "BLOCK_N": 32, "WARP_M": 16}'
+    '{"kernel": "mma", "BLOCK_M": 64, "BLOCK_N": 32, "WARP_M": 16}'
+    '{"kernel": "mma", "BLOCK_M": 64, "BLOCK_N": 64, "WARP_M": 16}'
+    '{"kernel": "mma", "BLOCK_M": 64, "BLOCK_N": 64, "WARP_M": 32}'
+    '{"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}'
+    '{"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 32, "WARP_M": 32}'
+    '{"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 16}'
 )
 job_fwdvariants() {
     local -n cfgs=${FWDVAR_SET:-FWDVAR_CONFIGS}
+    local be=${FWDVAR_BACKEND:-triton} args=() cfg
+    for cfg in "${cfgs[@]}"; do args+=(--config "$cfg"); done
     for lay in ${FWDVAR_LAYOUTS:-causal fixed}; do
         for n in ${FWDVAR_NS:-65536 16384}; do
-            step 100 "flex_${lay}_$n" python3 scripts/gpu_fwd_variants.py --backend flex --layout $lay \
-                --n $n >>"$1/fwd_variants.jsonl"
-            for cfg in "${cfgs[@]}"; do
-                step 100 "triton_${lay}_${n}_${cfg:15:6}" python3 scripts/gpu_fwd_variants.py --backend triton \
-                    --layout $lay --n $n ${cfg:+--config "$cfg"} >>"$1/fwd_variants.jsonl"
+            for peer in ${FWDVAR_PEERS:-flex}; do
+                step 150 "${peer}_${lay}_$n" python3 scripts/gpu_fwd_variants.py --backend $peer \
+                    --layout $lay --n $n >>"$1/fwd_variants.jsonl"
             done
+            step ${FWDVAR_CAP:-300} "${be}_${lay}_$n" python3 scripts/gpu_fwd_variants.py --backend $be \
+                --layout $lay --n $n "${args[@]}" >>"$1/fwd_variants.jsonl"
         done
     done
     grep "^{" "$1/fwd_variants.jsonl" | python3 -c "import json,sys
 for l in sys.stdin:
-    r = json.loads(l); print(r['backend'], r['layout'], r['n_ctx'], r['config'], r['ok'], r.get('median_ms'))"
+    r = json.loads(l); print(r['backend'], r['layout'], r['n_ctx'], r['config'], r['ok'], r.get('median_ms'), r.get('error', ''))"
 }
 job_fwdvar_causal() { FWDVAR_LAYOUTS=causal job_fwdvariants "$@"; }
 job_fwdvar_fixed() { FWDVAR_LAYOUTS=fixed job_fwdvariants "$@"; }
 job_fwdvar_sparse() {
-    FWDVAR_SET=FWDVAR_SPARSE_CONFIGS FWDVAR_LAYOUTS="st_mix local strided" job_fwdvariants "$@"
+    FWDVAR_SET=FWDVAR_SPARSE_CONFIGS FWDVAR_LAYOUTS="${SPARSE_LAYOUTS:-st_mix local strided}" job_fwdvariants "$@"
+}
+job_fwdvar_st_mix() { SPARSE_LAYOUTS=st_mix job_fwdvar_sparse "$@"; }
+job_fwdvar_local_strided() { SPARSE_LAYOUTS="local strided" FWDVAR_NS=65536 job_fwdvar_sparse "$@"; }
+job_fwdvar_scale() {
+    FWDVAR_SET=FWDVAR_SCALE_CONFIGS FWDVAR_LAYOUTS=st_mix FWDVAR_NS="1048576 262144" job_fwdvariants "$@"
+}
+job_fwdvar_cupy() {  # the CuPy tiles against the Triton default (the peer here)
+    FWDVAR_SET=FWDVAR_CUPY_CONFIGS FWDVAR_BACKEND=cupy FWDVAR_PEERS=triton FWDVAR_LAYOUTS="causal st_mix" \
+        FWDVAR_NS=65536 job_fwdvariants "$@"
 }
 
 job_memcheck_tma() {  # issue 3: memcheck over the TMA forward's GPU tests

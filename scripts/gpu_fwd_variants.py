@@ -1,15 +1,20 @@
-"""One backend, one configuration, one standard problem: checked against the dense reference,
-then timed; one JSON line on stdout (GPU only). A process per configuration, so a kernel that
-hangs or faults costs its own time cap, not the comparison (scripts/gpu_batch.sh fwdvariants).
+"""One backend, one or more configurations, one standard problem: each configuration checked
+against the dense reference (computed once), then timed; one JSON line per configuration on
+stdout (GPU only). Run a configuration that may hang or fault in a process of its own, so it
+costs its own time cap, not the comparison (scripts/gpu_batch.sh fwdvariants).
 
     python3 scripts/gpu_fwd_variants.py --backend triton --layout causal --n 65536 \
         --config '{"fwd_loads": "tma", "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'
+    python3 scripts/gpu_fwd_variants.py --backend triton --layout st_mix --n 65536 \
+        --config null --config '{"BLOCK_M": 64, "BLOCK_N": 32, "persistent": 2}'
     python3 scripts/gpu_fwd_variants.py --backend flex --layout causal --n 65536
     python3 scripts/gpu_fwd_variants.py --plot reports/session4/fwd_variants/fwd_variants.jsonl \
         reports/session4/fwd_variants/fwd_variants.png              # any machine
 
 The problem is TARGETS.md's standard one (bf16, H = 8, D = 64, B x N = 65536) at ``--n``, at the
-layout's own block (``--block`` re-blocks it); ``--config`` overrides the backend's default.
+layout's own block (``--block`` re-blocks it); ``--config`` (repeatable; ``null``: the default)
+overrides the backend's default. B = max(1, 65536 / N), so N above 65536 is TARGETS.md item 6's
+problem (B = 1).
 """
 
 from __future__ import annotations
@@ -67,8 +72,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=65536)
     ap.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd")
     ap.add_argument("--block", type=int, default=None)
-    ap.add_argument("--config", type=json.loads, default=None)
+    ap.add_argument("--config", type=json.loads, action="append", default=None)
     args = ap.parse_args(argv)
+    configs = args.config or [None]
 
     prob = SweepConfig.preset("standard").problem(args.n, args.layout, "bfloat16", args.mode)
     layout = prob.build_layout()
@@ -77,22 +83,36 @@ def main(argv=None) -> int:
     q, k, v = prob.inputs("cuda")
     module = backends.load(args.backend)
     fresh = [torch.randn_like(q) for _ in range(3)]  # unseeded: fresh inputs every run
-    ref = check.Reference(*fresh, layout, scale, "fwd")
-    verdict = ref.check_backend(
-        lambda a, b, c: module.attention(a, b, c, run_layout, scale, args.config), inputs=fresh)
+    ref = check.Reference(*fresh, layout, scale, args.mode)
+    failed = 0
+    for config in configs:
+        row = measure(module, args, prob, layout, run_layout, scale, (q, k, v), ref, fresh, config)
+        failed += not row["ok"]
+        print(json.dumps(row), flush=True)
+    return 1 if failed else 0
+
+
+def measure(module, args, prob, layout, run_layout, scale, qkv, ref, fresh, config) -> dict:
+    """One configuration's row: the check against ``ref`` on ``fresh`` inputs, then (if it
+    passed) the timing on ``qkv``. An exception is the row's ``error``, not the end of the run."""
     row = {"backend": args.backend, "layout": args.layout, "n_ctx": args.n, "mode": args.mode,
-           "block": run_layout.block, "config": args.config, "check": verdict.check,
-           "err": verdict.err, "tol": verdict.tol, "ok": verdict.ok}
-    if verdict.ok:
-        do = torch.randn_like(q) if args.mode == "fwd+bwd" else None
-        run = closure(module, q, k, v, run_layout, scale, args.config, args.mode, do)
-        t = timing.bench(run, grad_to_none=[q, k, v] if do is not None else None)
-        flops = timing.attention_flops(layout, prob.batch, prob.head_dim, args.mode)
-        row.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, reps=t.reps,
-                   tflops=timing.tflops(flops, t.median_ms))
+           "block": run_layout.block, "config": config, "ok": False}
+    try:
+        verdict = ref.check_backend(
+            lambda a, b, c: module.attention(a, b, c, run_layout, scale, config), inputs=fresh)
+        row.update(check=verdict.check, err=verdict.err, tol=verdict.tol, ok=verdict.ok)
+        if verdict.ok:
+            q, k, v = qkv
+            do = torch.randn_like(q) if args.mode == "fwd+bwd" else None
+            run = closure(module, q, k, v, run_layout, scale, config, args.mode, do)
+            t = timing.bench(run, grad_to_none=[q, k, v] if do is not None else None)
+            flops = timing.attention_flops(layout, prob.batch, prob.head_dim, args.mode)
+            row.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, reps=t.reps,
+                       tflops=timing.tflops(flops, t.median_ms))
+    except Exception as exc:  # one failing configuration is a data point
+        row["error"] = repr(exc)[:400]
     row["env"] = dataclasses.asdict(environment.collect())
-    print(json.dumps(row), flush=True)
-    return 0 if verdict.ok else 1
+    return row
 
 
 if __name__ == "__main__":
