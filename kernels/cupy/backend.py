@@ -18,7 +18,8 @@ types as int16 views: the kernels see raw bits) and every launch goes on torch's
 stream. Memory beyond inputs, outputs and gradients: lse and delta, 4 B each per (b, h, token).
 
 Config (``config_space``): ``{"kernel": "mma", "BLOCK_M": m, "BLOCK_N": n, "WARP_M": w}`` with
-m, n tile sizes dividing the layout block (forward warps m / w, backward m / 16), or
+m, n tile sizes dividing the layout block (forward warps m / w, backward m / 16; the backward
+streams min(n, bwd_max_block_n) rows), or
 ``{"kernel": "scalar"}`` (in the tuner's space only where the tensor cores cannot run; any
 config can be asked for). ``prepare(layout, q, config)`` compiles ahead of timing.
 """
@@ -84,6 +85,22 @@ def supports(layout: Layout) -> str | None:
 # ------------------------------------------------------------------ configurations
 WARP_ROWS = (16, 32)  # query rows per warp in the forward kernel (1 or 2 mma row tiles)
 WARP_32_MAX_HEAD_DIM = 64  # 32 rows per warp doubles Q / O / S registers: D <= 64 only
+# WARP_M = 32 with BLOCK_N = 128 holds 32 (Q) + 64 (O) + 128 (S) fragment words per thread:
+# ptxas spills 1.2 KB at D = 64 (session 5), so the space stops 32-row warps at BLOCK_N = 64
+WARP_32_MAX_BLOCK_N = 64
+
+
+def fwd_max_block_n(head_dim: int) -> int:
+    """Largest BLOCK_N of the forward space: 128 at D <= 64 (one K / V stage, 37 KB of shared
+    memory, 180 registers at WARP_M = 16), 32 above (registers)."""
+    return 128 if head_dim <= 64 else 32
+
+
+def bwd_max_block_n(head_dim: int) -> int:
+    """Largest BLOCK_N the backward kernels take: two stages of two [BLOCK_N, D + 8] tiles in
+    48 KB of static shared memory, and the dK / dV kernel's registers (255 at D = 64, BLOCK_N
+    = 64): 64 at D <= 64, 32 above. A config's BLOCK_N is clamped to it for the backward."""
+    return 64 if head_dim <= 64 else 32
 
 
 def _default_mma(block: int, head_dim: int) -> dict:
@@ -98,8 +115,9 @@ def mma_possible(head_dim: int, dtype: torch.dtype) -> bool:
 
 def config_space(layout: Layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     """Tunable configurations: tensor-core tiles (BLOCK_M rows owned, BLOCK_N rows streamed,
-    both dividing the layout block; BLOCK_N <= 32 at head dim 128 to stay within registers;
-    WARP_M query rows per warp in the forward kernel, 32 only at head dim <= 64); the scalar
+    both dividing the layout block; BLOCK_N <= fwd_max_block_n (128 at head dim <= 64, else 32),
+    the backward clamped to bwd_max_block_n; WARP_M query rows per warp in the forward kernel,
+    32 only at head dim <= 64 and BLOCK_N <= 64, for registers); the scalar
     kernel only where the tensor cores cannot run (fp32, head dims not a multiple of 16): on
     16-bit inputs it never wins (724 ms against 24.6 ms for the mma kernel, causal N = 65536
     forward, reports/session4/sweep_partial/) and the local search would spend a start on it.
@@ -107,12 +125,13 @@ def config_space(layout: Layout, head_dim: int, dtype: torch.dtype) -> list[dict
     space = []
     if mma_possible(head_dim, dtype):
         b = layout.block
-        n_max = 64 if head_dim <= 64 else 32
+        n_max = fwd_max_block_n(head_dim)
         for m in MMA_TILES:
             for n in MMA_TILES:
                 if m <= b and n <= b and n <= n_max:
                     for w in WARP_ROWS:
-                        if m % w == 0 and (w == 16 or head_dim <= WARP_32_MAX_HEAD_DIM):
+                        if m % w == 0 and (w == 16 or (head_dim <= WARP_32_MAX_HEAD_DIM
+                                                       and n <= WARP_32_MAX_BLOCK_N)):
                             space.append({"kernel": "mma", "BLOCK_M": m, "BLOCK_N": n,
                                           "WARP_M": w})
     elif head_dim <= SCALAR_MAX_HEAD_DIM:
@@ -218,7 +237,8 @@ def variants_for(cfg: dict, dtype: torch.dtype, head_dim: int, block: int, permu
     m, n = cfg["BLOCK_M"], cfg["BLOCK_N"]
     return (Variant("fwd_mma", code, head_dim, block, m, n, permuted, partial,
                     cfg.get("WARP_M", 16) // 16),
-            Variant("bwd_mma", code, head_dim, block, m, n, permuted, partial))
+            Variant("bwd_mma", code, head_dim, block, m, min(n, bwd_max_block_n(head_dim)),
+                    permuted, partial))
 
 
 MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y, which runs over batch x heads

@@ -129,7 +129,7 @@ void launch(void (*k)(A...), int gx, int gy, int nt, void** args) {
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 
@@ -163,6 +163,15 @@ inline float __shfl_xor_sync(unsigned, float x, int o) {
   return st_shfl_exchange(x, st_emu::g_cur->lane ^ o);
 }
 inline float __shfl_sync(unsigned, float x, int src) { return st_shfl_exchange(x, src); }
+inline int __any_sync(unsigned, int pred) {
+  auto& w = st_emu::warp();
+  w.f[st_emu::g_cur->lane] = pred ? 1.f : 0.f;
+  st_emu::arrive_and_wait(w.bar);
+  int any = 0;
+  for (int l = 0; l < 32; ++l) any |= w.f[l] != 0.f;
+  st_emu::arrive_and_wait(w.bar);
+  return any;
+}
 
 namespace st {
 

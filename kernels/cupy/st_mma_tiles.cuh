@@ -101,17 +101,35 @@ __device__ __forceinline__ void step_advance(int& e, int& c, int e_end,
   }
 }
 
-// Start copying BLOCK_N rows (layout positions pos0 .., gathered through perm) of two
-// [N, HEAD_DIM] matrices into shared memory, 16 bytes per cp.async; the caller commits.
+// Whether step (kind, chunk c) needs the per-element mask for a warp owning rows lo .. hi
+// (inside their layout block). FULL never does. DIAG (allowed: key <= query) does unless every
+// pair passes: for a query owner the chunk holds keys c .. c + BLOCK_N - 1 and needs the mask
+// iff its last key lies above the warp's first query; for a key owner the chunk holds queries
+// and needs it iff its first query lies below the warp's last key. PARTIAL always does.
+__device__ __forceinline__ bool step_masked(int kind, int c, int lo, int hi, bool key_owner) {
+  if (kind == ST_KIND_FULL) return false;
+  if (kind == ST_KIND_DIAG) return key_owner ? (c < hi) : (c + BLOCK_N - 1 > lo);
+  return true;
+}
+
+// Start copying BLOCK_N rows (layout positions pos0 .., gathered through perm) of one
+// [N, HEAD_DIM] matrix into shared memory, 16 bytes per cp.async; the caller commits.
+// HEAD_DIM / 8 and ``nthreads`` are compile-time constants at every call, so the index split
+// is shifts and the loop unrolls.
+__device__ __forceinline__ void load_tile_async(elem_t* sa, const elem_t* a, const int* prow,
+                                                int pos0, int tid, int nthreads) {
+  for (int i = tid; i < BLOCK_N * (HEAD_DIM / 8); i += nthreads) {
+    const int row = i / (HEAD_DIM / 8), c8 = (i % (HEAD_DIM / 8)) * 8;
+    cp_async16(sa + row * SROW + c8, a + (long long)token(prow, pos0 + row) * HEAD_DIM + c8);
+  }
+}
+
+// The same rows of two matrices (Q and dO, or K and V) into one commit group.
 __device__ __forceinline__ void load_tile2_async(elem_t* sa, elem_t* sb, const elem_t* a,
                                                  const elem_t* b, const int* prow, int pos0,
                                                  int tid, int nthreads) {
-  for (int i = tid; i < BLOCK_N * (HEAD_DIM / 8); i += nthreads) {
-    const int row = i / (HEAD_DIM / 8), c8 = (i % (HEAD_DIM / 8)) * 8;
-    const long long src = (long long)token(prow, pos0 + row) * HEAD_DIM + c8;
-    cp_async16(sa + row * SROW + c8, a + src);
-    cp_async16(sb + row * SROW + c8, b + src);
-  }
+  load_tile_async(sa, a, prow, pos0, tid, nthreads);
+  load_tile_async(sb, b, prow, pos0, tid, nthreads);
 }
 
 }  // namespace st

@@ -2,7 +2,8 @@
 the same source, inline PTX swapped for C++, one fiber per CUDA thread), against the dense
 reference with stbench.accuracy's rule, forward and dq / dk / dv. Covers both kernel families
 (tensor-core mma, scalar), both 16-bit dtypes and float32, blocks 16..128, the permutation,
-partial bitmasks, empty rows, 1..8 warps per CTA, 16 and 32 query rows per warp. Each case builds two small shared libraries
+partial bitmasks, empty rows, 1..8 warps per CTA, 16 and 32 query rows per warp, BLOCK_N = 128
+(the one-stage forward) over FULL / DIAG / PARTIAL steps in one row. Each case builds two small shared libraries
 with g++ (cached on disk) and runs in a few seconds; skipped without a C++ compiler."""
 
 from __future__ import annotations
@@ -12,15 +13,30 @@ import math
 import pytest
 import torch
 
-from stbench import accuracy
+from stbench import accuracy, layouts
 from stbench.kernels.cupy import emulate
-from stbench.kernels.cupy.checks import LAYOUT_CASES, reference
+from stbench.kernels.cupy.checks import LAYOUT_CASES as CHECK_CASES
+from stbench.kernels.cupy.checks import reference
 
 why = emulate.available()
 pytestmark = pytest.mark.skipif(why is not None, reason=str(why))
 
 F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 MMA = "mma"
+
+
+def _mixed_kinds_b128(n: int, heads: int) -> layouts.Layout:
+    """Block 128, causal token mask, n = 512: block row 3 holds FULL (3, 0), PARTIAL (3, 1)
+    (key 135 dropped from its rows), FULL (3, 2) and DIAG (3, 3) entries, so one BLOCK_N = 128
+    walk switches between the unmasked and masked step bodies; query 300 attends to nothing
+    (block row 2 all PARTIAL, an empty row beside full ones)."""
+    mask = torch.ones(heads, n, n, dtype=torch.bool).tril()
+    mask[:, 384:, 135] = False
+    mask[:, 300] = False
+    return layouts.from_token_mask(mask, block=128, name="mixed_kinds_b128")
+
+
+LAYOUT_CASES = {**CHECK_CASES, "mixed_kinds_b128": _mixed_kinds_b128}
 
 # (layout case, n_ctx, dtype, head_dim, config)
 CASES = [
@@ -33,6 +49,13 @@ CASES = [
     ("causal_b128", 256, F16, 64, {"kernel": MMA, "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}),
     ("st_mix_b32", 512, BF16, 32, {"kernel": MMA, "BLOCK_M": 32, "BLOCK_N": 16, "WARP_M": 32}),
     ("block_mask_b64", 256, BF16, 64, {"kernel": MMA, "BLOCK_M": 64, "BLOCK_N": 64}),
+    # BLOCK_N = 128 (one K / V stage in the forward, the backward clamped to 64 rows) over
+    # FULL, DIAG and PARTIAL steps in one row and an empty row; DIAG chunks wholly below a
+    # warp's rows (unmasked) at BLOCK_M = 32 in block 128
+    ("mixed_kinds_b128", 512, BF16, 64, {"kernel": MMA, "BLOCK_M": 64, "BLOCK_N": 128}),
+    ("causal_b128", 256, F16, 32, {"kernel": MMA, "BLOCK_M": 128, "BLOCK_N": 128}),
+    ("mixed_kinds_b128", 512, F16, 64,
+     {"kernel": MMA, "BLOCK_M": 32, "BLOCK_N": 32, "WARP_M": 32}),
     ("strided_b16", 256, F32, 40, {"kernel": "scalar"}),
     ("token_mask_b32", 128, BF16, 32, {"kernel": "scalar"}),
 ]
