@@ -109,18 +109,26 @@ st_bwd_dq(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
     mma_a_bt<1>(&s, &qa, sK[stage], lane);   // S = Q K^T
     mma_a_bt<1>(&dp, &da, sV[stage], lane);  // dP = dO V^T
+    // dS, with the mask test compiled in for masked steps only (FULL entries and DIAG chunks
+    // wholly below the warp's rows skip it; no row of such a step is empty, so lse is finite)
+    auto ds = [&](auto flag) {
 #pragma unroll
-    for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+      for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int jk = kc + nt * 8 + 2 * t + (i & 1);
-        const bool row1 = i >= 2;
-        const float p = allowed(kind, mid, row1 ? iq1 : iq0, jk, masks)
-                            ? fast_exp2(s[nt][i] * scale_log2 - (row1 ? lse1 : lse0))
-                            : 0.f;
-        s[nt][i] = p * (dp[nt][i] - (row1 ? dl1 : dl0));  // dS
+        for (int i = 0; i < 4; ++i) {
+          const bool row1 = i >= 2;
+          float p = fast_exp2(fmaf(s[nt][i], scale_log2, -(row1 ? lse1 : lse0)));
+          if (decltype(flag)::value &&
+              !allowed(kind, mid, row1 ? iq1 : iq0, kc + nt * 8 + 2 * t + (i & 1), masks))
+            p = 0.f;  // after exp2: an empty row (lse = -inf) gives inf there, replaced here
+          s[nt][i] = p * (dp[nt][i] - (row1 ? dl1 : dl0));  // dS
+        }
       }
-    }
+    };
+    if (step_masked(kind, kc, qin0 + warp * 16, qin0 + warp * 16 + 15, false))
+      ds(masked_t<true>());
+    else
+      ds(masked_t<false>());
     mma_acc_s<1>(&acc, &s, sK[stage], lane);  // dQ += dS K
     __syncthreads();  // all warps are done with this stage before it is refilled
     e = ne;
@@ -199,19 +207,25 @@ st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     float s[BLOCK_N / 8][4], dp[BLOCK_N / 8][4];
     mma_a_bt<1>(&s, &ka, sQ[stage], lane);   // S^T = K Q^T   (rows: keys, columns: queries)
     mma_a_bt<1>(&dp, &va, sD[stage], lane);  // dP^T = V dO^T
+    // P^T and dS^T, the mask test compiled in for masked steps only (as in st_bwd_dq)
+    auto ds = [&](auto flag) {
 #pragma unroll
-    for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
+      for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int c = nt * 8 + 2 * t + (i & 1);  // query within the chunk
-        const int jk = (i >= 2) ? jk1 : jk0;
-        const float p = allowed(kind, mid, qc + c, jk, masks)
-                            ? fast_exp2(s[nt][i] * scale_log2 - tLse[c])
-                            : 0.f;
-        s[nt][i] = p;                             // P^T
-        dp[nt][i] = p * (dp[nt][i] - tDelta[c]);  // dS^T
+        for (int i = 0; i < 4; ++i) {
+          const int c = nt * 8 + 2 * t + (i & 1);  // query within the chunk
+          float p = fast_exp2(fmaf(s[nt][i], scale_log2, -tLse[c]));
+          if (decltype(flag)::value && !allowed(kind, mid, qc + c, (i >= 2) ? jk1 : jk0, masks))
+            p = 0.f;  // after exp2: an empty row (lse = -inf) gives inf there, replaced here
+          s[nt][i] = p;                             // P^T
+          dp[nt][i] = p * (dp[nt][i] - tDelta[c]);  // dS^T
+        }
       }
-    }
+    };
+    if (step_masked(kind, qc, kin0 + warp * 16, kin0 + warp * 16 + 15, true))
+      ds(masked_t<true>());
+    else
+      ds(masked_t<false>());
     mma_acc_s<1>(&dva, &s, sD[stage], lane);   // dV += P^T dO
     mma_acc_s<1>(&dka, &dp, sQ[stage], lane);  // dK += dS^T Q
     __syncthreads();  // all warps are done with this stage before it is refilled

@@ -59,6 +59,14 @@ namespace st {
 
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
+// A compile-time flag as a type (no <type_traits> under NVRTC): a generic lambda called with
+// masked_t<true>() and masked_t<false>() is compiled twice, the unmasked copy without any mask
+// test (decltype(flag)::value is a constant expression).
+template <bool B>
+struct masked_t {
+  static constexpr bool value = B;
+};
+
 // ---------------------------------------------------------------- plan access
 // Whether query ``iq`` may attend key ``jk`` (both indices inside their layout blocks) in an
 // entry of kind ``kind`` whose bitmask (PARTIAL only) is row ``mid`` of ``masks``.
