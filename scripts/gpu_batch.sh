@@ -7,7 +7,7 @@
 # JOB names (a function below): sweep, resume, flex, paper, versus, table2, model, evaluate,
 # sanitize_triton, sanitize_cupy, racecheck_cupy, profile, replay, paperbwd, gputests,
 # fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse, fwdvar_st_mix, fwdvar_local_strided,
-# fwdvar_scale, fwdvar_cupy), memcheck_tma, memcheck_persistent, sweep_large, sweep_small,
+# fwdvar_scale, fwdvar_cupy), memcheck_tma, sweep_large, sweep_small,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -158,23 +158,27 @@ FWDVAR_CONFIGS=(
     '{"fwd_loads": "gather"}'
     '{"fwd_loads": "tma", "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}'
 )
-# the persistent forward (persistent.py) against the tiled one on the sparse layouts
+# smaller forward tiles on the sparse layouts (latency-bound: more, shorter programs in flight);
+# session 5 measured a persistent forward here too (2.5-3x slower, removed: kernels/triton/NOTES.md)
 FWDVAR_SPARSE_CONFIGS=(
     null
     '{"BLOCK_M": 64, "BLOCK_N": 32}'
-    '{"BLOCK_M": 64, "BLOCK_N": 32, "persistent": 2}'
-    '{"BLOCK_M": 64, "BLOCK_N": 32, "persistent": 3}'
-    '{"BLOCK_M": 64, "BLOCK_N": 64, "persistent": 2}'
-    '{"BLOCK_M": 64, "BLOCK_N": 64, "persistent": 3}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_stages": 2}'
+    '{"BLOCK_M": 64, "BLOCK_N": 16}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 2}'
+    '{"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 2}'
+    '{"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 2}'
+    '{"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4}'
+    '{"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 2}'
 )
-# TARGETS.md item 6 (st_mix, B = 1, N = 256k / 1M): 8-9 key blocks per row, tile shapes and persistence
+# TARGETS.md item 6 (st_mix, B = 1, N = 256k / 1M): 8-9 key blocks per row; tile shapes and stages
 FWDVAR_SCALE_CONFIGS=(
     null
-    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}'
-    '{"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}'
     '{"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}'
-    '{"BLOCK_M": 64, "BLOCK_N": 64, "persistent": 2}'
-    '{"BLOCK_M": 64, "BLOCK_N": 32, "persistent": 3}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}'
+    '{"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 4, "num_stages": 2}'
+    '{"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 2, "num_stages": 3}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}'
 )
 # issue 4: the CuPy forward's tile shapes, side by side with the Triton default
 FWDVAR_CUPY_CONFIGS=(
@@ -226,14 +230,6 @@ job_memcheck_tma() {  # issue 3: memcheck over the TMA forward's GPU tests
     step 100 warm_tma python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py -k "$sel"
     step 300 memcheck_tma compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
         python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py -k "$sel"
-}
-
-job_memcheck_persistent() {  # issue 3: memcheck over the persistent forward's GPU tests
-    export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-    local sel=tests/kernels/test_triton_gpu.py::test_persistent_forward
-    step 150 warm_persistent python3 -m pytest -q -m gpu "$sel"
-    step 300 memcheck_persistent compute-sanitizer --tool memcheck --error-exitcode 9 \
-        --print-limit 20 python3 -m pytest -q -m gpu "$sel"
 }
 
 job_gputests() {  # every GPU-marked test (pytest-xdist carried as wheels in .carry/wheels)

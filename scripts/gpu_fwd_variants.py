@@ -6,7 +6,7 @@ costs its own time cap, not the comparison (scripts/gpu_batch.sh fwdvariants).
     python3 scripts/gpu_fwd_variants.py --backend triton --layout causal --n 65536 \
         --config '{"fwd_loads": "tma", "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'
     python3 scripts/gpu_fwd_variants.py --backend triton --layout st_mix --n 65536 \
-        --config null --config '{"BLOCK_M": 64, "BLOCK_N": 32, "persistent": 2}'
+        --config null --config '{"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 2}'
     python3 scripts/gpu_fwd_variants.py --backend flex --layout causal --n 65536
     python3 scripts/gpu_fwd_variants.py --plot reports/session4/fwd_variants/fwd_variants.jsonl \
         reports/session4/fwd_variants/fwd_variants.png              # any machine

@@ -30,7 +30,6 @@ from triton.compiler import ASTSource
 
 from stbench.kernels.triton.backward import DELTA_ROWS, _delta_kernel, _dkdv_kernel, _dq_kernel
 from stbench.kernels.triton.forward import _fwd_kernel
-from stbench.kernels.triton.persistent import _fwd_persistent_kernel
 
 N, H, D = 65536, 8, 64
 TARGET = GPUTarget("cuda", 90, 32)
@@ -44,14 +43,6 @@ def fwd_sig():
     s = {n: "*bf16" for n in ("Q", "K", "V", "O", "O_PREV")}
     s.update(LSE2="*fp32", LSE_PREV="*fp32", masks="*u8", qk_scale2="fp32", N="i32", H="i32",
              n_t="i32", **{n: "*i32" for n in PLAN})
-    return s
-
-
-def persistent_sig():
-    s = fwd_sig()
-    for n in ("O_PREV", "LSE_PREV", "ptr", "split"):
-        del s[n]
-    s.update(prog_ptr="*i32", step_item="*i32", step_e="*i32", step_flag="*i8")
     return s
 
 
@@ -77,8 +68,6 @@ def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=Fal
     names = ("BLOCK_N", "BLOCK_M") if fn is _dkdv_kernel else ("BLOCK_M", "BLOCK_N")
     cx = {"HEAD_DIM": D, names[0]: major, names[1]: minor, "UNIT": unit, "G": minor // unit,
           "HAS_PERM": perm, "IN_PREC": "tf32", flag: False}
-    if fn is _fwd_persistent_kernel:
-        del cx[flag]
     if fn is _fwd_kernel:
         cx["TMA"] = tma
         if tma:
@@ -97,10 +86,6 @@ ROWS = [
     tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE", True),
     tiled("fwd local", _fwd_kernel, fwd_sig(), 64, 32, 32, False, 4, 3, "MERGE"),
     tiled("fwd strided/st_mix", _fwd_kernel, fwd_sig(), 64, 32, 64, True, 4, 2, "MERGE"),
-    tiled("fwd persistent local", _fwd_persistent_kernel, persistent_sig(), 64, 32, 32, False,
-          4, 3, None),
-    tiled("fwd persistent st_mix", _fwd_persistent_kernel, persistent_sig(), 64, 32, 64, True,
-          4, 3, None),
     ("delta", _delta_kernel, {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "n_rows": "i32"},
      {"HEAD_DIM": D, "ROWS": DELTA_ROWS}, {"n_rows": H * N}, 4, 3, f"{DELTA_ROWS} rows w4 s3"),
     tiled("dq causal/fixed", _dq_kernel, dq_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),

@@ -16,7 +16,7 @@ import torch
 from stbench.backends import BackendUnavailable
 
 from .config import (  # noqa: F401
-    HEAD_DIMS, PERSISTENT_CANDIDATES, TMA_CANDIDATES, KernelConfig, config_space, default_config,
+    HEAD_DIMS, TMA_CANDIDATES, KernelConfig, config_space, default_config,
     tma_tiles_fit,
 )
 
@@ -63,13 +63,13 @@ def check_head_dim(head_dim: int) -> None:
 
 def resolve_config(layout, head_dim: int, dtype: torch.dtype, config: dict | None) -> KernelConfig:
     """The default config for this problem, overridden by the (partial) ``config`` dict. The
-    default's TMA forward loads fall back to the gather when the overridden tiles (or a
-    persistent grid) do not allow them (``config`` naming ``fwd_loads`` itself is taken as
+    default's TMA forward loads fall back to the gather when the overridden tiles do not allow
+    them (``config`` naming ``fwd_loads`` itself is taken as
     given, and checked at launch)."""
     base = default_config(layout, head_dim, dtype).as_dict()
     cfg = KernelConfig.from_dict({**base, **(config or {})})
     if "fwd_loads" not in (config or {}) and cfg.fwd_loads == "tma" and (
-            cfg.persistent or not tma_tiles_fit(layout, cfg.BLOCK_M, cfg.BLOCK_N)):
+            not tma_tiles_fit(layout, cfg.BLOCK_M, cfg.BLOCK_N)):
         cfg = KernelConfig.from_dict({**cfg.as_dict(), "fwd_loads": "gather"})
     return cfg
 

@@ -39,9 +39,6 @@ class KernelConfig:
     # Hopper TMA box per tile: 16-bit inputs, no token permutation, BLOCK_N <= min(BLOCK_M,
     # layout block), so that every key tile is consecutive rows)
     fwd_loads: str = "gather"
-    # forward grid: 0 = a program per (query tile, batch x head); k > 0 = k programs per SM
-    # walking a flat list of tile steps (persistent.py; gather loads, no split_union)
-    persistent: int = 0
 
     def __post_init__(self):
         if self.fwd_loads not in FWD_LOADS:
@@ -49,9 +46,6 @@ class KernelConfig:
                 f"fwd_loads={self.fwd_loads!r} is not a forward load variant: use one of "
                 f"{FWD_LOADS}"
             )
-        if not isinstance(self.persistent, int) or self.persistent < 0:
-            raise ValueError(f"persistent={self.persistent!r}: use 0 (off) or a number of "
-                             "programs per SM")
 
     def dq_tiles(self) -> tuple[int, int]:
         """(query tile, key tile) of the dQ kernel."""
@@ -143,12 +137,6 @@ def _ok(cfg: KernelConfig, n_ctx: int, head_dim: int, dtype: torch.dtype) -> boo
             return False
     return True
 
-
-# (persistent programs per SM, BLOCK_M, BLOCK_N) of the persistent forward, for the sparse
-# layouts: what the GPU tests and `gpu_batch.sh fwdvar_sparse` run. Not in the tuner's space
-# until measured on a GPU (session 4 built it after its last GPU call; a kernel that hung
-# would stall a sweep). 156-165 registers at 64 x 32 tiles, 4 warps: 3 CTAs per SM.
-PERSISTENT_CANDIDATES = tuple((p, bm, bn) for p in (2, 3) for bm, bn in ((64, 32), (64, 64)))
 
 # (fwd_loads, BLOCK_M, BLOCK_N, num_warps, num_stages) of the TMA forward, proposed at head
 # dims <= 64 (where it was measured)

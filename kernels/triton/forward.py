@@ -166,17 +166,6 @@ def forward(q, k, v, plan, tiles, scale: float, cfg, out_dtype=None, prev=None):
     ``out_dtype``: the output's dtype (default q's; fp32 for a first part to be merged);
     ``prev``: (o_prev fp32 [B, H, N, D], lse2_prev) of a disjoint earlier part to merge with.
     Returns (out [B, H, N, D], lse2 fp32 [B, H, N], base-2 log-sum-exp, -inf on empty rows)."""
-    if cfg.persistent:
-        if prev is not None or (out_dtype or q.dtype) != q.dtype:
-            raise ValueError("persistent forward (config persistent > 0) does not merge the "
-                             "split of a merged strided layout: use split_union=False or "
-                             "persistent=0")
-        if cfg.fwd_loads != "gather":
-            raise ValueError("persistent forward gathers its rows: use fwd_loads='gather' with "
-                             "persistent > 0")
-        from .persistent import forward_persistent
-
-        return forward_persistent(q, k, v, plan, tiles, scale, cfg)
     B, H, N, D = q.shape
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype or q.dtype)
     lse2 = torch.empty((B, H, N), device=q.device, dtype=torch.float32)

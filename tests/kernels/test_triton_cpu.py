@@ -242,77 +242,12 @@ def test_tma_refuses_gathered_tiles(layout, config, match, device):
         triton_backend.attention(x, x, x, layout(), 0.1, dict(config, fwd_loads="dma"))
 
 
-# the persistent forward (kernels/triton/persistent.py, config persistent > 0): a few programs
-# walking a flat list of tile steps; FULL / CAUSAL / MASKED tiles and items without tiles
-PERSISTENT_CASES = {
-    "causal, 2 programs per SM": (lambda: layouts.causal(128, block=32, heads=2),
-                                  dict(SMALL, persistent=2)),
-    "strided permutation, G = 2": (lambda: layouts.strided(256, block=16, stride=16, heads=2),
-                                   dict(SMALL, persistent=3)),
-    "partial blocks, empty rows and columns": (
-        lambda: random_block_layout(128, 32, heads=2, density=0.5,
-                                    gen=torch.Generator().manual_seed(5), partial=True),
-        dict(SMALL, persistent=1)),
-    "token mask, 16-row tiles": (
-        lambda: random_token_layout(96, 16, heads=2, density=0.15,
-                                    gen=torch.Generator().manual_seed(6)),
-        dict(BLOCK_M=16, BLOCK_N=32, BWD_BLOCK_M=16, BWD_BLOCK_N=16, persistent=5)),
-}
-
-
-@pytest.mark.parametrize("case", sorted(PERSISTENT_CASES))
-def test_persistent_forward(case, gen, device):
-    make, config = PERSISTENT_CASES[case]
-    _check(make(), gen, device, config, batch=2)
-
-
-def test_persistent_schedule_covers_every_item_once():
-    from stbench.kernels.triton.persistent import FIRST, LAST, flat_schedule
-    from stbench.kernels.triton.tiles import tiles_for
-    from stbench.layouts import plan_for
-
-    layout = random_block_layout(128, 32, heads=2, density=0.5,
-                                 gen=torch.Generator().manual_seed(5), partial=True)
-    plan = plan_for(layout, "cpu")
-    tiles = tiles_for(plan, 32, 32, False, "cpu")
-    prog_ptr, item, e, flag = flat_schedule(plan, tiles, 3, 7, "cpu")
-    n_items = 3 * layout.heads * tiles.n_tiles
-    assert prog_ptr[0] == 0 and prog_ptr[-1] == item.numel() and (prog_ptr.diff() >= 0).all()
-    assert torch.equal(torch.unique(item), torch.arange(n_items, dtype=torch.int32))
-    starts = set(prog_ptr.tolist())
-    for s in range(item.numel()):
-        first, last = bool(flag[s] & FIRST), bool(flag[s] & LAST)
-        assert first == (s == 0 or item[s] != item[s - 1])
-        assert last == (s == item.numel() - 1 or item[s] != item[s + 1])
-        assert not (s in starts and not first)  # programs start at item boundaries
-        pat = plan.head_pattern[(int(item[s]) // tiles.n_tiles) % layout.heads]
-        t = int(item[s]) % tiles.n_tiles
-        lo, hi = int(tiles.ptr[pat, t]), int(tiles.ptr[pat, t + 1])
-        assert (lo <= e[s] < hi) if hi > lo else (e[s] == -1 and first and last)
-
-
-def test_persistent_refusals(device):
-    merged = layouts.merged_strided(512, block=16, stride=32, heads=2)
-    x = torch.zeros(1, 2, 512, 32, device=device, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="split_union=False or persistent=0"):
-        triton_backend.attention(x, x, x, merged, 0.1, dict(persistent=2, split_union=True))
-    x = torch.zeros(1, 2, 128, 32, device=device, dtype=torch.bfloat16)
-    causal = layouts.causal(128, block=32, heads=2)
-    with pytest.raises(ValueError, match="fwd_loads='gather' with persistent"):
-        triton_backend.attention(x, x, x, causal, 0.1, dict(SMALL, persistent=2, fwd_loads="tma"))
-    with pytest.raises(ValueError, match="persistent=-1"):
-        triton_backend.attention(x, x, x, causal, 0.1, dict(persistent=-1))
-    assert triton_backend.resolve_config(causal, 32, torch.bfloat16,
-                                         {"persistent": 2}).fwd_loads == "gather"
-
-
-@pytest.mark.parametrize("config", [SMALL, dict(SMALL, persistent=2)], ids=["tiled", "persistent"])
-def test_a_layout_with_no_blocks_gives_zeros(config, gen, device):
+def test_a_layout_with_no_blocks_gives_zeros(gen, device):
     """Nothing allowed anywhere: output and gradients 0 (the contract), no tile list to walk."""
     none = torch.zeros(0, dtype=torch.long)
     layout = Layout.from_block_masks(64, 2, 16, "empty", none, none, none,
                                      torch.ones(0, 16, 16, dtype=torch.bool))
     q = torch.randn(1, 2, 64, 32, generator=gen).to(device).requires_grad_()
-    out = triton_backend.attention(q, q, q, layout, 0.2, config)
+    out = triton_backend.attention(q, q, q, layout, 0.2, SMALL)
     out.sum().backward()
     assert torch.equal(out, torch.zeros_like(out)) and torch.equal(q.grad, torch.zeros_like(q))

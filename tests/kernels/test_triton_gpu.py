@@ -142,20 +142,3 @@ def test_tma_forward_head_dim_128(gen):
     _run(layouts.causal(2048, block=64, heads=2), torch.bfloat16, 128, gen, config=cfg)
 
 
-PERSISTENT_LAYOUTS = {
-    "local": lambda: layouts.local(2048, block=64, window=256, heads=2),
-    "strided": lambda: layouts.strided(2048, block=64, stride=32, heads=2),
-    "fixed16": lambda: layouts.fixed(2048, block=16, stride=128, heads=2, num_verts=2,
-                                     vertsize=2),
-}
-
-
-@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16, torch.float32), ids=str)
-@pytest.mark.parametrize("name", sorted(PERSISTENT_LAYOUTS))
-@pytest.mark.parametrize("cfg", [dict(persistent=p, BLOCK_M=bm, BLOCK_N=bn, num_warps=4,
-                                      num_stages=3)
-                                 for p, bm, bn in triton_backend.PERSISTENT_CANDIDATES],
-                         ids=lambda c: "p{persistent}-{BLOCK_M}x{BLOCK_N}".format(**c))
-def test_persistent_forward(cfg, name, dtype, gen):
-    """The tuner's persistent forwards (and the backward from their LSE) against dense."""
-    _run(PERSISTENT_LAYOUTS[name](), dtype, 64, gen, config=cfg)
