@@ -6,8 +6,8 @@
 #
 # JOB names (a function below): sweep, resume, flex, paper, versus, table2, model, evaluate,
 # sanitize_triton, sanitize_cupy, racecheck_cupy, profile, replay, paperbwd, gputests,
-# fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse, fwdvar_st_mix, fwdvar_local_strided,
-# fwdvar_scale, fwdvar_cupy), memcheck_tma, sweep_large, sweep_small,
+# fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse, fwdvar_st_mix, fwdvar_local,
+# fwdvar_strided, fwdvar_scale, fwdvar_cupy, fwdvar_cupy_bwd, fwdvar_paper), sanitize_cupy_tiles, memcheck_tma, sweep_large, sweep_small,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -131,6 +131,20 @@ job_racecheck_cupy() {  # issue 4: racecheck alone, with the time the full 22 ca
     sanitize cupy racecheck
 }
 
+# issue 4: memcheck and racecheck over the CuPy tile configs of the block-128 causal case
+# (BLOCK_N = 128: the one-stage forward; WARP_M = 32), which the default-config cases do not run
+SANITIZE_TILES=(--cases causal_b128 --config '{"BLOCK_M": 64, "BLOCK_N": 128}'
+    --config '{"BLOCK_M": 128, "BLOCK_N": 128}' --config '{"BLOCK_M": 32, "BLOCK_N": 128}'
+    --config '{"BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}' --config '{"BLOCK_M": 32, "BLOCK_N": 32, "WARP_M": 32}')
+job_sanitize_cupy_tiles() {
+    export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+    step 120 warm_tiles python3 scripts/gpu_sanitize.py --backend cupy "${SANITIZE_TILES[@]}"
+    for tool in racecheck memcheck; do
+        step 200 ${tool}_tiles compute-sanitizer --tool $tool --error-exitcode 9 --print-limit 20 \
+            python3 scripts/gpu_sanitize.py --backend cupy "${SANITIZE_TILES[@]}"
+    done
+}
+
 # issues 3 and 4: Nsight Compute over each backend's kernels on the standard problem at N = 65536
 # (clocks left alone); per profile NAME.ncu-rep and its raw and details pages as CSV
 PROFILES=${PROFILES:-"triton:causal:fwd+bwd flex:causal:fwd+bwd cupy:causal:fwd+bwd triton:st_mix:fwd+bwd flex:st_mix:fwd+bwd cupy:st_mix:fwd+bwd"}
@@ -180,15 +194,28 @@ FWDVAR_SCALE_CONFIGS=(
     '{"BLOCK_M": 32, "BLOCK_N": 64, "num_warps": 2, "num_stages": 3}'
     '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}'
 )
-# issue 4: the CuPy forward's tile shapes, side by side with the Triton default
+# issue 4: the CuPy forward's tile shapes, side by side with the Triton default (BLOCK_N = 128:
+# the one-stage forward of session 5)
 FWDVAR_CUPY_CONFIGS=(
+    '{"kernel": "mma", "BLOCK_M": 32, "BLOCK_N": 32, "WARP_M": 32}'
     '{"kernel": "mma", "BLOCK_M": 32, "BLOCK_N": 32, "WARP_M": 16}'
     '{"kernel": "mma", "BLOCK_M": 64, "BLOCK_N": 32, "WARP_M": 16}'
     '{"kernel": "mma", "BLOCK_M": 64, "BLOCK_N": 64, "WARP_M": 16}'
     '{"kernel": "mma", "BLOCK_M": 64, "BLOCK_N": 64, "WARP_M": 32}'
     '{"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}'
-    '{"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 32, "WARP_M": 32}'
     '{"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 16}'
+    '{"kernel": "mma", "BLOCK_M": 32, "BLOCK_N": 128, "WARP_M": 16}'
+    '{"kernel": "mma", "BLOCK_M": 64, "BLOCK_N": 128, "WARP_M": 16}'
+    '{"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 128, "WARP_M": 16}'
+)
+# TARGETS.md item 3, the fixed mask's fwd+bwd: backward key tiles of 32 (the summary columns' width)
+FWDVAR_PAPER_CONFIGS=(
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 32, "BWD_BLOCK_N": 32}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 128, "BWD_BLOCK_N": 32, "bwd_warps": 8}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "DQ_BLOCK_N": 64}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 128, "BWD_BLOCK_N": 32, "DQ_BLOCK_N": 64, "bwd_warps": 8}'
 )
 job_fwdvariants() {
     local -n cfgs=${FWDVAR_SET:-FWDVAR_CONFIGS}
@@ -196,12 +223,12 @@ job_fwdvariants() {
     for cfg in "${cfgs[@]}"; do args+=(--config "$cfg"); done
     for lay in ${FWDVAR_LAYOUTS:-causal fixed}; do
         for n in ${FWDVAR_NS:-65536 16384}; do
-            for peer in ${FWDVAR_PEERS:-flex}; do
+            for peer in ${FWDVAR_PEERS-flex}; do
                 step 150 "${peer}_${lay}_$n" python3 scripts/gpu_fwd_variants.py --backend $peer \
-                    --layout $lay --n $n >>"$1/fwd_variants.jsonl"
+                    --layout $lay --n $n --mode ${FWDVAR_MODE:-fwd} >>"$1/fwd_variants.jsonl"
             done
             step ${FWDVAR_CAP:-300} "${be}_${lay}_$n" python3 scripts/gpu_fwd_variants.py --backend $be \
-                --layout $lay --n $n "${args[@]}" >>"$1/fwd_variants.jsonl"
+                --layout $lay --n $n --mode ${FWDVAR_MODE:-fwd} "${args[@]}" >>"$1/fwd_variants.jsonl"
         done
     done
     grep "^{" "$1/fwd_variants.jsonl" | python3 -c "import json,sys
@@ -213,14 +240,31 @@ job_fwdvar_fixed() { FWDVAR_LAYOUTS=fixed job_fwdvariants "$@"; }
 job_fwdvar_sparse() {
     FWDVAR_SET=FWDVAR_SPARSE_CONFIGS FWDVAR_LAYOUTS="${SPARSE_LAYOUTS:-st_mix local strided}" job_fwdvariants "$@"
 }
-job_fwdvar_st_mix() { SPARSE_LAYOUTS=st_mix job_fwdvar_sparse "$@"; }
-job_fwdvar_local_strided() { SPARSE_LAYOUTS="local strided" FWDVAR_NS=65536 job_fwdvar_sparse "$@"; }
+# st_mix and strided carry the permutation, which the flex peer pays in gathers (README): their
+# flex rows are not the comparison, TARGETS.md's kernel-only figures are
+job_fwdvar_st_mix() { SPARSE_LAYOUTS=st_mix FWDVAR_PEERS= FWDVAR_NS="65536 16384 4096" job_fwdvar_sparse "$@"; }
+job_fwdvar_strided() { SPARSE_LAYOUTS=strided FWDVAR_PEERS= FWDVAR_NS="65536 16384 4096" job_fwdvar_sparse "$@"; }
+job_fwdvar_local() { SPARSE_LAYOUTS=local FWDVAR_NS="65536 16384 4096" job_fwdvar_sparse "$@"; }
 job_fwdvar_scale() {
     FWDVAR_SET=FWDVAR_SCALE_CONFIGS FWDVAR_LAYOUTS=st_mix FWDVAR_NS="1048576 262144" job_fwdvariants "$@"
 }
 job_fwdvar_cupy() {  # the CuPy tiles against the Triton default (the peer here)
     FWDVAR_SET=FWDVAR_CUPY_CONFIGS FWDVAR_BACKEND=cupy FWDVAR_PEERS=triton FWDVAR_LAYOUTS="causal st_mix" \
         FWDVAR_NS=65536 job_fwdvariants "$@"
+}
+FWDVAR_CUPY_BWD_CONFIGS=(
+    '{"kernel": "mma", "BLOCK_M": 32, "BLOCK_N": 32, "WARP_M": 32}'
+    '{"kernel": "mma", "BLOCK_M": 64, "BLOCK_N": 64, "WARP_M": 16}'
+    '{"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}'
+    '{"kernel": "mma", "BLOCK_M": 64, "BLOCK_N": 128, "WARP_M": 16}'
+)
+job_fwdvar_cupy_bwd() {  # fwd+bwd at a few of those tiles (the backward clamps BLOCK_N to 64)
+    FWDVAR_SET=FWDVAR_CUPY_BWD_CONFIGS FWDVAR_MODE=fwd+bwd FWDVAR_BACKEND=cupy FWDVAR_PEERS=triton \
+        FWDVAR_LAYOUTS="causal st_mix" FWDVAR_NS=65536 job_fwdvariants "$@"
+}
+job_fwdvar_paper() {  # fwd+bwd, no peer (flex's fwd+bwd: job_paperbwd)
+    FWDVAR_SET=FWDVAR_PAPER_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS="12288 65536" \
+        FWDVAR_MODE=fwd+bwd job_fwdvariants "$@"
 }
 
 job_memcheck_tma() {  # issue 3: memcheck over the TMA forward's GPU tests

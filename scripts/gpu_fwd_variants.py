@@ -14,7 +14,7 @@ costs its own time cap, not the comparison (scripts/gpu_batch.sh fwdvariants).
 The problem is TARGETS.md's standard one (bf16, H = 8, D = 64, B x N = 65536) at ``--n``, at the
 layout's own block (``--block`` re-blocks it); ``--config`` (repeatable; ``null``: the default)
 overrides the backend's default. B = max(1, 65536 / N), so N above 65536 is TARGETS.md item 6's
-problem (B = 1).
+problem (B = 1); ``--layout paper_fixed`` / ``paper_union`` (N = 12288 or 65536) is item 3's.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import sys
 
 import torch
 
-from stbench import autotune, backends, environment, timing
+from stbench import autotune, backends, environment, problems, timing
 from stbench.sweep import SweepConfig
 from stbench.tuning import check
 from stbench.tuning.measure import closure
@@ -76,7 +76,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     configs = args.config or [None]
 
-    prob = SweepConfig.preset("standard").problem(args.n, args.layout, "bfloat16", args.mode)
+    if args.layout.startswith("paper_"):  # TARGETS.md item 3's exact masks (B fixed per N)
+        prob = next(p for p in problems.paper_problems((args.mode,))
+                    if p.layout.name == args.layout and p.n_ctx == args.n)
+    else:
+        prob = SweepConfig.preset("standard").problem(args.n, args.layout, "bfloat16", args.mode)
     layout = prob.build_layout()
     run_layout = autotune.reblock(layout, args.block) if args.block else layout
     scale = prob.head_dim ** -0.5

@@ -131,9 +131,11 @@ def dense_reference(q, k, v, layout, scale, do):
     return out.detach(), torch.autograd.grad(out, (q, k, v), do)
 
 
-def check_one(name, layout_name, layout, dtype, inputs64, refs64, refs_t, device) -> CheckRow:
-    """Run backend ``name`` on one layout and dtype and judge it against ``refs64`` (the
-    float64 reference's (out, grads)) and ``refs_t`` (the reference's in ``dtype``)."""
+def check_one(name, layout_name, layout, dtype, inputs64, refs64, refs_t, device,
+              config=None) -> CheckRow:
+    """Run backend ``name`` (with ``config``; None: its default) on one layout and dtype and
+    judge it against ``refs64`` (the float64 reference's (out, grads)) and ``refs_t`` (the
+    reference's in ``dtype``)."""
     import torch
 
     import stbench
@@ -152,7 +154,7 @@ def check_one(name, layout_name, layout, dtype, inputs64, refs64, refs_t, device
     out64, grads64 = refs64
     try:
         qg, kg, vg = (t.detach().requires_grad_() for t in (q, k, v))
-        out = stbench.attention(qg, kg, vg, layout, backend=name, scale=scale)
+        out = stbench.attention(qg, kg, vg, layout, backend=name, scale=scale, config=config)
         ok, fwd_err, fwd_tol = accuracy.within(out, out64, ref_out, dtype)
         grad_err = grad_tol = None
         if backends.info(name).backward:
