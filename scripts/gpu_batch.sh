@@ -8,6 +8,7 @@
 # sanitize_triton, sanitize_cupy, racecheck_cupy, profile, replay, paperbwd, gputests,
 # fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse, fwdvar_st_mix, fwdvar_local,
 # fwdvar_strided, fwdvar_scale, fwdvar_cupy, fwdvar_cupy_bwd, fwdvar_paper), sanitize_cupy_tiles, memcheck_tma, sweep_large, sweep_small,
+# sweep_tc_a .. sweep_tc_d,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -48,6 +49,14 @@ job_sweep() {  # issue 6: the standard sweep, tuned, every backend and peer (rep
 # the same sweep split over two GPUs by N (merge: cat the two results.jsonl, then stbench report)
 job_sweep_large() { SWEEP_NS=65536,2048,1024 job_sweep "$@"; }
 job_sweep_small() { SWEEP_NS=32768,16384,8192,4096 job_sweep "$@"; }
+# Triton and CuPy alone (issue 4's side by side, tuned), split over four GPUs by N
+job_sweep_tc() { step 540 sweep python3 -m stbench sweep --preset standard --out "$1" --isolate --tune \
+    --backends triton,cupy --max-minutes ${SWEEP_MINUTES:-8.5} --no-progress --ns $SWEEP_NS \
+    ${SWEEP_PICKS:+--picks $SWEEP_PICKS}; }  # SWEEP_PICKS: re-measure those rows, tune the rest
+job_sweep_tc_a() { SWEEP_NS=65536 job_sweep_tc "$@"; }
+job_sweep_tc_b() { SWEEP_NS=32768,1024 job_sweep_tc "$@"; }
+job_sweep_tc_c() { SWEEP_NS=16384,2048 job_sweep_tc "$@"; }
+job_sweep_tc_d() { SWEEP_NS=8192,4096 job_sweep_tc "$@"; }
 
 job_resume() {  # the standard sweep continued from $RESUME_DIR (a results folder carried along)
     cp -r "$RESUME_DIR/." "$1/"

@@ -164,7 +164,8 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     bwd = (
         KernelConfig(**{**default.as_dict(), "BWD_BLOCK_M": bm, "BWD_BLOCK_N": bn,
                         "bwd_warps": w})
-        for bm, bn, w in ((32, 64, 4), (64, 64, 4), (64, 128, 8), (128, 64, 8), (128, 128, 8))
+        for bm, bn, w in ((32, 64, 4), (64, 32, 4), (64, 64, 4), (64, 128, 8), (128, 64, 8),
+                          (128, 128, 8))
     )
     # asymmetric backward tiles (Triton tutorial: dK/dV 128 keys x 32 queries, dQ 128 x 32)
     asym = (

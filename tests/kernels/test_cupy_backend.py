@@ -53,6 +53,9 @@ def test_config_space_fits_the_block(block, head_dim):
     space = backend.config_space(lay, head_dim, torch.bfloat16)
     mma = [c for c in space if c["kernel"] == "mma"]
     assert mma and mma == space  # the scalar kernel is for what the tensor cores cannot run
+    # the default first (where the tuner's local search starts), every config once
+    assert mma[0] == backend.resolve_config(None, block, head_dim, torch.bfloat16)
+    assert len({tuple(sorted(c.items())) for c in mma}) == len(mma)
     for c in mma:
         assert c["BLOCK_M"] <= block and c["BLOCK_N"] <= block
         assert block % c["BLOCK_M"] == 0 and block % c["BLOCK_N"] == 0

@@ -1,7 +1,7 @@
 """The CuPy backend's CUDA sources build for sm_90, on the CPU, with the defines the backend uses.
 
-Variants come from the backend's own ``config_space`` and ``variants_for`` (first and last tile
-configuration, scalar kernel), over dtypes, head dims, blocks and the plan flags (permutation,
+Variants come from the backend's own ``config_space`` and ``variants_for`` (the default, the
+smallest and the last tile configuration, scalar kernel), over dtypes, head dims, blocks and the plan flags (permutation,
 partial blocks), so what compiles here is what NVRTC compiles on the GPU. nvcc runs 2 at a time;
 about 25 s on 2 cores. Skipped, with the reason, where nvcc is absent. Where NVRTC is loadable
 through CuPy (no GPU needed) the same source also goes through NVRTC, the GPU's compiler.
@@ -45,7 +45,7 @@ def _cases() -> list[Variant]:
     for dtype, d, block, perm, partial in cases:
         space = backend.config_space(_layout(block), d, dtype)
         mma = [c for c in space if c["kernel"] == "mma"]
-        picks = ([mma[0], mma[-1]] if mma else []) + [c for c in space if c["kernel"] == "scalar"]
+        picks = mma[:2] + mma[-1:] + [c for c in space if c["kernel"] == "scalar"]
         for cfg in picks:
             for v in backend.variants_for(cfg, dtype, d, block, perm, partial):
                 if v not in out:
