@@ -33,12 +33,16 @@ from stbench.tuning.measure import closure
 
 
 def label(row: dict) -> str:
-    """A row's bar label: the backend, and for triton its fwd_loads (or "default")."""
+    """A row's bar label: the backend and its configuration's distinguishing keys."""
+    cfg = row["config"] or {}
+    if row["backend"] == "cupy" and "BLOCK_M" in cfg:
+        return f"cupy {cfg['BLOCK_M']}x{cfg['BLOCK_N']} {cfg.get('WARP_M', 16)} rows/warp"
     if row["backend"] != "triton":
         return row["backend"]
-    cfg = row["config"] or {}
-    tiles = f" {cfg['BLOCK_M']}x{cfg['BLOCK_N']} s{cfg.get('num_stages')}" if "BLOCK_M" in cfg else ""
-    return f"triton {cfg.get('fwd_loads', 'default')}{tiles}"
+    tiles = (f" {cfg['BLOCK_M']}x{cfg['BLOCK_N']} w{cfg.get('num_warps')} s{cfg.get('num_stages')}"
+             if "BLOCK_M" in cfg else "")
+    bwd = f" bwd {cfg['BWD_BLOCK_M']}x{cfg['BWD_BLOCK_N']}" if "BWD_BLOCK_M" in cfg else ""
+    return f"triton {cfg.get('fwd_loads', 'default')}{tiles}{bwd}"
 
 
 def plot(jsonl: str, png: str) -> None:
@@ -47,14 +51,14 @@ def plot(jsonl: str, png: str) -> None:
 
     rows = [json.loads(x) for x in open(jsonl) if x.startswith("{")]
     rows = [r for r in rows if r["ok"]]
-    problems = sorted({(r["layout"], r["n_ctx"]) for r in rows})
+    problems = sorted({(r["layout"], r["n_ctx"]) for r in rows})  # one mode per file
     fig, axes = plt.subplots(1, len(problems), figsize=(4 * len(problems), 4), squeeze=False)
     for ax, (lay, n) in zip(axes[0], problems):
         mine = [r for r in rows if (r["layout"], r["n_ctx"]) == (lay, n)]
         ax.barh([label(r) for r in mine], [r["median_ms"] for r in mine],
                 xerr=[[r["median_ms"] - r["p20_ms"] for r in mine],
                       [r["p80_ms"] - r["median_ms"] for r in mine]])
-        ax.set_title(f"{lay}, N = {n}, fwd")
+        ax.set_title(f"{lay}, N = {n}, {mine[0]['mode']}")
         ax.set_xlabel("median ms (p20-p80)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
