@@ -39,8 +39,11 @@ def label(row: dict) -> str:
         return f"cupy {cfg['BLOCK_M']}x{cfg['BLOCK_N']} {cfg.get('WARP_M', 16)} rows/warp"
     if row["backend"] != "triton":
         return row["backend"]
-    tiles = (f" {cfg['BLOCK_M']}x{cfg['BLOCK_N']} w{cfg.get('num_warps')} s{cfg.get('num_stages')}"
-             if "BLOCK_M" in cfg else "")
+    tiles = ""
+    if "BLOCK_M" in cfg:
+        tiles = f" {cfg['BLOCK_M']}x{cfg['BLOCK_N']}" + "".join(
+            f" {tag}{cfg[key]}" for tag, key in (("w", "num_warps"), ("s", "num_stages"))
+            if key in cfg)
     bwd = f" bwd {cfg['BWD_BLOCK_M']}x{cfg['BWD_BLOCK_N']}" if "BWD_BLOCK_M" in cfg else ""
     return f"triton {cfg.get('fwd_loads', 'default')}{tiles}{bwd}"
 
@@ -58,7 +61,7 @@ def plot(jsonl: str, png: str) -> None:
         ax.barh([label(r) for r in mine], [r["median_ms"] for r in mine],
                 xerr=[[r["median_ms"] - r["p20_ms"] for r in mine],
                       [r["p80_ms"] - r["median_ms"] for r in mine]])
-        ax.set_title(f"{lay}, N = {n}, {mine[0]['mode']}")
+        ax.set_title(f"{lay}, N = {n}, {mine[0].get('mode', 'fwd')}")
         ax.set_xlabel("median ms (p20-p80)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)

@@ -1,5 +1,5 @@
-"""scripts/gpu_fwd_variants.py's CPU side: bar labels name the backend and the Triton load
-variant, and the plot skips step lines and rows that failed their check."""
+"""scripts/gpu_fwd_variants.py's CPU side: bar labels name the backend and what tells its
+configurations apart, and the plot skips step lines and rows that failed their check."""
 
 import importlib.util
 import json
@@ -26,6 +26,10 @@ def test_labels():
     assert mod.label(_row("triton", None)) == "triton default"
     cfg = {"fwd_loads": "tma", "BLOCK_M": 128, "BLOCK_N": 64, "num_stages": 3}
     assert mod.label(_row("triton", cfg)) == "triton tma 128x64 s3"
+    cfg = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 2, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32}
+    assert mod.label(_row("triton", cfg)) == "triton default 64x32 w2 bwd 64x32"
+    cfg = {"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}
+    assert mod.label(_row("cupy", cfg)) == "cupy 128x64 32 rows/warp"
 
 
 def test_plot_skips_step_lines_and_failed_rows(tmp_path, monkeypatch):
