@@ -26,9 +26,9 @@ import torch
 from stbench.layouts import Layout, plan_for
 
 from . import backend
-from .compile import Variant
+from .compile import Variant, read_source
 
-EMU_SWAP = (("st_intrinsics.cuh", "st_cpu_emu.cuh"),)
+EMU_SWAP = (("st_intrinsics.cuh", "st_cpu_emu.cuh"), ("st_wgmma_ptx.cuh", "st_wgmma_emu.cuh"))
 CXX = os.environ.get("CXX", "g++")
 BUILD_DIR = Path(tempfile.gettempdir()) / "stbench_cupy_emu"
 
@@ -40,37 +40,64 @@ def available() -> str | None:
     return None
 
 
-def emu_source(variant: Variant) -> str:
-    text = variant.source(EMU_SWAP)
+def _with_wrappers(text: str, kernel_names) -> str:
     wrappers = "\n".join(
         f'extern "C" void emu_{name}(int gx, int gy, int nt, void** args) '
         f"{{ st_emu::launch({name}, gx, gy, nt, args); }}"
-        for name in variant.kernel_names
+        for name in kernel_names
     )
     return text + "\n" + wrappers + "\n"
 
 
-@functools.lru_cache(maxsize=64)
-def load(variant: Variant) -> ctypes.CDLL:
-    """The variant built as a CPU shared library (cached on disk by source hash)."""
-    src = emu_source(variant)
+def emu_source(variant: Variant) -> str:
+    return _with_wrappers(variant.source(EMU_SWAP), variant.kernel_names)
+
+
+def _build(label: str, src: str, defines) -> ctypes.CDLL:
     flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-w"]
-    flags += [f"-D{d}" for d in variant.defines()]
+    flags += [f"-D{d}" for d in defines]
     key = hashlib.blake2b((src + " ".join(flags)).encode(), digest_size=12).hexdigest()
     BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    lib = BUILD_DIR / f"{variant.label()}_{key}.so"
+    lib = BUILD_DIR / f"{label}_{key}.so"
     if not lib.exists():
-        cpp = BUILD_DIR / f"{variant.label()}_{key}.cpp"
+        cpp = BUILD_DIR / f"{label}_{key}.cpp"
         cpp.write_text(src)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         res = subprocess.run([CXX, *flags, "-x", "c++", str(cpp), "-o", str(tmp)],
                              capture_output=True, text=True)
         if res.returncode:
-            raise RuntimeError(
-                f"emulation build of {variant.label()} failed:\n{res.stderr[-3000:]}"
-            )
+            raise RuntimeError(f"emulation build of {label} failed:\n{res.stderr[-3000:]}")
         os.replace(tmp, lib)
     return ctypes.CDLL(str(lib))
+
+
+@functools.lru_cache(maxsize=64)
+def load(variant: Variant) -> ctypes.CDLL:
+    """The variant built as a CPU shared library (cached on disk by source hash)."""
+    return _build(variant.label(), emu_source(variant), variant.defines())
+
+
+@functools.lru_cache(maxsize=8)
+def load_wgmma_probe(dtype: torch.dtype) -> ctypes.CDLL:
+    """The wgmma probe kernels (``probes/st_wgmma_probe.cu``) built for the CPU."""
+    from . import wgmma_probe
+
+    src = _with_wrappers(read_source(wgmma_probe.PROBE_FILE, EMU_SWAP), wgmma_probe.KERNELS)
+    return _build(f"wgmma_probe_{str(dtype).removeprefix('torch.')}", src,
+                  wgmma_probe.defines(dtype))
+
+
+def run_wgmma_probe(case, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor):
+    """(d, d2) float32 TILE x TILE: ``case`` (a wgmma_probe.ProbeCase) on the CPU emulation."""
+    from . import wgmma_probe
+
+    n = wgmma_probe.TILE
+    d, d2 = torch.zeros(n, n), torch.zeros(n, n)
+    args = _Args()
+    vals = [args.arr(_as_bits(x)) for x in (a, b, c)] + [args.arr(d), args.arr(d2)]
+    getattr(load_wgmma_probe(a.dtype), f"emu_{case.kernel}")(
+        1, 1, wgmma_probe.THREADS, args.pack([*vals, *case.args()]))
+    return d, d2
 
 
 class _Args:

@@ -4,7 +4,9 @@
 // shared library. Every CUDA thread of a CTA is a fiber (ucontext) on one OS thread; CTAs run
 // one after another, so ``__shared__`` arrays become function statics shared by the CTA's
 // threads. __syncthreads is a barrier of the CTA; warp shuffles and mma.sync exchange values
-// through a per-warp buffer between two barriers of the warp (a fiber yields while it waits). mma16816 follows the fragment layouts of the PTX ISA
+// through a per-warp buffer between two barriers of the warp (a fiber yields while it waits);
+// warpgroup-collective wgmma (st_wgmma_emu.cuh) likewise through a per-warpgroup buffer and
+// barrier of 128 threads. mma16816 follows the fragment layouts of the PTX ISA
 // ("Matrix Fragments for mma.m16n8k16 with floating point type"); conversions round to nearest
 // even as the hardware does. For tiny shapes.
 #pragma once
@@ -48,9 +50,14 @@ struct Warp {
   unsigned b[32][2];
   const void* p[32];
 };
+struct WarpGroup {  // 4 consecutive warps (wgmma)
+  Barrier bar;
+  const unsigned* a[128];  // each thread's A registers during a wgmma with A from registers
+};
 struct Cta {
   Barrier bar;
   Warp warps[MAX_WARPS];
+  WarpGroup groups[MAX_WARPS / 4];
   std::vector<Fiber> fibers;
   ucontext_t scheduler;
   std::function<void()> body;
@@ -59,6 +66,7 @@ inline Cta* g_cta = nullptr;
 inline Fiber* g_cur = nullptr;
 
 inline Warp& warp() { return g_cta->warps[g_cur->warp]; }
+inline WarpGroup& warpgroup() { return g_cta->groups[g_cur->warp / 4]; }
 
 inline void yield() { swapcontext(&g_cur->ctx, &g_cta->scheduler); }
 
@@ -92,6 +100,7 @@ void launch(void (*k)(A...), int gx, int gy, int nt, void** args) {
       auto cta = std::make_unique<Cta>();
       cta->bar.expected = nt;
       for (int w = 0; w < nw; ++w) cta->warps[w].bar.expected = 32;
+      for (int w = 0; w < nw / 4; ++w) cta->groups[w].bar.expected = 128;
       cta->body = [=] { call_with(k, args, std::index_sequence_for<A...>{}); };
       cta->fibers.resize(nt);
       g_cta = cta.get();

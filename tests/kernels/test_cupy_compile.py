@@ -142,3 +142,51 @@ def test_nvrtc_builds_a_variant_per_file():
     ):
         prog = compiler._NVRTCProgram(v.source(), "k.cu", (), ())
         prog.compile(v.options() + ("-ftz=true", "--gpu-architecture=sm_90"))  # as CuPy adds
+
+
+# ------------------------------------------------------------------ the wgmma probe (sm_90a)
+@needs_nvcc
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_wgmma_probe_builds_for_sm90a(dtype, tmp_path):
+    """probes/st_wgmma_probe.cu builds with nvcc for sm_90a (wgmma exists only on the
+    arch-specific target), every probe kernel is in the cubin, nothing spills, and the SASS
+    holds the warpgroup MMA (HGMMA 64x64x16) with its fences and the 16-byte cp.async."""
+    from stbench.kernels.cupy import wgmma_probe
+
+    src = tmp_path / "probe.cu"
+    src.write_text(wgmma_probe.source())
+    cubin = tmp_path / "probe.cubin"
+    cmd = wgmma_probe.nvcc_command(dtype, str(src), str(cubin)) + ["-Xptxas", "-v"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name in wgmma_probe.KERNELS:
+        assert f"Compiling entry function '{name}' for 'sm_90a'" in res.stderr, name
+    assert "spill stores" in res.stderr and " 0 bytes spill stores" in res.stderr
+    assert "bytes spill stores" not in res.stderr.replace(" 0 bytes spill stores", "")
+    # ptxas says so when it has to serialize wgmma (e.g. accumulators it cannot keep in place)
+    assert "wgmma" not in res.stderr.lower(), res.stderr
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (CUDA toolkit or triton's bundled copy)")
+    sass = subprocess.run([tool, "--dump-sass", str(cubin)], capture_output=True, text=True).stdout
+    # fp16 is the default input type: its SASS name carries no suffix
+    assert "HGMMA.64x64x16.F32" in sass
+    assert ("HGMMA.64x64x16.F32.BF16" in sass) == (dtype == torch.bfloat16)
+    assert "WARPGROUP.ARRIVE" in sass and "WARPGROUP.DEPBAR" in sass  # wgmma.fence, wait_group
+    assert "FENCE.VIEW.ASYNC.S" in sass  # fence.proxy.async.shared::cta
+    assert "LDGSTS.E.BYPASS.128" in sass
+
+
+def test_wgmma_probe_builds_with_nvrtc_for_sm90a():
+    """The probe through NVRTC with --gpu-architecture=sm_90a, as scripts/gpu_wgmma_probe.py
+    builds it on the GPU (no system header, a cubin comes back)."""
+    compiler, why = _nvrtc_compile()
+    if compiler is None:
+        pytest.skip(why)
+    from stbench.kernels.cupy import wgmma_probe
+
+    assert "#include" not in wgmma_probe.source()
+    for dtype in (torch.bfloat16, torch.float16):
+        prog = compiler._NVRTCProgram(wgmma_probe.source(), "probe.cu", method="cubin")
+        cubin, _ = prog.compile(wgmma_probe.nvrtc_options(dtype))
+        assert cubin[:4] == b"\x7fELF"

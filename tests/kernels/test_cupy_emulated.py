@@ -212,3 +212,23 @@ def test_delta_kernel_matches_torch_rowsum(family, dtype, d, gen):
     want = backend.row_delta(dout, out)
     assert got.dtype == torch.float32 and got.shape == (3, 5, 7)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the wgmma probe (sm_90a)
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "fp16"])
+def test_wgmma_probe_kernels_under_the_emulator(dtype):
+    """The probe kernels of scripts/gpu_wgmma_probe.py (probes/st_wgmma_probe.cu), emulated:
+    every case that follows this project's reading of the PTX ISA matches torch (S = Q K^T with
+    both operands K-major, A V with V MN-major from shared memory and with A in registers, and
+    the S accumulators repacked as the A fragment of P V), and the LBO / SBO-swapped controls
+    do not. This checks the kernels' bookkeeping against the emulator's reading
+    (st_wgmma_emu.cuh), NOT the reading against the hardware: that is the GPU probe's job."""
+    from stbench.kernels.cupy import wgmma_probe
+
+    a, b, c = wgmma_probe.inputs(dtype, seed=1)
+    rows = []
+    for case in wgmma_probe.CASES:
+        d, d2 = emulate.run_wgmma_probe(case, a, b, c)
+        rows.append(wgmma_probe.judge(case, a, b, c, d, d2))
+        assert rows[-1]["match"] == case.follows_reading, rows[-1]
+    assert wgmma_probe.verdict(rows) == "reading confirmed"
