@@ -8,7 +8,7 @@
 # sanitize_triton, sanitize_cupy, racecheck_cupy, profile, replay, paperbwd, gputests,
 # fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse, fwdvar_st_mix, fwdvar_local,
 # fwdvar_strided, fwdvar_scale, fwdvar_cupy, fwdvar_cupy_bwd, fwdvar_paper), sanitize_cupy_tiles, memcheck_tma, sweep_large, sweep_small,
-# sweep_tc_a .. sweep_tc_d,
+# sweep_tc_a .. sweep_tc_d, wgmma_probe,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -283,6 +283,10 @@ job_memcheck_tma() {  # issue 3: memcheck over the TMA forward's GPU tests
     step 100 warm_tma python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py -k "$sel"
     step 300 memcheck_tma compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
         python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py -k "$sel"
+}
+
+job_wgmma_probe() {  # issue 4: do the wgmma descriptor / fragment conventions hold (kernels/cupy/NOTES.md)
+    step 120 wgmma_probe python3 scripts/gpu_wgmma_probe.py --out "$1/wgmma_probe.jsonl"
 }
 
 job_gputests() {  # every GPU-marked test (pytest-xdist carried as wheels in .carry/wheels)
