@@ -1,7 +1,7 @@
 // st_wgmma_probe.cu: single-warpgroup kernels that check this project's reading of wgmma
 // (sm_90a) against torch, one 64 x 64 x 64 product each: the operand layouts the wgmma
 // attention forward needs. Run by scripts/gpu_wgmma_probe.py (GPU) and
-// tests/kernels/test_cupy_wgmma_emulated.py (CPU emulation of the same source).
+// tests/kernels/test_cupy_emulated.py (CPU emulation of the same source).
 //
 // Compiled with ST_DTYPE = 2 (bf16) or 1 (fp16), HEAD_DIM = 64, LAYOUT_BLOCK = 64; launched as
 // one CTA of 128 threads (one warpgroup). Every operand is a row-major 64 x 64 tile in global
@@ -64,19 +64,29 @@ __device__ __forceinline__ void store_d(float* out, const float* acc) {
   }
 }
 
-// S = A B^T over the four k-steps of d (both K-major); accumulate = 0 on the first step
-__device__ __forceinline__ void ss_k(float* acc, const elem_t* sA, const elem_t* sB, int lbo_a,
-                                     int sbo_a, int lbo_b, int sbo_b) {
+// One batch of wgmma into a fresh accumulator: acc = 0, ``issue()`` (the wgmma of every
+// k-step), then wait until the batch has completed; the operand fences keep the compiler from
+// moving accumulator reads or writes across it.
+template <typename Issue>
+__device__ __forceinline__ void wg_batch(float* acc, Issue issue) {
   zero(acc);
   fence_operands(acc);
-  wg_fence();
-#pragma unroll
-  for (int s = 0; s < HEAD_DIM / 16; ++s)
-    wg_mma_ss<0, 0>(acc, wg_desc(wg_kmajor_step(sA, s), lbo_a, sbo_a),
-                    wg_desc(wg_kmajor_step(sB, s), lbo_b, sbo_b), s > 0);
+  wg_fence();  // also orders A registers written by ordinary instructions before the wgmma
+  issue();
   wg_commit();
   wg_wait<0>();
   fence_operands(acc);
+}
+
+// S = A B^T over the four k-steps of d (both K-major)
+__device__ __forceinline__ void ss_k(float* acc, const elem_t* sA, const elem_t* sB, int lbo_a,
+                                     int sbo_a, int lbo_b, int sbo_b) {
+  wg_batch(acc, [&] {
+#pragma unroll
+    for (int s = 0; s < HEAD_DIM / 16; ++s)
+      wg_mma_ss<0, 0>(acc, wg_desc(wg_kmajor_step(sA, s), lbo_a, sbo_a),
+                      wg_desc(wg_kmajor_step(sB, s), lbo_b, sbo_b), s > 0);  // scale-d 0 first
+  });
 }
 
 }  // namespace
@@ -103,16 +113,12 @@ wg_probe_ss_mn(const elem_t* a, const elem_t* b, const elem_t* c, float* d, floa
   fill_tile(sB, b);
   tiles_ready();
   float acc[32];
-  zero(acc);
-  fence_operands(acc);
-  wg_fence();
+  wg_batch(acc, [&] {
 #pragma unroll
-  for (int s = 0; s < 4; ++s)
-    wg_mma_ss<0, 1>(acc, wg_desc(wg_kmajor_step(sA, s), lbo_a, sbo_a),
-                    wg_desc(wg_mnmajor_step(sB, s), lbo_b, sbo_b), 1);
-  wg_commit();
-  wg_wait<0>();
-  fence_operands(acc);
+    for (int s = 0; s < 4; ++s)
+      wg_mma_ss<0, 1>(acc, wg_desc(wg_kmajor_step(sA, s), lbo_a, sbo_a),
+                      wg_desc(wg_mnmajor_step(sB, s), lbo_b, sbo_b), 1);
+  });
   store_d(d, acc);
 }
 
@@ -136,15 +142,11 @@ wg_probe_rs_mn(const elem_t* a, const elem_t* b, const elem_t* c, float* d, floa
     fa[s][3] = *reinterpret_cast<const unsigned*>(row1 + col + 8);
   }
   float acc[32];
-  zero(acc);
-  fence_operands(acc);
-  wg_fence();
+  wg_batch(acc, [&] {
 #pragma unroll
-  for (int s = 0; s < 4; ++s)
-    wg_mma_rs<1>(acc, fa[s], wg_desc(wg_mnmajor_step(sB, s), lbo_b, sbo_b), 1);
-  wg_commit();
-  wg_wait<0>();
-  fence_operands(acc);
+    for (int s = 0; s < 4; ++s)
+      wg_mma_rs<1>(acc, fa[s], wg_desc(wg_mnmajor_step(sB, s), lbo_b, sbo_b), 1);
+  });
   store_d(d, acc);
 }
 
@@ -170,14 +172,10 @@ wg_probe_chain(const elem_t* a, const elem_t* b, const elem_t* c, float* d, floa
 #pragma unroll
     for (int r = 0; r < 4; ++r) pa[j][r] = pack2(sacc[8 * j + 2 * r], sacc[8 * j + 2 * r + 1]);
   float acc[32];
-  zero(acc);
-  fence_operands(acc);
-  wg_fence();  // A registers (pa) were written by ordinary instructions
+  wg_batch(acc, [&] {
 #pragma unroll
-  for (int j = 0; j < 4; ++j)
-    wg_mma_rs<1>(acc, pa[j], wg_desc(wg_mnmajor_step(sC, j), sbo_b, lbo_b), j > 0);
-  wg_commit();
-  wg_wait<0>();
-  fence_operands(acc);
+    for (int j = 0; j < 4; ++j)
+      wg_mma_rs<1>(acc, pa[j], wg_desc(wg_mnmajor_step(sC, j), sbo_b, lbo_b), j > 0);
+  });
   store_d(d2, acc);
 }
