@@ -10,6 +10,9 @@ Kernels (this folder's ``.cu`` files, compiled by NVRTC, see ``compile.py``):
   the forward, per 16 rows in the backward.
 - ``scalar``: plain fp32 FMA, any of float32 / float16 / bfloat16, head dim up to 128; the
   float32 path and the simple cross-check of the tensor-core kernels.
+- ``wgmma`` (by config only, not in ``config_space``: unverified on a GPU): the forward on
+  Hopper's warpgroup MMA (``st_fwd_wgmma.cu``, sm_90a, compute capability 9.0), 16-bit inputs,
+  head dim 64, one warpgroup per 64 query rows, 64 keys per step; the backward is ``mma``'s.
 
 Both read the shared device plan (``stbench.layouts.plan_for``) and fold the strided transpose's
 permutation into their row indexing, so q, k, v, out and the gradients stay in original token
@@ -46,6 +49,12 @@ from .compile import (
 LOG2E = 1.4426950408889634  # exp(x) = exp2(x * LOG2E): the kernels work in base 2
 MMA_MIN_CAPABILITY = (8, 0)  # mma.sync with bf16 and cvt.rn.bf16x2 need sm_80
 MMA_TILES = (16, 32, 64, 128)
+# the wgmma forward (st_fwd_wgmma.cu): sm_90a code runs on compute capability 9.0 only; its
+# m64n64k16 products fix the head dim and both tiles at 64, one warpgroup (128 threads) a CTA
+WGMMA_CAPABILITY = (9, 0)
+WGMMA_HEAD_DIM = 64
+WGMMA_TILE = 64
+WGMMA_THREADS = 128
 INSTALL_HINT = "pip install 'stbench[cupy]' (the cupy-cuda13x wheel; cupy-cuda12x for CUDA 12)"
 
 
@@ -124,7 +133,9 @@ def config_space(layout: Layout, head_dim: int, dtype: torch.dtype) -> list[dict
     Warps per CTA: BLOCK_M / WARP_M forward, BLOCK_M / 16 backward. The default comes first:
     the tuner's local search starts from the first candidate of each layout block (session 5's
     sweep started from 16 x 16 tiles, the slowest, and picked 26.7 ms for causal N = 65536
-    where 128 x 64 tiles at 32 rows per warp run 18.5 ms)."""
+    where 128 x 64 tiles at 32 rows per warp run 18.5 ms). ``{"kernel": "wgmma"}`` is left
+    out until a GPU has run scripts/gpu_wgmma_probe.py and checked it against dense
+    (kernels/cupy/NOTES.md, "wgmma forward"); it can be asked for by config."""
     space = []
     if mma_possible(head_dim, dtype):
         space.append(_default_mma(layout.block, head_dim))
@@ -166,8 +177,10 @@ def resolve_config(config: dict | None, block: int, head_dim: int, dtype: torch.
         if unknown:
             raise ValueError(f"config keys {sorted(unknown)} do not apply to kernel 'scalar'")
         return {"kernel": "scalar"}
+    if kernel == "wgmma":
+        return _resolve_wgmma(config, block, head_dim, dtype, capability)
     if kernel != "mma":
-        raise ValueError(f"config['kernel']={kernel!r}: use 'mma' or 'scalar'")
+        raise ValueError(f"config['kernel']={kernel!r}: use 'mma', 'scalar' or 'wgmma'")
     if not mma_ok:
         raise BackendUnavailable(
             f"the tensor-core kernel needs float16/bfloat16, head dim a multiple of 16 up to "
@@ -197,6 +210,38 @@ def resolve_config(config: dict | None, block: int, head_dim: int, dtype: torch.
             f"unknown config keys {sorted(unknown)}: use kernel, BLOCK_M, BLOCK_N, WARP_M"
         )
     return out
+
+
+def _resolve_wgmma(config: dict, block: int, head_dim: int, dtype: torch.dtype,
+                   capability: tuple[int, int]) -> dict:
+    """The validated ``{"kernel": "wgmma"}`` config: its tiles are fixed, so BLOCK_M / BLOCK_N
+    may be given only as WGMMA_TILE."""
+    if dtype not in (torch.float16, torch.bfloat16) or head_dim != WGMMA_HEAD_DIM:
+        raise BackendUnavailable(
+            f"the wgmma kernel needs float16/bfloat16 and head dim {WGMMA_HEAD_DIM}; got {dtype}, "
+            f"head dim {head_dim}: use config={{'kernel': 'mma'}}"
+        )
+    if tuple(capability) != WGMMA_CAPABILITY:
+        raise BackendUnavailable(
+            f"the wgmma kernel is sm_90a code, which runs on compute capability "
+            f"{WGMMA_CAPABILITY[0]}.{WGMMA_CAPABILITY[1]} (H100 / H200) only; this GPU is "
+            f"{capability[0]}.{capability[1]}: use config={{'kernel': 'mma'}}"
+        )
+    if block % WGMMA_TILE:
+        raise ValueError(
+            f"the wgmma kernel's {WGMMA_TILE} x {WGMMA_TILE} tiles need a layout block that is a "
+            f"multiple of {WGMMA_TILE}, got {block}: re-block the layout or use "
+            "config={'kernel': 'mma'}"
+        )
+    for key in ("BLOCK_M", "BLOCK_N"):
+        if config.get(key, WGMMA_TILE) != WGMMA_TILE:
+            raise ValueError(f"config[{key!r}]={config[key]!r}: the wgmma kernel's tiles are "
+                             f"fixed at {WGMMA_TILE}; leave {key} out")
+    unknown = set(config) - {"kernel", "BLOCK_M", "BLOCK_N"}
+    if unknown:
+        raise ValueError(f"config keys {sorted(unknown)} do not apply to kernel 'wgmma': "
+                         "use kernel (and BLOCK_M / BLOCK_N = 64)")
+    return {"kernel": "wgmma", "BLOCK_M": WGMMA_TILE, "BLOCK_N": WGMMA_TILE}
 
 
 # ------------------------------------------------------------------ launching
@@ -240,8 +285,11 @@ def variants_for(cfg: dict, dtype: torch.dtype, head_dim: int, block: int, permu
         v = Variant("scalar", code, head_dim, block, 0, 0, permuted, partial)
         return v, v
     m, n = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    return (Variant("fwd_mma", code, head_dim, block, m, n, permuted, partial,
-                    cfg.get("WARP_M", 16) // 16),
+    fwd = (Variant("fwd_wgmma", code, head_dim, block, m, n, permuted, partial)
+           if cfg["kernel"] == "wgmma" else
+           Variant("fwd_mma", code, head_dim, block, m, n, permuted, partial,
+                   cfg.get("WARP_M", 16) // 16))
+    return (fwd,
             Variant("bwd_mma", code, head_dim, block, m, min(n, bwd_max_block_n(head_dim)),
                     permuted, partial))
 
@@ -251,7 +299,8 @@ MAX_GRID_Y = 65535  # CUDA's limit on gridDim.y, which runs over batch x heads
 
 def launch_geometry(cfg: dict, n_ctx: int, bh: int) -> tuple[tuple, tuple, tuple]:
     """(grid, forward block, backward block) of ``cfg``'s kernels: grid x over row tiles, y over
-    batch x heads; a block has a warp per WARP_M rows (forward) or per 16 rows (backward)."""
+    batch x heads; a block has a warp per WARP_M rows (forward; wgmma: one warpgroup) or per
+    16 rows (backward)."""
     if bh > MAX_GRID_Y:
         raise ValueError(
             f"batch x heads = {bh} exceeds {MAX_GRID_Y} (CUDA's grid y limit): split the batch"
@@ -260,8 +309,8 @@ def launch_geometry(cfg: dict, n_ctx: int, bh: int) -> tuple[tuple, tuple, tuple
         threads = (SCALAR_ROWS * 32, 1, 1)
         return (n_ctx // SCALAR_ROWS, bh, 1), threads, threads
     m = cfg["BLOCK_M"]
-    return ((n_ctx // m, bh, 1), ((m // cfg.get("WARP_M", 16)) * 32, 1, 1),
-            ((m // 16) * 32, 1, 1))
+    fwd_threads = WGMMA_THREADS if cfg["kernel"] == "wgmma" else (m // cfg.get("WARP_M", 16)) * 32
+    return (n_ctx // m, bh, 1), (fwd_threads, 1, 1), ((m // 16) * 32, 1, 1)
 
 
 # The kernels' view of the plan: field -> element type of its pointer argument
@@ -287,7 +336,7 @@ def plan_args(plan: Plan, arr) -> tuple[list, list]:
 
 
 def fwd_args(arr, q, k, v, out, lse, fwd_plan, ints, scale_log2) -> tuple:
-    """Arguments of st_fwd_mma / st_fwd_scalar, in their order."""
+    """Arguments of st_fwd_mma / st_fwd_wgmma / st_fwd_scalar, in their order."""
     return (arr(q), arr(k), arr(v), arr(out), arr(lse), *fwd_plan, *ints, scale_log2)
 
 
@@ -323,6 +372,7 @@ def delta_args(arr, dout, out, delta, rows) -> tuple:
 KERNEL_NAMES = {
     "mma": ("st_fwd_mma", "st_bwd_dq", "st_bwd_dkv"),
     "scalar": ("st_fwd_scalar", "st_bwd_dq_scalar", "st_bwd_dkv_scalar"),
+    "wgmma": ("st_fwd_wgmma", "st_bwd_dq", "st_bwd_dkv"),  # the mma.sync backward
 }
 
 

@@ -34,10 +34,15 @@ DTYPE_NAMES = {0: "fp32", 1: "fp16", 2: "bf16"}
 # kernel family -> (file, kernel names in it)
 FILES = {
     "fwd_mma": ("st_fwd_mma.cu", ("st_fwd_mma",)),
+    "fwd_wgmma": ("st_fwd_wgmma.cu", ("st_fwd_wgmma",)),
     "bwd_mma": ("st_bwd_mma.cu", ("st_bwd_dq", "st_bwd_dkv", "st_bwd_delta")),
     "scalar": ("st_scalar.cu", ("st_fwd_scalar", "st_bwd_dq_scalar", "st_bwd_dkv_scalar",
                                 "st_bwd_delta")),
 }
+# kernel family -> the architecture it must be compiled for, where it needs one (wgmma exists
+# only on the arch-specific target sm_90a, whose code runs on compute capability 9.0 alone);
+# other families build for the device's own architecture (CuPy picks it)
+ARCH = {"fwd_wgmma": "sm_90a"}
 SCALAR_ROWS = 8  # SC_ROWS in st_scalar.cu: rows (warps) per CTA of the scalar kernels
 DELTA_ROWS = 8  # ST_DELTA_ROWS in st_delta.cuh: rows (warps) per CTA of st_bwd_delta
 MMA_MAX_HEAD_DIM = 128  # registers: Q and O fragments take 3 * HEAD_DIM / 4 words per thread
@@ -66,12 +71,20 @@ class Variant:
             raise ValueError(f"dtype_code={self.dtype_code}: use 0 (fp32), 1 (fp16), 2 (bf16)")
         if self.family != "scalar" and self.dtype_code == 0:
             raise ValueError("the tensor-core kernels take fp16 / bf16; fp32 uses family 'scalar'")
+        wgmma_shape = (self.head_dim, self.block_m, self.block_n)
+        if self.family == "fwd_wgmma" and wgmma_shape != (64, 64, 64):
+            raise ValueError("the wgmma forward is compiled for head dim 64 and 64 x 64 tiles only")
         if self.m_tiles != 1 and self.family != "fwd_mma":
             raise ValueError(f"m_tiles={self.m_tiles}: only the forward kernel takes m_tiles > 1")
 
     @property
     def path(self) -> Path:
         return KERNEL_DIR / FILES[self.family][0]
+
+    @property
+    def arch(self) -> str | None:
+        """The architecture this variant must be compiled for (None: the device's own)."""
+        return ARCH.get(self.family)
 
     @property
     def kernel_names(self) -> tuple[str, ...]:
@@ -92,8 +105,12 @@ class Variant:
         return tuple(d)
 
     def options(self) -> tuple[str, ...]:
-        """NVRTC options (CuPy adds the architecture)."""
-        return ("-std=c++17",) + tuple(f"-D{d}" for d in self.defines())
+        """NVRTC options. CuPy appends the device's ``-arch=sm_XY``; a variant with an ``arch``
+        names it here too, and NVRTC 13 then builds for the arch-specific target
+        (tests/kernels/test_cupy_compile.py: the wgmma forward compiles with CuPy's options
+        appended, which it could not on plain sm_90)."""
+        arch = (f"--gpu-architecture={self.arch}",) if self.arch else ()
+        return ("-std=c++17", *arch) + tuple(f"-D{d}" for d in self.defines())
 
     def source(self, swap: tuple[tuple[str, str], ...] = ()) -> str:
         return read_source(self.path.name, swap)
@@ -137,10 +154,11 @@ def _read_source(filename: str, swap: tuple[tuple[str, str], ...]) -> str:
     return expand(filename)
 
 
-def nvcc_command(variant: Variant, src_path: str, out_path: str, arch: str = "sm_90",
+def nvcc_command(variant: Variant, src_path: str, out_path: str, arch: str | None = None,
                  extra: tuple[str, ...] = ()) -> list[str]:
     """The nvcc command that compiles ``variant``'s pasted source (written to ``src_path``) to a
-    cubin, with the same defines NVRTC gets."""
+    cubin, with the same defines NVRTC gets; ``arch``: the variant's own, else sm_90 (H200)."""
+    arch = arch or variant.arch or "sm_90"
     return [
         "nvcc", f"-arch={arch}", "-std=c++17", "-cubin", "-o", out_path,
         *(f"-D{d}" for d in variant.defines()), *extra, src_path,

@@ -43,6 +43,7 @@
 #define ST_STATIC_SMEM 49152  // bytes of static __shared__ a kernel may declare
 #define KV_STAGES ((2 * 2 * BLOCK_N * SROW * 2 <= ST_STATIC_SMEM) ? 2 : 1)
 #include "st_mma_tiles.cuh"
+#include "st_online_softmax.cuh"
 
 static_assert(HEAD_DIM % 16 == 0, "HEAD_DIM must be a multiple of 16");
 static_assert(BLOCK_M % (16 * M_TILES) == 0 && LAYOUT_BLOCK % BLOCK_M == 0,
@@ -161,17 +162,8 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
         mx[1] = fmaxf(mx[1], fmaxf(s[m][nt][2], s[m][nt][3]));
       }
       float mu[2], alpha[2], ls[2] = {0.f, 0.f};
-      bool grew = false;
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        const float mn = fmaxf(m_run[m][hf], quad_max(mx[hf]) * scale_log2);
-        // a row with nothing allowed so far keeps m = -inf; subtract 0 then, not (-inf) - (-inf)
-        mu[hf] = (mn == neg_inf()) ? 0.f : mn;
-        // an unchanged max rescales by exactly 1 (m - m = 0), written out so that O may skip it
-        alpha[hf] = mn > m_run[m][hf] ? fast_exp2(m_run[m][hf] - mu[hf]) : 1.f;
-        grew |= mn > m_run[m][hf];
-        m_run[m][hf] = mn;
-      }
+      // an unchanged max rescales by exactly 1, so that O may skip it
+      const bool grew = online_max(m_run[m], mx, scale_log2, mu, alpha);
 #pragma unroll
       for (int nt = 0; nt < BLOCK_N / 8; ++nt) {
 #pragma unroll
@@ -219,17 +211,14 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   for (int m = 0; m < M_TILES; ++m) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      const float l = quad_sum(l_run[m][hf]);
-      const float inv = l > 0.f ? 1.f / l : 0.f;
       const int tok = token(prow, q0 + r[m][hf]);
+      const float inv = finish_row(l_run[m][hf], m_run[m][hf], t, lse + (long long)bh * N + tok);
       elem_t* orow = out + base + (long long)tok * HEAD_DIM;
 #pragma unroll
       for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
         *reinterpret_cast<unsigned*>(orow + dt * 8 + 2 * t) =
             pack2(o[m][dt][2 * hf] * inv, o[m][dt][2 * hf + 1] * inv);
       }
-      if (t == 0)
-        lse[(long long)bh * N + tok] = l > 0.f ? m_run[m][hf] + fast_log2(l) : neg_inf();
     }
   }
 }

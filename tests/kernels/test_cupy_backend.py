@@ -76,7 +76,7 @@ def test_float32_and_odd_head_dims_use_the_scalar_kernel():
     [
         ({"kernel": "mma", "BLOCK_M": 128}, "BLOCK_M"),
         ({"kernel": "mma", "BLOCK_N": 24}, "BLOCK_N"),
-        ({"kernel": "wgmma"}, "kernel"),
+        ({"kernel": "tma"}, "kernel"),
         ({"kernel": "mma", "num_warps": 4}, "unknown config keys"),
         ({"kernel": "scalar", "BLOCK_M": 16}, "do not apply"),
         ({"kernel": "mma", "BLOCK_M": 16, "WARP_M": 32}, "WARP_M"),
@@ -101,6 +101,34 @@ def test_mma_on_float32_is_refused_with_the_fix():
         backend.resolve_config({"kernel": "mma"}, 64, 64, torch.float32)
     with pytest.raises(BackendUnavailable, match="head dim"):
         backend.resolve_config(None, 64, 256, torch.float32)
+
+
+def test_wgmma_config_is_validated_with_the_fix():
+    """{"kernel": "wgmma"}: by config only (not in config_space until a GPU has checked it),
+    64 x 64 tiles fixed, 16-bit inputs, head dim 64, compute capability 9.0 (sm_90a code)."""
+    h100 = backend.WGMMA_CAPABILITY
+    want = {"kernel": "wgmma", "BLOCK_M": 64, "BLOCK_N": 64}
+    for block in (64, 128):
+        assert backend.resolve_config({"kernel": "wgmma"}, block, 64, torch.bfloat16, h100) == want
+        assert backend.resolve_config(want, block, 64, torch.float16, h100) == want
+        lay = causal(512, block=block, heads=1)
+        assert all(c["kernel"] != "wgmma" for c in backend.config_space(lay, 64, torch.float16))
+    fwd, bwd = backend.variants_for(want, torch.bfloat16, 64, 128, True, False)
+    assert (fwd.family, fwd.arch, bwd.family, bwd.arch) == ("fwd_wgmma", "sm_90a", "bwd_mma", None)
+    assert "--gpu-architecture=sm_90a" in fwd.options()
+    assert backend.launch_geometry(want, 512, 6) == ((8, 6, 1), (128, 1, 1), (128, 1, 1))
+    with pytest.raises(ValueError, match="BLOCK_N"):
+        backend.resolve_config({"kernel": "wgmma", "BLOCK_N": 128}, 128, 64, torch.float16, h100)
+    with pytest.raises(ValueError, match="WARP_M"):
+        backend.resolve_config({"kernel": "wgmma", "WARP_M": 16}, 64, 64, torch.float16, h100)
+    with pytest.raises(ValueError, match="layout block"):
+        backend.resolve_config({"kernel": "wgmma"}, 32, 64, torch.float16, h100)
+    for dtype, d, cap, match in ((torch.float32, 64, h100, "float16"),
+                                 (torch.float16, 128, h100, "head dim 64"),
+                                 (torch.float16, 64, (8, 0), "compute capability 9.0"),
+                                 (torch.float16, 64, (10, 0), "compute capability 9.0")):
+        with pytest.raises(BackendUnavailable, match=match):
+            backend.resolve_config({"kernel": "wgmma"}, 64, d, dtype, cap)
 
 
 def test_every_layout_case_builds():
@@ -167,6 +195,21 @@ def test_every_tile_config_matches_reference(layout_name, dtype, head_dim, compi
     lay = LAYOUT_CASES[layout_name](512, 2)
     for cfg in backend.config_space(lay, head_dim, dtype) + [{"kernel": "scalar"}]:
         _assert_ok(check_case(layout_name, dtype, head_dim, cfg))
+
+
+WGMMA_LAYOUTS = ["causal_b64", "causal_b128", "block_mask_b64"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout_name", WGMMA_LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16],
+                         ids=lambda d: str(d).removeprefix("torch."))
+def test_wgmma_forward_matches_reference(layout_name, dtype):
+    """The wgmma forward (sm_90a, compute capability 9.0 only) and the mma.sync backward on
+    its lse against dense; run after scripts/gpu_wgmma_probe.py says 'reading confirmed'."""
+    if torch.cuda.get_device_capability() != backend.WGMMA_CAPABILITY:
+        pytest.skip("the wgmma kernel runs on compute capability 9.0 only")
+    _assert_ok(check_case(layout_name, dtype, 64, {"kernel": "wgmma"}))
 
 
 @pytest.mark.gpu

@@ -1,15 +1,18 @@
 """The CuPy backend's CUDA sources build for sm_90, on the CPU, with the defines the backend uses.
 
 Variants come from the backend's own ``config_space`` and ``variants_for`` (the default, the
-smallest and the last tile configuration, scalar kernel), over dtypes, head dims, blocks and the plan flags (permutation,
-partial blocks), so what compiles here is what NVRTC compiles on the GPU. nvcc runs 2 at a time;
-about 25 s on 2 cores. Skipped, with the reason, where nvcc is absent. Where NVRTC is loadable
-through CuPy (no GPU needed) the same source also goes through NVRTC, the GPU's compiler.
+smallest and the last tile configuration, scalar kernel), over dtypes, head dims, blocks and the
+plan flags (permutation, partial blocks), plus the wgmma forward (``{"kernel": "wgmma"}``,
+outside ``config_space`` until a GPU has checked it; built for sm_90a), so what compiles here is
+what NVRTC compiles on the GPU. nvcc runs 2 at a time; about 25 s on 2 cores. Skipped, with
+the reason, where nvcc is absent. Where NVRTC is loadable through CuPy (no GPU needed) the same
+source also goes through NVRTC, the GPU's compiler.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -50,9 +53,17 @@ def _cases() -> list[Variant]:
             for v in backend.variants_for(cfg, dtype, d, block, perm, partial):
                 if v not in out:
                     out.append(v)
+    # the wgmma forward is not in config_space (unverified on a GPU): its variants by config
+    for dtype, block, perm, partial in ((torch.bfloat16, 64, True, True),
+                                        (torch.float16, 128, False, False)):
+        cfg = backend.resolve_config(WGMMA, block, 64, dtype, backend.WGMMA_CAPABILITY)
+        for v in backend.variants_for(cfg, dtype, 64, block, perm, partial):
+            if v not in out:
+                out.append(v)
     return out
 
 
+WGMMA = {"kernel": "wgmma"}
 VARIANTS = _cases()
 
 
@@ -131,6 +142,43 @@ def _nvrtc_compile():
     return compiler, None
 
 
+@needs_nvcc
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_wgmma_forward_builds_for_sm90a(dtype, tmp_path):
+    """st_fwd_wgmma.cu (the variant with every plan feature: permutation, partial blocks) builds
+    with nvcc for sm_90a, its own architecture; no spills, no ptxas note that it serialized the
+    wgmma; registers within what keeps 3 CTAs (12 warps) per SM (65536 / (3 x 128) = 170; 94
+    for this variant at session 5's end, 94-115 over blocks 64 / 128 and the plan flags). The
+    SASS holds the warpgroup MMA (4 HGMMA 64x64x16 for S = Q K^T, 4 for O += P V), its fences,
+    the proxy fence and the 16-byte cp.async."""
+    from stbench.kernels.cupy import backend as be
+
+    cfg = be.resolve_config(WGMMA, 64, 64, dtype, be.WGMMA_CAPABILITY)
+    v, _ = be.variants_for(cfg, dtype, 64, 64, True, True)
+    assert v.arch == "sm_90a"
+    src = tmp_path / "k.cu"
+    src.write_text(v.source())
+    cubin = tmp_path / "k.cubin"
+    res = subprocess.run(nvcc_command(v, str(src), str(cubin), extra=("-Xptxas", "-v")),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Compiling entry function 'st_fwd_wgmma' for 'sm_90a'" in res.stderr
+    assert " 0 bytes spill stores" in res.stderr, res.stderr
+    # ptxas's note when it serializes wgmma ("wgmma.mma_async instructions are serialized")
+    assert "serialized" not in res.stderr and "wgmma.mma_async" not in res.stderr, res.stderr
+    regs = int(re.search(r"Used (\d+) registers", res.stderr).group(1))
+    print(f"st_fwd_wgmma {v.label()}: {regs} registers")  # pytest -s shows it
+    assert regs <= 170, res.stderr
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("cuobjdump not found (CUDA toolkit or triton's bundled copy)")
+    sass = subprocess.run([tool, "--dump-sass", str(cubin)], capture_output=True, text=True).stdout
+    hgmma = "HGMMA.64x64x16.F32.BF16" if dtype == torch.bfloat16 else "HGMMA.64x64x16.F32 "
+    assert sass.count(hgmma) == 8, sass.count(hgmma)
+    assert "WARPGROUP.ARRIVE" in sass and "WARPGROUP.DEPBAR" in sass
+    assert "FENCE.VIEW.ASYNC.S" in sass and "LDGSTS.E.BYPASS.128" in sass
+
+
 def test_nvrtc_builds_a_variant_per_file():
     compiler, why = _nvrtc_compile()
     if compiler is None:
@@ -142,6 +190,24 @@ def test_nvrtc_builds_a_variant_per_file():
     ):
         prog = compiler._NVRTCProgram(v.source(), "k.cu", (), ())
         prog.compile(v.options() + ("-ftz=true", "--gpu-architecture=sm_90"))  # as CuPy adds
+
+
+def test_nvrtc_builds_the_wgmma_forward_with_cupys_options():
+    """The wgmma variant's options name sm_90a; CuPy's RawModule appends the device's
+    ``-arch=sm_90`` (and -ftz, --device-as-default-execution-space). NVRTC 13 must still build
+    for sm_90a: wgmma does not assemble for plain sm_90, so a cubin coming back shows it did."""
+    compiler, why = _nvrtc_compile()
+    if compiler is None:
+        pytest.skip(why)
+    v = Variant("fwd_wgmma", 2, 64, 64, 64, 64, True, True)
+    assert "--gpu-architecture=sm_90a" in v.options()
+    cupy_adds = ("-ftz=true", "-arch=sm_90", "--device-as-default-execution-space")
+    prog = compiler._NVRTCProgram(v.source(), "k.cu", method="cubin")
+    cubin, _ = prog.compile(v.options() + cupy_adds)
+    assert cubin[:4] == b"\x7fELF"
+    plain = tuple(o for o in v.options() if "sm_90a" not in o)
+    with pytest.raises(Exception, match="wgmma"):
+        compiler._NVRTCProgram(v.source(), "k.cu", method="cubin").compile(plain + cupy_adds)
 
 
 # ------------------------------------------------------------------ the wgmma probe (sm_90a)

@@ -3,8 +3,10 @@ the same source, inline PTX swapped for C++, one fiber per CUDA thread), against
 reference with stbench.accuracy's rule, forward and dq / dk / dv. Covers both kernel families
 (tensor-core mma, scalar), both 16-bit dtypes and float32, blocks 16..128, the permutation,
 partial bitmasks, empty rows, 1..8 warps per CTA, 16 and 32 query rows per warp, BLOCK_N = 128
-(the one-stage forward) over FULL / DIAG / PARTIAL steps in one row. Each case builds two small shared libraries
-with g++ (cached on disk) and runs in a few seconds; skipped without a C++ compiler."""
+(the one-stage forward) over FULL / DIAG / PARTIAL steps in one row; and the wgmma forward
+(sm_90a, st_fwd_wgmma.cu) on the emulator's reading of wgmma, with the mma.sync backward on its
+lse. Each case builds two small shared libraries with g++ (cached on disk) and runs in a few
+seconds; skipped without a C++ compiler."""
 
 from __future__ import annotations
 
@@ -25,18 +27,25 @@ F16, BF16, F32 = torch.float16, torch.bfloat16, torch.float32
 MMA = "mma"
 
 
-def _mixed_kinds_b128(n: int, heads: int) -> layouts.Layout:
-    """Block 128, causal token mask, n = 512: block row 3 holds FULL (3, 0), PARTIAL (3, 1)
-    (key 135 dropped from its rows), FULL (3, 2) and DIAG (3, 3) entries, so one BLOCK_N = 128
-    walk switches between the unmasked and masked step bodies; query 300 attends to nothing
-    (block row 2 all PARTIAL, an empty row beside full ones)."""
+def _mixed_kinds(n: int, heads: int, block: int) -> layouts.Layout:
+    """Causal token mask, n = 4 blocks (512 at block 128): block row 3 holds FULL (3, 0),
+    PARTIAL (3, 1) (key block + 7 dropped from its rows), FULL (3, 2) and DIAG (3, 3) entries,
+    so one walk switches between the unmasked and masked step bodies; query 2 block + 44 block /
+    128 (300 at block 128) attends to nothing (block row 2 all PARTIAL, an empty row beside
+    full ones)."""
     mask = torch.ones(heads, n, n, dtype=torch.bool).tril()
-    mask[:, 384:, 135] = False
-    mask[:, 300] = False
-    return layouts.from_token_mask(mask, block=128, name="mixed_kinds_b128")
+    mask[:, 3 * block:, block + 7] = False
+    mask[:, 2 * block + 44 * block // 128] = False
+    return layouts.from_token_mask(mask, block=block, name=f"mixed_kinds_b{block}")
 
 
-LAYOUT_CASES = {**CHECK_CASES, "mixed_kinds_b128": _mixed_kinds_b128}
+LAYOUT_CASES = {
+    **CHECK_CASES,
+    "mixed_kinds_b128": lambda n, h: _mixed_kinds(n, h, 128),
+    "mixed_kinds_b64": lambda n, h: _mixed_kinds(n, h, 64),
+    # the strided transpose at block 64 (n / stride must be a multiple of the block)
+    "strided_b64": lambda n, h: layouts.strided(n, block=64, stride=n // 64, heads=h),
+}
 
 # (layout case, n_ctx, dtype, head_dim, config)
 CASES = [
@@ -70,9 +79,14 @@ def _ids(case):
 
 @pytest.mark.parametrize("case", CASES, ids=[_ids(c) for c in CASES])
 def test_emulated_kernels_match_reference(case, gen):
-    name, n, dtype, d, cfg = case
+    _check_against_dense(*case, gen)
+
+
+def _check_against_dense(name, n, dtype, d, cfg, gen, batch=1):
+    """Forward (out, and empty rows exactly 0) and dq / dk / dv of the emulated kernels against
+    the dense reference, 2 heads."""
     lay = LAYOUT_CASES[name](n, 2)
-    shape = (1, 2, n, d)
+    shape = (batch, 2, n, d)
     q64, k64, v64, do64 = (torch.randn(shape, generator=gen, dtype=torch.float64)
                            for _ in range(4))
     scale = 1.0 / math.sqrt(d)
@@ -93,7 +107,34 @@ def test_emulated_kernels_match_reference(case, gen):
         assert ok, f"{label}: rel_err {err:.3g} > tolerance {tol:.3g}"
     empty = ~lay.token_mask().any(-1)  # [H, N]: rows with no allowed key
     if empty.any():
-        assert (out[0][empty] == 0).all() and torch.isfinite(out).all()
+        assert (out[:, empty] == 0).all() and torch.isfinite(out).all()
+        assert (lse[:, empty] == -math.inf).all()
+    assert torch.isfinite(lse[:, ~empty]).all()
+
+
+# (layout case, n_ctx, dtype, head_dim, batch): the wgmma forward (64 x 64 tiles, head dim 64)
+WGMMA = {"kernel": "wgmma"}
+WGMMA_CASES = [
+    ("causal_b64", 128, BF16, 64, 1),
+    # FULL, PARTIAL, FULL, DIAG steps in one row (masked and unmasked bodies); an empty row
+    ("mixed_kinds_b64", 256, F16, 64, 1),
+    # rows gathered and scattered through the permutation
+    ("strided_b64", 256, BF16, 64, 1),
+    # two query tiles per layout block (DIAG chunk skipping at qin0 = 64), batch 2
+    ("causal_b128", 256, F16, 64, 2),
+]
+
+
+@pytest.mark.parametrize("case", WGMMA_CASES,
+                         ids=[f"{c[0]}-N{c[1]}-{str(c[2]).removeprefix('torch.')}-B{c[4]}"
+                              for c in WGMMA_CASES])
+def test_emulated_wgmma_forward_matches_reference(case, gen):
+    """st_fwd_wgmma (SS wgmma for S = Q K^T, RS wgmma for O += P V, the online softmax on the
+    accumulator fragment) and the mma.sync backward on its lse, against dense. Shows the kernel
+    consistent with the emulator's reading of wgmma (st_wgmma_emu.cuh), not that reading
+    against the hardware: scripts/gpu_wgmma_probe.py, then the GPU check (NOTES.md)."""
+    name, n, dtype, d, batch = case
+    _check_against_dense(name, n, dtype, d, WGMMA, gen, batch=batch)
 
 
 def test_check_case_judges_the_emulated_kernels():
