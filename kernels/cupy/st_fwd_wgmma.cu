@@ -34,7 +34,7 @@
 // refilled. No overlap of one step's P V with the next step's S yet (FlashAttention-3's
 // intra-warpgroup pipelining), no swizzle (bank conflicts), no TMA.
 // Shared memory: Q 8 KB + 2 stages x (K 8 KB + V 8 KB) = 40 KB static.
-// Registers per thread: S 32 + O 32 + P 16 fragment words (ptxas: 94-115,
+// Registers per thread: S 32 + O 32 + P 16 fragment words (ptxas: 93-119,
 // tests/kernels/test_cupy_compile.py).
 #include "st_common.cuh"
 #include "st_wgmma.cuh"
@@ -57,12 +57,6 @@ static_assert(LAYOUT_BLOCK % 64 == 0, "st_fwd_wgmma.cu: the layout block must be
 using namespace st;
 
 namespace {
-
-// the accumulator's registers stay where the wgmma left them (st_wgmma_ptx.cuh)
-__device__ __forceinline__ void fence_acc(float* acc) {
-#pragma unroll
-  for (int i = 0; i < 32; ++i) wg_fence_operand(acc[i]);
-}
 
 // 64 rows (layout positions pos0 ..) of a [N, HEAD_DIM] matrix -> a tile, one cp.async per 16
 // bytes; the caller commits
@@ -113,7 +107,7 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   int e = e_begin, kc = 0, stage = 0;
   step_advance(e, kc, e_end, col_kind, qin0, false, true);
   // Q and the first step's K in one commit group, its V in the next
-  int kpos = e < e_end ? col_idx[e] * LAYOUT_BLOCK + kc : 0;  // layout position of key kc
+  const int kpos = e < e_end ? col_idx[e] * LAYOUT_BLOCK + kc : 0;  // position of key kc
   if (e < e_end) {
     load_rows(sQ, q + base, prow, q0, tid);
     load_rows(sK[0], kbase, prow, kpos, tid);
@@ -140,15 +134,13 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     float s[32];
 #pragma unroll
     for (int i = 0; i < 32; ++i) s[i] = 0.f;
-    fence_acc(s);
-    wg_fence();
+    wg_run(s, [&] {
 #pragma unroll
-    for (int j = 0; j < HEAD_DIM / 16; ++j)
-      wg_mma_ss<0, 0>(s, wg_desc(wg_kmajor_step(sQ, j), WG_KMAJOR_LBO, WG_KMAJOR_SBO),
-                      wg_desc(wg_kmajor_step(sK[stage], j), WG_KMAJOR_LBO, WG_KMAJOR_SBO), j > 0);
-    wg_commit();
-    wg_wait<0>();
-    fence_acc(s);
+      for (int j = 0; j < HEAD_DIM / 16; ++j)
+        wg_mma_ss<0, 0>(s, wg_desc(wg_kmajor_step(sQ, j), WG_KMAJOR_LBO, WG_KMAJOR_SBO),
+                        wg_desc(wg_kmajor_step(sK[stage], j), WG_KMAJOR_LBO, WG_KMAJOR_SBO),
+                        j > 0);
+    });
 
     // the mask, on masked steps only (uniform per warp and step)
     if (step_masked(kind, kc, wrow_lo, wrow_hi, false)) {
@@ -191,19 +183,16 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     cp_async_wait<2>();   // this step's V has landed (the next step's K, V may still fly)
     fence_proxy_async();
     __syncthreads();
-    // O += P V: V MN-major (d contiguous), k-step j = keys 16j .. 16j + 15
-    fence_acc(o);
-    wg_fence();  // orders the rescale of O and the writes of P before the wgmma reads them
+    // O += P V: V MN-major (d contiguous), k-step j = keys 16j .. 16j + 15 (wg_run's fence
+    // orders the rescale of O and the writes of P before the wgmma reads them)
+    wg_run(o, [&] {
 #pragma unroll
-    for (int j = 0; j < BLOCK_N / 16; ++j)
-      wg_mma_rs<1>(o, pa[j], wg_desc(wg_mnmajor_step(sV[stage], j), WG_MNMAJOR_LBO,
-                                     WG_MNMAJOR_SBO), 1);
-    wg_commit();
-    wg_wait<0>();
-    fence_acc(o);
+      for (int j = 0; j < BLOCK_N / 16; ++j)
+        wg_mma_rs<1>(o, pa[j], wg_desc(wg_mnmajor_step(sV[stage], j), WG_MNMAJOR_LBO,
+                                       WG_MNMAJOR_SBO), 1);
+    });
     e = ne;
     kc = nkc;
-    kpos = nkpos;
     stage ^= 1;
   }
   cp_async_wait<0>();  // no copy outlives the kernel (an empty row list committed empty groups)

@@ -57,4 +57,25 @@ __device__ __forceinline__ const elem_t* wg_mnmajor_step(const elem_t* tile, int
   return tile + s * 16 * HEAD_DIM;  // 2 RG bytes: two row groups of 8 keys
 }
 
+// Keeps the compiler from moving reads or writes of a 32-register m64n64 accumulator across
+// the wgmma that owns it (st_wgmma_ptx.cuh: wg_fence_operand).
+__device__ __forceinline__ void wg_fence_acc(float* acc) {
+#pragma unroll
+  for (int i = 0; i < 32; ++i) wg_fence_operand(acc[i]);
+}
+
+// One batch of wgmma on accumulator ``acc``: wgmma.fence (which also orders registers the
+// batch reads, A fragments or acc, written by ordinary instructions before it), ``issue()``
+// (the wgmma of every k-step), commit, and wait until the batch has completed, so acc may be
+// read and the shared-memory tiles it read refilled afterwards.
+template <typename Issue>
+__device__ __forceinline__ void wg_run(float* acc, Issue issue) {
+  wg_fence_acc(acc);
+  wg_fence();
+  issue();
+  wg_commit();
+  wg_wait<0>();
+  wg_fence_acc(acc);
+}
+
 }  // namespace st

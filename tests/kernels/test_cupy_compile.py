@@ -148,7 +148,7 @@ def test_wgmma_forward_builds_for_sm90a(dtype, tmp_path):
     """st_fwd_wgmma.cu (the variant with every plan feature: permutation, partial blocks) builds
     with nvcc for sm_90a, its own architecture; no spills, no ptxas note that it serialized the
     wgmma; registers within what keeps 3 CTAs (12 warps) per SM (65536 / (3 x 128) = 170; 94
-    for this variant at session 5's end, 94-115 over blocks 64 / 128 and the plan flags). The
+    for this variant at session 5's end, 93-119 over blocks 64 / 128 and the plan flags). The
     SASS holds the warpgroup MMA (4 HGMMA 64x64x16 for S = Q K^T, 4 for O += P V), its fences,
     the proxy fence and the 16-byte cp.async."""
     from stbench.kernels.cupy import backend as be

@@ -49,11 +49,6 @@ __device__ __forceinline__ void zero(float* acc) {
   for (int i = 0; i < 32; ++i) acc[i] = 0.f;
 }
 
-__device__ __forceinline__ void fence_operands(float* acc) {
-#pragma unroll
-  for (int i = 0; i < 32; ++i) wg_fence_operand(acc[i]);
-}
-
 // D fragment -> row-major float 64 x 64 (st_wgmma_ptx.cuh: D layout)
 __device__ __forceinline__ void store_d(float* out, const float* acc) {
   const int tid = threadIdx.x, w = tid >> 5, g = (tid & 31) >> 2, t = tid & 3;
@@ -64,18 +59,11 @@ __device__ __forceinline__ void store_d(float* out, const float* acc) {
   }
 }
 
-// One batch of wgmma into a fresh accumulator: acc = 0, ``issue()`` (the wgmma of every
-// k-step), then wait until the batch has completed; the operand fences keep the compiler from
-// moving accumulator reads or writes across it.
+// one batch of wgmma into a fresh accumulator
 template <typename Issue>
 __device__ __forceinline__ void wg_batch(float* acc, Issue issue) {
   zero(acc);
-  fence_operands(acc);
-  wg_fence();  // also orders A registers written by ordinary instructions before the wgmma
-  issue();
-  wg_commit();
-  wg_wait<0>();
-  fence_operands(acc);
+  wg_run(acc, issue);
 }
 
 // S = A B^T over the four k-steps of d (both K-major)
