@@ -109,8 +109,7 @@ class Variant:
         names it here too, and NVRTC 13 then builds for the arch-specific target
         (tests/kernels/test_cupy_compile.py: the wgmma forward compiles with CuPy's options
         appended, which it could not on plain sm_90)."""
-        arch = (f"--gpu-architecture={self.arch}",) if self.arch else ()
-        return ("-std=c++17", *arch) + tuple(f"-D{d}" for d in self.defines())
+        return nvrtc_options(self.defines(), self.arch)
 
     def source(self, swap: tuple[tuple[str, str], ...] = ()) -> str:
         return read_source(self.path.name, swap)
@@ -154,15 +153,26 @@ def _read_source(filename: str, swap: tuple[tuple[str, str], ...]) -> str:
     return expand(filename)
 
 
+def nvrtc_options(defines, arch: str | None = None) -> tuple[str, ...]:
+    """NVRTC options for a source compiled with ``defines`` (NAME=VALUE strings); ``arch``: an
+    architecture the source needs (None: CuPy's choice, the device's own)."""
+    arch_opt = (f"--gpu-architecture={arch}",) if arch else ()
+    return ("-std=c++17", *arch_opt, *(f"-D{d}" for d in defines))
+
+
+def nvcc_args(defines, src_path: str, out_path: str, arch: str,
+              extra: tuple[str, ...] = ()) -> list[str]:
+    """The nvcc command that compiles ``src_path`` to a cubin for ``arch`` with the same
+    language standard and defines NVRTC gets (``nvrtc_options``)."""
+    return ["nvcc", f"-arch={arch}", "-std=c++17", "-cubin", "-o", out_path,
+            *(f"-D{d}" for d in defines), *extra, src_path]
+
+
 def nvcc_command(variant: Variant, src_path: str, out_path: str, arch: str | None = None,
                  extra: tuple[str, ...] = ()) -> list[str]:
     """The nvcc command that compiles ``variant``'s pasted source (written to ``src_path``) to a
     cubin, with the same defines NVRTC gets; ``arch``: the variant's own, else sm_90 (H200)."""
-    arch = arch or variant.arch or "sm_90"
-    return [
-        "nvcc", f"-arch={arch}", "-std=c++17", "-cubin", "-o", out_path,
-        *(f"-D{d}" for d in variant.defines()), *extra, src_path,
-    ]
+    return nvcc_args(variant.defines(), src_path, out_path, arch or variant.arch or "sm_90", extra)
 
 
 @functools.lru_cache(maxsize=256)

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import torch
 
+from . import compile as cc
 from .compile import DTYPE_CODES, read_source
 
 PROBE_FILE = "probes/st_wgmma_probe.cu"
 TILE = 64  # every operand is TILE x TILE
 THREADS = 128  # one warpgroup
-ARCH = "sm_90a"  # wgmma exists only on the arch-specific target
+ARCH = cc.ARCH["fwd_wgmma"]  # wgmma exists only on the arch-specific target sm_90a
 KMAJOR = (128, 1024)  # (LBO, SBO) bytes, K-major tile: next 8 of d, next 8 rows
 MNMAJOR = (1024, 128)  # (LBO, SBO) bytes, MN-major tile: next 8 keys, next 8 of d
 KERNELS = ("wg_probe_ss_k", "wg_probe_ss_mn", "wg_probe_rs_mn", "wg_probe_chain")
@@ -70,12 +71,11 @@ def source() -> str:
 
 
 def nvrtc_options(dtype: torch.dtype, arch: str = ARCH) -> tuple[str, ...]:
-    return ("-std=c++17", f"--gpu-architecture={arch}", *(f"-D{d}" for d in defines(dtype)))
+    return cc.nvrtc_options(defines(dtype), arch)
 
 
 def nvcc_command(dtype: torch.dtype, src_path: str, out_path: str, arch: str = ARCH) -> list[str]:
-    return ["nvcc", f"-arch={arch}", "-std=c++17", "-cubin", "-o", out_path,
-            *(f"-D{d}" for d in defines(dtype)), src_path]
+    return cc.nvcc_args(defines(dtype), src_path, out_path, arch)
 
 
 def inputs(dtype: torch.dtype, seed: int = 0) -> tuple[torch.Tensor, ...]:
