@@ -43,16 +43,16 @@ step() {
 data() { [[ -d $DATA ]] || { mkdir -p $DATA && tar xzf "${DATA_TGZ:-.carry/data.tgz}" -C $DATA --strip-components=1; }; }
 
 job_sweep() {  # issue 6: the standard sweep, tuned, every backend and peer (report: on any CPU)
+    # SWEEP_NS / SWEEP_BACKENDS: a part of the grid; SWEEP_PICKS: re-measure those rows, tune the rest
     step 570 sweep python3 -m stbench sweep --preset standard --out "$1" --isolate --tune \
-        --max-minutes ${SWEEP_MINUTES:-9.2} --no-progress ${SWEEP_NS:+--ns $SWEEP_NS}
+        --max-minutes ${SWEEP_MINUTES:-9.2} --no-progress ${SWEEP_NS:+--ns $SWEEP_NS} \
+        ${SWEEP_BACKENDS:+--backends $SWEEP_BACKENDS} ${SWEEP_PICKS:+--picks $SWEEP_PICKS}
 }
 # the same sweep split over two GPUs by N (merge: cat the two results.jsonl, then stbench report)
 job_sweep_large() { SWEEP_NS=65536,2048,1024 job_sweep "$@"; }
 job_sweep_small() { SWEEP_NS=32768,16384,8192,4096 job_sweep "$@"; }
 # Triton and CuPy alone (issue 4's side by side, tuned), split over four GPUs by N
-job_sweep_tc() { step 540 sweep python3 -m stbench sweep --preset standard --out "$1" --isolate --tune \
-    --backends triton,cupy --max-minutes ${SWEEP_MINUTES:-8.5} --no-progress --ns $SWEEP_NS \
-    ${SWEEP_PICKS:+--picks $SWEEP_PICKS}; }  # SWEEP_PICKS: re-measure those rows, tune the rest
+job_sweep_tc() { SWEEP_BACKENDS=triton,cupy SWEEP_MINUTES=${SWEEP_MINUTES:-8.5} job_sweep "$@"; }
 job_sweep_tc_a() { SWEEP_NS=65536 job_sweep_tc "$@"; }
 job_sweep_tc_b() { SWEEP_NS=32768,1024 job_sweep_tc "$@"; }
 job_sweep_tc_c() { SWEEP_NS=16384,2048 job_sweep_tc "$@"; }

@@ -86,8 +86,11 @@ def main(argv=None) -> int:
     configs = args.config or [None]
 
     if args.layout.startswith("paper_"):  # TARGETS.md item 3's exact masks (B fixed per N)
-        prob = next(p for p in problems.paper_problems((args.mode,))
-                    if p.layout.name == args.layout and p.n_ctx == args.n)
+        paper = {(p.layout.name, p.n_ctx): p for p in problems.paper_problems((args.mode,))}
+        if (args.layout, args.n) not in paper:
+            ap.error(f"--layout {args.layout} --n {args.n} is not a paper problem: use one of "
+                     f"{sorted(paper)}")
+        prob = paper[args.layout, args.n]
     else:
         prob = SweepConfig.preset("standard").problem(args.n, args.layout, "bfloat16", args.mode)
     layout = prob.build_layout()
