@@ -8,7 +8,8 @@
 # sanitize_triton, sanitize_cupy, racecheck_cupy, profile, replay, paperbwd, gputests,
 # fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse, fwdvar_st_mix, fwdvar_local,
 # fwdvar_strided, fwdvar_scale, fwdvar_cupy, fwdvar_cupy_bwd, fwdvar_paper), sanitize_cupy_tiles, memcheck_tma, sweep_large, sweep_small,
-# sweep_tc_a .. sweep_tc_d, wgmma_probe,
+# sweep_tc_a .. sweep_tc_d, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
+# hostsplit, hostsplit_fwd, dlpack_cost,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -242,7 +243,7 @@ job_fwdvariants() {
     done
     grep "^{" "$1/fwd_variants.jsonl" | python3 -c "import json,sys
 for l in sys.stdin:
-    r = json.loads(l); print(r['backend'], r['layout'], r['n_ctx'], r['config'], r['ok'], r.get('median_ms'), r.get('error', ''))"
+    r = json.loads(l); print(r['backend'], r['layout'], r['n_ctx'], r['config'], r['ok'], r.get('median_ms'), 'host', r.get('host_ms'), 'device', r.get('device_ms'), r.get('error', ''))"
 }
 job_fwdvar_causal() { FWDVAR_LAYOUTS=causal job_fwdvariants "$@"; }
 job_fwdvar_fixed() { FWDVAR_LAYOUTS=fixed job_fwdvariants "$@"; }
@@ -288,6 +289,59 @@ job_memcheck_tma() {  # issue 3: memcheck over the TMA forward's GPU tests
 job_wgmma_probe() {  # issue 4: do the wgmma descriptor / fragment conventions hold (kernels/cupy/NOTES.md)
     step 120 wgmma_probe python3 scripts/gpu_wgmma_probe.py --out "$1/wgmma_probe.jsonl"
 }
+
+# issue 4: the wgmma forward end to end: the probe of its conventions, its GPU tests against
+# dense, memcheck and racecheck over it (the layout cases at blocks 64 / 128 it takes)
+WGMMA_SANITIZE=(--cases causal_b128,token_mask_b64,st_mix_b64 --config '{"kernel": "wgmma"}'
+    --config '{"kernel": "wgmma", "BLOCK_M": 128}')
+job_wgmma_check() {
+    [[ -n ${WGMMA_NO_PROBE:-} ]] || job_wgmma_probe "$@"
+    step 200 pytest_wgmma python3 -m pytest -v -rf -m gpu tests/kernels/test_cupy_backend.py -k wgmma
+    export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+    step 100 warm_wgmma python3 scripts/gpu_sanitize.py --backend cupy "${WGMMA_SANITIZE[@]}"
+    for tool in memcheck racecheck; do
+        step 150 ${tool}_wgmma compute-sanitizer --tool $tool --error-exitcode 9 --print-limit 20 \
+            python3 scripts/gpu_sanitize.py --backend cupy "${WGMMA_SANITIZE[@]}"
+    done
+}
+FWDVAR_WGMMA_CONFIGS=(
+    '{"kernel": "wgmma"}'
+    '{"kernel": "wgmma", "BLOCK_M": 128}'
+    '{"kernel": "mma", "BLOCK_M": 64, "BLOCK_N": 64, "WARP_M": 16}'
+    '{"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}'
+)
+job_fwdvar_wgmma() {  # the wgmma forward against the mma.sync tiles, the Triton default the peer
+    FWDVAR_SET=FWDVAR_WGMMA_CONFIGS FWDVAR_BACKEND=cupy FWDVAR_PEERS=triton \
+        FWDVAR_LAYOUTS="causal fixed" FWDVAR_NS="65536 16384" job_fwdvariants "$@"
+}
+
+# issue 4: Nsight Compute over the CuPy forward configs CUPY_PROFILE_CONFIGS (causal N = 16384)
+CUPY_PROFILE_CONFIGS=('{"kernel": "wgmma"}' '{"kernel": "wgmma", "BLOCK_M": 128}'
+    '{"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}')
+job_profile_cupy_fwd() {
+    local ncu i=0 cfg
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    for cfg in "${CUPY_PROFILE_CONFIGS[@]}"; do
+        i=$((i + 1))
+        step 120 ncu_cupy_fwd_$i "$ncu" --clock-control none --profile-from-start off \
+            --section SpeedOfLight --section Occupancy --section LaunchStats \
+            --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+            --section WarpStateStats --section SchedulerStats -f -o "$1/cupy_fwd_$i" \
+            python3 scripts/gpu_profile.py --backend cupy --layout causal --n 16384 --config "$cfg"
+        "$ncu" --import "$1/cupy_fwd_$i.ncu-rep" --csv --page raw >"$1/cupy_fwd_$i.raw.csv" 2>&1
+        "$ncu" --import "$1/cupy_fwd_$i.ncu-rep" --csv --page details >"$1/cupy_fwd_$i.details.csv" 2>&1
+    done
+}
+# where a sparse call's time goes (host_ms / device_ms of scripts/gpu_fwd_variants.py), CuPy at
+# its default and session 5's most frequent sparse pick, Triton at its default the peer
+FWDVAR_HOST_CONFIGS=(null '{"kernel": "mma", "BLOCK_M": 32, "BLOCK_N": 32, "WARP_M": 16}')
+job_hostsplit() {
+    FWDVAR_SET=FWDVAR_HOST_CONFIGS FWDVAR_BACKEND=cupy FWDVAR_PEERS=triton FWDVAR_CAP=120 \
+        FWDVAR_LAYOUTS="st_mix strided local" FWDVAR_NS="65536 4096" FWDVAR_MODE=${HOST_MODE:-fwd+bwd} \
+        job_fwdvariants "$@"
+}
+job_hostsplit_fwd() { HOST_MODE=fwd job_hostsplit "$@"; }
+job_dlpack_cost() { step 60 dlpack python3 scripts/gpu_dlpack_cost.py --out "$1/dlpack_cost.jsonl"; }
 
 job_gputests() {  # every GPU-marked test (pytest-xdist carried as wheels in .carry/wheels)
     python3 -m pip install -q --no-deps --no-index .carry/wheels/*.whl 2>&1 | tail -2

@@ -11,6 +11,9 @@ costs its own time cap, not the comparison (scripts/gpu_batch.sh fwdvariants).
     python3 scripts/gpu_fwd_variants.py --plot reports/session4/fwd_variants/fwd_variants.jsonl \
         reports/session4/fwd_variants/fwd_variants.png              # any machine
 
+Each row has the suite's timing (``median_ms``: L2 flushed, as the sweep) and where a call's
+time goes (``host_ms`` / ``device_ms``, ``stbench.timing.host_device_split``).
+
 The problem is TARGETS.md's standard one (bf16, H = 8, D = 64, B x N = 65536) at ``--n``, at the
 layout's own block (``--block`` re-blocks it); ``--config`` (repeatable; ``null``: the default)
 overrides the backend's default. B = max(1, 65536 / N), so N above 65536 is TARGETS.md item 6's
@@ -121,10 +124,13 @@ def measure(module, args, prob, layout, run_layout, scale, qkv, ref, fresh, conf
             q, k, v = qkv
             do = torch.randn_like(q) if args.mode == "fwd+bwd" else None
             run = closure(module, q, k, v, run_layout, scale, config, args.mode, do)
-            t = timing.bench(run, grad_to_none=[q, k, v] if do is not None else None)
+            grads = [q, k, v] if do is not None else None
+            t = timing.bench(run, grad_to_none=grads)
             flops = timing.attention_flops(layout, prob.batch, prob.head_dim, args.mode)
+            split = timing.host_device_split(run, grad_to_none=grads)
             row.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, reps=t.reps,
-                       tflops=timing.tflops(flops, t.median_ms))
+                       tflops=timing.tflops(flops, t.median_ms), host_ms=split.host_ms,
+                       device_ms=split.device_ms)
     except Exception as exc:  # one failing configuration is a data point
         row["error"] = repr(exc)[:400]
     row["env"] = dataclasses.asdict(environment.collect())

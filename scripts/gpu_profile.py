@@ -6,7 +6,8 @@
 
 The problem is TARGETS.md's standard one (bf16, H = 8, D = 64, B x N = 65536) at ``--n``; the
 backend runs the config and layout block its row of ``--picks`` measured (default: the committed
-tuned sweep, reports/standard/results.jsonl), or its default when there is no such row. The
+tuned sweep, reports/standard/results.jsonl), or its default when there is no such row, or
+``--config`` at the layout's own block. The
 call runs ``--warm`` times unprofiled (compilation, planning), then once between
 cudaProfilerStart and cudaProfilerStop: with ``--profile-from-start off`` ncu profiles exactly
 the kernels of that one call (forward, or forward and backward). The output is checked against
@@ -39,6 +40,9 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd")
     ap.add_argument("--picks", type=Path, default=DEFAULT_PICKS)
     ap.add_argument("--warm", type=int, default=2)
+    ap.add_argument("--config", type=json.loads, default=None,
+                    help="a backend config (JSON) to profile instead of the pick, at the layout's "
+                         "own block")
     args = ap.parse_args(argv)
 
     cfg = SweepConfig.preset("standard")
@@ -46,6 +50,8 @@ def main(argv=None) -> int:
     layout = prob.build_layout()
     picks = load_picks(args.picks) if args.picks.exists() else {}
     block, config = picks.get(pick_key(prob, args.backend), (None, None))
+    if args.config is not None:
+        block, config = None, args.config
     run_layout = autotune.reblock(layout, block) if block else layout
     q, k, v = prob.inputs("cuda")
     module = backends.load(args.backend)

@@ -27,7 +27,7 @@ import time
 import torch
 
 from stbench.commands.check import check_one, dense_reference
-from stbench.kernels.cupy.checks import LAYOUT_CASES
+from stbench.kernels.cupy.checks import ALL_CASES, LAYOUT_CASES
 
 N_CTX, HEADS, BATCH = 512, 2, 2
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -48,7 +48,7 @@ def cases(names=None):
 def run_case(backend, name, dtype, head_dim, gen, config=None) -> tuple[bool, str]:
     """``stbench check``'s judgement of one case: output and dq, dk, dv of the whole batch
     against the float64 and the same-dtype dense reference (stbench/accuracy.py's rule)."""
-    layout = LAYOUT_CASES[name](N_CTX, HEADS)
+    layout = ALL_CASES[name](N_CTX, HEADS)
     shape = (BATCH, HEADS, N_CTX, head_dim)
     inputs64 = [torch.randn(shape, generator=gen, dtype=torch.float64).to(DEVICE)
                 for _ in range(4)]
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", type=json.loads, action="append", default=None,
                     help="a backend config (JSON, repeatable) run on every case instead of the "
                          "default")
-    ap.add_argument("--cases", default=None, help="comma-separated LAYOUT_CASES names (bf16, D = 64)")
+    ap.add_argument("--cases", default=None, help="comma-separated ALL_CASES names (bf16, D = 64)")
     args = ap.parse_args(argv)
     gen = torch.Generator().manual_seed(int(time.time()))  # fresh inputs every run
     failed = 0

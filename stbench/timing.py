@@ -184,6 +184,55 @@ def _bench_cpu(fn, warmup_ms, rep_ms, min_reps, max_reps, grad_to_none) -> list[
     return times
 
 
+@dataclass(frozen=True)
+class HostDeviceSplit:
+    """Where one call's time goes (CUDA only), medians in ms over ``reps`` calls each:
+    ``host_ms`` the wall time of the call itself, started on an idle GPU (the Python, checks and
+    launch work before its last kernel is queued); ``device_ms`` the CUDA-event time of the
+    call queued behind a spin kernel longer than ``host_ms``, so every launch is queued before
+    the GPU reaches it: the kernels back to back, with no wait on the host. ``bench`` (an L2
+    flush before each call, which hides launch work up to the flush's own time) reports about
+    max(device, host - flush) with the L2 cold; this split says which side bounds a call."""
+
+    host_ms: float
+    device_ms: float
+    reps: int
+
+
+def host_device_split(fn: Callable[[], object], reps: int = 30,
+                      grad_to_none: Sequence[torch.Tensor] | None = None) -> HostDeviceSplit:
+    """Measure ``fn``'s HostDeviceSplit on the current CUDA device (``fn`` warmed up first)."""
+    if reps < 1:
+        raise ValueError(f"reps={reps} must be >= 1")
+    sync = torch.cuda.synchronize
+    _reset_grads(grad_to_none)
+    fn()
+    sync()
+    host = []
+    for _ in range(reps):
+        _reset_grads(grad_to_none)
+        sync()
+        t = time.perf_counter()
+        fn()
+        host.append((time.perf_counter() - t) * 1e3)
+    sync()
+    host_ms = _quantile(sorted(host), 0.5)
+    # spin 4x the slowest host call (at least 1 ms) at an assumed 2 GHz clock, so the whole
+    # call is queued before the spin ends
+    cycles = int(max(1.0, 4 * max(host)) * 2e6)
+    device = []
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for _ in range(reps):
+        _reset_grads(grad_to_none)
+        torch.cuda._sleep(cycles)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        device.append(start.elapsed_time(end))
+    return HostDeviceSplit(host_ms, _quantile(sorted(device), 0.5), reps)
+
+
 def timed_call(fn: Callable[[], object], device=None) -> tuple[object, float]:
     """(fn's result, wall time of the call in ms, device synchronised before and after)."""
     cuda = _use_cuda(device)

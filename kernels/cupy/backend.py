@@ -16,9 +16,9 @@ Kernels (this folder's ``.cu`` files, compiled by NVRTC, see ``compile.py``):
 
 Both read the shared device plan (``stbench.layouts.plan_for``) and fold the strided transpose's
 permutation into their row indexing, so q, k, v, out and the gradients stay in original token
-order and nothing is permuted in memory. Tensors cross to CuPy zero-copy by DLPack (16-bit
-types as int16 views: the kernels see raw bits) and every launch goes on torch's current CUDA
-stream. Memory beyond inputs, outputs and gradients: lse and delta, 4 B each per (b, h, token).
+order and nothing is permuted in memory. Tensors reach the kernels zero-copy, as their device
+addresses (the kernels see raw bits; a DLPack hand-over per tensor cost more host time than a
+sparse launch takes on the GPU), and every launch goes on torch's current CUDA stream. Memory beyond inputs, outputs and gradients: lse and delta, 4 B each per (b, h, token).
 
 Config (``config_space``): ``{"kernel": "mma", "BLOCK_M": m, "BLOCK_N": n, "WARP_M": w}`` with
 m, n tile sizes dividing the layout block (forward warps m / w, backward m / 16; the backward
@@ -53,8 +53,8 @@ MMA_TILES = (16, 32, 64, 128)
 # m64n64k16 products fix the head dim and both tiles at 64, one warpgroup (128 threads) a CTA
 WGMMA_CAPABILITY = (9, 0)
 WGMMA_HEAD_DIM = 64
-WGMMA_TILE = 64
-WGMMA_THREADS = 128
+WGMMA_TILE = 64  # keys a step, and query rows a warpgroup (128 threads)
+WGMMA_BLOCK_M = (64, 128)
 INSTALL_HINT = "pip install 'stbench[cupy]' (the cupy-cuda13x wheel; cupy-cuda12x for CUDA 12)"
 
 
@@ -214,8 +214,8 @@ def resolve_config(config: dict | None, block: int, head_dim: int, dtype: torch.
 
 def _resolve_wgmma(config: dict, block: int, head_dim: int, dtype: torch.dtype,
                    capability: tuple[int, int]) -> dict:
-    """The validated ``{"kernel": "wgmma"}`` config: its tiles are fixed, so BLOCK_M / BLOCK_N
-    may be given only as WGMMA_TILE."""
+    """The validated ``{"kernel": "wgmma", "BLOCK_M": 64 or 128}`` config (a warpgroup per 64
+    query rows; BLOCK_N is fixed at WGMMA_TILE and may be given only as that)."""
     if dtype not in (torch.float16, torch.bfloat16) or head_dim != WGMMA_HEAD_DIM:
         raise BackendUnavailable(
             f"the wgmma kernel needs float16/bfloat16 and head dim {WGMMA_HEAD_DIM}; got {dtype}, "
@@ -227,21 +227,23 @@ def _resolve_wgmma(config: dict, block: int, head_dim: int, dtype: torch.dtype,
             f"{WGMMA_CAPABILITY[0]}.{WGMMA_CAPABILITY[1]} (H100 / H200) only; this GPU is "
             f"{capability[0]}.{capability[1]}: use config={{'kernel': 'mma'}}"
         )
-    if block % WGMMA_TILE:
+    m = config.get("BLOCK_M", WGMMA_TILE)
+    if m not in WGMMA_BLOCK_M:
+        raise ValueError(f"config['BLOCK_M']={m!r}: the wgmma kernel takes BLOCK_M in "
+                         f"{WGMMA_BLOCK_M} (a warpgroup per {WGMMA_TILE} rows)")
+    if block % m:
         raise ValueError(
-            f"the wgmma kernel's {WGMMA_TILE} x {WGMMA_TILE} tiles need a layout block that is a "
-            f"multiple of {WGMMA_TILE}, got {block}: re-block the layout or use "
-            "config={'kernel': 'mma'}"
+            f"the wgmma kernel's {m}-row tiles need a layout block that is a multiple of {m}, "
+            f"got {block}: re-block the layout, use a smaller BLOCK_M or config={{'kernel': 'mma'}}"
         )
-    for key in ("BLOCK_M", "BLOCK_N"):
-        if config.get(key, WGMMA_TILE) != WGMMA_TILE:
-            raise ValueError(f"config[{key!r}]={config[key]!r}: the wgmma kernel's tiles are "
-                             f"fixed at {WGMMA_TILE}; leave {key} out")
+    if config.get("BLOCK_N", WGMMA_TILE) != WGMMA_TILE:
+        raise ValueError(f"config['BLOCK_N']={config['BLOCK_N']!r}: the wgmma kernel streams "
+                         f"{WGMMA_TILE} keys a step; leave BLOCK_N out")
     unknown = set(config) - {"kernel", "BLOCK_M", "BLOCK_N"}
     if unknown:
         raise ValueError(f"config keys {sorted(unknown)} do not apply to kernel 'wgmma': "
-                         "use kernel (and BLOCK_M / BLOCK_N = 64)")
-    return {"kernel": "wgmma", "BLOCK_M": WGMMA_TILE, "BLOCK_N": WGMMA_TILE}
+                         f"use kernel, BLOCK_M ({WGMMA_BLOCK_M}) and BLOCK_N ({WGMMA_TILE})")
+    return {"kernel": "wgmma", "BLOCK_M": m, "BLOCK_N": WGMMA_TILE}
 
 
 # ------------------------------------------------------------------ launching
@@ -251,16 +253,23 @@ def _dummy(device: torch.device) -> torch.Tensor:
     return torch.zeros(1, dtype=torch.int32, device=device)
 
 
-def _arr(t: torch.Tensor | None, device: torch.device):
-    """A torch tensor as a zero-copy CuPy array (16-bit floats as raw int16 bits)."""
-    import cupy
-
+def _ptr(t: torch.Tensor | None, device: torch.device) -> int:
+    """The device address of ``t`` as a kernel pointer argument (CuPy packs a Python int as 8
+    bytes): zero-copy, and the cheapest hand-over there is (a DLPack export and
+    ``cupy.from_dlpack`` per tensor cost more host time than some sparse launches take on the
+    GPU, kernels/cupy/NOTES.md "Host overhead"). The caller keeps ``t`` alive across the
+    launch; an absent or empty array is a 1-element dummy (never read)."""
     if t is None or t.numel() == 0:
         t = _dummy(device)
-    t = t.detach()  # torch refuses to export a tensor that requires grad through DLPack
-    if t.dtype in (torch.float16, torch.bfloat16):
-        t = t.view(torch.int16)
-    return cupy.from_dlpack(t)
+    return t.data_ptr()
+
+
+@functools.lru_cache(maxsize=16)
+def _cupy_stream(ptr: int, device_index: int):
+    """torch's CUDA stream ``ptr`` as a CuPy stream object (created once per stream)."""
+    import cupy
+
+    return cupy.cuda.ExternalStream(ptr, device_index)
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
@@ -309,7 +318,8 @@ def launch_geometry(cfg: dict, n_ctx: int, bh: int) -> tuple[tuple, tuple, tuple
         threads = (SCALAR_ROWS * 32, 1, 1)
         return (n_ctx // SCALAR_ROWS, bh, 1), threads, threads
     m = cfg["BLOCK_M"]
-    fwd_threads = WGMMA_THREADS if cfg["kernel"] == "wgmma" else (m // cfg.get("WARP_M", 16)) * 32
+    fwd_threads = (m // WGMMA_TILE * 128 if cfg["kernel"] == "wgmma"
+                   else (m // cfg.get("WARP_M", 16)) * 32)
     return (n_ctx // m, bh, 1), (fwd_threads, 1, 1), ((m // 16) * 32, 1, 1)
 
 
@@ -399,28 +409,35 @@ class _Launcher:
         self.delta_k = get_kernel(bwd_v, "st_bwd_delta", self.index)
         self.delta_grid, self.delta_block = delta_geometry(b * h * n)
         self.grid, self.fwd_block, self.bwd_block = launch_geometry(cfg, n, b * h)
-        self.fwd_plan, self.bwd_plan = plan_args(self.plan, functools.partial(_arr, device=device))
+        # the plan arrays as pointers; the tensors behind them (plan_args may convert) are kept
+        self._plan_tensors = []
+
+        def keep(t):
+            if t is not None:
+                self._plan_tensors.append(t)
+            return _ptr(t, device)
+
+        self.fwd_plan, self.bwd_plan = plan_args(self.plan, keep)
         self.ints = (np.int32(h), np.int32(n))
         self._np = np
         self._cupy = cupy
 
-    def _stream(self):
-        return self._cupy.cuda.ExternalStream(
-            torch.cuda.current_stream(self.device).cuda_stream, self.index
-        )
+    def _launch(self, kernel, grid, block, args):
+        """``kernel`` on torch's current stream of this device (arguments: pointers and numpy
+        scalars)."""
+        stream = _cupy_stream(torch.cuda.current_stream(self.device).cuda_stream, self.index)
+        with self._cupy.cuda.Device(self.index):
+            kernel.kernel(grid, block, args, 0, stream)
 
     def forward(self, q, k, v, scale: float):
         """q, k, v [B, H, N, D] -> (out [B, H, N, D], lse float32 [B, H, N], base-2 units)."""
         q, k, v = _aligned(q), _aligned(k), _aligned(v)
         out = torch.empty_like(q)
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
-        a = functools.partial(_arr, device=q.device)
-        # DLPack hand-over inside the stream context: CuPy then asks torch for its own current
-        # stream, so no cross-stream synchronisation is inserted
-        with self._cupy.cuda.Device(self.index), self._stream():
-            args = fwd_args(a, q, k, v, out, lse, self.fwd_plan, self.ints,
-                            self._np.float32(scale * LOG2E))
-            self.fwd(self.grid, self.fwd_block, args)
+        a = functools.partial(_ptr, device=q.device)
+        self._launch(self.fwd, self.grid, self.fwd_block,
+                     fwd_args(a, q, k, v, out, lse, self.fwd_plan, self.ints,
+                              self._np.float32(scale * LOG2E)))
         return out, lse
 
     def backward(self, q, k, v, out, lse, dout, scale: float):
@@ -429,16 +446,15 @@ class _Launcher:
         dout = _aligned(dout)
         delta = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        a = functools.partial(_arr, device=q.device)
+        a = functools.partial(_ptr, device=q.device)
         ints, sc, sl2 = self.ints, self._np.float32(scale), self._np.float32(scale * LOG2E)
-        with self._cupy.cuda.Device(self.index), self._stream():
-            self.delta_k(self.delta_grid, self.delta_block,
-                         delta_args(a, dout, out, delta, self._np.int32(delta.numel())))
-            self.dq_k(self.grid, self.bwd_block,
-                      dq_args(a, q, k, v, dout, lse, delta, dq, self.fwd_plan, ints, sc, sl2))
-            self.dkv_k(self.grid, self.bwd_block,
-                       dkv_args(a, q, k, v, dout, lse, delta, dk, dv, self.bwd_plan, ints, sc,
-                                sl2))
+        self._launch(self.delta_k, self.delta_grid, self.delta_block,
+                     delta_args(a, dout, out, delta, self._np.int32(delta.numel())))
+        self._launch(self.dq_k, self.grid, self.bwd_block,
+                     dq_args(a, q, k, v, dout, lse, delta, dq, self.fwd_plan, ints, sc, sl2))
+        self._launch(self.dkv_k, self.grid, self.bwd_block,
+                     dkv_args(a, q, k, v, dout, lse, delta, dk, dv, self.bwd_plan, ints, sc,
+                              sl2))
         return dq, dk, dv
 
 

@@ -69,6 +69,14 @@ LAYOUT_CASES: dict[str, Callable[[int, int], layouts.Layout]] = {
     "token_mask_b32": lambda n, h: _token_mask_layout(n, h, 32, seed=1),
     "block_mask_b64": lambda n, h: _block_mask_layout(n, h, 64, seed=2),
 }
+# Cases at block 64 with partial blocks and the permutation, for kernels that need a layout
+# block of at least 64 (the wgmma forward), which LAYOUT_CASES covers at smaller blocks only
+BLOCK64_CASES: dict[str, Callable[[int, int], layouts.Layout]] = {
+    "token_mask_b64": lambda n, h: _token_mask_layout(n, h, 64, seed=3),
+    # stride 8: strided needs (n / stride) % block == 0; the local heads get partial blocks
+    "st_mix_b64": lambda n, h: _st_mix(n, h, 64, 8),
+}
+ALL_CASES = {**LAYOUT_CASES, **BLOCK64_CASES}  # every name check_case and the scripts accept
 
 
 @dataclass(frozen=True)
@@ -98,7 +106,7 @@ def case_variants(layout, dtype: torch.dtype, head_dim: int, config: dict | None
     from stbench.layouts import plan_for
 
     try:
-        lay = LAYOUT_CASES[layout](512, 2) if isinstance(layout, str) else layout
+        lay = ALL_CASES[layout](512, 2) if isinstance(layout, str) else layout
         cfg = backend.resolve_config(config, lay.block, head_dim, dtype, capability)
         return list(backend.variants_for(cfg, dtype, head_dim, lay.block,
                                          *backend.plan_flags(plan_for(lay))))
@@ -155,7 +163,7 @@ def check_case(layout_name: str, dtype: torch.dtype, head_dim: int, config: dict
     base = dict(layout=layout_name, dtype=str(dtype).removeprefix("torch."), head_dim=head_dim,
                 config=cfg_s)
     try:
-        layout = LAYOUT_CASES[layout_name](n_ctx, heads)
+        layout = ALL_CASES[layout_name](n_ctx, heads)
         g = torch.Generator().manual_seed(seed)
         shape = (batch, heads, layout.n_ctx, head_dim)
         q64, k64, v64, do64 = (torch.randn(shape, generator=g, dtype=torch.float64).to(device)

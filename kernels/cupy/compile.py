@@ -72,8 +72,9 @@ class Variant:
         if self.family != "scalar" and self.dtype_code == 0:
             raise ValueError("the tensor-core kernels take fp16 / bf16; fp32 uses family 'scalar'")
         wgmma_shape = (self.head_dim, self.block_m, self.block_n)
-        if self.family == "fwd_wgmma" and wgmma_shape != (64, 64, 64):
-            raise ValueError("the wgmma forward is compiled for head dim 64 and 64 x 64 tiles only")
+        if self.family == "fwd_wgmma" and wgmma_shape not in ((64, 64, 64), (64, 128, 64)):
+            raise ValueError("the wgmma forward is compiled for head dim 64, BLOCK_M 64 or 128 "
+                             "and BLOCK_N 64 only")
         if self.m_tiles != 1 and self.family != "fwd_mma":
             raise ValueError(f"m_tiles={self.m_tiles}: only the forward kernel takes m_tiles > 1")
 

@@ -7,10 +7,12 @@
 // row's out = 0 / lse = -inf, the plan walk with DIAG chunk skipping, rows gathered through
 // perm), so the backend launches both alike and the backward (st_bwd_mma.cu) consumes its lse.
 //
-// Grid (N / 64, B * H); one warpgroup (128 threads, 4 warps) per 64 query rows (BLOCK_M = 64),
-// warp w owning rows 16w .. 16w + 15 of the tile; BLOCK_N = 64 keys per step; HEAD_DIM = 64.
+// Grid (N / BLOCK_M, B * H); BLOCK_M / 64 warpgroups (128 threads, 4 warps each) per BLOCK_M
+// = 64 or 128 query rows, warpgroup v computing rows 64v .. 64v + 63 and warp w owning rows
+// 16w .. 16w + 15 of the tile; the warpgroups share each step's K and V tiles (two of them
+// halve the K / V copies and barriers per query row); BLOCK_N = 64 keys per step; HEAD_DIM 64.
 //
-//   Q (64 x 64) -> shared memory once (cp.async, st_wgmma.cuh's core-matrix layout)
+//   Q (BLOCK_M x 64) -> shared memory once (cp.async, st_wgmma.cuh's core-matrix layout)
 //   m = -inf, l = 0, O = 0                   (m: running max of the SCALED scores, base 2)
 //   for each step (entry of row qb in the plan, chunk of 64 keys; DIAG: chunks that reach
 //   the diagonal), K and V of the next step copied into the other stage meanwhile:
@@ -33,7 +35,7 @@
 // its accumulator is read or rescaled, and before the barrier after which the stage it read is
 // refilled. No overlap of one step's P V with the next step's S yet (FlashAttention-3's
 // intra-warpgroup pipelining), no swizzle (bank conflicts), no TMA.
-// Shared memory: Q 8 KB + 2 stages x (K 8 KB + V 8 KB) = 40 KB static.
+// Shared memory: Q 8 / 16 KB + 2 stages x (K 8 KB + V 8 KB) = 40 / 48 KB static.
 // Registers per thread: S 32 + O 32 + P 16 fragment words (ptxas: 93-119,
 // tests/kernels/test_cupy_compile.py).
 #include "st_common.cuh"
@@ -43,14 +45,15 @@
 #error "st_fwd_wgmma.cu is for float16 / bfloat16; float32 uses st_scalar.cu"
 #endif
 
-#define WG_THREADS 128  // one warpgroup
+#define WG_THREADS (BLOCK_M / 64 * 128)  // a warpgroup per 64 query rows
 // the plan walk (step_advance, step_masked) of the mma.sync kernels, on BLOCK_M x BLOCK_N steps
 #include "st_plan_walk.cuh"
 #include "st_online_softmax.cuh"
 
 static_assert(HEAD_DIM == 64, "st_fwd_wgmma.cu: HEAD_DIM 64 only (the m64n64 S and O products)");
-static_assert(BLOCK_M == 64 && BLOCK_N == 64, "st_fwd_wgmma.cu: one warpgroup, 64 x 64 tiles");
-static_assert(LAYOUT_BLOCK % 64 == 0, "st_fwd_wgmma.cu: the layout block must be 64 or 128");
+static_assert((BLOCK_M == 64 || BLOCK_M == 128) && BLOCK_N == 64,
+              "st_fwd_wgmma.cu: 64 or 128 query rows (a warpgroup per 64), 64 keys a step");
+static_assert(LAYOUT_BLOCK % BLOCK_M == 0, "st_fwd_wgmma.cu: BLOCK_M must divide the layout block");
 
 #define WG_TILE (64 * HEAD_DIM)  // elements of one 64-row tile
 
@@ -58,11 +61,12 @@ using namespace st;
 
 namespace {
 
-// 64 rows (layout positions pos0 ..) of a [N, HEAD_DIM] matrix -> a tile, one cp.async per 16
-// bytes; the caller commits
+// ROWS rows (layout positions pos0 ..) of a [N, HEAD_DIM] matrix -> a tile, one cp.async per
+// 16 bytes; the caller commits
+template <int ROWS>
 __device__ __forceinline__ void load_rows(elem_t* dst, const elem_t* src, const int* prow,
                                           int pos0, int tid) {
-  wg_load_tile_async<64>(
+  wg_load_tile_async<ROWS>(
       dst, src, [&](int r) { return (long long)token(prow, pos0 + r) * HEAD_DIM; }, tid,
       WG_THREADS);
 }
@@ -78,11 +82,11 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
              const int* __restrict__ perm, const int* __restrict__ pattern_perm, int H, int N,
              float scale_log2) {
   // 128-byte aligned: descriptors address 16-byte units, core matrices are 128 bytes
-  __shared__ __align__(128) elem_t sQ[WG_TILE];
+  __shared__ __align__(128) elem_t sQ[BLOCK_M / 64 * WG_TILE];
   __shared__ __align__(128) elem_t sK[2][WG_TILE];
   __shared__ __align__(128) elem_t sV[2][WG_TILE];
 
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wgroup = tid >> 7;
   const int g = lane >> 2, t = lane & 3;
   const int bh = blockIdx.y, h = bh % H;
   const int q0 = blockIdx.x * BLOCK_M;
@@ -109,11 +113,11 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   // Q and the first step's K in one commit group, its V in the next
   const int kpos = e < e_end ? col_idx[e] * LAYOUT_BLOCK + kc : 0;  // position of key kc
   if (e < e_end) {
-    load_rows(sQ, q + base, prow, q0, tid);
-    load_rows(sK[0], kbase, prow, kpos, tid);
+    load_rows<BLOCK_M>(sQ, q + base, prow, q0, tid);
+    load_rows<64>(sK[0], kbase, prow, kpos, tid);
   }
   cp_async_commit();
-  if (e < e_end) load_rows(sV[0], vbase, prow, kpos, tid);
+  if (e < e_end) load_rows<64>(sV[0], vbase, prow, kpos, tid);
   cp_async_commit();
 
   while (e < e_end) {
@@ -125,19 +129,21 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     fence_proxy_async();  // ... visible to wgmma
     __syncthreads();      // ... for every thread; every wgmma of the previous step has completed
     // prefetch the next step's K and V into the other stage, one group each
-    if (ne < e_end) load_rows(sK[stage ^ 1], kbase, prow, nkpos, tid);
+    if (ne < e_end) load_rows<64>(sK[stage ^ 1], kbase, prow, nkpos, tid);
     cp_async_commit();
-    if (ne < e_end) load_rows(sV[stage ^ 1], vbase, prow, nkpos, tid);
+    if (ne < e_end) load_rows<64>(sV[stage ^ 1], vbase, prow, nkpos, tid);
     cp_async_commit();
 
-    // S = Q K^T (raw scores), both operands K-major, the first k-step overwrites S
+    // S = Q K^T (raw scores) for this warpgroup's 64 rows (its Q rows start 8 row groups
+    // further per warpgroup), both operands K-major, the first k-step overwrites S
     float s[32];
 #pragma unroll
     for (int i = 0; i < 32; ++i) s[i] = 0.f;
     wg_run(s, [&] {
 #pragma unroll
       for (int j = 0; j < HEAD_DIM / 16; ++j)
-        wg_mma_ss<0, 0>(s, wg_desc(wg_kmajor_step(sQ, j), WG_KMAJOR_LBO, WG_KMAJOR_SBO),
+        wg_mma_ss<0, 0>(s, wg_desc(wg_kmajor_step(sQ + wgroup * WG_TILE, j), WG_KMAJOR_LBO,
+                                   WG_KMAJOR_SBO),
                         wg_desc(wg_kmajor_step(sK[stage], j), WG_KMAJOR_LBO, WG_KMAJOR_SBO),
                         j > 0);
     });

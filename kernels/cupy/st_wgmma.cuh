@@ -38,13 +38,17 @@ __device__ __forceinline__ int wg_tile_offset(int row, int c) {
 }
 
 // ROWS rows of ``src`` (row i at src + row_off(i) elements) -> tile ``dst``, 16 bytes per
-// cp.async, threads tid..nthreads; the caller commits and waits.
+// cp.async, threads tid..nthreads; the caller commits and waits. Piece i is row
+// 8 (i / (8 CPR)) + i % 8, chunk (i / 8) % CPR: the 8 threads of a core matrix write its 128
+// contiguous bytes, so a warp's 32 pieces fill 4 whole core matrices (no bank conflict; row-
+// major order, 8 chunks of one row per 8 threads, would put them all on the same 4 banks), and
+// each row's 4 pieces of a warp are 64 contiguous bytes of global memory (2 full sectors).
 template <int ROWS, typename RowOff>
 __device__ __forceinline__ void wg_load_tile_async(elem_t* dst, const elem_t* src,
                                                    RowOff row_off, int tid, int nthreads) {
   constexpr int CPR = HEAD_DIM / 8;  // 16-byte chunks per row
   for (int i = tid; i < ROWS * CPR; i += nthreads) {
-    const int row = i / CPR, c = i % CPR;
+    const int row = (i / (8 * CPR)) * 8 + (i & 7), c = (i >> 3) % CPR;
     cp_async16(dst + wg_tile_offset(row, c), src + row_off(row) + c * 8);
   }
 }

@@ -13,7 +13,7 @@ import torch
 from stbench import backends
 from stbench.backends import BackendUnavailable
 from stbench.kernels.cupy import backend
-from stbench.kernels.cupy.checks import LAYOUT_CASES, check_case
+from stbench.kernels.cupy.checks import ALL_CASES, LAYOUT_CASES, check_case
 from stbench.layouts import causal
 
 HAS_CUDA = torch.cuda.is_available()
@@ -104,25 +104,32 @@ def test_mma_on_float32_is_refused_with_the_fix():
 
 
 def test_wgmma_config_is_validated_with_the_fix():
-    """{"kernel": "wgmma"}: by config only (not in config_space until a GPU has checked it),
-    64 x 64 tiles fixed, 16-bit inputs, head dim 64, compute capability 9.0 (sm_90a code)."""
+    """{"kernel": "wgmma"}: BLOCK_M 64 (default) or 128 (a warpgroup per 64 rows), BLOCK_N fixed
+    at 64, 16-bit inputs, head dim 64, compute capability 9.0 (sm_90a code)."""
     h100 = backend.WGMMA_CAPABILITY
     want = {"kernel": "wgmma", "BLOCK_M": 64, "BLOCK_N": 64}
+    want128 = {**want, "BLOCK_M": 128}
     for block in (64, 128):
         assert backend.resolve_config({"kernel": "wgmma"}, block, 64, torch.bfloat16, h100) == want
         assert backend.resolve_config(want, block, 64, torch.float16, h100) == want
-        lay = causal(512, block=block, heads=1)
-        assert all(c["kernel"] != "wgmma" for c in backend.config_space(lay, 64, torch.float16))
+    assert backend.resolve_config({"kernel": "wgmma", "BLOCK_M": 128}, 128, 64, torch.float16,
+                                  h100) == want128
     fwd, bwd = backend.variants_for(want, torch.bfloat16, 64, 128, True, False)
     assert (fwd.family, fwd.arch, bwd.family, bwd.arch) == ("fwd_wgmma", "sm_90a", "bwd_mma", None)
     assert "--gpu-architecture=sm_90a" in fwd.options()
     assert backend.launch_geometry(want, 512, 6) == ((8, 6, 1), (128, 1, 1), (128, 1, 1))
+    # two warpgroups forward; the mma.sync backward's warp per 16 rows
+    assert backend.launch_geometry(want128, 512, 6) == ((4, 6, 1), (256, 1, 1), (256, 1, 1))
     with pytest.raises(ValueError, match="BLOCK_N"):
         backend.resolve_config({"kernel": "wgmma", "BLOCK_N": 128}, 128, 64, torch.float16, h100)
+    with pytest.raises(ValueError, match="BLOCK_M"):
+        backend.resolve_config({"kernel": "wgmma", "BLOCK_M": 32}, 128, 64, torch.float16, h100)
     with pytest.raises(ValueError, match="WARP_M"):
         backend.resolve_config({"kernel": "wgmma", "WARP_M": 16}, 64, 64, torch.float16, h100)
     with pytest.raises(ValueError, match="layout block"):
         backend.resolve_config({"kernel": "wgmma"}, 32, 64, torch.float16, h100)
+    with pytest.raises(ValueError, match="layout block"):
+        backend.resolve_config({"kernel": "wgmma", "BLOCK_M": 128}, 64, 64, torch.float16, h100)
     for dtype, d, cap, match in ((torch.float32, 64, h100, "float16"),
                                  (torch.float16, 128, h100, "head dim 64"),
                                  (torch.float16, 64, (8, 0), "compute capability 9.0"),
@@ -197,7 +204,7 @@ def test_every_tile_config_matches_reference(layout_name, dtype, head_dim, compi
         _assert_ok(check_case(layout_name, dtype, head_dim, cfg))
 
 
-WGMMA_LAYOUTS = ["causal_b64", "causal_b128", "block_mask_b64"]
+WGMMA_LAYOUTS = ["causal_b64", "causal_b128", "block_mask_b64", "token_mask_b64", "st_mix_b64"]
 
 
 @pytest.mark.gpu
@@ -205,11 +212,14 @@ WGMMA_LAYOUTS = ["causal_b64", "causal_b128", "block_mask_b64"]
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16],
                          ids=lambda d: str(d).removeprefix("torch."))
 def test_wgmma_forward_matches_reference(layout_name, dtype):
-    """The wgmma forward (sm_90a, compute capability 9.0 only) and the mma.sync backward on
-    its lse against dense; run after scripts/gpu_wgmma_probe.py says 'reading confirmed'."""
+    """The wgmma forward (sm_90a, compute capability 9.0 only) at BLOCK_M 64 and, where the
+    layout block allows, 128 (two warpgroups), and the mma.sync backward on its lse, against
+    dense."""
     if torch.cuda.get_device_capability() != backend.WGMMA_CAPABILITY:
         pytest.skip("the wgmma kernel runs on compute capability 9.0 only")
-    _assert_ok(check_case(layout_name, dtype, 64, {"kernel": "wgmma"}))
+    for m in backend.WGMMA_BLOCK_M:
+        if ALL_CASES[layout_name](512, 2).block % m == 0:
+            _assert_ok(check_case(layout_name, dtype, 64, {"kernel": "wgmma", "BLOCK_M": m}))
 
 
 @pytest.mark.gpu

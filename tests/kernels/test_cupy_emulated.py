@@ -123,6 +123,11 @@ WGMMA_CASES = [
     # two query tiles per layout block (DIAG chunk skipping at qin0 = 64), batch 2
     ("causal_b128", 256, F16, 64, 2),
 ]
+WGMMA_128 = {"kernel": "wgmma", "BLOCK_M": 128}  # two warpgroups sharing each K / V tile
+WGMMA_128_CASES = [
+    ("causal_b128", 256, BF16, 64, 1),
+    ("mixed_kinds_b128", 512, F16, 64, 1),
+]
 
 
 @pytest.mark.parametrize("case", WGMMA_CASES,
@@ -135,6 +140,17 @@ def test_emulated_wgmma_forward_matches_reference(case, gen):
     against the hardware: scripts/gpu_wgmma_probe.py, then the GPU check (NOTES.md)."""
     name, n, dtype, d, batch = case
     _check_against_dense(name, n, dtype, d, WGMMA, gen, batch=batch)
+
+
+@pytest.mark.parametrize("case", WGMMA_128_CASES,
+                         ids=[f"{c[0]}-N{c[1]}-{str(c[2]).removeprefix('torch.')}"
+                              for c in WGMMA_128_CASES])
+def test_emulated_wgmma_forward_two_warpgroups(case, gen):
+    """BLOCK_M = 128: warpgroup 1 reads Q rows 64..127 (8 row groups into the Q tile), both
+    share K / V; causal (its first warpgroup's rows fully masked in the second key chunk) and
+    FULL / PARTIAL / DIAG steps with an empty row."""
+    name, n, dtype, d, batch = case
+    _check_against_dense(name, n, dtype, d, WGMMA_128, gen, batch=batch)
 
 
 def test_check_case_judges_the_emulated_kernels():
@@ -161,31 +177,26 @@ def test_check_case_judges_the_emulated_kernels():
 
 
 # ------------------------------------------------------------------ the backend's own launch path
-class _FakeArray:
-    """Stands for cupy.from_dlpack's result: runs torch's own DLPack export (and its checks)."""
-
-    def __init__(self, t: torch.Tensor):
-        t.__dlpack__()
-        self.t = t
-
-
 class _EmuKernel:
-    """Stands for a cupy.RawKernel: launches the emulated kernel with the backend's arguments."""
+    """Stands for a cupy.RawKernel (``.kernel``, its cupy Function, is what the backend calls):
+    launches the emulated kernel with the backend's arguments, device addresses as Python ints
+    and scalars as numpy values, as CuPy packs them."""
 
     def __init__(self, variant, name):
         self.variant, self.name = variant, name
+        self.kernel = self
 
-    def __call__(self, grid, block, args):
+    def __call__(self, grid, block, args, shared_mem=0, stream=None):
         import ctypes
 
         import numpy as np
 
+        assert shared_mem == 0 and stream is not None  # torch's stream, passed explicitly
         box = emulate._Args()
         vals = []
         for a in args:
-            if isinstance(a, _FakeArray):
-                box.keep.append(a.t)
-                vals.append(ctypes.c_void_p(a.t.data_ptr()))
+            if type(a) is int:  # a tensor's data_ptr(); the backend keeps the tensor alive
+                vals.append(ctypes.c_void_p(a))
             elif isinstance(a, np.integer):
                 vals.append(int(a))
             elif isinstance(a, np.floating):
@@ -198,8 +209,8 @@ class _EmuKernel:
 
 @pytest.fixture
 def emulated_backend(monkeypatch):
-    """backend.attention with CuPy replaced by the emulation: the Launcher, the DLPack hand-over,
-    the argument lists, the autograd Function and the backward run as on the GPU."""
+    """backend.attention with CuPy replaced by the emulation: the Launcher, the pointer
+    hand-over, the argument lists, the autograd Function and the backward run as on the GPU."""
     import sys
     import types
     from contextlib import nullcontext
@@ -207,19 +218,21 @@ def emulated_backend(monkeypatch):
     from stbench.kernels.cupy import backend
 
     fake = types.SimpleNamespace(
-        from_dlpack=_FakeArray,
         cuda=types.SimpleNamespace(Device=lambda i: nullcontext(),
-                                   ExternalStream=lambda ptr, dev: nullcontext()),
+                                   ExternalStream=lambda ptr, dev: ("stream", ptr, dev)),
     )
     monkeypatch.setitem(sys.modules, "cupy", fake)
     monkeypatch.setattr(backend, "get_kernel", lambda v, name, index: _EmuKernel(v, name))
     monkeypatch.setattr(backend, "check_available", lambda device, dtype: None)
-    monkeypatch.setattr(backend._Launcher, "_stream", lambda self: nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device=None: types.SimpleNamespace(cuda_stream=7))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     backend._launcher.cache_clear()
+    backend._cupy_stream.cache_clear()
     yield backend
     backend._launcher.cache_clear()
+    backend._cupy_stream.cache_clear()
 
 
 @pytest.mark.parametrize("cfg, dtype", [(None, BF16), ({"kernel": "scalar"}, F32)],

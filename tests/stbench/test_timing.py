@@ -85,3 +85,26 @@ def test_bench_cuda_events_and_peak_memory():
     peak = timing.peak_memory(lambda: torch.empty(64 * 2**20, dtype=torch.uint8, device="cuda"))
     assert peak >= 64 * 2**20
     assert timing.time_prepare(lambda: a @ a) > 0
+
+
+@pytest.mark.gpu
+def test_host_device_split_separates_host_work_from_kernels():
+    """A call that spends 3 ms on the host before one short kernel: host_ms sees the 3 ms,
+    device_ms only the kernel (its launch was queued behind the spin); a call that is one long
+    kernel has device_ms >> host_ms."""
+    import time as _time
+
+    a = torch.randn(256, 256, device="cuda")
+
+    def host_bound():
+        _time.sleep(0.003)
+        return a + 1
+
+    split = timing.host_device_split(host_bound, reps=5)
+    assert split.reps == 5 and split.host_ms >= 3.0
+    assert split.device_ms < 1.0
+    b = torch.randn(8192, 8192, device="cuda")
+    split = timing.host_device_split(lambda: b @ b, reps=5)  # 1.1 TFLOP in fp32: milliseconds
+    assert split.device_ms > 0.5 and split.device_ms > 5 * split.host_ms
+    with pytest.raises(ValueError, match="reps"):
+        timing.host_device_split(host_bound, reps=0)
