@@ -8,7 +8,7 @@
 # sanitize_triton, sanitize_cupy, racecheck_cupy, profile, replay, paperbwd, gputests,
 # fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse, fwdvar_st_mix, fwdvar_local,
 # fwdvar_strided, fwdvar_scale, fwdvar_cupy, fwdvar_cupy_bwd, fwdvar_paper), sanitize_cupy_tiles, memcheck_tma, sweep_large, sweep_small,
-# sweep_tc_a .. sweep_tc_d, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
+# sweep_tc_a .. sweep_tc_d, sweep_tc3_a .. sweep_tc3_c, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
 # hostsplit, hostsplit_fwd, dlpack_cost,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
@@ -58,6 +58,10 @@ job_sweep_tc_a() { SWEEP_NS=65536 job_sweep_tc "$@"; }
 job_sweep_tc_b() { SWEEP_NS=32768,1024 job_sweep_tc "$@"; }
 job_sweep_tc_c() { SWEEP_NS=16384,2048 job_sweep_tc "$@"; }
 job_sweep_tc_d() { SWEEP_NS=8192,4096 job_sweep_tc "$@"; }
+# the same over three GPUs (a fourth job beside them)
+job_sweep_tc3_a() { SWEEP_NS=65536 job_sweep_tc "$@"; }
+job_sweep_tc3_b() { SWEEP_NS=32768,2048,1024 job_sweep_tc "$@"; }
+job_sweep_tc3_c() { SWEEP_NS=16384,8192,4096 job_sweep_tc "$@"; }
 
 job_resume() {  # the standard sweep continued from $RESUME_DIR (a results folder carried along)
     cp -r "$RESUME_DIR/." "$1/"
@@ -292,27 +296,32 @@ job_wgmma_probe() {  # issue 4: do the wgmma descriptor / fragment conventions h
 
 # issue 4: the wgmma forward end to end: the probe of its conventions, its GPU tests against
 # dense, memcheck and racecheck over it (the layout cases at blocks 64 / 128 it takes)
-WGMMA_SANITIZE=(--cases causal_b128,token_mask_b64,st_mix_b64 --config '{"kernel": "wgmma"}'
-    --config '{"kernel": "wgmma", "BLOCK_M": 128}')
+# (cases, config) pairs: BLOCK_M 64 over partial blocks and the permutation, 128 at block 128
+WGMMA_SANITIZE=("causal_b128,token_mask_b64,st_mix_b64" '{"kernel": "wgmma"}'
+    "causal_b128" '{"kernel": "wgmma", "BLOCK_M": 128}')
 job_wgmma_check() {
     [[ -n ${WGMMA_NO_PROBE:-} ]] || job_wgmma_probe "$@"
     step 200 pytest_wgmma python3 -m pytest -v -rf -m gpu tests/kernels/test_cupy_backend.py -k wgmma
     export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-    step 100 warm_wgmma python3 scripts/gpu_sanitize.py --backend cupy "${WGMMA_SANITIZE[@]}"
-    for tool in memcheck racecheck; do
-        step 150 ${tool}_wgmma compute-sanitizer --tool $tool --error-exitcode 9 --print-limit 20 \
-            python3 scripts/gpu_sanitize.py --backend cupy "${WGMMA_SANITIZE[@]}"
+    local i
+    for ((i = 0; i < ${#WGMMA_SANITIZE[@]}; i += 2)); do
+        local args=(--cases "${WGMMA_SANITIZE[i]}" --config "${WGMMA_SANITIZE[i + 1]}")
+        step 60 warm_wgmma_$i python3 scripts/gpu_sanitize.py --backend cupy "${args[@]}"
+        for tool in memcheck racecheck; do
+            step 120 ${tool}_wgmma_$i compute-sanitizer --tool $tool --error-exitcode 9 \
+                --print-limit 20 python3 scripts/gpu_sanitize.py --backend cupy "${args[@]}"
+        done
     done
 }
 FWDVAR_WGMMA_CONFIGS=(
     '{"kernel": "wgmma"}'
     '{"kernel": "wgmma", "BLOCK_M": 128}'
-    '{"kernel": "mma", "BLOCK_M": 64, "BLOCK_N": 64, "WARP_M": 16}'
     '{"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}'
 )
 job_fwdvar_wgmma() {  # the wgmma forward against the mma.sync tiles, the Triton default the peer
     FWDVAR_SET=FWDVAR_WGMMA_CONFIGS FWDVAR_BACKEND=cupy FWDVAR_PEERS=triton \
-        FWDVAR_LAYOUTS="causal fixed" FWDVAR_NS="65536 16384" job_fwdvariants "$@"
+        FWDVAR_LAYOUTS=${WGMMA_LAYOUTS:-causal fixed local} FWDVAR_NS=${WGMMA_NS:-65536 16384} \
+        job_fwdvariants "$@"
 }
 
 # issue 4: Nsight Compute over the CuPy forward configs CUPY_PROFILE_CONFIGS (causal N = 16384)

@@ -10,21 +10,23 @@ Kernels (this folder's ``.cu`` files, compiled by NVRTC, see ``compile.py``):
   the forward, per 16 rows in the backward.
 - ``scalar``: plain fp32 FMA, any of float32 / float16 / bfloat16, head dim up to 128; the
   float32 path and the simple cross-check of the tensor-core kernels.
-- ``wgmma`` (by config only, not in ``config_space``: unverified on a GPU): the forward on
-  Hopper's warpgroup MMA (``st_fwd_wgmma.cu``, sm_90a, compute capability 9.0), 16-bit inputs,
-  head dim 64, one warpgroup per 64 query rows, 64 keys per step; the backward is ``mma``'s.
+- ``wgmma``: the forward on Hopper's warpgroup MMA (``st_fwd_wgmma.cu``, sm_90a, compute
+  capability 9.0 only, in ``config_space`` there), 16-bit inputs, head dim 64, a warpgroup per
+  64 query rows (BLOCK_M 64 or 128), 64 keys per step, the next step's Q K^T overlapping this
+  step's P V; the backward is ``mma``'s.
 
 Both read the shared device plan (``stbench.layouts.plan_for``) and fold the strided transpose's
 permutation into their row indexing, so q, k, v, out and the gradients stay in original token
 order and nothing is permuted in memory. Tensors reach the kernels zero-copy, as their device
-addresses (the kernels see raw bits; a DLPack hand-over per tensor cost more host time than a
-sparse launch takes on the GPU), and every launch goes on torch's current CUDA stream. Memory beyond inputs, outputs and gradients: lse and delta, 4 B each per (b, h, token).
+addresses (a DLPack hand-over, ``cupy.from_dlpack``, measured 35 us per tensor on the H200 host,
+more than a sparse forward takes on the GPU), and every launch goes on torch's current CUDA
+stream. Memory beyond inputs, outputs and gradients: lse and delta, 4 B each per (b, h, token).
 
 Config (``config_space``): ``{"kernel": "mma", "BLOCK_M": m, "BLOCK_N": n, "WARP_M": w}`` with
 m, n tile sizes dividing the layout block (forward warps m / w, backward m / 16; the backward
-streams min(n, bwd_max_block_n) rows), or
-``{"kernel": "scalar"}`` (in the tuner's space only where the tensor cores cannot run; any
-config can be asked for). ``prepare(layout, q, config)`` compiles ahead of timing.
+streams min(n, bwd_max_block_n) rows), ``{"kernel": "wgmma", "BLOCK_M": 64 or 128}`` (compute
+capability 9.0), or ``{"kernel": "scalar"}`` (in the tuner's space only where the tensor cores
+cannot run; any config can be asked for). ``prepare(layout, q, config)`` compiles ahead of timing.
 """
 
 from __future__ import annotations
@@ -133,9 +135,9 @@ def config_space(layout: Layout, head_dim: int, dtype: torch.dtype) -> list[dict
     Warps per CTA: BLOCK_M / WARP_M forward, BLOCK_M / 16 backward. The default comes first:
     the tuner's local search starts from the first candidate of each layout block (session 5's
     sweep started from 16 x 16 tiles, the slowest, and picked 26.7 ms for causal N = 65536
-    where 128 x 64 tiles at 32 rows per warp run 18.5 ms). ``{"kernel": "wgmma"}`` is left
-    out until a GPU has run scripts/gpu_wgmma_probe.py and checked it against dense
-    (kernels/cupy/NOTES.md, "wgmma forward"); it can be asked for by config."""
+    where 128 x 64 tiles at 32 rows per warp run 18.5 ms). The wgmma forward
+    (``{"kernel": "wgmma", "BLOCK_M": 128 or 64}``) comes last, and only where it runs: 16-bit
+    inputs, head dim 64, a compute capability 9.0 device (H100 / H200)."""
     space = []
     if mma_possible(head_dim, dtype):
         space.append(_default_mma(layout.block, head_dim))
@@ -152,7 +154,20 @@ def config_space(layout: Layout, head_dim: int, dtype: torch.dtype) -> list[dict
                                 space.append(cfg)
     elif head_dim <= SCALAR_MAX_HEAD_DIM:
         space.append({"kernel": "scalar"})
+    if _wgmma_runs_here(head_dim, dtype):
+        # the larger tile first: the tuner starts each kernel variant from its first candidate
+        for m in sorted(WGMMA_BLOCK_M, reverse=True):
+            if layout.block % m == 0:
+                space.append({"kernel": "wgmma", "BLOCK_M": m, "BLOCK_N": WGMMA_TILE})
     return space
+
+
+def _wgmma_runs_here(head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether the wgmma forward can run these shapes on this process's CUDA device (compute
+    capability 9.0): the tuner's space holds it only there."""
+    return (dtype in (torch.float16, torch.bfloat16) and head_dim == WGMMA_HEAD_DIM
+            and torch.cuda.is_available()
+            and tuple(torch.cuda.get_device_capability()) == WGMMA_CAPABILITY)
 
 
 def resolve_config(config: dict | None, block: int, head_dim: int, dtype: torch.dtype,
@@ -255,9 +270,8 @@ def _dummy(device: torch.device) -> torch.Tensor:
 
 def _ptr(t: torch.Tensor | None, device: torch.device) -> int:
     """The device address of ``t`` as a kernel pointer argument (CuPy packs a Python int as 8
-    bytes): zero-copy, and the cheapest hand-over there is (a DLPack export and
-    ``cupy.from_dlpack`` per tensor cost more host time than some sparse launches take on the
-    GPU, kernels/cupy/NOTES.md "Host overhead"). The caller keeps ``t`` alive across the
+    bytes): zero-copy, 0.3 us against 35 us for a DLPack export and ``cupy.from_dlpack``
+    (scripts/gpu_dlpack_cost.py on the H200 host). The caller keeps ``t`` alive across the
     launch; an absent or empty array is a 1-element dummy (never read)."""
     if t is None or t.numel() == 0:
         t = _dummy(device)

@@ -120,6 +120,18 @@ def test_wgmma_config_is_validated_with_the_fix():
     assert backend.launch_geometry(want, 512, 6) == ((8, 6, 1), (128, 1, 1), (128, 1, 1))
     # two warpgroups forward; the mma.sync backward's warp per 16 rows
     assert backend.launch_geometry(want128, 512, 6) == ((4, 6, 1), (256, 1, 1), (256, 1, 1))
+    # in the tuner's space on a compute capability 9.0 device only, last, the larger tile first
+    lay = causal(512, block=128, heads=1)
+    assert all(c["kernel"] != "wgmma" for c in backend.config_space(lay, 64, torch.float16))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.cuda, "is_available", lambda: True)
+        mp.setattr(torch.cuda, "get_device_capability", lambda device=None: h100)
+        assert backend.config_space(lay, 64, torch.float16)[-2:] == [want128, want]
+        assert backend.config_space(causal(512, block=64, heads=1), 64, torch.float16)[-1] == want
+        for d, dtype in ((128, torch.float16), (64, torch.float32)):
+            assert all(c["kernel"] != "wgmma" for c in backend.config_space(lay, d, dtype))
+        mp.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+        assert all(c["kernel"] != "wgmma" for c in backend.config_space(lay, 64, torch.float16))
     with pytest.raises(ValueError, match="BLOCK_N"):
         backend.resolve_config({"kernel": "wgmma", "BLOCK_N": 128}, 128, 64, torch.float16, h100)
     with pytest.raises(ValueError, match="BLOCK_M"):
