@@ -10,10 +10,10 @@ Kernels (this folder's ``.cu`` files, compiled by NVRTC, see ``compile.py``):
   the forward, per 16 rows in the backward.
 - ``scalar``: plain fp32 FMA, any of float32 / float16 / bfloat16, head dim up to 128; the
   float32 path and the simple cross-check of the tensor-core kernels.
-- ``wgmma``: the forward on Hopper's warpgroup MMA (``st_fwd_wgmma.cu``, sm_90a, compute
-  capability 9.0 only, in ``config_space`` there), 16-bit inputs, head dim 64, a warpgroup per
-  64 query rows (BLOCK_M 64 or 128), 64 keys per step, the next step's Q K^T overlapping this
-  step's P V; the backward is ``mma``'s.
+- ``wgmma`` (by config; not in ``config_space``: 3-5% slower than the best ``mma`` tiles on
+  the H200): the forward on Hopper's warpgroup MMA (``st_fwd_wgmma.cu``, sm_90a, compute
+  capability 9.0 only), 16-bit inputs, head dim 64, a warpgroup per 64 query rows (BLOCK_M 64
+  or 128), 64 keys per step; the backward is ``mma``'s.
 
 Both read the shared device plan (``stbench.layouts.plan_for``) and fold the strided transpose's
 permutation into their row indexing, so q, k, v, out and the gradients stay in original token
@@ -136,8 +136,9 @@ def config_space(layout: Layout, head_dim: int, dtype: torch.dtype) -> list[dict
     the tuner's local search starts from the first candidate of each layout block (session 5's
     sweep started from 16 x 16 tiles, the slowest, and picked 26.7 ms for causal N = 65536
     where 128 x 64 tiles at 32 rows per warp run 18.5 ms). The wgmma forward
-    (``{"kernel": "wgmma", "BLOCK_M": 128 or 64}``) comes last, and only where it runs: 16-bit
-    inputs, head dim 64, a compute capability 9.0 device (H100 / H200)."""
+    (``{"kernel": "wgmma", "BLOCK_M": 128 or 64}``) is left out: on the H200 it ran 3-5% slower
+    than the best mma.sync tiles on causal / fixed at N = 16384 and 65536 (kernels/cupy/NOTES.md,
+    session 6), so it would only spend the tuner's evaluations; ask for it by config."""
     space = []
     if mma_possible(head_dim, dtype):
         space.append(_default_mma(layout.block, head_dim))
@@ -154,20 +155,7 @@ def config_space(layout: Layout, head_dim: int, dtype: torch.dtype) -> list[dict
                                 space.append(cfg)
     elif head_dim <= SCALAR_MAX_HEAD_DIM:
         space.append({"kernel": "scalar"})
-    if _wgmma_runs_here(head_dim, dtype):
-        # the larger tile first: the tuner starts each kernel variant from its first candidate
-        for m in sorted(WGMMA_BLOCK_M, reverse=True):
-            if layout.block % m == 0:
-                space.append({"kernel": "wgmma", "BLOCK_M": m, "BLOCK_N": WGMMA_TILE})
     return space
-
-
-def _wgmma_runs_here(head_dim: int, dtype: torch.dtype) -> bool:
-    """Whether the wgmma forward can run these shapes on this process's CUDA device (compute
-    capability 9.0): the tuner's space holds it only there."""
-    return (dtype in (torch.float16, torch.bfloat16) and head_dim == WGMMA_HEAD_DIM
-            and torch.cuda.is_available()
-            and tuple(torch.cuda.get_device_capability()) == WGMMA_CAPABILITY)
 
 
 def resolve_config(config: dict | None, block: int, head_dim: int, dtype: torch.dtype,

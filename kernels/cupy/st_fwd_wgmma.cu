@@ -1,7 +1,9 @@
 // st_fwd_wgmma.cu: block-sparse flash attention forward on Hopper's warpgroup MMA (wgmma,
 // sm_90a only), float16 / bfloat16 inputs, fp32 accumulation. Rests on st_wgmma.cuh /
 // st_wgmma_ptx.cuh, whose reading of the PTX ISA scripts/gpu_wgmma_probe.py confirmed on an
-// H200 (session 6); checked against dense on the GPU and under the CPU emulation.
+// H200 (session 6); checked against dense on the GPU (memcheck / racecheck clean) and under
+// the CPU emulation. Measured 3-5% slower than the best mma.sync tiles (kernels/cupy/NOTES.md,
+// session 6), so it is not in the tuner's space; ask for it by config.
 //
 // Same contract as st_fwd_mma.cu's st_fwd_mma (arguments, out, lse in base-2 units, the empty
 // row's out = 0 / lse = -inf, the plan walk with DIAG chunk skipping, rows gathered through
@@ -14,32 +16,31 @@
 //
 //   Q (BLOCK_M x 64) -> shared memory once (cp.async, st_wgmma.cuh's core-matrix layout)
 //   m = -inf, l = 0, O = 0                   (m: running max of the SCALED scores, base 2)
-//   steps j = 0, 1, ... (entry of row qb in the plan, chunk of 64 keys; DIAG: chunks that
-//   reach the diagonal); S_0 = Q K_0^T, P_0 = softmax step (below) first; then iteration j:
-//     issue S_{j+1} = Q K_{j+1}^T   SS wgmma, 4 k-steps of d, Q and K both K-major
-//     issue O += P_j V_j            RS wgmma: P_j (input dtype) from registers; V MN-major
-//     wait for S_{j+1} alone; its softmax step runs while P_j V_j is still in flight:
-//       masked step only:  S[i, j] = -inf where the entry forbids (i, j)
-//       m' = max(m, rowmax(S) * c);  P = exp2(S * c - m');  l = l * exp2(m - m') + rowsum P
-//     wait for P_j V_j; O = O * exp2(m - m') (skipped when no row of the warp raised its max)
+//   for each step (entry of row qb in the plan, chunk of 64 keys; DIAG: chunks that reach
+//   the diagonal), K and V of the next step copied into the other stage meanwhile:
+//     S = Q K^T            SS wgmma, 4 k-steps of d, Q and K both K-major; wait
+//     masked step only:    S[i, j] = -inf where the entry forbids (i, j)
+//     m' = max(m, rowmax(S) * c);  P = exp2(S * c - m');  l = l * exp2(m - m') + rowsum P
+//     O = O * exp2(m - m')  in registers (skipped when no row of the warp raised its max)
+//     O += P V             RS wgmma: P (rounded to the input dtype) from registers, the S
+//                          fragment repacked as A fragments; V MN-major; 4 k-steps of keys; wait
 //   out = O / l  (0 for a row with no allowed key);  lse = m + log2(l)  (-inf for such a row)
-// This is FlashAttention-3's intra-warpgroup overlap: the exponentials of one step and the
-// tensor-core work of the previous one proceed together (one warpgroup's softmax otherwise
-// leaves its tensor core idle).
 //
 // Fragments (st_wgmma_ptx.cuh): the m64n64 accumulator d[32] of a thread holds rows
 // 16w + g and 16w + g + 8 (g = lane / 4), columns 8 (i >> 2) + 2t + (i & 1) (t = lane % 4):
 // mma.sync's C fragment of n8 tile i >> 2, so a row's 64 columns lie in the 4 threads of a quad
 // and quad shuffles reduce it, as in st_fwd_mma.cu. S's d[8j .. 8j + 7] pack pairwise into the
 // A fragment of P for k-step j (FlashAttention-3's conversion).
-// Copies: two stages of K and V (step j's in stage j % 2). At the top of iteration j one barrier
-// (after cp.async.wait_all and fence.proxy.async: cp.async writes are generic-proxy, wgmma
-// reads async-proxy) publishes K_{j+1} and V_j, copied during iteration j - 1, and follows
-// every wgmma of iteration j - 1, so K_j's and V_{j-1}'s slots are free: K_{j+2} and V_{j+1}
-// are copied into them during iteration j. No swizzle, no TMA.
+// Pipeline: two stages of K and V; K and V in separate cp.async groups (S waits for K alone).
+// cp.async writes are generic-proxy, wgmma reads async-proxy: fence.proxy.async, then the
+// barrier, before a wgmma reads a tile. Each wgmma batch is waited for (wait_group 0) before
+// its accumulator is read or rescaled, and before the barrier after which the stage it read is
+// refilled. No overlap of one step's P V with the next step's S (FlashAttention-3's
+// intra-warpgroup pipelining: session 6's attempt gave wrong results at N >= 16384 on the GPU
+// and no speed-up, NOTES.md), no swizzle, no TMA.
 // Shared memory: Q 8 / 16 KB + 2 stages x (K 8 KB + V 8 KB) = 40 / 48 KB static.
-// Registers per thread: S 32 + O 32 + P 2 x 16 fragment words (ptxas: 140 at BLOCK_M 64, 128
-// at 128 under its launch bound; tests/kernels/test_cupy_compile.py).
+// Registers per thread: S 32 + O 32 + P 16 fragment words (ptxas: 113-128,
+// tests/kernels/test_cupy_compile.py).
 #include "st_common.cuh"
 #include "st_wgmma.cuh"
 
@@ -48,9 +49,6 @@
 #endif
 
 #define WG_THREADS (BLOCK_M / 64 * 128)  // a warpgroup per 64 query rows
-// CTAs an SM must hold (registers: 65536 / (CTAs x threads)): 3 x 128 threads (170 a thread),
-// 2 x 256 (128 a thread: without the bound ptxas takes 141, and one CTA of 8 warps fits)
-#define WG_MIN_CTAS (BLOCK_M == 64 ? 3 : 2)
 // the plan walk (step_advance, step_masked) of the mma.sync kernels, on BLOCK_M x BLOCK_N steps
 #include "st_plan_walk.cuh"
 #include "st_online_softmax.cuh"
@@ -78,7 +76,7 @@ __device__ __forceinline__ void load_rows(elem_t* dst, const elem_t* src, const 
 
 }  // namespace
 
-extern "C" __global__ void __launch_bounds__(WG_THREADS, WG_MIN_CTAS)
+extern "C" __global__ void __launch_bounds__(WG_THREADS)
 st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
              const elem_t* __restrict__ v, elem_t* __restrict__ out, float* __restrict__ lse,
              const int* __restrict__ head_pattern, const int* __restrict__ row_ptr,
@@ -111,37 +109,65 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 #pragma unroll
   for (int i = 0; i < 32; ++i) o[i] = 0.f;
   float m_run[2] = {neg_inf(), neg_inf()}, l_run[2] = {0.f, 0.f};
-  float alpha[2];
-  unsigned pa[BLOCK_N / 16][4];  // P of the step whose P V is next (A fragments)
 
-  // S = Q K^T of one step (raw scores, this warpgroup's 64 rows: its Q rows start 8 row groups
-  // further per warpgroup), both operands K-major, the first k-step overwriting S; no wait
-  auto issue_s = [&](float* s, const elem_t* tile_k) {
+  const int e_begin = row_ptr[pat * (nb + 1) + qb], e_end = row_ptr[pat * (nb + 1) + qb + 1];
+  int e = e_begin, kc = 0, stage = 0;
+  step_advance(e, kc, e_end, col_kind, qin0, false, true);
+  // Q and the first step's K in one commit group, its V in the next
+  const int kpos = e < e_end ? col_idx[e] * LAYOUT_BLOCK + kc : 0;  // position of key kc
+  if (e < e_end) {
+    load_rows<BLOCK_M>(sQ, q + base, prow, q0, tid);
+    load_rows<64>(sK[0], kbase, prow, kpos, tid);
+  }
+  cp_async_commit();
+  if (e < e_end) load_rows<64>(sV[0], vbase, prow, kpos, tid);
+  cp_async_commit();
+
+  while (e < e_end) {
+    int ne = e, nkc = kc;
+    step_advance(ne, nkc, e_end, col_kind, qin0, false, false);
+    const int nkpos = ne < e_end ? col_idx[ne] * LAYOUT_BLOCK + nkc : 0;
+    const int kind = col_kind[e], mid = col_mask[e];
+    cp_async_wait<1>();   // this step's K (and Q) has landed (its V may still fly)
+    fence_proxy_async();  // ... visible to wgmma
+    __syncthreads();      // ... for every thread; every wgmma of the previous step has completed
+    // prefetch the next step's K and V into the other stage, one group each
+    if (ne < e_end) load_rows<64>(sK[stage ^ 1], kbase, prow, nkpos, tid);
+    cp_async_commit();
+    if (ne < e_end) load_rows<64>(sV[stage ^ 1], vbase, prow, nkpos, tid);
+    cp_async_commit();
+
+    // S = Q K^T (raw scores) for this warpgroup's 64 rows (its Q rows start 8 row groups
+    // further per warpgroup), both operands K-major, the first k-step overwrites S
+    float s[32];
 #pragma unroll
-    for (int j = 0; j < HEAD_DIM / 16; ++j)
-      wg_mma_ss<0, 0>(s, wg_desc(wg_kmajor_step(sQ + wgroup * WG_TILE, j), WG_KMAJOR_LBO,
-                                 WG_KMAJOR_SBO),
-                      wg_desc(wg_kmajor_step(tile_k, j), WG_KMAJOR_LBO, WG_KMAJOR_SBO), j > 0);
-  };
-  // the step (entry e, key chunk c) of completed scores s -> P (into p), l_run, m_run, alpha;
-  // returns whether a row of the warp raised its max (O must then be scaled by alpha)
-  auto softmax_step = [&](float* s, int e, int c, unsigned (*p)[4]) -> bool {
-    const int kind = col_kind[e];
-    if (step_masked(kind, c, wrow_lo, wrow_hi, false)) {  // uniform per warp and step
-      const int mid = col_mask[e];
+    for (int i = 0; i < 32; ++i) s[i] = 0.f;
+    wg_run(s, [&] {
+#pragma unroll
+      for (int j = 0; j < HEAD_DIM / 16; ++j)
+        wg_mma_ss<0, 0>(s, wg_desc(wg_kmajor_step(sQ + wgroup * WG_TILE, j), WG_KMAJOR_LBO,
+                                   WG_KMAJOR_SBO),
+                        wg_desc(wg_kmajor_step(sK[stage], j), WG_KMAJOR_LBO, WG_KMAJOR_SBO),
+                        j > 0);
+    });
+
+    // the mask, on masked steps only (uniform per warp and step)
+    if (step_masked(kind, kc, wrow_lo, wrow_hi, false)) {
 #pragma unroll
       for (int i = 0; i < 32; ++i) {
-        const int jk = c + 8 * (i >> 2) + 2 * t + (i & 1);
+        const int jk = kc + 8 * (i >> 2) + 2 * t + (i & 1);
         if (!allowed(kind, mid, qin0 + r[(i >> 1) & 1], jk, masks)) s[i] = neg_inf();
       }
     }
+
+    // online softmax on the raw scores; half hf: row r[hf]
     float mx[2] = {neg_inf(), neg_inf()};
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
       mx[0] = fmaxf(mx[0], fmaxf(s[4 * nt], s[4 * nt + 1]));
       mx[1] = fmaxf(mx[1], fmaxf(s[4 * nt + 2], s[4 * nt + 3]));
     }
-    float mu[2], ls[2] = {0.f, 0.f};
+    float mu[2], alpha[2], ls[2] = {0.f, 0.f};
     const bool grew = online_max(m_run, mx, scale_log2, mu, alpha);
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
@@ -150,92 +176,35 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     }
     l_run[0] = l_run[0] * alpha[0] + ls[0];  // per-thread partial sums, the quad's at the end
     l_run[1] = l_run[1] * alpha[1] + ls[1];
-    // S's fragment of key columns 16j .. 16j + 15 is the A fragment of k-step j
+    // P: S's fragment of key columns 16j .. 16j + 15 is the A fragment of k-step j
+    unsigned pa[BLOCK_N / 16][4];
 #pragma unroll
     for (int j = 0; j < BLOCK_N / 16; ++j)
 #pragma unroll
-      for (int x = 0; x < 4; ++x) p[j][x] = pack2(s[8 * j + 2 * x], s[8 * j + 2 * x + 1]);
-    return __any_sync(0xffffffffu, grew);
-  };
-  auto kv_pos = [&](int e, int c) { return col_idx[e] * LAYOUT_BLOCK + c; };
+      for (int x = 0; x < 4; ++x) pa[j][x] = pack2(s[8 * j + 2 * x], s[8 * j + 2 * x + 1]);
+    // O, no wgmma in flight on it, is rescaled in registers (skipped when no row of the warp
+    // raised its max: the factor is exactly 1 then)
+    if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+      for (int i = 0; i < 32; ++i) o[i] *= alpha[(i >> 1) & 1];
+    }
 
-  const int e_begin = row_ptr[pat * (nb + 1) + qb], e_end = row_ptr[pat * (nb + 1) + qb + 1];
-  // step j + 1 (e1, c1) and step j + 2 (e2, c2) of iteration j; step j's K / V in stage j % 2
-  int e1 = e_begin, c1 = 0;
-  step_advance(e1, c1, e_end, col_kind, qin0, false, true);
-  if (e1 < e_end) {
-    // prologue: Q and K_0 (one group), then K_1 and V_0; S_0 and its softmax
-    int e2 = e1, c2 = c1;
-    step_advance(e2, c2, e_end, col_kind, qin0, false, false);
-    load_rows<BLOCK_M>(sQ, q + base, prow, q0, tid);
-    load_rows<64>(sK[0], kbase, prow, kv_pos(e1, c1), tid);
-    cp_async_commit();
-    if (e2 < e_end) load_rows<64>(sK[1], kbase, prow, kv_pos(e2, c2), tid);
-    load_rows<64>(sV[0], vbase, prow, kv_pos(e1, c1), tid);
-    cp_async_commit();
-    cp_async_wait<1>();   // Q and K_0 have landed
-    fence_proxy_async();  // ... visible to wgmma
-    __syncthreads();      // ... for every thread
-    float s[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) s[i] = 0.f;
-    wg_run(s, [&] { issue_s(s, sK[0]); });
-    softmax_step(s, e1, c1, pa);  // O = 0: no rescale
-    e1 = e2, c1 = c2;
-    if (e2 < e_end) step_advance(e2, c2, e_end, col_kind, qin0, false, false);
-    int stage = 0;
-    // iteration j: O += P_j V_j (stage j % 2) runs while S_{j + 1} = Q K_{j + 1}^T (the other
-    // stage) completes and is turned into P_{j + 1} (FlashAttention-3's intra-warpgroup overlap)
-    for (;;) {
-      const bool has_next = e1 < e_end;
-      cp_async_wait<0>();   // K_{j + 1} and V_j have landed
-      fence_proxy_async();
-      __syncthreads();      // every wgmma of iteration j - 1 has completed: K_j's and V_{j - 1}'s
-                            // slots may be refilled
-      if (e2 < e_end) load_rows<64>(sK[stage], kbase, prow, kv_pos(e2, c2), tid);
-      if (has_next) load_rows<64>(sV[stage ^ 1], vbase, prow, kv_pos(e1, c1), tid);
-      cp_async_commit();
-      float sn[32];
-#pragma unroll
-      for (int i = 0; i < 32; ++i) sn[i] = 0.f;
-      wg_fence_acc(sn);
-      wg_fence_acc(o);
-      wg_fence();  // orders the rescale of O, P's and sn's writes before the wgmma read them
-      // (issued on the last iteration too, on a stale tile, and never read: a wgmma under a
-      // branch makes ptxas serialize every wgmma of the kernel)
-      issue_s(sn, sK[stage ^ 1]);
-      wg_commit();
+    cp_async_wait<2>();   // this step's V has landed (the next step's K, V may still fly)
+    fence_proxy_async();
+    __syncthreads();
+    // O += P V: V MN-major (d contiguous), k-step j = keys 16j .. 16j + 15 (wg_run's fence
+    // orders the rescale of O and the writes of P before the wgmma reads them)
+    wg_run(o, [&] {
 #pragma unroll
       for (int j = 0; j < BLOCK_N / 16; ++j)
         wg_mma_rs<1>(o, pa[j], wg_desc(wg_mnmajor_step(sV[stage], j), WG_MNMAJOR_LBO,
                                        WG_MNMAJOR_SBO), 1);
-      wg_commit();
-      unsigned pn[BLOCK_N / 16][4];
-      bool grew = false;
-      wg_wait<1>();  // S_{j + 1} is complete (P_j V_j may still run); not under the branch:
-      wg_fence_acc(sn);  // a wait under one makes ptxas serialize every wgmma
-      if (has_next) grew = softmax_step(sn, e1, c1, pn);
-      wg_wait<0>();  // P_j V_j is complete: O may be read, pa reused
-      wg_fence_acc(o);
-#pragma unroll
-      for (int j = 0; j < BLOCK_N / 16; ++j)
-#pragma unroll
-        for (int x = 0; x < 4; ++x) wg_fence_operand(pa[j][x]);
-      if (!has_next) break;
-      if (grew) {  // O for step j + 1 (exactly 1 where no row of the warp raised its max)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) o[i] *= alpha[(i >> 1) & 1];
-      }
-#pragma unroll
-      for (int j = 0; j < BLOCK_N / 16; ++j)
-#pragma unroll
-        for (int x = 0; x < 4; ++x) pa[j][x] = pn[j][x];
-      e1 = e2, c1 = c2;
-      if (e2 < e_end) step_advance(e2, c2, e_end, col_kind, qin0, false, false);
-      stage ^= 1;
-    }
+    });
+    e = ne;
+    kc = nkc;
+    stage ^= 1;
   }
-  cp_async_wait<0>();  // no copy outlives the kernel
+  cp_async_wait<0>();  // no copy outlives the kernel (an empty row list committed empty groups)
 
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {

@@ -104,8 +104,8 @@ def test_mma_on_float32_is_refused_with_the_fix():
 
 
 def test_wgmma_config_is_validated_with_the_fix():
-    """{"kernel": "wgmma"}: BLOCK_M 64 (default) or 128 (a warpgroup per 64 rows), BLOCK_N fixed
-    at 64, 16-bit inputs, head dim 64, compute capability 9.0 (sm_90a code)."""
+    """{"kernel": "wgmma"}: by config only; BLOCK_M 64 (default) or 128 (a warpgroup per 64
+    rows), BLOCK_N fixed at 64, 16-bit inputs, head dim 64, compute capability 9.0 (sm_90a)."""
     h100 = backend.WGMMA_CAPABILITY
     want = {"kernel": "wgmma", "BLOCK_M": 64, "BLOCK_N": 64}
     want128 = {**want, "BLOCK_M": 128}
@@ -120,17 +120,9 @@ def test_wgmma_config_is_validated_with_the_fix():
     assert backend.launch_geometry(want, 512, 6) == ((8, 6, 1), (128, 1, 1), (128, 1, 1))
     # two warpgroups forward; the mma.sync backward's warp per 16 rows
     assert backend.launch_geometry(want128, 512, 6) == ((4, 6, 1), (256, 1, 1), (256, 1, 1))
-    # in the tuner's space on a compute capability 9.0 device only, last, the larger tile first
-    lay = causal(512, block=128, heads=1)
-    assert all(c["kernel"] != "wgmma" for c in backend.config_space(lay, 64, torch.float16))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.cuda, "is_available", lambda: True)
-        mp.setattr(torch.cuda, "get_device_capability", lambda device=None: h100)
-        assert backend.config_space(lay, 64, torch.float16)[-2:] == [want128, want]
-        assert backend.config_space(causal(512, block=64, heads=1), 64, torch.float16)[-1] == want
-        for d, dtype in ((128, torch.float16), (64, torch.float32)):
-            assert all(c["kernel"] != "wgmma" for c in backend.config_space(lay, d, dtype))
-        mp.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    # by config only (slower than the best mma.sync tiles on the H200: config_space's docstring)
+    for block in (64, 128):
+        lay = causal(512, block=block, heads=1)
         assert all(c["kernel"] != "wgmma" for c in backend.config_space(lay, 64, torch.float16))
     with pytest.raises(ValueError, match="BLOCK_N"):
         backend.resolve_config({"kernel": "wgmma", "BLOCK_N": 128}, 128, 64, torch.float16, h100)
