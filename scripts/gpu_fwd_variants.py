@@ -38,8 +38,8 @@ from stbench.tuning.measure import closure
 def label(row: dict) -> str:
     """A row's bar label: the backend and its configuration's distinguishing keys."""
     cfg = row["config"] or {}
-    if row["backend"] == "cupy" and cfg.get("kernel") == "wgmma":
-        return "cupy wgmma 64x64"  # its tiles are fixed
+    if row["backend"] == "cupy" and cfg.get("kernel") == "wgmma":  # 64 keys a step, always
+        return f"cupy wgmma {cfg.get('BLOCK_M', 64)}x64"
     if row["backend"] == "cupy" and "BLOCK_M" in cfg:
         return f"cupy {cfg['BLOCK_M']}x{cfg['BLOCK_N']} {cfg.get('WARP_M', 16)} rows/warp"
     if row["backend"] != "triton":

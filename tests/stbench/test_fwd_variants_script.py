@@ -31,6 +31,7 @@ def test_labels():
     cfg = {"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}
     assert mod.label(_row("cupy", cfg)) == "cupy 128x64 32 rows/warp"
     assert mod.label(_row("cupy", {"kernel": "wgmma"})) == "cupy wgmma 64x64"
+    assert mod.label(_row("cupy", {"kernel": "wgmma", "BLOCK_M": 128})) == "cupy wgmma 128x64"
 
 
 def test_plot_skips_step_lines_and_failed_rows(tmp_path, monkeypatch):
