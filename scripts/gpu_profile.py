@@ -7,8 +7,8 @@
 The problem is TARGETS.md's standard one (bf16, H = 8, D = 64, B x N = 65536) at ``--n``; the
 backend runs the config and layout block its row of ``--picks`` measured (default: the committed
 tuned sweep, reports/standard/results.jsonl), or its default when there is no such row, or
-``--config`` at the layout's own block. The
-call runs ``--warm`` times unprofiled (compilation, planning), then once between
+``--config`` at the layout's own block. The call runs ``--warm`` times unprofiled
+(compilation, planning), then once between
 cudaProfilerStart and cudaProfilerStop: with ``--profile-from-start off`` ncu profiles exactly
 the kernels of that one call (forward, or forward and backward). The output is checked against
 the dense reference first (row-sampled beyond N = 16384), so a profile is of a correct run.
