@@ -9,7 +9,7 @@
 # fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse, fwdvar_st_mix, fwdvar_local,
 # fwdvar_strided, fwdvar_scale, fwdvar_cupy, fwdvar_cupy_bwd, fwdvar_paper), sanitize_cupy_tiles, memcheck_tma, sweep_large, sweep_small,
 # sweep_tc_a .. sweep_tc_d, sweep_tc3_a .. sweep_tc3_c, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
-# hostsplit, hostsplit_fwd, dlpack_cost,
+# hostsplit, hostsplit_fwd, dlpack_cost, fwdvar_paper12288,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -275,6 +275,20 @@ FWDVAR_CUPY_BWD_CONFIGS=(
 job_fwdvar_cupy_bwd() {  # fwd+bwd at a few of those tiles (the backward clamps BLOCK_N to 64)
     FWDVAR_SET=FWDVAR_CUPY_BWD_CONFIGS FWDVAR_MODE=fwd+bwd FWDVAR_BACKEND=cupy FWDVAR_PEERS=triton \
         FWDVAR_LAYOUTS="causal st_mix" FWDVAR_NS=65536 job_fwdvariants "$@"
+}
+# the fixed mask's fwd+bwd at N = 12288 (3.50x against 4x in session 6): backward variants
+# around the 64 x 32 pick (stages, warps, dK/dV query tile, 16-key tiles)
+FWDVAR_PAPER_BWD2_CONFIGS=(
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "bwd_stages": 3}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "DKV_BLOCK_M": 128}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "bwd_warps": 2}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 128, "BWD_BLOCK_N": 32}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 16}'
+)
+job_fwdvar_paper12288() {
+    FWDVAR_SET=FWDVAR_PAPER_BWD2_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS=12288 \
+        FWDVAR_MODE=fwd+bwd job_fwdvariants "$@"
 }
 job_fwdvar_paper() {  # fwd+bwd, no peer (flex's fwd+bwd: job_paperbwd)
     FWDVAR_SET=FWDVAR_PAPER_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS="12288 65536" \
