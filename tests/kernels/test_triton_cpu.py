@@ -69,8 +69,9 @@ def test_generators(name, gen, device):
         dict(BLOCK_M=64, BLOCK_N=16, BWD_BLOCK_M=16, BWD_BLOCK_N=64),  # tiles < block, > block
         dict(BLOCK_M=16, BLOCK_N=64, BWD_BLOCK_M=64, BWD_BLOCK_N=32),  # gathered keys, pads
         dict(BWD_BLOCK_M=64, BWD_BLOCK_N=64, DQ_BLOCK_N=16, DKV_BLOCK_M=32),  # asymmetric bwd
+        dict(BWD_BLOCK_M=64, BWD_BLOCK_N=32, DKV_BLOCK_M=128),  # dK/dV: 32 keys x 128 queries
     ],
-    ids=["tall", "wide", "asym_bwd"],
+    ids=["tall", "wide", "asym_bwd", "dkv_tall"],
 )
 def test_tiles_decoupled_from_block(config, gen, device):
     """Block 32 partial / empty blocks under tiles both finer and coarser than the block."""
