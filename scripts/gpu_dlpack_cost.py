@@ -1,6 +1,7 @@
 """Host cost of handing one torch CUDA tensor to a CuPy kernel launch (GPU only): the DLPack
 route the CuPy backend took until session 6 (``cupy.from_dlpack`` of an int16 view) against the
-device address it passes now (``Tensor.data_ptr``), in microseconds per tensor (median of 2000).
+device address it passes now (``Tensor.data_ptr``), in microseconds per tensor (median of 2000
+calls after a warm-up, ``stbench.timing.bench`` on the host clock).
 
     python3 scripts/gpu_dlpack_cost.py [--out FILE.jsonl]
 """
@@ -10,18 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import torch
 
+from stbench import timing
+
 
 def per_call_us(fn, calls: int = 2000) -> float:
-    times = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e6)
-    return sorted(times)[calls // 2]
+    """Median host time of ``fn()`` over ``calls`` calls (after a warm-up), microseconds."""
+    t = timing.bench(fn, warmup_ms=5, min_reps=calls, max_reps=calls, device="cpu")
+    return t.median_ms * 1e3
 
 
 def main(argv=None) -> int:
