@@ -9,7 +9,8 @@
 # fwdvariants (fwdvar_causal, fwdvar_fixed, fwdvar_sparse, fwdvar_st_mix, fwdvar_local,
 # fwdvar_strided, fwdvar_scale, fwdvar_cupy, fwdvar_cupy_bwd, fwdvar_paper), sanitize_cupy_tiles, memcheck_tma, sweep_large, sweep_small,
 # sweep_tc_a .. sweep_tc_d, sweep_tc3_a .. sweep_tc3_c, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
-# hostsplit, hostsplit_fwd, dlpack_cost, fwdvar_paper12288,
+# hostsplit, hostsplit_fwd, dlpack_cost, fwdvar_paper12288, paper_split, fwdvar_local_tma,
+# scale_split,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -239,10 +240,12 @@ job_fwdvariants() {
         for n in ${FWDVAR_NS:-65536 16384}; do
             for peer in ${FWDVAR_PEERS-flex}; do
                 step 150 "${peer}_${lay}_$n" python3 scripts/gpu_fwd_variants.py --backend $peer \
-                    --layout $lay --n $n --mode ${FWDVAR_MODE:-fwd} >>"$1/fwd_variants.jsonl"
+                    --layout $lay --n $n --mode ${FWDVAR_MODE:-fwd} ${FWDVAR_KERNELS:+--kernels} \
+                    >>"$1/fwd_variants.jsonl"
             done
             step ${FWDVAR_CAP:-300} "${be}_${lay}_$n" python3 scripts/gpu_fwd_variants.py --backend $be \
-                --layout $lay --n $n --mode ${FWDVAR_MODE:-fwd} "${args[@]}" >>"$1/fwd_variants.jsonl"
+                --layout $lay --n $n --mode ${FWDVAR_MODE:-fwd} ${FWDVAR_KERNELS:+--kernels} "${args[@]}" \
+                >>"$1/fwd_variants.jsonl"
         done
     done
     grep "^{" "$1/fwd_variants.jsonl" | python3 -c "import json,sys
@@ -290,6 +293,35 @@ job_fwdvar_paper12288() {
     FWDVAR_SET=FWDVAR_PAPER_BWD2_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS=12288 \
         FWDVAR_MODE=fwd+bwd job_fwdvariants "$@"
 }
+# session 7: each kernel's share of the fixed mask's fwd+bwd at N = 12288 (the 64 x 32 pick and
+# the 128-query dK/dV tiles), then the forward alone
+FWDVAR_PAPER_SPLIT_CONFIGS=(
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "DKV_BLOCK_M": 128}'
+)
+job_paper_split() {
+    FWDVAR_SET=FWDVAR_PAPER_SPLIT_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS=12288 \
+        FWDVAR_MODE=fwd+bwd FWDVAR_KERNELS=1 job_fwdvariants "$@"
+}
+# session 7: the local forward's TMA loads (in the space, never picked by a 10-evaluation tune)
+FWDVAR_LOCAL_TMA_CONFIGS=(
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3, "fwd_loads": "tma"}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loads": "tma"}'
+    '{"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "fwd_loads": "tma"}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "fwd_loads": "tma"}'
+    '{"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3, "fwd_loads": "tma"}'
+)
+job_fwdvar_local_tma() {
+    FWDVAR_SET=FWDVAR_LOCAL_TMA_CONFIGS FWDVAR_LAYOUTS=local FWDVAR_NS="${LOCAL_NS:-65536 16384 4096}" \
+        FWDVAR_KERNELS=1 job_fwdvariants "$@"
+}
+# session 7: st_mix at N = 1M (item 6), where flex's time goes (its gathers vs its kernel)
+job_scale_split() {
+    FWDVAR_SET=FWDVAR_SCALE_SPLIT_CONFIGS FWDVAR_LAYOUTS=st_mix FWDVAR_NS=1048576 FWDVAR_KERNELS=1 \
+        job_fwdvariants "$@"
+}
+FWDVAR_SCALE_SPLIT_CONFIGS=('{"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}')
 job_fwdvar_paper() {  # fwd+bwd, no peer (flex's fwd+bwd: job_paperbwd)
     FWDVAR_SET=FWDVAR_PAPER_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS="12288 65536" \
         FWDVAR_MODE=fwd+bwd job_fwdvariants "$@"

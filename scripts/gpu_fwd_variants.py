@@ -12,7 +12,8 @@ costs its own time cap, not the comparison (scripts/gpu_batch.sh fwdvariants).
         reports/session4/fwd_variants/fwd_variants.png              # any machine
 
 Each row has the suite's timing (``median_ms``: L2 flushed, as the sweep) and where a call's
-time goes (``host_ms`` / ``device_ms``, ``stbench.timing.host_device_split``).
+time goes (``host_ms`` / ``device_ms``, ``stbench.timing.host_device_split``); with
+``--kernels``, each kernel's device time per call (``kernels_us``, ``timing.kernel_times``).
 
 The problem is TARGETS.md's standard one (bf16, H = 8, D = 64, B x N = 65536) at ``--n``, at the
 layout's own block (``--block`` re-blocks it); ``--config`` (repeatable; ``null``: the default)
@@ -85,6 +86,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd")
     ap.add_argument("--block", type=int, default=None)
     ap.add_argument("--config", type=json.loads, action="append", default=None)
+    ap.add_argument("--kernels", action="store_true",
+                    help="add each kernel's device time per call (us, torch.profiler) to the row")
     args = ap.parse_args(argv)
     configs = args.config or [None]
 
@@ -131,6 +134,8 @@ def measure(module, args, prob, layout, run_layout, scale, qkv, ref, fresh, conf
             row.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, reps=t.reps,
                        tflops=timing.tflops(flops, t.median_ms), host_ms=split.host_ms,
                        device_ms=split.device_ms)
+            if args.kernels:
+                row["kernels_us"] = timing.kernel_times(run, grad_to_none=grads)
     except Exception as exc:  # one failing configuration is a data point
         row["error"] = repr(exc)[:400]
     row["env"] = dataclasses.asdict(environment.collect())

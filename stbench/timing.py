@@ -233,6 +233,32 @@ def host_device_split(fn: Callable[[], object], reps: int = 30,
     return HostDeviceSplit(host_ms, _quantile(sorted(device), 0.5), reps)
 
 
+def kernel_times(fn: Callable[[], object], reps: int = 10,
+                 grad_to_none: Sequence[torch.Tensor] | None = None) -> dict[str, float]:
+    """Device time per call of each CUDA kernel ``fn`` launches, in microseconds: the sum of
+    that kernel's durations over ``reps`` calls (torch.profiler's CUDA activity, ``fn`` warmed
+    up first, no L2 flush) divided by ``reps``, largest first. Says which of a call's kernels
+    (forward, delta, dQ, dK/dV, a peer's permutation gathers) take its time."""
+    if reps < 1:
+        raise ValueError(f"reps={reps} must be >= 1")
+    from torch.profiler import ProfilerActivity, profile
+
+    _reset_grads(grad_to_none)
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            _reset_grads(grad_to_none)
+            fn()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            totals[ev.name] = totals.get(ev.name, 0.0) + ev.device_time
+    per_call = {name: us / reps for name, us in totals.items()}
+    return dict(sorted(per_call.items(), key=lambda kv: -kv[1]))
+
+
 def timed_call(fn: Callable[[], object], device=None) -> tuple[object, float]:
     """(fn's result, wall time of the call in ms, device synchronised before and after)."""
     cuda = _use_cuda(device)

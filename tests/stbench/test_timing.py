@@ -108,3 +108,23 @@ def test_host_device_split_separates_host_work_from_kernels():
     assert split.device_ms > 0.5 and split.device_ms > 5 * split.host_ms
     with pytest.raises(ValueError, match="reps"):
         timing.host_device_split(host_bound, reps=0)
+
+
+@pytest.mark.gpu
+def test_kernel_times_names_each_kernel_with_its_share():
+    """A large matrix product and a tiny add per call: two kernels, the product's far longer
+    and listed first, their total within the call's event time."""
+    big = torch.randn(4096, 4096, device="cuda")
+    small = torch.randn(64, 64, device="cuda")
+
+    def call():
+        return big @ big, small + 1
+
+    times = timing.kernel_times(call, reps=4)
+    assert len(times) >= 2 and all(us > 0 for us in times.values())
+    durations = list(times.values())
+    assert durations[0] > 10 * durations[-1]
+    split = timing.host_device_split(call, reps=4)
+    assert sum(times.values()) <= split.device_ms * 1e3 * 1.5
+    with pytest.raises(ValueError, match="reps"):
+        timing.kernel_times(call, reps=0)
