@@ -10,7 +10,7 @@
 # fwdvar_strided, fwdvar_scale, fwdvar_cupy, fwdvar_cupy_bwd, fwdvar_paper), sanitize_cupy_tiles, memcheck_tma, sweep_large, sweep_small,
 # sweep_tc_a .. sweep_tc_d, sweep_tc3_a .. sweep_tc3_c, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
 # hostsplit, hostsplit_fwd, dlpack_cost, fwdvar_paper12288, paper_split, fwdvar_local_tma,
-# scale_split,
+# scale_split, paper_t, local_fused, local_fb, triton_new_tests,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -138,7 +138,9 @@ job_replay() {  # issue 4: triton and cupy fwd+bwd at the committed sweep's pick
 }
 
 job_paperbwd() {  # TARGETS.md item 3, forward+backward only (the fwd+bwd tune at the fwd pick)
-    step 450 paper python3 benchmarks/triton_vs_flex.py --suite paper --ns ${PAPER_NS:-12288,65536} \
+    # in-process Inductor compiles: session 7's first call hung 300 s in the compile worker pool
+    TORCHINDUCTOR_COMPILE_THREADS=1 \
+    step ${PAPER_CAP:-450} paper python3 benchmarks/triton_vs_flex.py --suite paper --ns ${PAPER_NS:-12288,65536} \
         --modes fwd+bwd --out "$1/paper.jsonl" --budget-s $(( $(left) - 60 ))
 }
 
@@ -316,6 +318,40 @@ job_fwdvar_local_tma() {
     FWDVAR_SET=FWDVAR_LOCAL_TMA_CONFIGS FWDVAR_LAYOUTS=local FWDVAR_NS="${LOCAL_NS:-65536 16384 4096}" \
         FWDVAR_KERNELS=1 job_fwdvariants "$@"
 }
+# session 7, call 2: the transposed dK/dV (32-key tiles as wgmma) on the fixed mask's fwd+bwd
+FWDVAR_PAPER_T_CONFIGS=(
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "DKV_BLOCK_M": 128}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "DKV_BLOCK_M": 128, "dkv_transposed": true}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "dkv_transposed": true}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "DKV_BLOCK_M": 128, "dkv_transposed": true, "bwd_stages": 3}'
+    '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "DKV_BLOCK_M": 64, "dkv_transposed": true}'
+)
+job_paper_t() {
+    FWDVAR_SET=FWDVAR_PAPER_T_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS=12288 \
+        FWDVAR_MODE=fwd+bwd FWDVAR_KERNELS=1 job_fwdvariants "$@"
+}
+# session 7, call 2: the local forward with FULL and CAUSAL tiles in one loop
+FWDVAR_LOCAL_FUSED_CONFIGS=(
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loads": "tma"}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loads": "tma", "fwd_loop": "fused"}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3, "fwd_loads": "tma", "fwd_loop": "fused"}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3, "fwd_loop": "fused"}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loop": "fused"}'
+)
+job_local_fused() {
+    FWDVAR_SET=FWDVAR_LOCAL_FUSED_CONFIGS FWDVAR_LAYOUTS=local FWDVAR_NS="${LOCAL_NS:-65536 16384}" \
+        job_fwdvariants "$@"
+}
+# the same forwards under the pick's backward (64 x 64, delta now inside the dQ kernel), fwd+bwd
+FWDVAR_LOCAL_FB_CONFIGS=(
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 64}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loads": "tma", "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 64}'
+    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loads": "tma", "fwd_loop": "fused", "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 64}'
+)
+job_local_fb() {
+    FWDVAR_SET=FWDVAR_LOCAL_FB_CONFIGS FWDVAR_LAYOUTS=local FWDVAR_NS="${LOCAL_FB_NS:-65536 32768}" \
+        FWDVAR_MODE=fwd+bwd FWDVAR_KERNELS=1 job_fwdvariants "$@"
+}
 # session 7: st_mix at N = 1M (item 6), where flex's time goes (its gathers vs its kernel)
 job_scale_split() {
     FWDVAR_SET=FWDVAR_SCALE_SPLIT_CONFIGS FWDVAR_LAYOUTS=st_mix FWDVAR_NS=1048576 FWDVAR_KERNELS=1 \
@@ -403,10 +439,14 @@ job_gputests() {  # every GPU-marked test (pytest-xdist carried as wheels in .ca
     # -v: a line per test as it ends (a killed run still names its failures); faulthandler
     # dumps every thread's stack when one test runs past 120 s
     step ${GPUTESTS_CAP:-450} pytest_gpu python3 -m pytest -v -rf -m gpu -n 8 \
-        -o faulthandler_timeout=120 ${GPUTESTS_PATHS:-tests}
+        -o faulthandler_timeout=120 ${GPUTESTS_K:+-k "$GPUTESTS_K"} ${GPUTESTS_PATHS:-tests}
 }
 job_cupytests() {  # the CuPy backend's GPU tests alone
     GPUTESTS_CAP=280 GPUTESTS_PATHS=tests/kernels/test_cupy_backend.py job_gputests "$@"
+}
+job_triton_new_tests() {  # session 7's kernel variants and the paper / split-union cases they touch
+    GPUTESTS_CAP=${NEWTESTS_CAP:-240} GPUTESTS_PATHS=tests/kernels/test_triton_gpu.py \
+        GPUTESTS_K="variants or paper or split_union or layouts_dtypes" job_gputests "$@"
 }
 job_othertests() {  # every other GPU test
     GPUTESTS_CAP=300 GPUTESTS_PATHS="tests --ignore=tests/kernels/test_cupy_backend.py" \

@@ -1,15 +1,18 @@
-"""Backward kernels: delta, dQ (forward-orientation tiles) and dK/dV (transposed tiles).
+"""Backward kernels: dQ (forward-orientation tiles, and delta) and dK/dV (transposed tiles).
 
 From the saved base-2 log-sum-exp LSE2 the probabilities are recomputed, never stored:
 
-    delta_i = rowsum(dO_i * O_i)                                   (preprocess, fp32)
-    dQ program, one query tile; over its key tiles e (FULL first, then masked):
+    dQ program, one query tile: delta_i = rowsum(dO_i * O_i) over its rows (fp32, stored
+    for the dK/dV kernel; or given, where disjoint parts share one: compose.py), then over
+    its key tiles e (FULL first, then masked):
         p  = exp2(q k^T * scale * LOG2E - LSE2)   (masked -> 0; an empty row has LSE2 = -inf
              and is treated as +inf so p = 0, never NaN)
         dp = dO v^T;  ds = p * (dp - delta);  dQ += ds @ k;       dQ *= scale
     dK/dV program, one key tile; over its (gathered) query tiles e:
         p^T  = exp2(k q^T * scale * LOG2E - LSE2^T);   dV += p^T @ dO
         dp^T = v dO^T;  ds^T = p^T * (dp^T - delta^T); dK += ds^T @ q;   dK *= scale
+    or, with dkv_transposed (KT), the same sums held as dK^T, dV^T [D, key tile]:
+        p = exp2(q k^T * ...);  dV^T += dO^T @ p;  ds = p * (dO v^T - delta);  dK^T += q^T @ ds
 
 Each output row is written by exactly one program: deterministic, no atomics. The strided
 permutation is folded into every gather and scatter as in the forward.
@@ -51,7 +54,7 @@ def _dq_tile(
     cpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_N)
     k, v, _ = load_row_pair(K, V, base, cpos, ok, perm, pp, N, HEAD_DIM, HAS_PERM, MODE != 0)
     s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
-    s = apply_mask(s, e, tmask, masks, rows, cpos, ok, MODE, False, BLOCK_M, BLOCK_N)
+    s = apply_mask(s, e, tmask, masks, rows, cpos, ok, MODE, False, BLOCK_M, BLOCK_N, False)
     p = tl.math.exp2(s - lse[:, None])
     dp = tl.dot(do, tl.trans(v), input_precision=IN_PREC)
     ds = p * (dp - delta[:, None])
@@ -60,13 +63,13 @@ def _dq_tile(
 
 @triton.jit
 def _dq_kernel(
-    Q, K, V, DO, LSE2, DELTA, DQ, DQ_PREV,
+    Q, K, V, O, DO, LSE2, DELTA, DQ, DQ_PREV,
     head_pattern, pattern_perm, perm,
     ptr, split, cols, kind, tmask, masks,
     qk_scale2, scale, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    ACCUM: tl.constexpr,
+    ACCUM: tl.constexpr, DELTA_HERE: tl.constexpr,
 ):
     t = tl.program_id(0)
     bh = tl.program_id(1)
@@ -84,7 +87,12 @@ def _dq_kernel(
     do = tl.load(DO + base + rtok[:, None] * HEAD_DIM + d[None, :])
     lse = tl.load(LSE2 + rbase + rtok)
     lse = tl.where(lse == float("-inf"), float("inf"), lse)  # empty rows: p = 0, never NaN
-    delta = tl.load(DELTA + rbase + rtok)
+    if DELTA_HERE:  # this tile's rows of delta = rowsum(dO * O), kept for the dK/dV kernel
+        o = tl.load(O + base + rtok[:, None] * HEAD_DIM + d[None, :])
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        tl.store(DELTA + rbase + rtok, delta)
+    else:
+        delta = tl.load(DELTA + rbase + rtok)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     start = tl.load(ptr + pat * (n_t + 1) + t)
     end_full = tl.load(split + (pat * n_t + t) * 2)
@@ -111,8 +119,11 @@ def _dkdv_tile(
     qk_scale2,
     MODE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
+    KT: tl.constexpr,
 ):
-    """dK, dV contributions of one gathered query tile; MODE as in _dq_tile."""
+    """dK, dV contributions of one gathered query tile; MODE as in _dq_tile. KT: dk, dv are
+    held transposed, [HEAD_DIM, BLOCK_N], and the scores as [BLOCK_M, BLOCK_N] (queries x
+    keys), so every product has BLOCK_M or HEAD_DIM rows, never the (narrow) key tile."""
     qpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_M)
     q, do, qtok = load_row_pair(Q, DO, base, qpos, ok, perm, pp, N, HEAD_DIM, HAS_PERM,
                                 MODE != 0)
@@ -123,13 +134,23 @@ def _dkdv_tile(
         lse = tl.load(LSE2 + rbase + qtok, mask=ok, other=float("inf"))
         delta = tl.load(DELTA + rbase + qtok, mask=ok, other=0.0)
     lse = tl.where(lse == float("-inf"), float("inf"), lse)
-    st = tl.dot(k, tl.trans(q), input_precision=IN_PREC) * qk_scale2
-    st = apply_mask(st, e, tmask, masks, kpos, qpos, ok, MODE, True, BLOCK_N, BLOCK_M)
-    pt = tl.math.exp2(st - lse[None, :])
-    dv += tl.dot(pt.to(do.dtype), do, input_precision=IN_PREC)
-    dpt = tl.dot(v, tl.trans(do), input_precision=IN_PREC)
-    dst = pt * (dpt - delta[None, :])
-    dk += tl.dot(dst.to(q.dtype), q, input_precision=IN_PREC)
+    if KT:
+        s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2  # [BLOCK_M, BLOCK_N]
+        s = apply_mask(s, e, tmask, masks, kpos, qpos, ok, MODE, True, BLOCK_N, BLOCK_M, True)
+        p = tl.math.exp2(s - lse[:, None])
+        dv += tl.dot(tl.trans(do), p.to(do.dtype), input_precision=IN_PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=IN_PREC)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(q), ds.to(q.dtype), input_precision=IN_PREC)
+    else:
+        st = tl.dot(k, tl.trans(q), input_precision=IN_PREC) * qk_scale2
+        st = apply_mask(st, e, tmask, masks, kpos, qpos, ok, MODE, True, BLOCK_N, BLOCK_M,
+                        False)
+        pt = tl.math.exp2(st - lse[None, :])
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=IN_PREC)
+        dpt = tl.dot(v, tl.trans(do), input_precision=IN_PREC)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=IN_PREC)
     return dk, dv
 
 
@@ -141,7 +162,7 @@ def _dkdv_kernel(
     qk_scale2, scale, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    ACCUM: tl.constexpr,
+    ACCUM: tl.constexpr, KT: tl.constexpr,
 ):
     t = tl.program_id(0)  # key tile of BLOCK_N positions
     bh = tl.program_id(1)
@@ -157,8 +178,14 @@ def _dkdv_kernel(
     ktok = to_tokens(kpos, perm, pp, N, HAS_PERM).to(tl.int64)
     k = tl.load(K + base + ktok[:, None] * HEAD_DIM + d[None, :])
     v = tl.load(V + base + ktok[:, None] * HEAD_DIM + d[None, :])
-    dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    if KT:  # dK^T, dV^T [HEAD_DIM, BLOCK_N]
+        dk = tl.zeros([HEAD_DIM, BLOCK_N], tl.float32)
+        dv = tl.zeros([HEAD_DIM, BLOCK_N], tl.float32)
+        out = base + ktok[None, :] * HEAD_DIM + d[:, None]
+    else:
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        out = base + ktok[:, None] * HEAD_DIM + d[None, :]
     start = tl.load(ptr + pat * (n_t + 1) + t)
     end_full = tl.load(split + (pat * n_t + t) * 2)
     end_causal = tl.load(split + (pat * n_t + t) * 2 + 1)
@@ -166,21 +193,21 @@ def _dkdv_kernel(
     for e in range(start, end_full):
         dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask,
                             masks, perm, pp, N, qk_scale2, 0, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
-                            G, HAS_PERM, IN_PREC)
+                            G, HAS_PERM, IN_PREC, KT)
     for e in range(end_full, end_causal):
         dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask,
                             masks, perm, pp, N, qk_scale2, 1, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
-                            G, HAS_PERM, IN_PREC)
+                            G, HAS_PERM, IN_PREC, KT)
     for e in range(end_causal, end):
         dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask,
                             masks, perm, pp, N, qk_scale2, 2, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
-                            G, HAS_PERM, IN_PREC)
+                            G, HAS_PERM, IN_PREC, KT)
     dk = dk * scale
     if ACCUM:
-        dk += tl.load(DK_PREV + base + ktok[:, None] * HEAD_DIM + d[None, :])
-        dv += tl.load(DV_PREV + base + ktok[:, None] * HEAD_DIM + d[None, :])
-    tl.store(DK + base + ktok[:, None] * HEAD_DIM + d[None, :], dk.to(DK.dtype.element_ty))
-    tl.store(DV + base + ktok[:, None] * HEAD_DIM + d[None, :], dv.to(DV.dtype.element_ty))
+        dk += tl.load(DK_PREV + out)
+        dv += tl.load(DV_PREV + out)
+    tl.store(DK + out, dk.to(DK.dtype.element_ty))
+    tl.store(DV + out, dv.to(DV.dtype.element_ty))
 
 
 def delta_of(out, do) -> torch.Tensor:
@@ -198,12 +225,14 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
              grad_dtype=None, prev=None):
     """Gradients (dq, dk, dv) of the forward. All tensors contiguous [B, H, N, D] (lse2 fp32
     [B, H, N]); ``tiles_q``: forward-orientation tiles (dQ), ``tiles_k``: transposed (dK/dV).
-    ``delta``: precomputed rowsum(dO * O) (default: computed here); ``grad_dtype``: the
-    gradients' dtype (default q's; fp32 for a first part); ``prev``: fp32 (dq, dk, dv) of an
-    earlier disjoint part to add."""
+    ``delta``: precomputed rowsum(dO * O) (default: the dQ kernel computes it for its own
+    rows and stores it for the dK/dV kernel, launched after it on the same stream: two
+    launches, not three); ``grad_dtype``: the gradients' dtype (default q's; fp32 for a first
+    part); ``prev``: fp32 (dq, dk, dv) of an earlier disjoint part to add."""
     B, H, N, D = q.shape
-    if delta is None:
-        delta = delta_of(out, do)
+    delta_here = delta is None
+    if delta_here:
+        delta = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     gd = grad_dtype or q.dtype
     dq = torch.empty(q.shape, device=q.device, dtype=gd)
     dk = torch.empty(q.shape, device=q.device, dtype=gd)
@@ -215,12 +244,12 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
                   num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
     tq = tiles_q
     _dq_kernel[(tq.n_tiles, B * H)](
-        q, k, v, do, lse2, delta, dq, dq_p,
+        q, k, v, out, do, lse2, delta, dq, dq_p,
         plan.head_pattern, plan.pattern_perm, perm,
         tq.ptr, tq.split, tq.cols, tq.kind, tq.tmask, tq.masks,
         scale * LOG2E, scale, N, H, tq.n_tiles,
         HEAD_DIM=D, BLOCK_M=tq.tile_major, BLOCK_N=tq.tile_minor,
-        UNIT=tq.unit, G=tq.tile_minor // tq.unit, **common,
+        UNIT=tq.unit, G=tq.tile_minor // tq.unit, DELTA_HERE=delta_here, **common,
     )
     tk = tiles_k
     _dkdv_kernel[(tk.n_tiles, B * H)](
@@ -229,6 +258,6 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
         tk.ptr, tk.split, tk.cols, tk.kind, tk.tmask, tk.masks,
         scale * LOG2E, scale, N, H, tk.n_tiles,
         HEAD_DIM=D, BLOCK_N=tk.tile_major, BLOCK_M=tk.tile_minor,
-        UNIT=tk.unit, G=tk.tile_minor // tk.unit, **common,
+        UNIT=tk.unit, G=tk.tile_minor // tk.unit, KT=cfg.dkv_transposed, **common,
     )
     return dq, dk, dv

@@ -66,23 +66,34 @@ def tile_cols(cols_ptr, e, UNIT: tl.constexpr, G: tl.constexpr, TILE_MINOR: tl.c
 def apply_mask(
     s, e, tmask_ptr, masks_ptr, row_pos, col_pos, col_ok,
     MODE: tl.constexpr, TRANSPOSED: tl.constexpr, TILE_MAJOR: tl.constexpr,
-    TILE_MINOR: tl.constexpr,
+    TILE_MINOR: tl.constexpr, SWAP: tl.constexpr,
 ):
-    """Scores ``s`` [TILE_MAJOR, TILE_MINOR] of tile ``e`` with disallowed pairs set to -inf.
+    """Scores ``s`` of tile ``e`` with disallowed pairs set to -inf. ``s`` is [TILE_MAJOR,
+    TILE_MINOR] (``row_pos`` the major positions, ``col_pos`` / ``col_ok`` the minor ones), or
+    [TILE_MINOR, TILE_MAJOR] with SWAP. TRANSPOSED: the major positions are keys (dK/dV tiles).
     MODE (constexpr, one kernel loop per kind): FULL (0) returns ``s`` untouched; CAUSAL (1)
     compares positions (query >= key, layout order; pads masked); MASKED (2) reads the tile's
-    uint8 mask from the table."""
+    uint8 [TILE_MAJOR, TILE_MINOR] mask from the table."""
     if MODE == 1:
-        if TRANSPOSED:
-            s = tl.where((col_pos[None, :] >= row_pos[:, None]) & col_ok[None, :], s,
-                         float("-inf"))
+        if SWAP:
+            major = row_pos[None, :]
+            minor = col_pos[:, None]
+            ok = col_ok[:, None]
         else:
-            s = tl.where((row_pos[:, None] >= col_pos[None, :]) & col_ok[None, :], s,
-                         float("-inf"))
+            major = row_pos[:, None]
+            minor = col_pos[None, :]
+            ok = col_ok[None, :]
+        if TRANSPOSED:
+            s = tl.where((minor >= major) & ok, s, float("-inf"))
+        else:
+            s = tl.where((major >= minor) & ok, s, float("-inf"))
     elif MODE == 2:
         r = tl.arange(0, TILE_MAJOR)
         c = tl.arange(0, TILE_MINOR)
         off = tl.load(tmask_ptr + e).to(tl.int64) * (TILE_MAJOR * TILE_MINOR)
-        m = tl.load(masks_ptr + off + r[:, None] * TILE_MINOR + c[None, :])
+        if SWAP:
+            m = tl.load(masks_ptr + off + r[None, :] * TILE_MINOR + c[:, None])
+        else:
+            m = tl.load(masks_ptr + off + r[:, None] * TILE_MINOR + c[None, :])
         s = tl.where(m != 0, s, float("-inf"))
     return s

@@ -17,6 +17,7 @@ import torch
 HEAD_DIMS = (32, 64, 128)
 TILE_SIDES = (16, 32, 64, 128)
 FWD_LOADS = ("gather", "tma")
+FWD_LOOPS = ("split", "fused")
 # register budget proxy: accumulator + score tile elements per warp beyond which a config spills
 MAX_TILE_ELEMS_PER_WARP = 128 * 128 // 4 * 2
 
@@ -39,13 +40,20 @@ class KernelConfig:
     # Hopper TMA box per tile: 16-bit inputs, no token permutation, BLOCK_N <= min(BLOCK_M,
     # layout block), so that every key tile is consecutive rows)
     fwd_loads: str = "gather"
+    # forward loops over a query tile's key tiles: "split" (FULL, CAUSAL and MASKED tiles in
+    # three loops, FULL ones without masking code) or "fused" (FULL and CAUSAL in one loop, the
+    # causal compare selected at run time: the pipeline does not drain between the two kinds)
+    fwd_loop: str = "split"
+    # dK/dV accumulated as [D, key tile] (dV^T += dO^T P, dK^T += Q^T dS): the head dim is
+    # the products' M side, so key tiles narrower than 64 still run as Hopper wgmma (which
+    # needs 64 rows a warpgroup) rather than mma.sync
+    dkv_transposed: bool = False
 
     def __post_init__(self):
-        if self.fwd_loads not in FWD_LOADS:
-            raise ValueError(
-                f"fwd_loads={self.fwd_loads!r} is not a forward load variant: use one of "
-                f"{FWD_LOADS}"
-            )
+        for name, value, allowed in (("fwd_loads", self.fwd_loads, FWD_LOADS),
+                                     ("fwd_loop", self.fwd_loop, FWD_LOOPS)):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {allowed}: use one of them")
 
     def dq_tiles(self) -> tuple[int, int]:
         """(query tile, key tile) of the dQ kernel."""
@@ -176,7 +184,9 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
                         "DQ_BLOCK_N": 32, "DKV_BLOCK_M": 32, "bwd_warps": w, "bwd_stages": s})
         for w, s in ((4, 2), (4, 3), (8, 2))
     ), (KernelConfig(**{**default.as_dict(), "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32,
-                        "DKV_BLOCK_M": 128, "bwd_warps": 4}),))
+                        "DKV_BLOCK_M": dkv_m, "bwd_warps": 4, "dkv_transposed": t})
+        for dkv_m, t in ((128, False), (128, True), (0, True))))
+    # (dkv_transposed: 32-key dK/dV tiles as wgmma, not mma.sync; session 7)
     # the TMA forward loads, where the layout's key tiles are contiguous (forward.fwd_loads_error)
     tma = (
         KernelConfig(**{**default.as_dict(), "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w,

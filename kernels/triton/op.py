@@ -93,7 +93,8 @@ def _fwd_impl(q, k, v, layout_key, scale, config_json):
 def _bwd_impl(do, q, k, v, out, lse2, layout_key, scale, config_json):
     cfg, parts = _prepared(layout_key, config_json, str(q.device), True)
     do, q, k, v, out, lse2 = (t.contiguous() for t in (do, q, k, v, out, lse2))
-    delta = delta_of(out, do)
+    # one part: its dQ kernel computes delta; several share one computed here
+    delta = delta_of(out, do) if len(parts) > 1 else None
     prev = None
     for i, (plan, _, tq, tk) in enumerate(parts):
         last = i == len(parts) - 1

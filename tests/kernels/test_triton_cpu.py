@@ -70,8 +70,12 @@ def test_generators(name, gen, device):
         dict(BLOCK_M=16, BLOCK_N=64, BWD_BLOCK_M=64, BWD_BLOCK_N=32),  # gathered keys, pads
         dict(BWD_BLOCK_M=64, BWD_BLOCK_N=64, DQ_BLOCK_N=16, DKV_BLOCK_M=32),  # asymmetric bwd
         dict(BWD_BLOCK_M=64, BWD_BLOCK_N=32, DKV_BLOCK_M=128),  # dK/dV: 32 keys x 128 queries
+        # dK/dV held as [D, keys], scores as queries x keys; FULL and CAUSAL tiles in one loop
+        dict(BWD_BLOCK_M=64, BWD_BLOCK_N=32, DKV_BLOCK_M=128, dkv_transposed=True),
+        dict(BLOCK_M=16, BLOCK_N=64, BWD_BLOCK_M=16, BWD_BLOCK_N=32, DKV_BLOCK_M=64,
+             dkv_transposed=True, fwd_loop="fused"),  # gathered keys with pads, both variants
     ],
-    ids=["tall", "wide", "asym_bwd", "dkv_tall"],
+    ids=["tall", "wide", "asym_bwd", "dkv_tall", "dkv_transposed", "fused_wide"],
 )
 def test_tiles_decoupled_from_block(config, gen, device):
     """Block 32 partial / empty blocks under tiles both finer and coarser than the block."""
@@ -89,13 +93,17 @@ def test_random_token_mask_empty_rows(gen, device):
     assert torch.equal(out.detach().cpu()[:, empty], torch.zeros_like(out.detach().cpu()[:, empty]))
 
 
-def test_mixed_permuted_and_plain_heads(gen, device):
-    """st_mix-like: head 0 local (identity), head 1 strided (permuted); default config."""
+@pytest.mark.parametrize(
+    "config", [None, dict(fwd_loop="fused", dkv_transposed=True, BWD_BLOCK_N=16)],
+    ids=["default", "fused_transposed"],
+)
+def test_mixed_permuted_and_plain_heads(config, gen, device):
+    """st_mix-like: head 0 local (identity), head 1 strided (permuted)."""
     layout = mixed_heads(
         layouts.local(128, block=16, window=32, heads=1),
         layouts.strided(128, block=16, stride=8, heads=1),
     )
-    _check(layout, gen, device, None, head_dim=64)
+    _check(layout, gen, device, config, head_dim=64)
 
 
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=str)
