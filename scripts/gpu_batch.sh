@@ -10,7 +10,7 @@
 # fwdvar_strided, fwdvar_scale, fwdvar_cupy, fwdvar_cupy_bwd, fwdvar_paper), sanitize_cupy_tiles, memcheck_tma, sweep_large, sweep_small,
 # sweep_tc_a .. sweep_tc_d, sweep_tc3_a .. sweep_tc3_c, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
 # hostsplit, hostsplit_fwd, dlpack_cost, fwdvar_paper12288, paper_split, fwdvar_local_tma,
-# scale_split, paper_t, local_fused, local_fb, triton_new_tests,
+# scale_split, paper_t, local_fb, triton_new_tests, memcheck_dkv_t,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -141,7 +141,7 @@ job_paperbwd() {  # TARGETS.md item 3, forward+backward only (the fwd+bwd tune a
     # in-process Inductor compiles: session 7's first call hung 300 s in the compile worker pool
     TORCHINDUCTOR_COMPILE_THREADS=1 \
     step ${PAPER_CAP:-450} paper python3 benchmarks/triton_vs_flex.py --suite paper --ns ${PAPER_NS:-12288,65536} \
-        --modes fwd+bwd --out "$1/paper.jsonl" --budget-s $(( $(left) - 60 ))
+        --modes fwd+bwd --out "$1/paper.jsonl" --budget-s $(( $(left) - 60 )) ${PAPER_EAGER:+--eager-mask}
 }
 
 job_racecheck_cupy() {  # issue 4: racecheck alone, with the time the full 22 cases need
@@ -330,23 +330,10 @@ job_paper_t() {
     FWDVAR_SET=FWDVAR_PAPER_T_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS=12288 \
         FWDVAR_MODE=fwd+bwd FWDVAR_KERNELS=1 job_fwdvariants "$@"
 }
-# session 7, call 2: the local forward with FULL and CAUSAL tiles in one loop
-FWDVAR_LOCAL_FUSED_CONFIGS=(
-    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loads": "tma"}'
-    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loads": "tma", "fwd_loop": "fused"}'
-    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3, "fwd_loads": "tma", "fwd_loop": "fused"}'
-    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3, "fwd_loop": "fused"}'
-    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loop": "fused"}'
-)
-job_local_fused() {
-    FWDVAR_SET=FWDVAR_LOCAL_FUSED_CONFIGS FWDVAR_LAYOUTS=local FWDVAR_NS="${LOCAL_NS:-65536 16384}" \
-        job_fwdvariants "$@"
-}
-# the same forwards under the pick's backward (64 x 64, delta now inside the dQ kernel), fwd+bwd
+# session 7: local fwd+bwd at the sweep's pick and with the TMA forward (delta inside the dQ kernel)
 FWDVAR_LOCAL_FB_CONFIGS=(
     '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 64}'
     '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loads": "tma", "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 64}'
-    '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loads": "tma", "fwd_loop": "fused", "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 64}'
 )
 job_local_fb() {
     FWDVAR_SET=FWDVAR_LOCAL_FB_CONFIGS FWDVAR_LAYOUTS=local FWDVAR_NS="${LOCAL_FB_NS:-65536 32768}" \
@@ -370,6 +357,19 @@ job_memcheck_tma() {  # issue 3: memcheck over the TMA forward's GPU tests
     step 100 warm_tma python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py -k "$sel"
     step 300 memcheck_tma compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
         python3 -m pytest -q -m gpu tests/kernels/test_triton_gpu.py -k "$sel"
+}
+
+# session 7: memcheck over the transposed dK/dV (bf16, D = 64,
+# every generator family, the permutation, partial blocks, empty rows and columns)
+DKV_T_SANITIZE=(--backend triton --cases causal_b64,local_b32,strided_b16,fixed_b32,st_mix_b32,token_mask_b32,merged_strided_b16
+    --config '{"dkv_transposed": true, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "DKV_BLOCK_M": 128}'
+    --config '{"dkv_transposed": true, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32}'
+    --config '{"dkv_transposed": true, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 16}')
+job_memcheck_dkv_t() {
+    export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+    step 150 warm_dkv_t python3 scripts/gpu_sanitize.py "${DKV_T_SANITIZE[@]}"
+    step 300 memcheck_dkv_t compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+        python3 scripts/gpu_sanitize.py "${DKV_T_SANITIZE[@]}"
 }
 
 job_wgmma_probe() {  # issue 4: do the wgmma descriptor / fragment conventions hold (kernels/cupy/NOTES.md)
@@ -444,9 +444,9 @@ job_gputests() {  # every GPU-marked test (pytest-xdist carried as wheels in .ca
 job_cupytests() {  # the CuPy backend's GPU tests alone
     GPUTESTS_CAP=280 GPUTESTS_PATHS=tests/kernels/test_cupy_backend.py job_gputests "$@"
 }
-job_triton_new_tests() {  # session 7's kernel variants and the paper / split-union cases they touch
+job_triton_new_tests() {  # session 7's transposed dK/dV and the paper / split-union cases beside it
     GPUTESTS_CAP=${NEWTESTS_CAP:-240} GPUTESTS_PATHS=tests/kernels/test_triton_gpu.py \
-        GPUTESTS_K="variants or paper or split_union or layouts_dtypes" job_gputests "$@"
+        GPUTESTS_K="dkv_transposed or paper or split_union or layouts_dtypes" job_gputests "$@"
 }
 job_othertests() {  # every other GPU test
     GPUTESTS_CAP=300 GPUTESTS_PATHS="tests --ignore=tests/kernels/test_cupy_backend.py" \

@@ -62,21 +62,20 @@ def dkdv_sig():
 
 
 def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=False,
-          variant=False):
+          transposed=False):
     """A row of a tile kernel: major / minor tile sides, the layout block, HAS_PERM; ``tma``:
-    the forward's fwd_loads="tma" (host tensor descriptors over [B * H * N, D]); ``variant``:
-    the forward's fwd_loop="fused" (FUSED) or the dK/dV kernel's dkv_transposed (KT)."""
+    the forward's fwd_loads="tma" (host tensor descriptors over [B * H * N, D]);
+    ``transposed``: the dK/dV kernel's dkv_transposed (KT)."""
     unit = min(block, major, minor)
     names = ("BLOCK_N", "BLOCK_M") if fn is _dkdv_kernel else ("BLOCK_M", "BLOCK_N")
     cx = {"HEAD_DIM": D, names[0]: major, names[1]: minor, "UNIT": unit, "G": minor // unit,
           "HAS_PERM": perm, "IN_PREC": "tf32", flag: False}
     if fn is _dkdv_kernel:
-        cx["KT"] = variant
+        cx["KT"] = transposed
     if fn is _dq_kernel:
         cx["DELTA_HERE"] = True  # the one-part backward: delta in the dQ kernel
     if fn is _fwd_kernel:
         cx["TMA"] = tma
-        cx["FUSED"] = variant
         if tma:
             sig = {**sig, "QD": f"tensordesc<bf16[{major},{D}]>",
                    "KD": f"tensordesc<bf16[{minor},{D}]>", "VD": f"tensordesc<bf16[{minor},{D}]>"}
@@ -85,7 +84,7 @@ def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=Fal
     ints = {"N": N, "H": H, "n_t": N // major}
     cfg = (f"{major}x{minor} u{unit} G{minor // unit} perm{int(perm)} w{warps} s{stages}"
            + (" tma" if tma else "")
-           + (" " + ("transposed" if fn is _dkdv_kernel else "fused") if variant else ""))
+           + (" transposed" if transposed else ""))
     return name, fn, sig, cx, ints, warps, stages, cfg
 
 
@@ -93,7 +92,6 @@ ROWS = [
     tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE"),
     tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE", True),
     tiled("fwd local", _fwd_kernel, fwd_sig(), 64, 32, 32, False, 4, 3, "MERGE"),
-    tiled("fwd local", _fwd_kernel, fwd_sig(), 64, 32, 32, False, 4, 3, "MERGE", variant=True),
     tiled("fwd strided/st_mix", _fwd_kernel, fwd_sig(), 64, 32, 64, True, 4, 2, "MERGE"),
     ("delta", _delta_kernel, {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "n_rows": "i32"},
      {"HEAD_DIM": D, "ROWS": DELTA_ROWS}, {"n_rows": H * N}, 4, 3, f"{DELTA_ROWS} rows w4 s3"),
@@ -107,10 +105,10 @@ ROWS = [
     tiled("dkdv strided", _dkdv_kernel, dkdv_sig(), 64, 32, 64, True, 4, 2, "ACCUM"),
     tiled("dkdv paper fixed", _dkdv_kernel, dkdv_sig(), 32, 128, 32, False, 4, 2, "ACCUM"),
     tiled("dkdv paper fixed", _dkdv_kernel, dkdv_sig(), 32, 128, 32, False, 4, 2, "ACCUM",
-          variant=True),
+          transposed=True),
     tiled("dkdv paper fixed", _dkdv_kernel, dkdv_sig(), 32, 64, 32, False, 4, 2, "ACCUM"),
     tiled("dkdv paper fixed", _dkdv_kernel, dkdv_sig(), 32, 64, 32, False, 4, 2, "ACCUM",
-          variant=True),
+          transposed=True),
 ]
 
 

@@ -73,7 +73,10 @@ def apply_mask(
     [TILE_MINOR, TILE_MAJOR] with SWAP. TRANSPOSED: the major positions are keys (dK/dV tiles).
     MODE (constexpr, one kernel loop per kind): FULL (0) returns ``s`` untouched; CAUSAL (1)
     compares positions (query >= key, layout order; pads masked); MASKED (2) reads the tile's
-    uint8 [TILE_MAJOR, TILE_MINOR] mask from the table."""
+    uint8 [TILE_MAJOR, TILE_MINOR] mask from the table (with SWAP, the table of the same masks
+    stored [TILE_MINOR, TILE_MAJOR], Tiles.masks_swapped: read row by row as without SWAP; with
+    a column-wise read of the [TILE_MAJOR, TILE_MINOR] table instead, the compiled 32 x 128
+    16-bit dK/dV gave wrong dK on a layout with MASKED tiles: kernels/triton/NOTES.md)."""
     if MODE == 1:
         if SWAP:
             major = row_pos[None, :]
@@ -92,7 +95,7 @@ def apply_mask(
         c = tl.arange(0, TILE_MINOR)
         off = tl.load(tmask_ptr + e).to(tl.int64) * (TILE_MAJOR * TILE_MINOR)
         if SWAP:
-            m = tl.load(masks_ptr + off + r[None, :] * TILE_MINOR + c[:, None])
+            m = tl.load(masks_ptr + off + c[:, None] * TILE_MAJOR + r[None, :])
         else:
             m = tl.load(masks_ptr + off + r[:, None] * TILE_MINOR + c[None, :])
         s = tl.where(m != 0, s, float("-inf"))

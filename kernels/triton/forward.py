@@ -7,9 +7,7 @@ One program per (query tile of BLOCK_M layout positions, batch x head). In pseud
     q      = Q[b, h, tok]                               [BLOCK_M, D]
     m, l, acc = -inf, 0, 0                              fp32, base-2 log domain
     for each FULL tile e, then each CAUSAL, then each MASKED one (three constexpr-specialised
-    loops: FULL tiles carry no masking code at all; fwd_loop="fused" walks FULL and CAUSAL
-    tiles in one loop, the causal compare selected at run time, so that the software pipeline
-    prefetches across the two kinds where a query tile has only a few of each):
+    loops: FULL tiles carry no masking code at all):
         cols = gathered key positions of e (G layout blocks of `unit` tokens), ktok = perm[cols]
         s    = (q @ K[ktok]^T) * scale * LOG2E          [BLOCK_M, BLOCK_N]
         s    = where(mask_e, s, -inf)                   (non-FULL tiles only)
@@ -36,13 +34,12 @@ interpret.apply()
 
 @triton.jit
 def _fwd_tile(
-    q, m_i, l_i, acc, e, end_full, K, V, KD, VD, base, row0, rows, cols, tmask, masks, perm,
-    pp, N, qk_scale2, MODE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+    q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows, cols, tmask, masks, perm, pp, N,
+    qk_scale2, MODE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr,
     IN_PREC: tl.constexpr, TMA: tl.constexpr,
 ):
-    """One key tile of the online softmax; MODE: 0 FULL, 1 CAUSAL, 2 MASKED (constexpr), or 3:
-    FULL when e < end_full else CAUSAL, told apart at run time (one loop for both kinds).
+    """One key tile of the online softmax; MODE: 0 FULL, 1 CAUSAL, 2 MASKED (constexpr).
     TMA: K / V come as one contiguous [BLOCK_N, D] box each through the tensor descriptors KD,
     VD over [B * H * N, D] (G = 1, no permutation: the tile's keys are the rows from
     row0 + cols[e] * UNIT); otherwise gathered row by row."""
@@ -54,11 +51,7 @@ def _fwd_tile(
     else:
         k, v, _ = load_row_pair(K, V, base, cpos, ok, perm, pp, N, HEAD_DIM, HAS_PERM, MODE != 0)
     s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
-    if MODE == 3:
-        keep = ((rows[:, None] >= cpos[None, :]) & ok[None, :]) | (e < end_full)
-        s = tl.where(keep, s, float("-inf"))
-    else:
-        s = apply_mask(s, e, tmask, masks, rows, cpos, ok, MODE, False, BLOCK_M, BLOCK_N, False)
+    s = apply_mask(s, e, tmask, masks, rows, cpos, ok, MODE, False, BLOCK_M, BLOCK_N, False)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     if MODE == 0:
         m_use = m_new
@@ -79,7 +72,7 @@ def _fwd_kernel(
     qk_scale2, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    MERGE: tl.constexpr, TMA: tl.constexpr, FUSED: tl.constexpr,
+    MERGE: tl.constexpr, TMA: tl.constexpr,
 ):
     t = tl.program_id(0)
     bh = tl.program_id(1)
@@ -105,22 +98,16 @@ def _fwd_kernel(
     end_full = tl.load(split + (pat * n_t + t) * 2)
     end_causal = tl.load(split + (pat * n_t + t) * 2 + 1)
     end = tl.load(ptr + pat * (n_t + 1) + t + 1)
-    if FUSED:  # FULL and CAUSAL tiles in one loop: the pipeline does not drain between them
-        for e in range(start, end_causal):
-            m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, end_full, K, V, KD, VD, base, row0,
-                                      rows, cols, tmask, masks, perm, pp, N, qk_scale2, 3,
-                                      HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
-    else:
-        for e in range(start, end_full):
-            m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, end_full, K, V, KD, VD, base, row0,
-                                      rows, cols, tmask, masks, perm, pp, N, qk_scale2, 0,
-                                      HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
-        for e in range(end_full, end_causal):
-            m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, end_full, K, V, KD, VD, base, row0,
-                                      rows, cols, tmask, masks, perm, pp, N, qk_scale2, 1,
-                                      HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
+    for e in range(start, end_full):
+        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows,
+                                  cols, tmask, masks, perm, pp, N, qk_scale2, 0, HEAD_DIM,
+                                  BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
+    for e in range(end_full, end_causal):
+        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows,
+                                  cols, tmask, masks, perm, pp, N, qk_scale2, 1, HEAD_DIM,
+                                  BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
     for e in range(end_causal, end):
-        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, end_full, K, V, KD, VD, base, row0, rows,
+        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows,
                                   cols, tmask, masks, perm, pp, N, qk_scale2, 2, HEAD_DIM,
                                   BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
 
@@ -200,7 +187,6 @@ def forward(q, k, v, plan, tiles, scale: float, cfg, out_dtype=None, prev=None):
         HEAD_DIM=D, BLOCK_M=tiles.tile_major, BLOCK_N=tiles.tile_minor,
         UNIT=tiles.unit, G=tiles.tile_minor // tiles.unit, HAS_PERM=has_perm,
         IN_PREC=cfg.in_prec(q.dtype), MERGE=prev is not None, TMA=loads == "tma",
-        FUSED=cfg.fwd_loop == "fused",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse2

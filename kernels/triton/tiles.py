@@ -24,7 +24,9 @@ Shapes (E = tiles of work, T = unique tile masks, n_t = N / TILE_MAJOR):
     ptr   int32 [P, n_t + 1];  split int32 [P, n_t, 2]
     cols  int32 [E, G]    unit-block index of each gathered minor block (-1: pad)
     kind  int32 [E]       FULL=0 / CAUSAL=1 / MASKED=2;  tmask int32 [E] (-1 unless MASKED)
-    masks uint8 [T, TILE_MAJOR, TILE_MINOR]
+    masks uint8 [T, TILE_MAJOR, TILE_MINOR];  masks_swapped uint8 [T, TILE_MINOR, TILE_MAJOR]
+        (the same masks transposed, for kernels that hold scores minor x major: the
+        dkv_transposed dK/dV, which reads them row by row as the forward reads ``masks``)
 Memory: O(E * G + T * TILE_MAJOR * TILE_MINOR); patterns are periodic, so T stays small.
 Built once per (plan, tiles, orientation) on the CPU and cached with the plan.
 """
@@ -63,6 +65,7 @@ class Tiles:
     kind: torch.Tensor
     tmask: torch.Tensor
     masks: torch.Tensor
+    masks_swapped: torch.Tensor
 
     @property
     def n_tiles(self) -> int:
@@ -230,6 +233,7 @@ def build_tiles(plan: Plan, tile_major: int, tile_minor: int, transposed: bool =
         kind=kinds[order].to(torch.int32).contiguous(),
         tmask=tmask[order].to(torch.int32).contiguous(),
         masks=masks.contiguous(),
+        masks_swapped=masks.transpose(1, 2).contiguous(),
     )
 
 

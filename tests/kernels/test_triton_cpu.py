@@ -70,12 +70,11 @@ def test_generators(name, gen, device):
         dict(BLOCK_M=16, BLOCK_N=64, BWD_BLOCK_M=64, BWD_BLOCK_N=32),  # gathered keys, pads
         dict(BWD_BLOCK_M=64, BWD_BLOCK_N=64, DQ_BLOCK_N=16, DKV_BLOCK_M=32),  # asymmetric bwd
         dict(BWD_BLOCK_M=64, BWD_BLOCK_N=32, DKV_BLOCK_M=128),  # dK/dV: 32 keys x 128 queries
-        # dK/dV held as [D, keys], scores as queries x keys; FULL and CAUSAL tiles in one loop
+        # dK/dV held as [D, keys] (scores as queries x keys), under 128- and 16-query tiles
         dict(BWD_BLOCK_M=64, BWD_BLOCK_N=32, DKV_BLOCK_M=128, dkv_transposed=True),
-        dict(BLOCK_M=16, BLOCK_N=64, BWD_BLOCK_M=16, BWD_BLOCK_N=32, DKV_BLOCK_M=64,
-             dkv_transposed=True, fwd_loop="fused"),  # gathered keys with pads, both variants
+        dict(BWD_BLOCK_M=16, BWD_BLOCK_N=32, dkv_transposed=True),
     ],
-    ids=["tall", "wide", "asym_bwd", "dkv_tall", "dkv_transposed", "fused_wide"],
+    ids=["tall", "wide", "asym_bwd", "dkv_tall", "dkv_transposed", "dkv_transposed_16"],
 )
 def test_tiles_decoupled_from_block(config, gen, device):
     """Block 32 partial / empty blocks under tiles both finer and coarser than the block."""
@@ -94,8 +93,8 @@ def test_random_token_mask_empty_rows(gen, device):
 
 
 @pytest.mark.parametrize(
-    "config", [None, dict(fwd_loop="fused", dkv_transposed=True, BWD_BLOCK_N=16)],
-    ids=["default", "fused_transposed"],
+    "config", [None, dict(dkv_transposed=True, BWD_BLOCK_N=16)],
+    ids=["default", "dkv_transposed"],
 )
 def test_mixed_permuted_and_plain_heads(config, gen, device):
     """st_mix-like: head 0 local (identity), head 1 strided (permuted)."""

@@ -144,26 +144,20 @@ def test_tma_forward_head_dim_128(gen):
 
 
 
-VARIANT_CONFIGS = {
-    "fused": dict(fwd_loop="fused", BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3),
-    "fused_tma": dict(fwd_loop="fused", fwd_loads="tma", BLOCK_M=64, BLOCK_N=32, num_warps=4,
-                      num_stages=3),
+DKV_T_CONFIGS = {
     "dkv_t": dict(dkv_transposed=True, BWD_BLOCK_M=64, BWD_BLOCK_N=32, DKV_BLOCK_M=128),
+    "dkv_t_32": dict(dkv_transposed=True, BWD_BLOCK_M=64, BWD_BLOCK_N=32),
     "dkv_t_64": dict(dkv_transposed=True, BWD_BLOCK_M=64, BWD_BLOCK_N=64, bwd_stages=3),
 }
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("variant", sorted(VARIANT_CONFIGS))
-def test_loop_and_dkv_variants(variant, dtype, gen):
-    """The fused FULL + CAUSAL forward loop and the transposed dK/dV accumulation, compiled,
-    on a causal-diagonal layout, the paper's fixed mask (partial blocks, G > 1 pads under
-    32-key tiles at block 32) and st_mix-like strided heads (the permutation)."""
-    cfg = VARIANT_CONFIGS[variant]
-    if cfg.get("fwd_loads") == "tma" and dtype == torch.float32:
-        pytest.skip("TMA loads are for 16-bit inputs")
+@pytest.mark.parametrize("variant", sorted(DKV_T_CONFIGS))
+def test_dkv_transposed(variant, dtype, gen):
+    """The transposed dK/dV accumulation (dkv_transposed), compiled, on local at block 64 (partial blocks: MASKED tiles, causal diagonals; 32-key tiles split
+    its blocks), the paper's fixed mask (G > 1 gathers with pads under 32-key tiles at block
+    32) and strided heads (the permutation)."""
+    cfg = DKV_T_CONFIGS[variant]
     _run(layouts.local(2048, block=64, window=256, heads=2), dtype, 64, gen, config=cfg)
-    _run(PAPER["paper_fixed"](2048), dtype, 64, gen, batch=1,
-         config={k: v for k, v in cfg.items() if k != "fwd_loads"})
-    _run(layouts.strided(2048, block=64, stride=32, heads=2), dtype, 64, gen,
-         config={k: v for k, v in cfg.items() if k != "fwd_loads"})
+    _run(PAPER["paper_fixed"](2048), dtype, 64, gen, batch=1, config=cfg)
+    _run(layouts.strided(2048, block=64, stride=32, heads=2), dtype, 64, gen, config=cfg)
