@@ -10,7 +10,7 @@
 # fwdvar_strided, fwdvar_scale, fwdvar_cupy, fwdvar_cupy_bwd, fwdvar_paper), sanitize_cupy_tiles, memcheck_tma, sweep_large, sweep_small,
 # sweep_tc_a .. sweep_tc_d, sweep_tc3_a .. sweep_tc3_c, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
 # hostsplit, hostsplit_fwd, dlpack_cost, fwdvar_paper12288, paper_split, fwdvar_local_tma,
-# scale_split, paper_t, local_fb, triton_new_tests, memcheck_dkv_t,
+# scale_split, paper_t, local_fb, triton_new_tests, memcheck_dkv_t, tritontests,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -447,6 +447,10 @@ job_cupytests() {  # the CuPy backend's GPU tests alone
 job_triton_new_tests() {  # session 7's transposed dK/dV and the paper / split-union cases beside it
     GPUTESTS_CAP=${NEWTESTS_CAP:-240} GPUTESTS_PATHS=tests/kernels/test_triton_gpu.py \
         GPUTESTS_K="dkv_transposed or paper or split_union or layouts_dtypes" job_gputests "$@"
+}
+job_tritontests() {  # every Triton GPU test, and the timing helpers' (session 7's final check)
+    GPUTESTS_CAP=${TRITONTESTS_CAP:-240} \
+        GPUTESTS_PATHS="tests/kernels/test_triton_gpu.py tests/stbench/test_timing.py" job_gputests "$@"
 }
 job_othertests() {  # every other GPU test
     GPUTESTS_CAP=300 GPUTESTS_PATHS="tests --ignore=tests/kernels/test_cupy_backend.py" \
