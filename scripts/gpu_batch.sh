@@ -10,7 +10,8 @@
 # fwdvar_strided, fwdvar_scale, fwdvar_cupy, fwdvar_cupy_bwd, fwdvar_paper), sanitize_cupy_tiles, memcheck_tma, sweep_large, sweep_small,
 # sweep_tc_a .. sweep_tc_d, sweep_tc3_a .. sweep_tc3_c, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
 # hostsplit, hostsplit_fwd, dlpack_cost, fwdvar_paper12288, paper_split, fwdvar_local_tma,
-# scale_split, paper_t, local_fb, triton_new_tests, memcheck_dkv_t, tritontests,
+# scale_split, paper_t, local_fb, triton_new_tests, memcheck_dkv_t, tritontests, paperbwd_12k,
+# paperbwd_64k,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -143,6 +144,11 @@ job_paperbwd() {  # TARGETS.md item 3, forward+backward only (the fwd+bwd tune a
     step ${PAPER_CAP:-450} paper python3 benchmarks/triton_vs_flex.py --suite paper --ns ${PAPER_NS:-12288,65536} \
         --modes fwd+bwd --out "$1/paper.jsonl" --budget-s $(( $(left) - 60 )) ${PAPER_EAGER:+--eager-mask}
 }
+
+# the two N of item 3 on two GPUs (session 7): 12288 with the BlockMask built eagerly, 65536
+# compiled (its N x N predicate does not fit eagerly)
+job_paperbwd_12k() { PAPER_NS=12288 PAPER_EAGER=1 job_paperbwd "$@"; }
+job_paperbwd_64k() { PAPER_NS=65536 job_paperbwd "$@"; }
 
 job_racecheck_cupy() {  # issue 4: racecheck alone, with the time the full 22 cases need
     sanitize cupy racecheck

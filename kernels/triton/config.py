@@ -166,9 +166,13 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
                         "num_stages": s, "fwd_loads": "gather"})
         for bm, bn, w, s in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3))
     )
+    # 16-bit dK/dV tiles of fewer than 64 keys run transposed (wgmma rather than mma.sync: the
+    # fixed paper mask's fwd+bwd at N = 12288 3.58 -> 2.78 ms, session 7), one step from the
+    # default backward for the tuner's local search; the untransposed one stays one step further
+    narrow_t = dtype != torch.float32
     bwd = (
         KernelConfig(**{**default.as_dict(), "BWD_BLOCK_M": bm, "BWD_BLOCK_N": bn,
-                        "bwd_warps": w})
+                        "bwd_warps": w, "dkv_transposed": narrow_t and bn < 64})
         for bm, bn, w in ((32, 64, 4), (64, 32, 4), (64, 64, 4), (64, 128, 8), (128, 64, 8),
                           (128, 128, 8))
     )
@@ -182,8 +186,7 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
         for w, s in ((4, 2), (4, 3), (8, 2))
     ), (KernelConfig(**{**default.as_dict(), "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32,
                         "DKV_BLOCK_M": dkv_m, "bwd_warps": 4, "dkv_transposed": t})
-        for dkv_m, t in ((128, False), (128, True), (0, True))))
-    # (dkv_transposed: 32-key dK/dV tiles as wgmma, not mma.sync; session 7)
+        for dkv_m, t in ((0, not narrow_t), (128, False), (128, narrow_t))))
     # the TMA forward loads, where the layout's key tiles are contiguous (forward.fwd_loads_error)
     tma = (
         KernelConfig(**{**default.as_dict(), "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w,
