@@ -51,6 +51,10 @@ def label(row: dict) -> str:
             f" {tag}{cfg[key]}" for tag, key in (("w", "num_warps"), ("s", "num_stages"))
             if key in cfg)
     bwd = f" bwd {cfg['BWD_BLOCK_M']}x{cfg['BWD_BLOCK_N']}" if "BWD_BLOCK_M" in cfg else ""
+    bwd += "".join(f" {tag}{cfg[key]}" for tag, key in (
+        ("dq_n", "DQ_BLOCK_N"), ("dkv_m", "DKV_BLOCK_M"), ("bw", "bwd_warps"),
+        ("bs", "bwd_stages")) if key in cfg)
+    bwd += " dkv^T" if cfg.get("dkv_transposed") else ""
     return f"triton {cfg.get('fwd_loads', 'default')}{tiles}{bwd}"
 
 
@@ -61,7 +65,7 @@ def plot(jsonl: str, png: str) -> None:
     rows = [json.loads(x) for x in open(jsonl) if x.startswith("{")]
     rows = [r for r in rows if r["ok"]]
     problems = sorted({(r["layout"], r["n_ctx"]) for r in rows})  # one mode per file
-    fig, axes = plt.subplots(1, len(problems), figsize=(4 * len(problems), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(problems), figsize=(7 * len(problems), 4), squeeze=False)
     for ax, (lay, n) in zip(axes[0], problems):
         mine = [r for r in rows if (r["layout"], r["n_ctx"]) == (lay, n)]
         ax.barh([label(r) for r in mine], [r["median_ms"] for r in mine],

@@ -11,7 +11,8 @@ From the saved base-2 log-sum-exp LSE2 the probabilities are recomputed, never s
     dK/dV program, one key tile; over its (gathered) query tiles e:
         p^T  = exp2(k q^T * scale * LOG2E - LSE2^T);   dV += p^T @ dO
         dp^T = v dO^T;  ds^T = p^T * (dp^T - delta^T); dK += ds^T @ q;   dK *= scale
-    or, with dkv_transposed (KT), the same sums held as dK^T, dV^T [D, key tile]:
+    or, transposed (KT: KernelConfig.dkv_transposed_for; by default 16-bit key tiles < 64),
+    the same sums held as dK^T, dV^T [D, key tile]:
         p = exp2(q k^T * ...);  dV^T += dO^T @ p;  ds = p * (dO v^T - delta);  dK^T += q^T @ ds
 
 Each output row is written by exactly one program: deterministic, no atomics. The strided
@@ -240,6 +241,7 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
     dq_p, dk_p, dv_p = prev if prev is not None else (dq, dk, dv)
     has_perm = plan.perm is not None
     perm = plan.perm if has_perm else plan.head_pattern
+    kt = cfg.dkv_transposed_for(q.dtype)
     common = dict(HAS_PERM=has_perm, IN_PREC=cfg.in_prec(q.dtype), ACCUM=prev is not None,
                   num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
     tq = tiles_q
@@ -256,9 +258,9 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
         q, k, v, do, lse2, delta, dk, dv, dk_p, dv_p,
         plan.head_pattern, plan.pattern_perm, perm,
         tk.ptr, tk.split, tk.cols, tk.kind, tk.tmask,
-        tk.masks_swapped if cfg.dkv_transposed else tk.masks,
+        tk.masks_swapped if kt else tk.masks,
         scale * LOG2E, scale, N, H, tk.n_tiles,
         HEAD_DIM=D, BLOCK_N=tk.tile_major, BLOCK_M=tk.tile_minor,
-        UNIT=tk.unit, G=tk.tile_minor // tk.unit, KT=cfg.dkv_transposed, **common,
+        UNIT=tk.unit, G=tk.tile_minor // tk.unit, KT=kt, **common,
     )
     return dq, dk, dv

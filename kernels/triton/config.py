@@ -41,8 +41,9 @@ class KernelConfig:
     fwd_loads: str = "gather"
     # dK/dV accumulated as [D, key tile] (dV^T += dO^T P, dK^T += Q^T dS): the head dim is
     # the products' M side, so key tiles narrower than 64 still run as Hopper wgmma (which
-    # needs 64 rows a warpgroup) rather than mma.sync
-    dkv_transposed: bool = False
+    # needs 64 rows a warpgroup) rather than mma.sync. None: transposed exactly there
+    # (16-bit, key tile < 64; ``dkv_transposed_for``), as measured faster (session 7)
+    dkv_transposed: bool | None = None
 
     def __post_init__(self):
         if self.fwd_loads not in FWD_LOADS:
@@ -58,6 +59,12 @@ class KernelConfig:
     def dkv_tiles(self) -> tuple[int, int]:
         """(key tile, query tile) of the dK/dV kernel."""
         return self.BWD_BLOCK_N, self.DKV_BLOCK_M or self.BWD_BLOCK_M
+
+    def dkv_transposed_for(self, dtype: torch.dtype) -> bool:
+        """Whether the dK/dV kernel accumulates transposed for inputs of ``dtype``."""
+        if self.dkv_transposed is not None:
+            return self.dkv_transposed
+        return dtype != torch.float32 and self.dkv_tiles()[0] < 64
 
     def in_prec(self, dtype: torch.dtype) -> str:
         # fp32 exact: three tf32 products (Triton 3.6 fails to lower "ieee" dots on sm_90)
@@ -160,19 +167,16 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     default = default_config(layout, head_dim, dtype)
     out = [default.as_dict()]
     seen = {default}
+    auto_t = dtype != torch.float32  # what dkv_transposed=None gives a 32-key dK/dV tile
     # forward tiles vary with the default backward, then backward tiles with the default forward
     fwd = (
         KernelConfig(**{**default.as_dict(), "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w,
                         "num_stages": s, "fwd_loads": "gather"})
         for bm, bn, w, s in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3))
     )
-    # 16-bit dK/dV tiles of fewer than 64 keys run transposed (wgmma rather than mma.sync: the
-    # fixed paper mask's fwd+bwd at N = 12288 3.58 -> 2.78 ms, session 7), one step from the
-    # default backward for the tuner's local search; the untransposed one stays one step further
-    narrow_t = dtype != torch.float32
     bwd = (
         KernelConfig(**{**default.as_dict(), "BWD_BLOCK_M": bm, "BWD_BLOCK_N": bn,
-                        "bwd_warps": w, "dkv_transposed": narrow_t and bn < 64})
+                        "bwd_warps": w})
         for bm, bn, w in ((32, 64, 4), (64, 32, 4), (64, 64, 4), (64, 128, 8), (128, 64, 8),
                           (128, 128, 8))
     )
@@ -186,7 +190,10 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
         for w, s in ((4, 2), (4, 3), (8, 2))
     ), (KernelConfig(**{**default.as_dict(), "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32,
                         "DKV_BLOCK_M": dkv_m, "bwd_warps": 4, "dkv_transposed": t})
-        for dkv_m, t in ((0, not narrow_t), (128, False), (128, narrow_t))))
+        for dkv_m, t in ((128, None), (0, not auto_t), (128, not auto_t))))
+    # (the 32-key dK/dV tiles run transposed in 16-bit by default, dkv_transposed=None: the
+    # fixed paper mask's fwd+bwd at N = 12288 3.59 -> 2.78 ms, session 7; the other orientation
+    # one step away)
     # the TMA forward loads, where the layout's key tiles are contiguous (forward.fwd_loads_error)
     tma = (
         KernelConfig(**{**default.as_dict(), "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w,

@@ -148,6 +148,17 @@ def test_unknown_config_key(device):
         triton_backend.attention(x, x, x, layout, 0.1, {"BLOCK_Q": 64})
 
 
+def test_dkv_transposed_default_follows_the_key_tile():
+    """dkv_transposed=None: transposed for 16-bit inputs under key tiles narrower than 64
+    (wgmma needs 64 rows), not for fp32 or wider tiles; an explicit value wins."""
+    cfg = triton_backend.KernelConfig(BWD_BLOCK_M=64, BWD_BLOCK_N=32)
+    assert cfg.dkv_transposed_for(torch.bfloat16) and cfg.dkv_transposed_for(torch.float16)
+    assert not cfg.dkv_transposed_for(torch.float32)
+    assert not triton_backend.KernelConfig(BWD_BLOCK_N=64).dkv_transposed_for(torch.bfloat16)
+    explicit = triton_backend.KernelConfig(BWD_BLOCK_N=32, dkv_transposed=False)
+    assert not explicit.dkv_transposed_for(torch.bfloat16)
+
+
 def test_config_space_is_valid():
     layout = layouts.causal(256, block=64, heads=1)
     space = triton_backend.config_space(layout, 64, torch.bfloat16)

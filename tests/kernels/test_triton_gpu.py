@@ -154,9 +154,10 @@ DKV_T_CONFIGS = {
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("variant", sorted(DKV_T_CONFIGS))
 def test_dkv_transposed(variant, dtype, gen):
-    """The transposed dK/dV accumulation (dkv_transposed), compiled, on local at block 64 (partial blocks: MASKED tiles, causal diagonals; 32-key tiles split
-    its blocks), the paper's fixed mask (G > 1 gathers with pads under 32-key tiles at block
-    32) and strided heads (the permutation)."""
+    """The transposed dK/dV accumulation (dkv_transposed), compiled, on local at block 64
+    (partial blocks: MASKED tiles, causal diagonals; 32-key tiles split its blocks), the
+    paper's fixed mask (G > 1 gathers with pads under 32-key tiles at block 32) and strided
+    heads (the permutation)."""
     cfg = DKV_T_CONFIGS[variant]
     _run(layouts.local(2048, block=64, window=256, heads=2), dtype, 64, gen, config=cfg)
     _run(PAPER["paper_fixed"](2048), dtype, 64, gen, batch=1, config=cfg)
