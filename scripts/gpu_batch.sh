@@ -301,16 +301,20 @@ job_fwdvar_paper12288() {
     FWDVAR_SET=FWDVAR_PAPER_BWD2_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS=12288 \
         FWDVAR_MODE=fwd+bwd job_fwdvariants "$@"
 }
-# session 7: each kernel's share of the fixed mask's fwd+bwd at N = 12288 (the 64 x 32 pick and
-# the 128-query dK/dV tiles), then the forward alone
+# paper12288_kernels SET DIR: the fixed mask's fwd+bwd at N = 12288 under the configs of array
+# SET, each kernel's device time in the rows (session 7)
+paper12288_kernels() {
+    local set=$1
+    shift
+    FWDVAR_SET=$set FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS=12288 \
+        FWDVAR_MODE=fwd+bwd FWDVAR_KERNELS=1 job_fwdvariants "$@"
+}
+# session 7: each kernel's share at the 64 x 32 pick and with 128-query dK/dV tiles
 FWDVAR_PAPER_SPLIT_CONFIGS=(
     '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32}'
     '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "DKV_BLOCK_M": 128}'
 )
-job_paper_split() {
-    FWDVAR_SET=FWDVAR_PAPER_SPLIT_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS=12288 \
-        FWDVAR_MODE=fwd+bwd FWDVAR_KERNELS=1 job_fwdvariants "$@"
-}
+job_paper_split() { paper12288_kernels FWDVAR_PAPER_SPLIT_CONFIGS "$@"; }
 # session 7: the local forward's TMA loads (in the space, never picked by a 10-evaluation tune)
 FWDVAR_LOCAL_TMA_CONFIGS=(
     '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3}'
@@ -332,10 +336,7 @@ FWDVAR_PAPER_T_CONFIGS=(
     '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "DKV_BLOCK_M": 128, "dkv_transposed": true, "bwd_stages": 3}'
     '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32, "DKV_BLOCK_M": 64, "dkv_transposed": true}'
 )
-job_paper_t() {
-    FWDVAR_SET=FWDVAR_PAPER_T_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS=12288 \
-        FWDVAR_MODE=fwd+bwd FWDVAR_KERNELS=1 job_fwdvariants "$@"
-}
+job_paper_t() { paper12288_kernels FWDVAR_PAPER_T_CONFIGS "$@"; }
 # session 7: local fwd+bwd at the sweep's pick and with the TMA forward (delta inside the dQ kernel)
 FWDVAR_LOCAL_FB_CONFIGS=(
     '{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3, "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 64}'
