@@ -162,3 +162,24 @@ def test_dkv_transposed(variant, dtype, gen):
     _run(layouts.local(2048, block=64, window=256, heads=2), dtype, 64, gen, config=cfg)
     _run(PAPER["paper_fixed"](2048), dtype, 64, gen, batch=1, config=cfg)
     _run(layouts.strided(2048, block=64, stride=32, heads=2), dtype, 64, gen, config=cfg)
+
+
+@pytest.mark.parametrize("dtype", ("bfloat16", "float16", "float32"))
+@pytest.mark.parametrize("name", ("causal", "local", "strided", "fixed", "st_mix"))
+def test_standard_problem_every_dtype(name, dtype):
+    """TARGETS.md's standard problem itself at N = 4096 (B = 16, H = 8, D = 64, the layout at
+    its block 128, the backend's default config), forward and gradients on fresh inputs,
+    judged as the sweep judges a row: sampled query rows of batch element 0 against the
+    float64 dense reference, tolerance from the same-dtype reference's own error."""
+    from stbench.sweep import SweepConfig
+    from stbench.tuning import check
+
+    prob = SweepConfig.preset("standard").problem(4096, name, dtype, "fwd+bwd")
+    layout = prob.build_layout()
+    scale = prob.head_dim ** -0.5
+    q, k, v = (t.detach() for t in prob.inputs("cuda"))
+    fresh = [torch.randn_like(t) for t in (q, k, v)]
+    ref = check.Reference(*fresh, layout, scale, "fwd+bwd")
+    verdict = ref.check_backend(
+        lambda a, b, c: triton_backend.attention(a, b, c, layout, scale), inputs=fresh)
+    assert verdict.ok, f"{name} {dtype}: {verdict.message()}"
