@@ -424,13 +424,12 @@ class _Launcher:
         self._np = np
         self._cupy = cupy
 
-    def _launch(self, *calls):
-        """Each (kernel, grid, block, args) of ``calls``, in order, on torch's current stream of
-        this device (arguments: pointers and numpy scalars)."""
+    def _launch(self, kernel, grid, block, args):
+        """``kernel`` on torch's current stream of this device (arguments: pointers and numpy
+        scalars)."""
         stream = _cupy_stream(torch.cuda.current_stream(self.device).cuda_stream, self.index)
         with self._cupy.cuda.Device(self.index):
-            for kernel, grid, block, args in calls:
-                kernel.kernel(grid, block, args, 0, stream)
+            kernel.kernel(grid, block, args, 0, stream)
 
     def forward(self, q, k, v, scale: float):
         """q, k, v [B, H, N, D] -> (out [B, H, N, D], lse float32 [B, H, N], base-2 units)."""
@@ -438,9 +437,9 @@ class _Launcher:
         out = torch.empty_like(q)
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
         a = functools.partial(_ptr, device=q.device)
-        self._launch((self.fwd, self.grid, self.fwd_block,
-                      fwd_args(a, q, k, v, out, lse, self.fwd_plan, self.ints,
-                               self._np.float32(scale * LOG2E))))
+        self._launch(self.fwd, self.grid, self.fwd_block,
+                     fwd_args(a, q, k, v, out, lse, self.fwd_plan, self.ints,
+                              self._np.float32(scale * LOG2E)))
         return out, lse
 
     def backward(self, q, k, v, out, lse, dout, scale: float):
@@ -451,14 +450,13 @@ class _Launcher:
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         a = functools.partial(_ptr, device=q.device)
         ints, sc, sl2 = self.ints, self._np.float32(scale), self._np.float32(scale * LOG2E)
-        self._launch(
-            (self.delta_k, self.delta_grid, self.delta_block,
-             delta_args(a, dout, out, delta, self._np.int32(delta.numel()))),
-            (self.dq_k, self.grid, self.bwd_block,
-             dq_args(a, q, k, v, dout, lse, delta, dq, self.fwd_plan, ints, sc, sl2)),
-            (self.dkv_k, self.grid, self.bwd_block,
-             dkv_args(a, q, k, v, dout, lse, delta, dk, dv, self.bwd_plan, ints, sc, sl2)),
-        )
+        self._launch(self.delta_k, self.delta_grid, self.delta_block,
+                     delta_args(a, dout, out, delta, self._np.int32(delta.numel())))
+        self._launch(self.dq_k, self.grid, self.bwd_block,
+                     dq_args(a, q, k, v, dout, lse, delta, dq, self.fwd_plan, ints, sc, sl2))
+        self._launch(self.dkv_k, self.grid, self.bwd_block,
+                     dkv_args(a, q, k, v, dout, lse, delta, dk, dv, self.bwd_plan, ints, sc,
+                              sl2))
         return dq, dk, dv
 
 
