@@ -20,7 +20,8 @@ permutation into their row indexing, so q, k, v, out and the gradients stay in o
 order and nothing is permuted in memory. Tensors stay torch tensors and reach the kernels
 zero-copy as their device addresses (the DLPack hand-over used before, ``cupy.from_dlpack``,
 measured 35 us of host time per tensor on the H200 host: 5 tensors a forward, 18 a backward),
-and every launch goes on torch's current CUDA stream. Memory beyond inputs, outputs and gradients: lse and delta, 4 B each per (b, h, token).
+and every launch goes on torch's current CUDA stream. Memory beyond inputs, outputs and
+gradients: lse and delta, 4 B each per (b, h, token).
 
 Config (``config_space``): ``{"kernel": "mma", "BLOCK_M": m, "BLOCK_N": n, "WARP_M": w}`` with
 m, n tile sizes dividing the layout block (forward warps m / w, backward m / 16; the backward
