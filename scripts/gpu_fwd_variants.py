@@ -36,6 +36,11 @@ from stbench.tuning import check
 from stbench.tuning.measure import closure
 
 
+def _tags(cfg: dict, pairs) -> str:
+    """" TAGvalue" for each (tag, key) of ``pairs`` that ``cfg`` sets."""
+    return "".join(f" {tag}{cfg[key]}" for tag, key in pairs if key in cfg)
+
+
 def label(row: dict) -> str:
     """A row's bar label: the backend and its configuration's distinguishing keys."""
     cfg = row["config"] or {}
@@ -47,13 +52,11 @@ def label(row: dict) -> str:
         return row["backend"]
     tiles = ""
     if "BLOCK_M" in cfg:
-        tiles = f" {cfg['BLOCK_M']}x{cfg['BLOCK_N']}" + "".join(
-            f" {tag}{cfg[key]}" for tag, key in (("w", "num_warps"), ("s", "num_stages"))
-            if key in cfg)
+        tiles = f" {cfg['BLOCK_M']}x{cfg['BLOCK_N']}" + _tags(
+            cfg, (("w", "num_warps"), ("s", "num_stages")))
     bwd = f" bwd {cfg['BWD_BLOCK_M']}x{cfg['BWD_BLOCK_N']}" if "BWD_BLOCK_M" in cfg else ""
-    bwd += "".join(f" {tag}{cfg[key]}" for tag, key in (
-        ("dq_n", "DQ_BLOCK_N"), ("dkv_m", "DKV_BLOCK_M"), ("bw", "bwd_warps"),
-        ("bs", "bwd_stages")) if key in cfg)
+    bwd += _tags(cfg, (("dq_n", "DQ_BLOCK_N"), ("dkv_m", "DKV_BLOCK_M"), ("bw", "bwd_warps"),
+                       ("bs", "bwd_stages")))
     bwd += " dkv^T" if cfg.get("dkv_transposed") else ""
     return f"triton {cfg.get('fwd_loads', 'default')}{tiles}{bwd}"
 

@@ -199,15 +199,21 @@ class HostDeviceSplit:
     reps: int
 
 
+def _warmed_up(fn: Callable[[], object], grad_to_none) -> None:
+    """One call of ``fn`` (gradients reset first), finished on the GPU: compilation and
+    first-call work out of the way before a measurement."""
+    _reset_grads(grad_to_none)
+    fn()
+    torch.cuda.synchronize()
+
+
 def host_device_split(fn: Callable[[], object], reps: int = 30,
                       grad_to_none: Sequence[torch.Tensor] | None = None) -> HostDeviceSplit:
     """Measure ``fn``'s HostDeviceSplit on the current CUDA device (``fn`` warmed up first)."""
     if reps < 1:
         raise ValueError(f"reps={reps} must be >= 1")
     sync = torch.cuda.synchronize
-    _reset_grads(grad_to_none)
-    fn()
-    sync()
+    _warmed_up(fn, grad_to_none)
     host = []
     for _ in range(reps):
         _reset_grads(grad_to_none)
@@ -243,9 +249,7 @@ def kernel_times(fn: Callable[[], object], reps: int = 10,
         raise ValueError(f"reps={reps} must be >= 1")
     from torch.profiler import ProfilerActivity, profile
 
-    _reset_grads(grad_to_none)
-    fn()
-    torch.cuda.synchronize()
+    _warmed_up(fn, grad_to_none)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
             _reset_grads(grad_to_none)

@@ -64,8 +64,7 @@ def check_head_dim(head_dim: int) -> None:
 def resolve_config(layout, head_dim: int, dtype: torch.dtype, config: dict | None) -> KernelConfig:
     """The default config for this problem, overridden by the (partial) ``config`` dict. The
     default's TMA forward loads fall back to the gather when the overridden tiles do not allow
-    them (``config`` naming ``fwd_loads`` itself is taken as
-    given, and checked at launch)."""
+    them (``config`` naming ``fwd_loads`` itself is taken as given, and checked at launch)."""
     base = default_config(layout, head_dim, dtype).as_dict()
     cfg = KernelConfig.from_dict({**base, **(config or {})})
     if "fwd_loads" not in (config or {}) and cfg.fwd_loads == "tma" and (

@@ -167,7 +167,7 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     default = default_config(layout, head_dim, dtype)
     out = [default.as_dict()]
     seen = {default}
-    auto_t = dtype != torch.float32  # what dkv_transposed=None gives a 32-key dK/dV tile
+    auto_t = KernelConfig(BWD_BLOCK_N=32).dkv_transposed_for(dtype)  # None's 32-key choice
     # forward tiles vary with the default backward, then backward tiles with the default forward
     fwd = (
         KernelConfig(**{**default.as_dict(), "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w,
@@ -192,8 +192,8 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
                         "DKV_BLOCK_M": dkv_m, "bwd_warps": 4, "dkv_transposed": t})
         for dkv_m, t in ((128, None), (0, not auto_t), (128, not auto_t))))
     # (the 32-key dK/dV tiles run transposed in 16-bit by default, dkv_transposed=None: the
-    # fixed paper mask's fwd+bwd at N = 12288 3.59 -> 2.78 ms, session 7; the other orientation
-    # one step away)
+    # fixed paper mask's fwd+bwd at N = 12288 3.59 -> 2.78 ms, session 7's calls 1 and 2; the
+    # other orientation one step away)
     # the TMA forward loads, where the layout's key tiles are contiguous (forward.fwd_loads_error)
     tma = (
         KernelConfig(**{**default.as_dict(), "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w,
