@@ -11,7 +11,7 @@
 # sweep_tc_a .. sweep_tc_d, sweep_tc3_a .. sweep_tc3_c, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
 # hostsplit, hostsplit_fwd, dlpack_cost, fwdvar_paper12288, paper_split, fwdvar_local_tma,
 # scale_split, paper_t, local_fb, triton_new_tests, memcheck_dkv_t, tritontests, paperbwd_12k,
-# paperbwd_64k,
+# paperbwd_64k, ab_kernels,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -352,6 +352,50 @@ job_scale_split() {
         job_fwdvariants "$@"
 }
 FWDVAR_SCALE_SPLIT_CONFIGS=('{"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}')
+# session 8: this tree's Triton kernels against an earlier commit's, on one GPU, one process
+# per tree, flex first. BASE_DIR holds that commit's kernels/triton (here:
+# `mkdir -p .ab && git archive c3f05b5 kernels/triton | tar -x -C .ab`, carried as .ab); it is
+# copied over this tree's for the "base" step and this tree's files are put back after it.
+AB_PICK='"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3, "fwd_loads": "tma", "BWD_BLOCK_M": 128, "BWD_BLOCK_N": 128, "bwd_warps": 8'
+AB_LOCAL='{"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2, "fwd_loads": "tma"}'
+AB_SCALE='{"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}'
+ab_rows() {  # ab_rows TAG CAP ARGS...: gpu_fwd_variants rows tagged TAG into $AB_OUT
+    local tag=$1 cap=$2
+    shift 2
+    step "$cap" "${tag}_$(echo "$*" | md5sum | cut -c1-6)" python3 scripts/gpu_fwd_variants.py \
+        --tag "$tag" "$@" >>"$AB_OUT"
+}
+ab_base_swap() {  # put the base tree's Triton kernels in (in), or this tree's back (out)
+    if [[ $1 == in ]]; then
+        rm -rf /tmp/triton_this && cp -r kernels/triton /tmp/triton_this
+        cp "${BASE_DIR:-.ab/kernels/triton}"/*.py kernels/triton/
+    else
+        cp /tmp/triton_this/*.py kernels/triton/
+    fi
+}
+job_ab_kernels() {
+    export AB_OUT="$1/ab.jsonl"
+    local dense=(--layout causal,fixed --n ${AB_NS:-4096,65536} --mode fwd,fwd+bwd)
+    local local_=(--layout local --n 65536,32768 --block 32)
+    local scale=(--layout st_mix --n 1048576)
+    ab_rows flex 240 --backend flex "${dense[@]}"
+    ab_rows flex 60 --backend flex --layout local --n 65536,32768
+    ab_rows this 240 --backend triton "${dense[@]}" --config "{$AB_PICK, \"schedule\": \"natural\"}" \
+        --config "{$AB_PICK, \"schedule\": \"heavy_first\"}"
+    ab_rows this 150 --backend triton "${dense[@]/fwd,fwd+bwd/fwd+bwd}" \
+        --config "{$AB_PICK, \"schedule\": \"heavy_first\", \"dkv_transposed\": true}"
+    ab_rows this 60 --backend triton "${local_[@]}" --config "$AB_LOCAL"
+    ab_rows this 90 --backend triton "${scale[@]}" --config "$AB_SCALE"
+    ab_base_swap in
+    ab_rows base 240 --backend triton "${dense[@]}" --config "{$AB_PICK}"
+    ab_rows base 60 --backend triton "${local_[@]}" --config "$AB_LOCAL"
+    ab_rows base 90 --backend triton "${scale[@]}" --config "$AB_SCALE"
+    ab_base_swap out
+    grep "^{" "$AB_OUT" | python3 -c "import json,sys
+for l in sys.stdin:
+    r = json.loads(l); print(r.get('tag'), r['backend'], r['layout'], r['n_ctx'], r['mode'], r['config'], r['ok'], r.get('median_ms'), r.get('error', ''))"
+}
+
 job_fwdvar_paper() {  # fwd+bwd, no peer (flex's fwd+bwd: job_paperbwd)
     FWDVAR_SET=FWDVAR_PAPER_CONFIGS FWDVAR_PEERS= FWDVAR_LAYOUTS=paper_fixed FWDVAR_NS="12288 65536" \
         FWDVAR_MODE=fwd+bwd job_fwdvariants "$@"

@@ -1,13 +1,15 @@
-"""One backend, one or more configurations, one standard problem: each configuration checked
-against the dense reference (computed once), then timed; one JSON line per configuration on
-stdout (GPU only). Run a configuration that may hang or fault in a process of its own, so it
-costs its own time cap, not the comparison (scripts/gpu_batch.sh fwdvariants).
+"""One backend, one or more configurations, one or more standard problems: on each problem,
+each configuration checked against the dense reference (computed once per problem), then
+timed; one JSON line per (problem, configuration) on stdout (GPU only). Run a configuration
+that may hang or fault in a process of its own, so it costs its own time cap, not the
+comparison (scripts/gpu_batch.sh fwdvariants).
 
     python3 scripts/gpu_fwd_variants.py --backend triton --layout causal --n 65536 \
         --config '{"fwd_loads": "tma", "BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'
     python3 scripts/gpu_fwd_variants.py --backend triton --layout st_mix --n 65536 \
         --config null --config '{"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 2}'
-    python3 scripts/gpu_fwd_variants.py --backend flex --layout causal --n 65536
+    python3 scripts/gpu_fwd_variants.py --backend flex --layout causal,fixed --n 4096,65536 \
+        --mode fwd,fwd+bwd                                          # 8 problems, one process
     python3 scripts/gpu_fwd_variants.py --plot reports/session4/fwd_variants/fwd_variants.jsonl \
         reports/session4/fwd_variants/fwd_variants.png              # any machine
 
@@ -58,26 +60,39 @@ def label(row: dict) -> str:
     bwd += _tags(cfg, (("dq_n", "DQ_BLOCK_N"), ("dkv_m", "DKV_BLOCK_M"), ("bw", "bwd_warps"),
                        ("bs", "bwd_stages")))
     bwd += " dkv^T" if cfg.get("dkv_transposed") else ""
-    return f"triton {cfg.get('fwd_loads', 'default')}{tiles}{bwd}"
+    order = f" {cfg['schedule']}" if "schedule" in cfg else ""
+    tag = f" [{row['tag']}]" if row.get("tag") else ""
+    return f"triton {cfg.get('fwd_loads', 'default')}{tiles}{bwd}{order}{tag}"
 
 
 def plot(jsonl: str, png: str) -> None:
-    """Median forward time per (layout, N), one bar per configuration that passed its check."""
+    """Median time per (layout, N, mode), one bar per configuration that passed its check."""
     import matplotlib.pyplot as plt
 
     rows = [json.loads(x) for x in open(jsonl) if x.startswith("{")]
     rows = [r for r in rows if r["ok"]]
-    problems = sorted({(r["layout"], r["n_ctx"]) for r in rows})  # one mode per file
+    key = lambda r: (r["layout"], r["n_ctx"], r.get("mode", "fwd"))  # noqa: E731
+    problems = sorted({key(r) for r in rows})
     fig, axes = plt.subplots(1, len(problems), figsize=(7 * len(problems), 4), squeeze=False)
-    for ax, (lay, n) in zip(axes[0], problems):
-        mine = [r for r in rows if (r["layout"], r["n_ctx"]) == (lay, n)]
+    for ax, (lay, n, mode) in zip(axes[0], problems):
+        mine = [r for r in rows if key(r) == (lay, n, mode)]
         ax.barh([label(r) for r in mine], [r["median_ms"] for r in mine],
                 xerr=[[r["median_ms"] - r["p20_ms"] for r in mine],
                       [r["p80_ms"] - r["median_ms"] for r in mine]])
-        ax.set_title(f"{lay}, N = {n}, {mine[0].get('mode', 'fwd')}")
+        ax.set_title(f"{lay}, N = {n}, {mode}")
         ax.set_xlabel("median ms (p20-p80)")
     fig.tight_layout()
     fig.savefig(png, dpi=110)
+
+
+def _problem(ap, layout_name: str, n: int, mode: str):
+    if layout_name.startswith("paper_"):  # TARGETS.md item 3's exact masks (B fixed per N)
+        paper = {(p.layout.name, p.n_ctx): p for p in problems.paper_problems((mode,))}
+        if (layout_name, n) not in paper:
+            ap.error(f"--layout {layout_name} --n {n} is not a paper problem: use one of "
+                     f"{sorted(paper)}")
+        return paper[layout_name, n]
+    return SweepConfig.preset("standard").problem(n, layout_name, "bfloat16", mode)
 
 
 def main(argv=None) -> int:
@@ -88,55 +103,69 @@ def main(argv=None) -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", required=True, choices=("triton", "cupy", "flex"))
-    ap.add_argument("--layout", required=True)
-    ap.add_argument("--n", type=int, default=65536)
-    ap.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd")
+    ap.add_argument("--layout", required=True, help="a layout, or several: causal,fixed")
+    ap.add_argument("--n", default="65536", help="N, or several: 4096,65536")
+    ap.add_argument("--mode", default="fwd", help="fwd, fwd+bwd, or both: fwd,fwd+bwd")
     ap.add_argument("--block", type=int, default=None)
     ap.add_argument("--config", type=json.loads, action="append", default=None)
     ap.add_argument("--kernels", action="store_true",
                     help="add each kernel's device time per call (us, torch.profiler) to the row")
+    ap.add_argument("--tag", default=None,
+                    help="a label carried in every row (e.g. which tree's kernels ran)")
     args = ap.parse_args(argv)
     configs = args.config or [None]
+    modes = args.mode.split(",")
+    for m in modes:
+        if m not in ("fwd", "fwd+bwd"):
+            ap.error(f"--mode {m!r}: use fwd, fwd+bwd or both (comma-separated)")
+    module = backends.load(args.backend)
+    failed = 0
+    for layout_name in args.layout.split(","):
+        for n in (int(x) for x in args.n.split(",")):
+            for mode in modes:
+                prob = _problem(ap, layout_name, n, mode)
+                failed += run_problem(module, args, prob, layout_name, mode, configs)
+    return 1 if failed else 0
 
-    if args.layout.startswith("paper_"):  # TARGETS.md item 3's exact masks (B fixed per N)
-        paper = {(p.layout.name, p.n_ctx): p for p in problems.paper_problems((args.mode,))}
-        if (args.layout, args.n) not in paper:
-            ap.error(f"--layout {args.layout} --n {args.n} is not a paper problem: use one of "
-                     f"{sorted(paper)}")
-        prob = paper[args.layout, args.n]
-    else:
-        prob = SweepConfig.preset("standard").problem(args.n, args.layout, "bfloat16", args.mode)
+
+def run_problem(module, args, prob, layout_name: str, mode: str, configs) -> int:
+    """Every configuration on one problem, one JSON line each; returns how many failed."""
     layout = prob.build_layout()
     run_layout = autotune.reblock(layout, args.block) if args.block else layout
     scale = prob.head_dim ** -0.5
     q, k, v = prob.inputs("cuda")
-    module = backends.load(args.backend)
     fresh = [torch.randn_like(q) for _ in range(3)]  # unseeded: fresh inputs every run
-    ref = check.Reference(*fresh, layout, scale, args.mode)
+    ref = check.Reference(*fresh, layout, scale, mode)
     failed = 0
     for config in configs:
-        row = measure(module, args, prob, layout, run_layout, scale, (q, k, v), ref, fresh, config)
+        row = measure(module, args, prob, layout_name, mode, layout, run_layout, scale,
+                      (q, k, v), ref, fresh, config)
         failed += not row["ok"]
         print(json.dumps(row), flush=True)
-    return 1 if failed else 0
+    del q, k, v, fresh, ref
+    torch.cuda.empty_cache()
+    return failed
 
 
-def measure(module, args, prob, layout, run_layout, scale, qkv, ref, fresh, config) -> dict:
+def measure(module, args, prob, layout_name, mode, layout, run_layout, scale, qkv, ref, fresh,
+            config) -> dict:
     """One configuration's row: the check against ``ref`` on ``fresh`` inputs, then (if it
     passed) the timing on ``qkv``. An exception is the row's ``error``, not the end of the run."""
-    row = {"backend": args.backend, "layout": args.layout, "n_ctx": args.n, "mode": args.mode,
+    row = {"backend": args.backend, "layout": layout_name, "n_ctx": layout.n_ctx, "mode": mode,
            "block": run_layout.block, "config": config, "ok": False}
+    if args.tag:
+        row["tag"] = args.tag
     try:
         verdict = ref.check_backend(
             lambda a, b, c: module.attention(a, b, c, run_layout, scale, config), inputs=fresh)
         row.update(check=verdict.check, err=verdict.err, tol=verdict.tol, ok=verdict.ok)
         if verdict.ok:
             q, k, v = qkv
-            do = torch.randn_like(q) if args.mode == "fwd+bwd" else None
-            run = closure(module, q, k, v, run_layout, scale, config, args.mode, do)
+            do = torch.randn_like(q) if mode == "fwd+bwd" else None
+            run = closure(module, q, k, v, run_layout, scale, config, mode, do)
             grads = [q, k, v] if do is not None else None
             t = timing.bench(run, grad_to_none=grads)
-            flops = timing.attention_flops(layout, prob.batch, prob.head_dim, args.mode)
+            flops = timing.attention_flops(layout, prob.batch, prob.head_dim, mode)
             split = timing.host_device_split(run, grad_to_none=grads)
             row.update(median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, reps=t.reps,
                        tflops=timing.tflops(flops, t.median_ms), host_ms=split.host_ms,

@@ -34,7 +34,7 @@ from stbench.kernels.triton.forward import _fwd_kernel
 N, H, D = 65536, 8, 64
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-PLAN = ["head_pattern", "pattern_perm", "perm", "ptr", "split", "cols", "kind", "tmask"]
+PLAN = ["head_pattern", "pattern_perm", "perm", "ptr", "split", "cols", "kind", "tmask", "order"]
 COUNTS = ["HGMMA", "HMMA", "LDGSTS", "LDGSTS.128", "UTMALDG", "LDG", "LDG.128", "LDSM", "LDS", "STS",
           "MUFU.EX2", "BAR.SYNC"]
 
@@ -48,28 +48,28 @@ def fwd_sig():
 
 def dq_sig():
     s = {n: "*bf16" for n in ("Q", "K", "V", "O", "DO", "DQ", "DQ_PREV")}
-    s.update(LSE2="*fp32", DELTA="*fp32", masks="*u8", qk_scale2="fp32", scale="fp32",
-             N="i32", H="i32", n_t="i32", **{n: "*i32" for n in PLAN})
+    s.update(LSE2="*fp32", DELTA="*fp32", LSE_BWD="*fp32", masks="*u8", qk_scale2="fp32",
+             scale="fp32", N="i32", H="i32", n_t="i32", **{n: "*i32" for n in PLAN})
     return s
 
 
 def dkdv_sig():
     s = dq_sig()
-    for n in ("O", "DQ", "DQ_PREV"):
+    for n in ("O", "DQ", "DQ_PREV", "LSE2"):
         del s[n]
     s.update({n: "*bf16" for n in ("DK", "DV", "DK_PREV", "DV_PREV")})
     return s
 
 
 def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=False,
-          transposed=False):
+          transposed=False, heavy=False):
     """A row of a tile kernel: major / minor tile sides, the layout block, HAS_PERM; ``tma``:
     the forward's fwd_loads="tma" (host tensor descriptors over [B * H * N, D]);
     ``transposed``: the dK/dV kernel's dkv_transposed (KT)."""
     unit = min(block, major, minor)
     names = ("BLOCK_N", "BLOCK_M") if fn is _dkdv_kernel else ("BLOCK_M", "BLOCK_N")
     cx = {"HEAD_DIM": D, names[0]: major, names[1]: minor, "UNIT": unit, "G": minor // unit,
-          "HAS_PERM": perm, "IN_PREC": "tf32", flag: False}
+          "HAS_PERM": perm, "IN_PREC": "tf32", flag: False, "HEAVY_FIRST": heavy}
     if fn is _dkdv_kernel:
         cx["KT"] = transposed
     if fn is _dq_kernel:
@@ -84,19 +84,24 @@ def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=Fal
     ints = {"N": N, "H": H, "n_t": N // major}
     cfg = (f"{major}x{minor} u{unit} G{minor // unit} perm{int(perm)} w{warps} s{stages}"
            + (" tma" if tma else "")
-           + (" transposed" if transposed else ""))
+           + (" transposed" if transposed else "")
+           + (" heavy_first" if heavy else ""))
     return name, fn, sig, cx, ints, warps, stages, cfg
 
 
 ROWS = [
-    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE"),
-    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE", True),
+    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE",
+          heavy=True),
+    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE", True,
+          heavy=True),
     tiled("fwd local", _fwd_kernel, fwd_sig(), 64, 32, 32, False, 4, 3, "MERGE"),
     tiled("fwd strided/st_mix", _fwd_kernel, fwd_sig(), 64, 32, 64, True, 4, 2, "MERGE"),
     ("delta", _delta_kernel, {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "n_rows": "i32"},
      {"HEAD_DIM": D, "ROWS": DELTA_ROWS}, {"n_rows": H * N}, 4, 3, f"{DELTA_ROWS} rows w4 s3"),
-    tiled("dq causal/fixed", _dq_kernel, dq_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
-    tiled("dkdv causal/fixed", _dkdv_kernel, dkdv_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
+    tiled("dq causal/fixed", _dq_kernel, dq_sig(), 128, 128, 128, False, 8, 2, "ACCUM",
+          heavy=True),
+    tiled("dkdv causal/fixed", _dkdv_kernel, dkdv_sig(), 128, 128, 128, False, 8, 2, "ACCUM",
+          heavy=True),
     tiled("dq local", _dq_kernel, dq_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
     tiled("dkdv local", _dkdv_kernel, dkdv_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
     tiled("dq st_mix", _dq_kernel, dq_sig(), 64, 64, 64, True, 4, 2, "ACCUM"),

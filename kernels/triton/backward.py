@@ -3,13 +3,14 @@
 From the saved base-2 log-sum-exp LSE2 the probabilities are recomputed, never stored:
 
     dQ program, one query tile: delta_i = rowsum(dO_i * O_i) over its rows (fp32, stored
-    for the dK/dV kernel; or given, where disjoint parts share one: compose.py), then over
-    its key tiles e (FULL first, then masked):
-        p  = exp2(q k^T * scale * LOG2E - LSE2)   (masked -> 0; an empty row has LSE2 = -inf
-             and is treated as +inf so p = 0, never NaN)
+    for the dK/dV kernel; or given, where disjoint parts share one: compose.py), and
+    LSE_BWD_i = LSE2_i with an empty row's -inf made +inf (so p = 0 there, never NaN; stored
+    for the dK/dV kernel too, which would otherwise redo that select for every score column
+    of every tile), then over its key tiles e (FULL first, then masked):
+        p  = exp2(q k^T * scale * LOG2E - LSE_BWD)   (masked -> 0)
         dp = dO v^T;  ds = p * (dp - delta);  dQ += ds @ k;       dQ *= scale
     dK/dV program, one key tile; over its (gathered) query tiles e:
-        p^T  = exp2(k q^T * scale * LOG2E - LSE2^T);   dV += p^T @ dO
+        p^T  = exp2(k q^T * scale * LOG2E - LSE_BWD^T);   dV += p^T @ dO
         dp^T = v dO^T;  ds^T = p^T * (dp^T - delta^T); dK += ds^T @ q;   dK *= scale
     or, transposed (KT: KernelConfig.dkv_transposed_for; by default 16-bit key tiles < 64),
     the same sums held as dK^T, dV^T [D, key tile]:
@@ -17,7 +18,8 @@ From the saved base-2 log-sum-exp LSE2 the probabilities are recomputed, never s
 
 Each output row is written by exactly one program: deterministic, no atomics. The strided
 permutation is folded into every gather and scatter as in the forward.
-Memory: delta (fp32, B*H*N*4 bytes) beyond the gradients; nothing N x N.
+Programs run in the natural order or heaviest first (KernelConfig.schedule, as the forward).
+Memory: delta and LSE_BWD (fp32, 2 * B*H*N*4 bytes) beyond the gradients; nothing N x N.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import triton
 import triton.language as tl
 
 from . import interpret
-from .common import LOG2E, apply_mask, load_row_pair, tile_cols, to_tokens
+from .common import LOG2E, apply_mask, load_row_pair, program_tile, tile_cols, to_tokens
+from .tiles import launch_grid
 
 DELTA_ROWS = 64  # rows per program of the delta preprocess
 
@@ -64,16 +67,15 @@ def _dq_tile(
 
 @triton.jit
 def _dq_kernel(
-    Q, K, V, O, DO, LSE2, DELTA, DQ, DQ_PREV,
+    Q, K, V, O, DO, LSE2, DELTA, LSE_BWD, DQ, DQ_PREV,
     head_pattern, pattern_perm, perm,
-    ptr, split, cols, kind, tmask, masks,
+    ptr, split, cols, kind, tmask, masks, order,
     qk_scale2, scale, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    ACCUM: tl.constexpr, DELTA_HERE: tl.constexpr,
+    ACCUM: tl.constexpr, DELTA_HERE: tl.constexpr, HEAVY_FIRST: tl.constexpr,
 ):
-    t = tl.program_id(0)
-    bh = tl.program_id(1)
+    t, bh = program_tile(order, n_t, HEAVY_FIRST)
     h = bh % H
     pat = tl.load(head_pattern + h)
     pp = -1
@@ -88,6 +90,7 @@ def _dq_kernel(
     do = tl.load(DO + base + rtok[:, None] * HEAD_DIM + d[None, :])
     lse = tl.load(LSE2 + rbase + rtok)
     lse = tl.where(lse == float("-inf"), float("inf"), lse)  # empty rows: p = 0, never NaN
+    tl.store(LSE_BWD + rbase + rtok, lse)  # so, for the dK/dV kernel, which reads it per tile
     if DELTA_HERE:  # this tile's rows of delta = rowsum(dO * O), kept for the dK/dV kernel
         o = tl.load(O + base + rtok[:, None] * HEAD_DIM + d[None, :])
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
@@ -116,7 +119,7 @@ def _dq_kernel(
 
 @triton.jit
 def _dkdv_tile(
-    dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask, masks, perm, pp, N,
+    dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols, tmask, masks, perm, pp, N,
     qk_scale2,
     MODE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
@@ -128,13 +131,12 @@ def _dkdv_tile(
     qpos, ok = tile_cols(cols, e, UNIT, G, BLOCK_M)
     q, do, qtok = load_row_pair(Q, DO, base, qpos, ok, perm, pp, N, HEAD_DIM, HAS_PERM,
                                 MODE != 0)
-    if MODE == 0:
-        lse = tl.load(LSE2 + rbase + qtok)
+    if MODE == 0:  # LSE_BWD: +inf on empty rows (the dQ kernel wrote it), so p = 0 there
+        lse = tl.load(LSE_BWD + rbase + qtok)
         delta = tl.load(DELTA + rbase + qtok)
     else:
-        lse = tl.load(LSE2 + rbase + qtok, mask=ok, other=float("inf"))
+        lse = tl.load(LSE_BWD + rbase + qtok, mask=ok, other=float("inf"))
         delta = tl.load(DELTA + rbase + qtok, mask=ok, other=0.0)
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
     if KT:
         s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2  # [BLOCK_M, BLOCK_N]
         s = apply_mask(s, e, tmask, masks, kpos, qpos, ok, MODE, True, BLOCK_N, BLOCK_M, True)
@@ -157,16 +159,15 @@ def _dkdv_tile(
 
 @triton.jit
 def _dkdv_kernel(
-    Q, K, V, DO, LSE2, DELTA, DK, DV, DK_PREV, DV_PREV,
+    Q, K, V, DO, LSE_BWD, DELTA, DK, DV, DK_PREV, DV_PREV,
     head_pattern, pattern_perm, perm,
-    ptr, split, cols, kind, tmask, masks,
+    ptr, split, cols, kind, tmask, masks, order,
     qk_scale2, scale, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    ACCUM: tl.constexpr, KT: tl.constexpr,
+    ACCUM: tl.constexpr, KT: tl.constexpr, HEAVY_FIRST: tl.constexpr,
 ):
-    t = tl.program_id(0)  # key tile of BLOCK_N positions
-    bh = tl.program_id(1)
+    t, bh = program_tile(order, n_t, HEAVY_FIRST)  # t: key tile of BLOCK_N positions
     h = bh % H
     pat = tl.load(head_pattern + h)
     pp = -1
@@ -192,15 +193,15 @@ def _dkdv_kernel(
     end_causal = tl.load(split + (pat * n_t + t) * 2 + 1)
     end = tl.load(ptr + pat * (n_t + 1) + t + 1)
     for e in range(start, end_full):
-        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask,
+        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols, tmask,
                             masks, perm, pp, N, qk_scale2, 0, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
                             G, HAS_PERM, IN_PREC, KT)
     for e in range(end_full, end_causal):
-        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask,
+        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols, tmask,
                             masks, perm, pp, N, qk_scale2, 1, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
                             G, HAS_PERM, IN_PREC, KT)
     for e in range(end_causal, end):
-        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE2, DELTA, base, rbase, kpos, cols, tmask,
+        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols, tmask,
                             masks, perm, pp, N, qk_scale2, 2, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
                             G, HAS_PERM, IN_PREC, KT)
     dk = dk * scale
@@ -235,6 +236,7 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
     if delta_here:
         delta = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     gd = grad_dtype or q.dtype
+    lse_bwd = torch.empty_like(lse2)  # lse2 with +inf on empty rows (from the dQ kernel)
     dq = torch.empty(q.shape, device=q.device, dtype=gd)
     dk = torch.empty(q.shape, device=q.device, dtype=gd)
     dv = torch.empty(q.shape, device=q.device, dtype=gd)
@@ -242,23 +244,27 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
     has_perm = plan.perm is not None
     perm = plan.perm if has_perm else plan.head_pattern
     kt = cfg.dkv_transposed_for(q.dtype)
+    heavy = cfg.schedule == "heavy_first"
     common = dict(HAS_PERM=has_perm, IN_PREC=cfg.in_prec(q.dtype), ACCUM=prev is not None,
-                  num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
+                  HEAVY_FIRST=heavy, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
+
     tq = tiles_q
-    _dq_kernel[(tq.n_tiles, B * H)](
-        q, k, v, out, do, lse2, delta, dq, dq_p,
+    grid, order = launch_grid(tq, plan, B, D, q.element_size(), heavy)
+    _dq_kernel[grid](
+        q, k, v, out, do, lse2, delta, lse_bwd, dq, dq_p,
         plan.head_pattern, plan.pattern_perm, perm,
-        tq.ptr, tq.split, tq.cols, tq.kind, tq.tmask, tq.masks,
+        tq.ptr, tq.split, tq.cols, tq.kind, tq.tmask, tq.masks, order,
         scale * LOG2E, scale, N, H, tq.n_tiles,
         HEAD_DIM=D, BLOCK_M=tq.tile_major, BLOCK_N=tq.tile_minor,
         UNIT=tq.unit, G=tq.tile_minor // tq.unit, DELTA_HERE=delta_here, **common,
     )
     tk = tiles_k
-    _dkdv_kernel[(tk.n_tiles, B * H)](
-        q, k, v, do, lse2, delta, dk, dv, dk_p, dv_p,
+    grid, order = launch_grid(tk, plan, B, D, q.element_size(), heavy)
+    _dkdv_kernel[grid](
+        q, k, v, do, lse_bwd, delta, dk, dv, dk_p, dv_p,
         plan.head_pattern, plan.pattern_perm, perm,
         tk.ptr, tk.split, tk.cols, tk.kind, tk.tmask,
-        tk.masks_swapped if kt else tk.masks,
+        tk.masks_swapped if kt else tk.masks, order,
         scale * LOG2E, scale, N, H, tk.n_tiles,
         HEAD_DIM=D, BLOCK_N=tk.tile_major, BLOCK_M=tk.tile_minor,
         UNIT=tk.unit, G=tk.tile_minor // tk.unit, KT=kt, **common,

@@ -27,7 +27,8 @@ import triton
 import triton.language as tl
 
 from . import interpret
-from .common import LOG2E, apply_mask, load_row_pair, tile_cols, to_tokens
+from .common import LOG2E, apply_mask, load_row_pair, program_tile, tile_cols, to_tokens
+from .tiles import launch_grid
 
 interpret.apply()
 
@@ -50,14 +51,14 @@ def _fwd_tile(
         v = VD.load([row0 + k0, 0])
     else:
         k, v, _ = load_row_pair(K, V, base, cpos, ok, perm, pp, N, HEAD_DIM, HAS_PERM, MODE != 0)
-    s = tl.dot(q, tl.trans(k), input_precision=IN_PREC) * qk_scale2
+    s = tl.dot(q, tl.trans(k), input_precision=IN_PREC)  # unscaled: the scale rides the FFMA
     s = apply_mask(s, e, tmask, masks, rows, cpos, ok, MODE, False, BLOCK_M, BLOCK_N, False)
-    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale2)  # max commutes with scale > 0
     if MODE == 0:
         m_use = m_new
     else:
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing allowed yet
-    p = tl.math.exp2(s - m_use[:, None])
+    p = tl.math.exp2(s * qk_scale2 - m_use[:, None])  # one FFMA per score, then MUFU.EX2
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=IN_PREC)
@@ -68,14 +69,13 @@ def _fwd_tile(
 def _fwd_kernel(
     Q, K, V, O, LSE2, O_PREV, LSE_PREV, QD, KD, VD,
     head_pattern, pattern_perm, perm,
-    ptr, split, cols, kind, tmask, masks,
+    ptr, split, cols, kind, tmask, masks, order,
     qk_scale2, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    MERGE: tl.constexpr, TMA: tl.constexpr,
+    MERGE: tl.constexpr, TMA: tl.constexpr, HEAVY_FIRST: tl.constexpr,
 ):
-    t = tl.program_id(0)
-    bh = tl.program_id(1)
+    t, bh = program_tile(order, n_t, HEAVY_FIRST)
     h = bh % H
     pat = tl.load(head_pattern + h)
     pp = -1
@@ -170,10 +170,13 @@ def forward(q, k, v, plan, tiles, scale: float, cfg, out_dtype=None, prev=None):
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype or q.dtype)
     lse2 = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     o_prev, lse_prev = prev if prev is not None else (out, lse2)
+    if not scale > 0:  # the kernel takes the row max before scaling
+        raise ValueError(f"scale={scale} must be positive (stbench.attention checks this)")
     n_t = tiles.n_tiles
     has_perm = plan.perm is not None
     perm = plan.perm if has_perm else plan.head_pattern  # any int32 tensor when unused
-    grid = (n_t, B * H)
+    heavy = cfg.schedule == "heavy_first"
+    grid, order = launch_grid(tiles, plan, B, D, q.element_size(), heavy)
     loads = cfg.fwd_loads
     err = fwd_loads_error(loads, plan, tiles, q.dtype)
     if err:
@@ -182,11 +185,11 @@ def forward(q, k, v, plan, tiles, scale: float, cfg, out_dtype=None, prev=None):
     _fwd_kernel[grid](
         q, k, v, out, lse2, o_prev, lse_prev, qd, kd, vd,
         plan.head_pattern, plan.pattern_perm, perm,
-        tiles.ptr, tiles.split, tiles.cols, tiles.kind, tiles.tmask, tiles.masks,
+        tiles.ptr, tiles.split, tiles.cols, tiles.kind, tiles.tmask, tiles.masks, order,
         scale * LOG2E, N, H, n_t,
         HEAD_DIM=D, BLOCK_M=tiles.tile_major, BLOCK_N=tiles.tile_minor,
         UNIT=tiles.unit, G=tiles.tile_minor // tiles.unit, HAS_PERM=has_perm,
         IN_PREC=cfg.in_prec(q.dtype), MERGE=prev is not None, TMA=loads == "tma",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HEAVY_FIRST=heavy, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse2
