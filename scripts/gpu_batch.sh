@@ -11,7 +11,7 @@
 # sweep_tc_a .. sweep_tc_d, sweep_tc3_a .. sweep_tc3_c, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
 # hostsplit, hostsplit_fwd, dlpack_cost, fwdvar_paper12288, paper_split, fwdvar_local_tma,
 # scale_split, paper_t, local_fb, triton_new_tests, memcheck_dkv_t, tritontests, paperbwd_12k,
-# paperbwd_64k, ab_kernels,
+# paperbwd_64k, ab_kernels, replay_flex,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -136,6 +136,15 @@ sanitize() {
 job_replay() {  # issue 4: triton and cupy fwd+bwd at the committed sweep's picks (kernel change check)
     step ${REPLAY_CAP:-300} replay python3 -m stbench sweep --preset standard --backends triton,cupy \
         --modes fwd+bwd --picks reports/standard/results.jsonl --isolate --out "$1" --no-progress
+}
+
+# session 8: triton at an earlier sweep's picks (REPLAY_PICKS) beside flex at its default, no
+# tuning: the targets' side-by-side ratios after a kernel change (REPLAY_LAYOUTS: causal,
+# fixed and local, the layouts flex runs without the permutation's gathers)
+job_replay_flex() {
+    step ${REPLAY_CAP:-420} replay python3 -m stbench sweep --preset standard --backends triton,flex \
+        --layouts ${REPLAY_LAYOUTS:-causal,fixed,local} --picks ${REPLAY_PICKS:-reports/session5/triton_picks.jsonl} \
+        --isolate --out "$1" --no-progress --max-minutes ${REPLAY_MINUTES:-6.5}
 }
 
 job_paperbwd() {  # TARGETS.md item 3, forward+backward only (the fwd+bwd tune at the fwd pick)
@@ -380,10 +389,7 @@ job_ab_kernels() {
     local scale=(--layout st_mix --n 1048576)
     ab_rows flex 240 --backend flex "${dense[@]}"
     ab_rows flex 60 --backend flex --layout local --n 65536,32768
-    ab_rows this 240 --backend triton "${dense[@]}" --config "{$AB_PICK, \"schedule\": \"natural\"}" \
-        --config "{$AB_PICK, \"schedule\": \"heavy_first\"}"
-    ab_rows this 150 --backend triton "${dense[@]/fwd,fwd+bwd/fwd+bwd}" \
-        --config "{$AB_PICK, \"schedule\": \"heavy_first\", \"dkv_transposed\": true}"
+    ab_rows this 240 --backend triton "${dense[@]}" --config "{$AB_PICK}"
     ab_rows this 60 --backend triton "${local_[@]}" --config "$AB_LOCAL"
     ab_rows this 90 --backend triton "${scale[@]}" --config "$AB_SCALE"
     ab_base_swap in

@@ -60,9 +60,8 @@ def label(row: dict) -> str:
     bwd += _tags(cfg, (("dq_n", "DQ_BLOCK_N"), ("dkv_m", "DKV_BLOCK_M"), ("bw", "bwd_warps"),
                        ("bs", "bwd_stages")))
     bwd += " dkv^T" if cfg.get("dkv_transposed") else ""
-    order = f" {cfg['schedule']}" if "schedule" in cfg else ""
     tag = f" [{row['tag']}]" if row.get("tag") else ""
-    return f"triton {cfg.get('fwd_loads', 'default')}{tiles}{bwd}{order}{tag}"
+    return f"triton {cfg.get('fwd_loads', 'default')}{tiles}{bwd}{tag}"
 
 
 def plot(jsonl: str, png: str) -> None:

@@ -1,5 +1,6 @@
 """AOT-compile the Triton backend's kernels for an H200 (sm_90) without a GPU and summarise the
-generated code: registers/thread, spills, shared memory, warps/stages, SASS instruction counts.
+generated code: registers/thread, spills, shared memory, warps/stages, SASS instruction counts,
+and the instructions of one step of each kernel's main (FULL tile) loop.
 
 Each row is one @triton.jit kernel (kernels/triton/forward.py, backward.py) at a configuration
 the autotuner picked at N = 65536, bf16, head dim 64 (reports/standard/results.jsonl), with the
@@ -34,7 +35,7 @@ from stbench.kernels.triton.forward import _fwd_kernel
 N, H, D = 65536, 8, 64
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-PLAN = ["head_pattern", "pattern_perm", "perm", "ptr", "split", "cols", "kind", "tmask", "order"]
+PLAN = ["head_pattern", "pattern_perm", "perm", "ptr", "split", "cols", "kind", "tmask"]
 COUNTS = ["HGMMA", "HMMA", "LDGSTS", "LDGSTS.128", "UTMALDG", "LDG", "LDG.128", "LDSM", "LDS", "STS",
           "MUFU.EX2", "BAR.SYNC"]
 
@@ -62,14 +63,14 @@ def dkdv_sig():
 
 
 def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=False,
-          transposed=False, heavy=False):
+          transposed=False):
     """A row of a tile kernel: major / minor tile sides, the layout block, HAS_PERM; ``tma``:
     the forward's fwd_loads="tma" (host tensor descriptors over [B * H * N, D]);
     ``transposed``: the dK/dV kernel's dkv_transposed (KT)."""
     unit = min(block, major, minor)
     names = ("BLOCK_N", "BLOCK_M") if fn is _dkdv_kernel else ("BLOCK_M", "BLOCK_N")
     cx = {"HEAD_DIM": D, names[0]: major, names[1]: minor, "UNIT": unit, "G": minor // unit,
-          "HAS_PERM": perm, "IN_PREC": "tf32", flag: False, "HEAVY_FIRST": heavy}
+          "HAS_PERM": perm, "IN_PREC": "tf32", flag: False}
     if fn is _dkdv_kernel:
         cx["KT"] = transposed
     if fn is _dq_kernel:
@@ -84,24 +85,19 @@ def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=Fal
     ints = {"N": N, "H": H, "n_t": N // major}
     cfg = (f"{major}x{minor} u{unit} G{minor // unit} perm{int(perm)} w{warps} s{stages}"
            + (" tma" if tma else "")
-           + (" transposed" if transposed else "")
-           + (" heavy_first" if heavy else ""))
+           + (" transposed" if transposed else ""))
     return name, fn, sig, cx, ints, warps, stages, cfg
 
 
 ROWS = [
-    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE",
-          heavy=True),
-    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE", True,
-          heavy=True),
+    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE"),
+    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE", True),
     tiled("fwd local", _fwd_kernel, fwd_sig(), 64, 32, 32, False, 4, 3, "MERGE"),
     tiled("fwd strided/st_mix", _fwd_kernel, fwd_sig(), 64, 32, 64, True, 4, 2, "MERGE"),
     ("delta", _delta_kernel, {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "n_rows": "i32"},
      {"HEAD_DIM": D, "ROWS": DELTA_ROWS}, {"n_rows": H * N}, 4, 3, f"{DELTA_ROWS} rows w4 s3"),
-    tiled("dq causal/fixed", _dq_kernel, dq_sig(), 128, 128, 128, False, 8, 2, "ACCUM",
-          heavy=True),
-    tiled("dkdv causal/fixed", _dkdv_kernel, dkdv_sig(), 128, 128, 128, False, 8, 2, "ACCUM",
-          heavy=True),
+    tiled("dq causal/fixed", _dq_kernel, dq_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
+    tiled("dkdv causal/fixed", _dkdv_kernel, dkdv_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
     tiled("dq local", _dq_kernel, dq_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
     tiled("dkdv local", _dkdv_kernel, dkdv_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
     tiled("dq st_mix", _dq_kernel, dq_sig(), 64, 64, 64, True, 4, 2, "ACCUM"),
@@ -166,7 +162,25 @@ def sass_counts(cubin, tmp):
     res = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", path],
                          capture_output=True, text=True, check=True).stdout
     usage = {k: int(v) for k, v in re.findall(r"\b(REG|SHARED|LOCAL):(\d+)", res)}
-    return c, len(ops), usage
+    return c, len(ops), usage, first_step_length(out)
+
+
+def first_step_length(sass: str) -> int | None:
+    """Instructions in one step of the kernel's first (FULL tile) loop: of the loops (spans
+    closed by a backward branch) that issue matrix products, the innermost ones (holding no
+    other such span), the first by address."""
+    ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    index = {a: i for i, (a, _) in enumerate(ins)}
+    spans = []
+    for i, (a, txt) in enumerate(ins):
+        m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", txt)
+        top = int(m.group(1), 16) if m else None
+        if top is not None and top < a and top in index and any(
+                re.search(r"\b(HGMMA|HMMA)\b", t) for _, t in ins[index[top]: i + 1]):
+            spans.append((index[top], i))
+    inner = [(lo, hi) for lo, hi in spans
+             if not any((lo, hi) != (a, b) and lo <= a and b <= hi for a, b in spans)]
+    return min(inner)[1] - min(inner)[0] + 1 if inner else None
 
 
 def main():
@@ -178,14 +192,15 @@ def main():
           "regs/spills from ptxas -v (regs checked against the cubin's REG);\n"
           "lmem = cubin LOCAL bytes/thread; smem = bytes/CTA: Triton's dynamic shared + the "
           "cubin's static SHARED (the 1 KB per-CTA reservation)\n")
-    cols = ["kernel", "config", "regs", "spill st/ld/lmem", "smem", "occ"] + COUNTS + ["instrs"]
+    cols = ["kernel", "config", "regs", "spill st/ld/lmem", "smem", "occ"] + COUNTS + [
+        "instrs", "step"]
     rows, errors = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name, fn, sig, cx, ints, warps, stages, cfg in ROWS:
             try:
                 k = compile_row(fn, sig, cx, ints, warps, stages)
                 arch, regs, sst, sld, _stack = ptxas_usage(k.asm["ptx"], tmp)
-                c, total, use = sass_counts(k.asm["cubin"], tmp)
+                c, total, use, step = sass_counts(k.asm["cubin"], tmp)
                 md = k.metadata
                 assert use.get("REG") == regs, ("cubin REG", use.get("REG"), "ptxas -v", regs)
                 smem = md.shared + use.get("SHARED", 0)  # dynamic + static (1 KB reserved)
@@ -195,7 +210,7 @@ def main():
                 by_smem = 233472 // smem
                 occ = min(by_reg, by_smem, 64 // md.num_warps, 32)
                 rows.append([name, cfg, regs, f"{sst}/{sld}/{use.get('LOCAL')}", smem,
-                             f"{occ} (r{by_reg},s{by_smem})"] + [c[x] for x in COUNTS] + [total])
+                             f"{occ} (r{by_reg},s{by_smem})"] + [c[x] for x in COUNTS] + [total, step])
                 assert md.num_warps == warps and md.num_stages == stages, (md.num_warps,
                                                                             md.num_stages)
             except Exception as exc:  # every row is data
@@ -210,7 +225,8 @@ def main():
     print("-" * len(fmt(cols)))
     for r in rows:
         print(fmt(r))
-    print("\nocc = resident CTAs per SM on an H200 (min of the register limit r, shared memory "
+    print("\nstep = instructions in one step of the first (FULL tile) loop (first_step_length)")
+    print("occ = resident CTAs per SM on an H200 (min of the register limit r, shared memory "
           "limit s, 64 warps/SM, 32 CTAs/SM)")
     for e in errors:
         print("ERROR", e)

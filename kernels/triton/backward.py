@@ -18,7 +18,6 @@ From the saved base-2 log-sum-exp LSE2 the probabilities are recomputed, never s
 
 Each output row is written by exactly one program: deterministic, no atomics. The strided
 permutation is folded into every gather and scatter as in the forward.
-Programs run in the natural order or heaviest first (KernelConfig.schedule, as the forward).
 Memory: delta and LSE_BWD (fp32, 2 * B*H*N*4 bytes) beyond the gradients; nothing N x N.
 """
 
@@ -29,8 +28,7 @@ import triton
 import triton.language as tl
 
 from . import interpret
-from .common import LOG2E, apply_mask, load_row_pair, program_tile, tile_cols, to_tokens
-from .tiles import launch_grid
+from .common import LOG2E, apply_mask, load_row_pair, tile_cols, to_tokens
 
 DELTA_ROWS = 64  # rows per program of the delta preprocess
 
@@ -69,13 +67,14 @@ def _dq_tile(
 def _dq_kernel(
     Q, K, V, O, DO, LSE2, DELTA, LSE_BWD, DQ, DQ_PREV,
     head_pattern, pattern_perm, perm,
-    ptr, split, cols, kind, tmask, masks, order,
+    ptr, split, cols, kind, tmask, masks,
     qk_scale2, scale, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    ACCUM: tl.constexpr, DELTA_HERE: tl.constexpr, HEAVY_FIRST: tl.constexpr,
+    ACCUM: tl.constexpr, DELTA_HERE: tl.constexpr,
 ):
-    t, bh = program_tile(order, n_t, HEAVY_FIRST)
+    t = tl.program_id(0)
+    bh = tl.program_id(1)
     h = bh % H
     pat = tl.load(head_pattern + h)
     pp = -1
@@ -90,7 +89,7 @@ def _dq_kernel(
     do = tl.load(DO + base + rtok[:, None] * HEAD_DIM + d[None, :])
     lse = tl.load(LSE2 + rbase + rtok)
     lse = tl.where(lse == float("-inf"), float("inf"), lse)  # empty rows: p = 0, never NaN
-    tl.store(LSE_BWD + rbase + rtok, lse)  # so, for the dK/dV kernel, which reads it per tile
+    tl.store(LSE_BWD + rbase + rtok, lse)  # as the dK/dV kernel reads it, tile by tile
     if DELTA_HERE:  # this tile's rows of delta = rowsum(dO * O), kept for the dK/dV kernel
         o = tl.load(O + base + rtok[:, None] * HEAD_DIM + d[None, :])
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
@@ -161,13 +160,14 @@ def _dkdv_tile(
 def _dkdv_kernel(
     Q, K, V, DO, LSE_BWD, DELTA, DK, DV, DK_PREV, DV_PREV,
     head_pattern, pattern_perm, perm,
-    ptr, split, cols, kind, tmask, masks, order,
+    ptr, split, cols, kind, tmask, masks,
     qk_scale2, scale, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    ACCUM: tl.constexpr, KT: tl.constexpr, HEAVY_FIRST: tl.constexpr,
+    ACCUM: tl.constexpr, KT: tl.constexpr,
 ):
-    t, bh = program_tile(order, n_t, HEAVY_FIRST)  # t: key tile of BLOCK_N positions
+    t = tl.program_id(0)  # key tile of BLOCK_N positions
+    bh = tl.program_id(1)
     h = bh % H
     pat = tl.load(head_pattern + h)
     pp = -1
@@ -193,17 +193,17 @@ def _dkdv_kernel(
     end_causal = tl.load(split + (pat * n_t + t) * 2 + 1)
     end = tl.load(ptr + pat * (n_t + 1) + t + 1)
     for e in range(start, end_full):
-        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols, tmask,
-                            masks, perm, pp, N, qk_scale2, 0, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
-                            G, HAS_PERM, IN_PREC, KT)
+        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols,
+                            tmask, masks, perm, pp, N, qk_scale2, 0, HEAD_DIM, BLOCK_N, BLOCK_M,
+                            UNIT, G, HAS_PERM, IN_PREC, KT)
     for e in range(end_full, end_causal):
-        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols, tmask,
-                            masks, perm, pp, N, qk_scale2, 1, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
-                            G, HAS_PERM, IN_PREC, KT)
+        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols,
+                            tmask, masks, perm, pp, N, qk_scale2, 1, HEAD_DIM, BLOCK_N, BLOCK_M,
+                            UNIT, G, HAS_PERM, IN_PREC, KT)
     for e in range(end_causal, end):
-        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols, tmask,
-                            masks, perm, pp, N, qk_scale2, 2, HEAD_DIM, BLOCK_N, BLOCK_M, UNIT,
-                            G, HAS_PERM, IN_PREC, KT)
+        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols,
+                            tmask, masks, perm, pp, N, qk_scale2, 2, HEAD_DIM, BLOCK_N, BLOCK_M,
+                            UNIT, G, HAS_PERM, IN_PREC, KT)
     dk = dk * scale
     if ACCUM:
         dk += tl.load(DK_PREV + out)
@@ -244,27 +244,23 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
     has_perm = plan.perm is not None
     perm = plan.perm if has_perm else plan.head_pattern
     kt = cfg.dkv_transposed_for(q.dtype)
-    heavy = cfg.schedule == "heavy_first"
     common = dict(HAS_PERM=has_perm, IN_PREC=cfg.in_prec(q.dtype), ACCUM=prev is not None,
-                  HEAVY_FIRST=heavy, num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
-
+                  num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
     tq = tiles_q
-    grid, order = launch_grid(tq, plan, B, D, q.element_size(), heavy)
-    _dq_kernel[grid](
+    _dq_kernel[(tq.n_tiles, B * H)](
         q, k, v, out, do, lse2, delta, lse_bwd, dq, dq_p,
         plan.head_pattern, plan.pattern_perm, perm,
-        tq.ptr, tq.split, tq.cols, tq.kind, tq.tmask, tq.masks, order,
+        tq.ptr, tq.split, tq.cols, tq.kind, tq.tmask, tq.masks,
         scale * LOG2E, scale, N, H, tq.n_tiles,
         HEAD_DIM=D, BLOCK_M=tq.tile_major, BLOCK_N=tq.tile_minor,
         UNIT=tq.unit, G=tq.tile_minor // tq.unit, DELTA_HERE=delta_here, **common,
     )
     tk = tiles_k
-    grid, order = launch_grid(tk, plan, B, D, q.element_size(), heavy)
-    _dkdv_kernel[grid](
+    _dkdv_kernel[(tk.n_tiles, B * H)](
         q, k, v, do, lse_bwd, delta, dk, dv, dk_p, dv_p,
         plan.head_pattern, plan.pattern_perm, perm,
         tk.ptr, tk.split, tk.cols, tk.kind, tk.tmask,
-        tk.masks_swapped if kt else tk.masks, order,
+        tk.masks_swapped if kt else tk.masks,
         scale * LOG2E, scale, N, H, tk.n_tiles,
         HEAD_DIM=D, BLOCK_N=tk.tile_major, BLOCK_M=tk.tile_minor,
         UNIT=tk.unit, G=tk.tile_minor // tk.unit, KT=kt, **common,

@@ -10,21 +10,6 @@ LOG2E = 1.4426950408889634  # exp(x) = exp2(x * LOG2E): the kernels work in base
 
 
 @triton.jit
-def program_tile(order, n_t, HEAVY_FIRST: tl.constexpr):
-    """(major tile t, batch x head bh) of this program. HEAVY_FIRST: a 1-D grid whose i-th
-    program takes entry i of ``order`` (bh * n_t + t, heaviest first: tiles.heavy_first_order);
-    else the natural 2-D grid (t, bh)."""
-    if HEAVY_FIRST:
-        i = tl.load(order + tl.program_id(0))
-        t = i % n_t
-        bh = i // n_t
-    else:
-        t = tl.program_id(0)
-        bh = tl.program_id(1)
-    return t, bh
-
-
-@triton.jit
 def to_tokens(pos, perm_ptr, pp, N, HAS_PERM: tl.constexpr):
     """Original token index of layout positions ``pos`` (pattern's permutation row ``pp``,
     -1 = identity). Positions must be in range (callers clamp pads to 0)."""

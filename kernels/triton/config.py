@@ -17,7 +17,6 @@ import torch
 HEAD_DIMS = (32, 64, 128)
 TILE_SIDES = (16, 32, 64, 128)
 FWD_LOADS = ("gather", "tma")
-SCHEDULES = ("natural", "heavy_first")
 # register budget proxy: accumulator + score tile elements per warp beyond which a config spills
 MAX_TILE_ELEMS_PER_WARP = 128 * 128 // 4 * 2
 
@@ -45,20 +44,12 @@ class KernelConfig:
     # needs 64 rows a warpgroup) rather than mma.sync. None: transposed exactly there
     # (16-bit, key tile < 64; ``dkv_transposed_for``), as measured faster (session 7)
     dkv_transposed: bool | None = None
-    # launch order of every kernel's programs: "natural" (tile fastest, then batch x head) or
-    # "heavy_first" (most tiles of work first, within groups of heads sized to the L2:
-    # tiles.heavy_first_order), which ends a causal-like kernel on short programs, not long
-    schedule: str = "natural"
 
     def __post_init__(self):
         if self.fwd_loads not in FWD_LOADS:
             raise ValueError(
                 f"fwd_loads={self.fwd_loads!r} is not a forward load variant: use one of "
                 f"{FWD_LOADS}"
-            )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"schedule={self.schedule!r} is not a launch order: use one of {SCHEDULES}"
             )
 
     def dq_tiles(self) -> tuple[int, int]:
@@ -130,7 +121,7 @@ def default_config(layout, head_dim: int, dtype: torch.dtype) -> KernelConfig:
     return KernelConfig(
         BLOCK_M=bm, BLOCK_N=bn, num_warps=8 if bm >= 128 else 4, num_stages=2 if wide else 3,
         BWD_BLOCK_M=bwd, BWD_BLOCK_N=bwd, bwd_warps=4, bwd_stages=2, split_union=split,
-        fwd_loads="tma" if tma else "gather", schedule="natural" if sparse else "heavy_first",
+        fwd_loads="tma" if tma else "gather",
     )
 
 
@@ -214,9 +205,7 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     split = ()
     if default.split_union:  # the unsplit form too (the tuner measures what the split buys)
         split = (KernelConfig(**{**default.as_dict(), "split_union": False}),)
-    other = next(o for o in SCHEDULES if o != default.schedule)  # the other launch order
-    order = (KernelConfig(**{**default.as_dict(), "schedule": other}),)
-    for cfg in itertools.chain(split, order, fwd, bwd, asym, tma):
+    for cfg in itertools.chain(split, fwd, bwd, asym, tma):
         if cfg not in seen and _ok(cfg, layout.n_ctx, head_dim, dtype):
             seen.add(cfg)
             out.append(cfg.as_dict())

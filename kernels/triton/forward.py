@@ -27,8 +27,7 @@ import triton
 import triton.language as tl
 
 from . import interpret
-from .common import LOG2E, apply_mask, load_row_pair, program_tile, tile_cols, to_tokens
-from .tiles import launch_grid
+from .common import LOG2E, apply_mask, load_row_pair, tile_cols, to_tokens
 
 interpret.apply()
 
@@ -69,13 +68,14 @@ def _fwd_tile(
 def _fwd_kernel(
     Q, K, V, O, LSE2, O_PREV, LSE_PREV, QD, KD, VD,
     head_pattern, pattern_perm, perm,
-    ptr, split, cols, kind, tmask, masks, order,
+    ptr, split, cols, kind, tmask, masks,
     qk_scale2, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    MERGE: tl.constexpr, TMA: tl.constexpr, HEAVY_FIRST: tl.constexpr,
+    MERGE: tl.constexpr, TMA: tl.constexpr,
 ):
-    t, bh = program_tile(order, n_t, HEAVY_FIRST)
+    t = tl.program_id(0)
+    bh = tl.program_id(1)
     h = bh % H
     pat = tl.load(head_pattern + h)
     pp = -1
@@ -175,8 +175,7 @@ def forward(q, k, v, plan, tiles, scale: float, cfg, out_dtype=None, prev=None):
     n_t = tiles.n_tiles
     has_perm = plan.perm is not None
     perm = plan.perm if has_perm else plan.head_pattern  # any int32 tensor when unused
-    heavy = cfg.schedule == "heavy_first"
-    grid, order = launch_grid(tiles, plan, B, D, q.element_size(), heavy)
+    grid = (n_t, B * H)
     loads = cfg.fwd_loads
     err = fwd_loads_error(loads, plan, tiles, q.dtype)
     if err:
@@ -185,11 +184,11 @@ def forward(q, k, v, plan, tiles, scale: float, cfg, out_dtype=None, prev=None):
     _fwd_kernel[grid](
         q, k, v, out, lse2, o_prev, lse_prev, qd, kd, vd,
         plan.head_pattern, plan.pattern_perm, perm,
-        tiles.ptr, tiles.split, tiles.cols, tiles.kind, tiles.tmask, tiles.masks, order,
+        tiles.ptr, tiles.split, tiles.cols, tiles.kind, tiles.tmask, tiles.masks,
         scale * LOG2E, N, H, n_t,
         HEAD_DIM=D, BLOCK_M=tiles.tile_major, BLOCK_N=tiles.tile_minor,
         UNIT=tiles.unit, G=tiles.tile_minor // tiles.unit, HAS_PERM=has_perm,
         IN_PREC=cfg.in_prec(q.dtype), MERGE=prev is not None, TMA=loads == "tma",
-        HEAVY_FIRST=heavy, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse2

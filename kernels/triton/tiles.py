@@ -42,7 +42,6 @@ from stbench.layouts.layout import DIAG, FULL, PARTIAL, classify_blocks
 from stbench.layouts.plan import Plan, unpack_masks
 
 TILE_FULL, TILE_CAUSAL, TILE_MASKED = 0, 1, 2
-DEFAULT_L2_BYTES = 50 * 1024 * 1024  # where the device does not say (the interpreter): an H100's
 # per-unit codes inside a tile: 0 empty, 1 full, 2 causal diagonal, 3 + m partial mask m
 _EMPTY, _UFULL, _UDIAG, _UMASK0 = 0, 1, 2, 3
 
@@ -251,52 +250,3 @@ def _tiles_dev(plan: Plan, tile_major: int, tile_minor: int, transposed: bool, d
 def tiles_for(plan: Plan, tile_major: int, tile_minor: int, transposed: bool, device) -> Tiles:
     """Cached tile lists of ``plan`` (the CPU plan object from ``plan_for``) on ``device``."""
     return _tiles_dev(plan.to("cpu"), int(tile_major), int(tile_minor), bool(transposed), str(torch.device(device)))
-
-
-def heavy_first_order(tiles: Tiles, head_pattern: torch.Tensor, batch: int,
-                      group: int) -> torch.Tensor:
-    """Launch order of a kernel's programs, heaviest first: int32 [B * H * n_t], entry i the
-    program the i-th launched one runs, as ``bh * n_t + t`` (bh = b * H + h, t its major tile).
-
-    Blocks are dispatched to free SM slots in launch order, so with the natural order (t
-    fastest) a causal kernel starts its longest programs last and ends on a tail of a few
-    long ones: 6-8% of its time in a list-scheduling simulation (kernels/triton/NOTES.md,
-    session 8). Here the programs of each group of ``group`` consecutive bh come in
-    descending order of their tile counts (ties keep the natural order), groups one after
-    another, so the programs running at once read the K / V (or Q / dO) of at most about
-    ``group`` heads: size it to the L2 (``schedule_group``)."""
-    work = (tiles.ptr[:, 1:] - tiles.ptr[:, :-1]).long()  # [P, n_t] tiles of work per program
-    per_bh = work[head_pattern.long()].repeat(batch, 1)  # [B * H, n_t]
-    grp = (torch.arange(per_bh.shape[0], device=work.device) // max(1, group)).unsqueeze(1)
-    top = int(per_bh.max()) + 1 if per_bh.numel() else 1
-    key = (grp * top + (top - 1 - per_bh)).reshape(-1)
-    return torch.sort(key, stable=True).indices.to(torch.int32).contiguous()
-
-
-@functools.lru_cache(maxsize=64)
-def _order_cached(tiles: Tiles, head_pattern: torch.Tensor, batch: int, group: int):
-    return heavy_first_order(tiles, head_pattern, batch, group)
-
-
-@functools.lru_cache(maxsize=64)
-def schedule_group(n_ctx: int, head_dim: int, esize: int, device: str) -> int:
-    """Heads per group of ``heavy_first_order``: as many as keep two [N, D] operands per head
-    (K and V for the forward and dQ; Q and dO for dK / dV) in half the device's L2."""
-    l2 = DEFAULT_L2_BYTES
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        l2 = getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", l2) or l2
-    return max(1, (l2 // 2) // (2 * n_ctx * head_dim * esize))
-
-
-def launch_grid(tiles: Tiles, plan, batch: int, head_dim: int, esize: int, heavy_first: bool):
-    """(grid, order) of a kernel over ``tiles`` (on their device) for ``batch`` x the plan's
-    heads: the natural 2-D grid (n_t, B * H), or with ``heavy_first`` a 1-D grid and the
-    cached order of ``heavy_first_order`` (groups from ``schedule_group``). Without one, the
-    order argument is any int32 tensor (the kernel does not read it)."""
-    heads = int(plan.head_pattern.numel())
-    if not heavy_first:
-        return (tiles.n_tiles, batch * heads), plan.head_pattern
-    group = schedule_group(tiles.n_ctx, head_dim, esize, str(tiles.ptr.device))
-    order = _order_cached(tiles, plan.head_pattern, int(batch), group)
-    return (tiles.n_tiles * batch * heads,), order

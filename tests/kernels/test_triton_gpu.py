@@ -164,27 +164,6 @@ def test_dkv_transposed(variant, dtype, gen):
     _run(layouts.strided(2048, block=64, stride=32, heads=2), dtype, 64, gen, config=cfg)
 
 
-ORDER_CONFIGS = {
-    "natural": dict(schedule="natural"),
-    "heavy_first": dict(schedule="heavy_first"),
-    "heavy_first_dkv_t_128": dict(schedule="heavy_first", BWD_BLOCK_M=128, BWD_BLOCK_N=128,
-                                  bwd_warps=8, dkv_transposed=True),
-}
-
-
-@pytest.mark.parametrize("variant", sorted(ORDER_CONFIGS))
-def test_launch_orders(variant, gen):
-    """Both launch orders (KernelConfig.schedule), compiled, with B = 3 over causal, fixed at
-    block 128 and st_mix (two patterns, the permutation); and the transposed dK/dV at
-    128 x 128 tiles beside the heavy-first order."""
-    cfg = ORDER_CONFIGS[variant]
-    _run(LAYOUTS["causal"](2048, 2), torch.bfloat16, 64, gen, batch=3, config=cfg)
-    _run(layouts.fixed(2048, block=128, stride=512, heads=2), torch.bfloat16, 64, gen, batch=3,
-         config=cfg)
-    _run(layouts.st_mix(2048, block=64, stride=32, heads=2), torch.float16, 64, gen, batch=3,
-         config=cfg)
-
-
 @pytest.mark.parametrize("dtype", ("bfloat16", "float16", "float32"))
 @pytest.mark.parametrize("name", ("causal", "local", "strided", "fixed", "st_mix"))
 def test_standard_problem_every_dtype(name, dtype):
