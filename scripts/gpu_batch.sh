@@ -11,7 +11,7 @@
 # sweep_tc_a .. sweep_tc_d, sweep_tc3_a .. sweep_tc3_c, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
 # hostsplit, hostsplit_fwd, dlpack_cost, fwdvar_paper12288, paper_split, fwdvar_local_tma,
 # scale_split, paper_t, local_fb, triton_new_tests, memcheck_dkv_t, tritontests, paperbwd_12k,
-# paperbwd_64k, ab_kernels, replay_flex,
+# paperbwd_64k, ab_kernels, replay_flex, memcheck8,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -427,6 +427,18 @@ job_memcheck_dkv_t() {
     step 150 warm_dkv_t python3 scripts/gpu_sanitize.py "${DKV_T_SANITIZE[@]}"
     step 300 memcheck_dkv_t compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
         python3 scripts/gpu_sanitize.py "${DKV_T_SANITIZE[@]}"
+}
+
+# session 8: memcheck after the forward's unscaled row max and the dQ kernel's LSE_BWD store:
+# the default configs and 32-key dK/dV tiles (transposed by default in 16-bit) over every
+# generator family, the permutation, partial blocks, empty rows and columns (bf16, D = 64)
+MEMCHECK8=(--backend triton --cases causal_b64,local_b32,strided_b16,fixed_b32,st_mix_b32,token_mask_b32,merged_strided_b16
+    --config null --config '{"BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32}')
+job_memcheck8() {
+    export PYTORCH_NO_CUDA_MEMORY_CACHING=1
+    step 150 warm8 python3 scripts/gpu_sanitize.py "${MEMCHECK8[@]}"
+    step 300 memcheck8 compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+        python3 scripts/gpu_sanitize.py "${MEMCHECK8[@]}"
 }
 
 job_wgmma_probe() {  # issue 4: do the wgmma descriptor / fragment conventions hold (kernels/cupy/NOTES.md)
