@@ -43,6 +43,12 @@ def _tags(cfg: dict, pairs) -> str:
     return "".join(f" {tag}{cfg[key]}" for tag, key in pairs if key in cfg)
 
 
+# the Triton config keys label() spells out; any other key it appends as key=value
+_LABELLED = {"BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "fwd_loads", "BWD_BLOCK_M",
+             "BWD_BLOCK_N", "DQ_BLOCK_N", "DKV_BLOCK_M", "bwd_warps", "bwd_stages",
+             "dkv_transposed"}
+
+
 def label(row: dict) -> str:
     """A row's bar label: the backend and its configuration's distinguishing keys."""
     cfg = row["config"] or {}
@@ -60,8 +66,9 @@ def label(row: dict) -> str:
     bwd += _tags(cfg, (("dq_n", "DQ_BLOCK_N"), ("dkv_m", "DKV_BLOCK_M"), ("bw", "bwd_warps"),
                        ("bs", "bwd_stages")))
     bwd += " dkv^T" if cfg.get("dkv_transposed") else ""
+    rest = "".join(f" {k}={cfg[k]}" for k in sorted(set(cfg) - _LABELLED))
     tag = f" [{row['tag']}]" if row.get("tag") else ""
-    return f"triton {cfg.get('fwd_loads', 'default')}{tiles}{bwd}{tag}"
+    return f"triton {cfg.get('fwd_loads', 'default')}{tiles}{bwd}{rest}{tag}"
 
 
 def plot(jsonl: str, png: str) -> None:
@@ -72,8 +79,12 @@ def plot(jsonl: str, png: str) -> None:
     rows = [r for r in rows if r["ok"]]
     key = lambda r: (r["layout"], r["n_ctx"], r.get("mode", "fwd"))  # noqa: E731
     problems = sorted({key(r) for r in rows})
-    fig, axes = plt.subplots(1, len(problems), figsize=(7 * len(problems), 4), squeeze=False)
-    for ax, (lay, n, mode) in zip(axes[0], problems):
+    cols = min(2, len(problems))
+    grid = (-(-len(problems) // cols), cols)
+    fig, axes = plt.subplots(*grid, figsize=(10 * cols, 3.2 * grid[0]), squeeze=False)
+    for ax in axes.flat[len(problems):]:
+        ax.axis("off")
+    for ax, (lay, n, mode) in zip(axes.flat, problems):
         mine = [r for r in rows if key(r) == (lay, n, mode)]
         ax.barh([label(r) for r in mine], [r["median_ms"] for r in mine],
                 xerr=[[r["median_ms"] - r["p20_ms"] for r in mine],

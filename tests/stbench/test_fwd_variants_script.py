@@ -31,6 +31,8 @@ def test_labels():
     cfg.update(DKV_BLOCK_M=128, dkv_transposed=True)  # backward variants tell bars apart
     assert mod.label(_row("triton", cfg)) == "triton default 64x32 w2 bwd 64x32 dkv_m128 dkv^T"
     assert mod.label({**_row("triton", cfg), "tag": "base"}).endswith("dkv^T [base]")
+    cfg.update(split_union=True)  # keys it has no short form for, as key=value
+    assert mod.label(_row("triton", cfg)).endswith("dkv^T split_union=True")
     cfg = {"kernel": "mma", "BLOCK_M": 128, "BLOCK_N": 64, "WARP_M": 32}
     assert mod.label(_row("cupy", cfg)) == "cupy 128x64 32 rows/warp"
     assert mod.label(_row("cupy", {"kernel": "wgmma"})) == "cupy wgmma 64x64"
