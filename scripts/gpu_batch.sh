@@ -11,7 +11,7 @@
 # sweep_tc_a .. sweep_tc_d, sweep_tc3_a .. sweep_tc3_c, wgmma_probe, wgmma_check, fwdvar_wgmma, profile_cupy_fwd,
 # hostsplit, hostsplit_fwd, dlpack_cost, fwdvar_paper12288, paper_split, fwdvar_local_tma,
 # scale_split, paper_t, local_fb, triton_new_tests, memcheck_dkv_t, tritontests, paperbwd_12k,
-# paperbwd_64k, ab_kernels, replay_flex, memcheck8,
+# paperbwd_64k, ab_kernels, replay_flex, memcheck8, local_split8,
 # cupytests, othertests;
 # A+B runs A then B on one GPU. Argument i runs on GPU i mod (number of GPUs); arguments that
 # share a GPU run one after another.
@@ -145,6 +145,23 @@ job_replay_flex() {
     step ${REPLAY_CAP:-420} replay python3 -m stbench sweep --preset standard --backends triton,flex \
         --layouts ${REPLAY_LAYOUTS:-causal,fixed,local} --picks ${REPLAY_PICKS:-reports/session5/triton_picks.jsonl} \
         --isolate --out "$1" --no-progress --max-minutes ${REPLAY_MINUTES:-6.5}
+}
+
+# session 8: the local rows of a replay (SPLIT_PICKS, a results.jsonl) again, with each
+# call's host / device split, beside flex; and the local forward with TMA loads, 2 stages
+job_local_split8() {
+    local picks=${SPLIT_PICKS:-reports/session8/call3/replay_flex/results.jsonl}
+    local fb=(--layout local --n 1024,4096,16384,32768,65536 --mode fwd+bwd)
+    step 120 flex_fb python3 scripts/gpu_fwd_variants.py --backend flex "${fb[@]}" >>"$1/rows.jsonl"
+    step 150 triton_fb python3 scripts/gpu_fwd_variants.py --backend triton "${fb[@]}" \
+        --picks "$picks" --tag picks >>"$1/rows.jsonl"
+    step 60 flex_fwd python3 scripts/gpu_fwd_variants.py --backend flex --layout local \
+        --n 32768,65536 >>"$1/rows.jsonl"
+    step 60 triton_fwd python3 scripts/gpu_fwd_variants.py --backend triton --layout local \
+        --n 32768,65536 --block 32 --config "$AB_LOCAL" >>"$1/rows.jsonl"
+    grep "^{" "$1/rows.jsonl" | python3 -c "import json,sys
+for l in sys.stdin:
+    r = json.loads(l); print(r['backend'], r['n_ctx'], r['mode'], r['block'], r['ok'], r.get('median_ms'), 'host', r.get('host_ms'), 'device', r.get('device_ms'))"
 }
 
 job_paperbwd() {  # TARGETS.md item 3, forward+backward only (the fwd+bwd tune at the fwd pick)

@@ -16,6 +16,8 @@ comparison (scripts/gpu_batch.sh fwdvariants).
 Each row has the suite's timing (``median_ms``: L2 flushed, as the sweep) and where a call's
 time goes (``host_ms`` / ``device_ms``, ``stbench.timing.host_device_split``); with
 ``--kernels``, each kernel's device time per call (``kernels_us``, ``timing.kernel_times``).
+``--picks RESULTS.jsonl`` runs each problem at the block and config an earlier sweep measured
+(its results file), to see where those rows' time went.
 
 The problem is TARGETS.md's standard one (bf16, H = 8, D = 64, B x N = 65536) at ``--n``, at the
 layout's own block (``--block`` re-blocks it); ``--config`` (repeatable; ``null``: the default)
@@ -33,7 +35,7 @@ import sys
 import torch
 
 from stbench import autotune, backends, environment, problems, timing
-from stbench.sweep import SweepConfig
+from stbench.sweep import SweepConfig, load_picks, pick_key
 from stbench.tuning import check
 from stbench.tuning.measure import closure
 
@@ -122,7 +124,13 @@ def main(argv=None) -> int:
                     help="add each kernel's device time per call (us, torch.profiler) to the row")
     ap.add_argument("--tag", default=None,
                     help="a label carried in every row (e.g. which tree's kernels ran)")
+    ap.add_argument("--picks", default=None, metavar="RESULTS.jsonl",
+                    help="run each problem at the (block, config) an earlier sweep measured for "
+                         "this backend (instead of --block / --config)")
     args = ap.parse_args(argv)
+    if args.picks and (args.config or args.block):
+        ap.error("--picks sets each problem's block and config: drop --block / --config")
+    picks = load_picks(args.picks) if args.picks else {}
     configs = args.config or [None]
     modes = args.mode.split(",")
     for m in modes:
@@ -134,14 +142,22 @@ def main(argv=None) -> int:
         for n in (int(x) for x in args.n.split(",")):
             for mode in modes:
                 prob = _problem(ap, layout_name, n, mode)
-                failed += run_problem(module, args, prob, layout_name, mode, configs)
+                block, cfgs = args.block, configs
+                if picks:
+                    if pick_key(prob, args.backend) not in picks:
+                        ap.error(f"--picks {args.picks}: no {args.backend} row for "
+                                 f"{layout_name} N={n} {mode}")
+                    block, config = picks[pick_key(prob, args.backend)]
+                    cfgs = [config]
+                failed += run_problem(module, args, prob, layout_name, mode, cfgs, block)
     return 1 if failed else 0
 
 
-def run_problem(module, args, prob, layout_name: str, mode: str, configs) -> int:
-    """Every configuration on one problem, one JSON line each; returns how many failed."""
+def run_problem(module, args, prob, layout_name: str, mode: str, configs, block) -> int:
+    """Every configuration on one problem (the layout re-blocked to ``block`` if given), one
+    JSON line each; returns how many failed."""
     layout = prob.build_layout()
-    run_layout = autotune.reblock(layout, args.block) if args.block else layout
+    run_layout = autotune.reblock(layout, block) if block else layout
     scale = prob.head_dim ** -0.5
     q, k, v = prob.inputs("cuda")
     fresh = [torch.randn_like(q) for _ in range(3)]  # unseeded: fresh inputs every run
