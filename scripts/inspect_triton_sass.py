@@ -56,7 +56,7 @@ def dq_sig():
 
 def dkdv_sig():
     s = dq_sig()
-    for n in ("O", "DQ", "DQ_PREV", "LSE2"):
+    for n in ("O", "DQ", "DQ_PREV"):  # LSE2 stays: the kernel before LSE_BWD read it
         del s[n]
     s.update({n: "*bf16" for n in ("DK", "DV", "DK_PREV", "DV_PREV")})
     return s

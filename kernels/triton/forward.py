@@ -9,14 +9,15 @@ One program per (query tile of BLOCK_M layout positions, batch x head). In pseud
     for each FULL tile e, then each CAUSAL, then each MASKED one (three constexpr-specialised
     loops: FULL tiles carry no masking code at all):
         cols = gathered key positions of e (G layout blocks of `unit` tokens), ktok = perm[cols]
-        s    = (q @ K[ktok]^T) * scale * LOG2E          [BLOCK_M, BLOCK_N]
+        s    = q @ K[ktok]^T                            [BLOCK_M, BLOCK_N], unscaled
         s    = where(mask_e, s, -inf)                   (non-FULL tiles only)
-        m'   = max(m, rowmax(s));  p = exp2(s - m');  alpha = exp2(m - m')   (m' = -inf -> 0)
+        m'   = max(m, rowmax(s) * c);  p = exp2(s * c - m');  alpha = exp2(m - m')
+               (c = scale * LOG2E > 0, so s * c - m' is one FFMA a score; m' = -inf -> 0)
         l    = alpha l + rowsum(p);  acc = alpha acc + p @ V[ktok];  m = m'
     O[b, h, tok] = acc / l      (l = 0: an empty row -> zeros)
     LSE2[b, h, tok] = m + log2(l)   (base 2; -inf on an empty row), kept for the backward
 
-Limits: D in {32, 64, 128}; q, k, v contiguous [B, H, N, D]; BLOCK_M divides N.
+Limits: D in {32, 64, 128}; q, k, v contiguous [B, H, N, D]; BLOCK_M divides N; scale > 0.
 Memory: O and LSE2 (fp32, B*H*N*4 bytes) only; nothing N x N.
 """
 
@@ -167,11 +168,11 @@ def forward(q, k, v, plan, tiles, scale: float, cfg, out_dtype=None, prev=None):
     ``prev``: (o_prev fp32 [B, H, N, D], lse2_prev) of a disjoint earlier part to merge with.
     Returns (out [B, H, N, D], lse2 fp32 [B, H, N], base-2 log-sum-exp, -inf on empty rows)."""
     B, H, N, D = q.shape
+    if not scale > 0:  # the kernel takes the row max before scaling
+        raise ValueError(f"scale={scale} must be positive (stbench.attention checks this)")
     out = torch.empty(q.shape, device=q.device, dtype=out_dtype or q.dtype)
     lse2 = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     o_prev, lse_prev = prev if prev is not None else (out, lse2)
-    if not scale > 0:  # the kernel takes the row max before scaling
-        raise ValueError(f"scale={scale} must be positive (stbench.attention checks this)")
     n_t = tiles.n_tiles
     has_perm = plan.perm is not None
     perm = plan.perm if has_perm else plan.head_pattern  # any int32 tensor when unused
