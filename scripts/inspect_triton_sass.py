@@ -180,7 +180,10 @@ def first_step_length(sass: str) -> int | None:
             spans.append((index[top], i))
     inner = [(lo, hi) for lo, hi in spans
              if not any((lo, hi) != (a, b) and lo <= a and b <= hi for a, b in spans)]
-    return min(inner)[1] - min(inner)[0] + 1 if inner else None
+    if not inner:
+        return None
+    lo, hi = min(inner)
+    return hi - lo + 1
 
 
 def main():
@@ -210,7 +213,8 @@ def main():
                 by_smem = 233472 // smem
                 occ = min(by_reg, by_smem, 64 // md.num_warps, 32)
                 rows.append([name, cfg, regs, f"{sst}/{sld}/{use.get('LOCAL')}", smem,
-                             f"{occ} (r{by_reg},s{by_smem})"] + [c[x] for x in COUNTS] + [total, step])
+                             f"{occ} (r{by_reg},s{by_smem})"] + [c[x] for x in COUNTS]
+                            + [total, step])
                 assert md.num_warps == warps and md.num_stages == stages, (md.num_warps,
                                                                             md.num_stages)
             except Exception as exc:  # every row is data
