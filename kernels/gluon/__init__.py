@@ -1,0 +1,1 @@
+"""Backend ``gluon``: a hand-scheduled block-sparse attention forward for Hopper in Gluon."""

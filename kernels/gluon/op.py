@@ -1,0 +1,64 @@
+"""The Gluon forward with autograd: the backward runs the Triton backend's dQ and dK/dV kernels
+(kernels/triton/backward.py) at that backend's default config, from this forward's output and
+base-2 log-sum-exp (the same LSE2 the Triton forward saves)."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from stbench.layouts import Layout, plan_for
+
+from ..triton import backend as triton_backend
+from ..triton import op as triton_op
+from ..triton.backward import backward as triton_backward
+from ..triton.tiles import tiles_for
+from .config import GluonConfig
+from .forward import BLOCK_M, BLOCK_N, forward
+
+
+@functools.lru_cache(maxsize=64)
+def _forward_plan(layout: Layout, device: str):
+    """(device plan, its 128 x 128 forward tile lists), cached per layout and device."""
+    cpu_plan = plan_for(layout, "cpu")
+    return cpu_plan.to(device), tiles_for(cpu_plan, BLOCK_M.value, BLOCK_N.value, False, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _backward_plan(layout: Layout, head_dim: int, dtype: torch.dtype, device: str):
+    """(Triton KernelConfig, dQ tiles, dK/dV tiles) of the backward, cached."""
+    cfg = triton_backend.resolve_config(layout, head_dim, dtype, None)
+    _, _, tq, tk = triton_op.prepare(layout, cfg, device, backward_too=True)
+    return cfg, tq, tk
+
+
+def prepare(layout: Layout, q: torch.Tensor, backward: bool = True) -> None:
+    """Build the plan and tile lists (cached) ahead of timing."""
+    _forward_plan(layout, str(q.device))
+    if backward:
+        _backward_plan(layout, q.shape[-1], q.dtype, str(q.device))
+
+
+class GluonAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, layout, scale, cfg):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        plan, tiles = _forward_plan(layout, str(q.device))
+        out, lse2 = forward(q, k, v, plan, tiles, scale, cfg)
+        ctx.save_for_backward(q, k, v, out, lse2)
+        ctx.layout, ctx.scale = layout, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse2 = ctx.saved_tensors
+        plan, _ = _forward_plan(ctx.layout, str(q.device))
+        cfg, tq, tk = _backward_plan(ctx.layout, q.shape[-1], q.dtype, str(q.device))
+        dq, dk, dv = triton_backward(dout.contiguous(), q, k, v, out, lse2, plan, tq, tk,
+                                     ctx.scale, cfg)
+        return dq, dk, dv, None, None, None
+
+
+def apply(q, k, v, layout: Layout, scale: float, cfg: GluonConfig) -> torch.Tensor:
+    return GluonAttention.apply(q, k, v, layout, scale, cfg)

@@ -1,0 +1,97 @@
+"""Gluon backend on an H200 (sm_90) against the dense reference (float64 and same-dtype, the
+rule of stbench/accuracy.py), fresh seeded inputs per test. Marked ``gpu``: skipped without
+CUDA. Run on the GPU machine: ``python3 -m pytest -m gpu tests/kernels/test_gluon_gpu.py``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stbench import accuracy, layouts
+from stbench.backends import BackendUnavailable
+from stbench.reference import dense
+
+from triton_cases import mixed_heads, random_block_layout, random_token_layout
+
+gluon_backend = pytest.importorskip("stbench.kernels.gluon.backend")
+
+pytestmark = pytest.mark.gpu
+
+N = 2048
+LAYOUTS = {
+    "causal": lambda h, g: layouts.causal(N, block=128, heads=h),
+    "fixed": lambda h, g: layouts.fixed(N, block=128, stride=512, heads=h),
+    "local": lambda h, g: layouts.local(N, block=128, window=256, heads=h),
+    # partial blocks (MASKED tiles), an empty query-block row and key-block column
+    "random_blocks": lambda h, g: random_block_layout(N, 128, h, 0.4, g),
+    # an exact token mask, not causal: partial blocks everywhere, empty query rows
+    "random_tokens": lambda h, g: random_token_layout(1024, 128, h, 0.3, g),
+    # a different pattern per head (FULL / CAUSAL / MASKED tiles in one launch)
+    "mixed": lambda h, g: mixed_heads(layouts.causal(N, block=128, heads=1),
+                                      random_block_layout(N, 128, 1, 0.5, g)),
+}
+DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _run(layout, dtype, head_dim, gen, batch=2, config=None, grads=True):
+    shape = (batch, layout.heads, layout.n_ctx, head_dim)
+    base = [torch.randn(shape, generator=gen) for _ in range(4)]
+    q, k, v, do = (t.cuda() for t in base)
+    scale = head_dim**-0.5
+    l64 = [t.double().requires_grad_() for t in (q, k, v)]
+    r64 = dense.attention(*l64, layout, scale)
+    lt = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    rt = dense.attention(*lt, layout, scale)
+    ins = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    out = gluon_backend.attention(*ins, layout, scale, config)
+    assert torch.isfinite(out).all(), "non-finite output"
+    ok, err, tol = accuracy.within(out, r64, rt, dtype)
+    assert ok, f"forward {err:.3g} > {tol:.3g}"
+    if grads:
+        r64.backward(do.double())
+        rt.backward(do.to(dtype))
+        out.backward(do.to(dtype))
+        for name, a, b, c in zip("qkv", ins, l64, lt):
+            ok, err, tol = accuracy.within(a.grad, b.grad, c.grad, dtype)
+            assert ok, f"d{name} {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_layouts_dtypes(name, dtype, gen):
+    """The default config on every kind of tile list, forward and gradients."""
+    heads = 1 if name == "mixed" else 2
+    _run(LAYOUTS[name](heads, gen), dtype, 64, gen)
+
+
+@pytest.mark.parametrize("cfg", gluon_backend.config_space(None, 64, torch.bfloat16)[1:],
+                         ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_configs_in_space(cfg, gen):
+    """Every schedule variant of the tuner's space, forward only, on causal and partial
+    blocks with empty rows."""
+    _run(LAYOUTS["causal"](2, gen), torch.bfloat16, 64, gen, config=cfg, grads=False)
+    _run(LAYOUTS["random_blocks"](2, gen), torch.bfloat16, 64, gen, config=cfg, grads=False)
+
+
+@pytest.mark.parametrize("cfg", ({}, {"p_smem": False, "stages": 3}), ids=str)
+def test_head_dim_128(cfg, gen):
+    _run(LAYOUTS["random_blocks"](2, gen), torch.bfloat16, 128, gen, config=cfg)
+    _run(LAYOUTS["causal"](2, gen), torch.bfloat16, 128, gen, config=cfg, grads=False)
+
+
+def test_standard_shape_causal(gen):
+    """B x N = 65536 at N = 16384 (B = 4, H = 8): long rows of FULL tiles, forward only."""
+    _run(layouts.causal(16384, block=128, heads=8), torch.bfloat16, 64, gen, batch=4,
+         grads=False)
+
+
+def test_refusals(gen):
+    """What the kernel does not build is refused with the reason, never run wrongly."""
+    with pytest.raises(BackendUnavailable, match="dtype"):
+        gluon_backend.check_available(torch.device("cuda"), torch.float32)
+    q = torch.randn(1, 2, 1024, 32, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="head_dim"):
+        gluon_backend.attention(q, q, q, layouts.causal(1024, block=128, heads=2), 0.2)
+    q = torch.randn(1, 2, 1024, 64, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(BackendUnavailable, match="block 64"):
+        gluon_backend.attention(q, q, q, layouts.causal(1024, block=64, heads=2), 0.2)
