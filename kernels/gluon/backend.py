@@ -15,7 +15,7 @@ import torch
 
 from stbench.backends import BackendUnavailable
 
-from .config import GluonConfig, config_space  # noqa: F401
+from .config import GluonConfig, config_space, resolve_config  # noqa: F401
 
 DTYPES = (torch.float16, torch.bfloat16)
 HEAD_DIMS = (64, 128)
@@ -83,7 +83,7 @@ def attention(q, k, v, layout, scale: float, config: dict | None = None) -> torc
     from .op import apply  # lazy: imports triton and gluon
 
     _check(q, layout)
-    return apply(q, k, v, layout, float(scale), GluonConfig.from_dict(config))
+    return apply(q, k, v, layout, float(scale), resolve_config(layout, q.shape[-1], config))
 
 
 def prepare(layout, q: torch.Tensor, config: dict | None = None, backward: bool = True) -> None:
@@ -91,5 +91,4 @@ def prepare(layout, q: torch.Tensor, config: dict | None = None, backward: bool 
     from .op import prepare as prepare_op
 
     _check(q, layout)
-    GluonConfig.from_dict(config)
-    prepare_op(layout, q, backward)
+    prepare_op(layout, q, resolve_config(layout, q.shape[-1], config), backward)

@@ -45,8 +45,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 LOG2E = 1.4426950408889634
 # kernel constants (gl.constexpr, so the kernels can read them; ``.value`` on the host)
-BLOCK_M = gl.constexpr(128)  # query rows per CTA: two consumer warpgroups of WG_ROWS
-WG_ROWS = gl.constexpr(64)  # query rows per consumer warpgroup (wgmma's M per warpgroup)
+BLOCK_MS = (128, 256)  # query rows per CTA (config block_m): two consumer warpgroups of half
 BLOCK_N = gl.constexpr(128)  # keys per tile of work: one layout block
 CONSUMER_WARPS = gl.constexpr(4)  # one warpgroup
 HEAD_DIMS = (64, 128)  # the backend checks these (backend.HEAD_DIMS)
@@ -57,12 +56,10 @@ MAX_REGS = 168  # the kernel's register cap: 12 warps x 32 x 168 <= 64K register
 
 
 @gluon.jit
-def _tile_range(head_pattern, ptr, split, N, H, n_t, ORDER_DESC: gl.constexpr):
+def _tile_range(head_pattern, ptr, split, N, H, n_t):
     """(t, bh, start, end_full, end_causal, end) of this CTA: its query tile t, batch x head bh,
     and the entry range of its tile list with the FULL / CAUSAL / MASKED boundaries."""
     t = gl.program_id(0)
-    if ORDER_DESC:  # long causal rows first
-        t = n_t - 1 - t
     bh = gl.program_id(1)
     pat = gl.load(head_pattern + bh % H)
     base = pat * (n_t + 1) + t
@@ -76,8 +73,10 @@ def _tile_range(head_pattern, ptr, split, N, H, n_t, ORDER_DESC: gl.constexpr):
 @gluon.jit
 def _producer(qd, kd, vd, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
               head_pattern, ptr, split, cols, N, H, n_t,
-              STAGES: gl.constexpr, ORDER_DESC: gl.constexpr):
-    t, bh, start, _, _, end = _tile_range(head_pattern, ptr, split, N, H, n_t, ORDER_DESC)
+              STAGES: gl.constexpr):
+    WG_ROWS: gl.constexpr = q_smem.shape[1]
+    BLOCK_M: gl.constexpr = 2 * WG_ROWS
+    t, bh, start, _, _, end = _tile_range(head_pattern, ptr, split, N, H, n_t)
     row0 = bh * N  # the head's first row in [B * H * N, D]
     mbarrier.expect(q_bar, 2 * qd.block_type.nbytes)
     tma.async_copy_global_to_shared(qd, [row0 + t * BLOCK_M, 0], q_bar, q_smem.index(0))
@@ -104,12 +103,15 @@ def _release(bar):
 
 
 @gluon.jit
-def _mask_scores(s, e, r_loc, c_loc, tmask, masks, MODE: gl.constexpr):
+def _mask_scores(s, e, r_loc, c_loc, q0, cols, tmask, masks, MODE: gl.constexpr,
+                 BLOCK_M: gl.constexpr):
     """Scores of tile ``e`` with the disallowed pairs at -inf. MODE (constexpr): 0 FULL
-    (untouched), 1 CAUSAL (the diagonal block: key <= query inside the tile), 2 MASKED (the
-    tile's uint8 [BLOCK_M, BLOCK_N] mask from the table)."""
+    (untouched), 1 CAUSAL (key position <= query position; the query tile starts at layout
+    position q0, the key tile at cols[e] * BLOCK_N), 2 MASKED (the tile's uint8
+    [BLOCK_M, BLOCK_N] mask from the table)."""
     if MODE == 1:
-        s = gl.where(r_loc[:, None] >= c_loc[None, :], s, float("-inf"))
+        k_off = gl.load(cols + e) * BLOCK_N - q0  # key tile start relative to the query tile
+        s = gl.where(r_loc[:, None] - c_loc[None, :] >= k_off, s, float("-inf"))
     elif MODE == 2:
         off = gl.load(tmask + e).to(gl.int64) * (BLOCK_M * BLOCK_N)
         keep = gl.load(masks + off + r_loc[:, None] * BLOCK_N + c_loc[None, :])
@@ -134,7 +136,7 @@ def _p_operand(p32, p_smem, i, WG: gl.constexpr, P_SMEM: gl.constexpr,
     """P_i (fp32, the accumulator layout) as the A operand of the next P V product: registers
     (the dot-operand layout), or with P_SMEM slot i % 2 of the warpgroup's shared buffer (the
     registers are then free at once; P_{i-1} V_{i-1} may still read the other slot). The
-    buffer holds [4, WG_ROWS, BLOCK_N]: slots 2 WG and 2 WG + 1 are consumer WG's."""
+    buffer holds [4, rows per warpgroup, BLOCK_N]: slots 2 WG and 2 WG + 1 are consumer WG's."""
     if P_SMEM:
         slot = p_smem.index(2 * WG + i % 2)
         slot.store(p32.to(p_smem.dtype))
@@ -147,7 +149,8 @@ def _p_operand(p32, p_smem, i, WG: gl.constexpr, P_SMEM: gl.constexpr,
 
 @gluon.jit
 def _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turn, p, p_smem,
-          acc, m_i, l_i, zero_s, r_loc, c_loc, tmask, masks, qk_scale2, WG: gl.constexpr,
+          acc, m_i, l_i, zero_s, r_loc, c_loc, q0, cols, tmask, masks, qk_scale2,
+          WG: gl.constexpr,
           STAGES: gl.constexpr, PINGPONG: gl.constexpr, P_SMEM: gl.constexpr,
           MODE: gl.constexpr, p_layout: gl.constexpr):
     """Step i >= 1 of a consumer: issue S_i = Q K_i^T and O += P_{i-1} V_{i-1}, wait for S_i,
@@ -167,7 +170,8 @@ def _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turn,
         mbarrier.arrive(turn.index(1 - WG))
     s = warpgroup_mma_wait(1, deps=[s])  # S_i done; P_{i-1} V_{i-1} may still run
     _release(k_empty.index(st))
-    s = _mask_scores(s, start + i, r_loc, c_loc, tmask, masks, MODE)
+    s = _mask_scores(s, start + i, r_loc, c_loc, q0, cols, tmask, masks, MODE,
+                     2 * q.shape[0])
     p32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale2)
     p_next = _p_operand(p32, p_smem, i, WG, P_SMEM, p_layout)
     if P_SMEM:
@@ -181,9 +185,9 @@ def _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turn,
 
 @gluon.jit
 def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready,
-              k_empty, v_empty, turn, O, LSE2, head_pattern, ptr, split, tmask, masks,
+              k_empty, v_empty, turn, O, LSE2, head_pattern, ptr, split, cols, tmask, masks,
               qk_scale2, N, H, n_t, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-              PINGPONG: gl.constexpr, P_SMEM: gl.constexpr, ORDER_DESC: gl.constexpr):
+              PINGPONG: gl.constexpr, P_SMEM: gl.constexpr):
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[CONSUMER_WARPS, 1], instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -192,10 +196,12 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, 
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     dtype: gl.constexpr = q_smem.dtype
+    WG_ROWS: gl.constexpr = q_smem.shape[1]
+    BLOCK_M: gl.constexpr = 2 * WG_ROWS
 
-    t, bh, start, end_full, end_causal, end = _tile_range(head_pattern, ptr, split, N, H, n_t,
-                                                          ORDER_DESC)
+    t, bh, start, end_full, end_causal, end = _tile_range(head_pattern, ptr, split, N, H, n_t)
     r_loc = WG * WG_ROWS + gl.arange(0, WG_ROWS, layout=rows_s)  # query position in the tile
+    q0 = t * BLOCK_M  # the tile's first query position
     c_loc = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     m_i = gl.full([WG_ROWS], float("-inf"), gl.float32, rows_s)
     l_i = gl.zeros([WG_ROWS], gl.float32, rows_s)
@@ -212,28 +218,31 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, 
         s = warpgroup_mma_wait(0, deps=[s])
         _release(k_empty.index(0))
         if start < end_full:
-            s = _mask_scores(s, start, r_loc, c_loc, tmask, masks, 0)
+            s = _mask_scores(s, start, r_loc, c_loc, q0, cols, tmask, masks, 0, BLOCK_M)
         elif start < end_causal:
-            s = _mask_scores(s, start, r_loc, c_loc, tmask, masks, 1)
+            s = _mask_scores(s, start, r_loc, c_loc, q0, cols, tmask, masks, 1, BLOCK_M)
         else:
-            s = _mask_scores(s, start, r_loc, c_loc, tmask, masks, 2)
+            s = _mask_scores(s, start, r_loc, c_loc, q0, cols, tmask, masks, 2, BLOCK_M)
         p32, m_i, l_i, _ = _softmax(s, m_i, l_i, qk_scale2)
         p = _p_operand(p32, p_smem, 0, WG, P_SMEM, p_layout)
         # the other tiles, one branch-free loop per kind (the pipeline runs across them)
         for i in range(1, end_full - start):
             p, acc, m_i, l_i = _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty,
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
-                                     c_loc, tmask, masks, qk_scale2, WG, STAGES, PINGPONG,
+                                     c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
+                                     PINGPONG,
                                      P_SMEM, 0, p_layout)
         for i in range(gl.maximum(end_full - start, 1), end_causal - start):
             p, acc, m_i, l_i = _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty,
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
-                                     c_loc, tmask, masks, qk_scale2, WG, STAGES, PINGPONG,
+                                     c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
+                                     PINGPONG,
                                      P_SMEM, 1, p_layout)
         for i in range(gl.maximum(end_causal - start, 1), n):
             p, acc, m_i, l_i = _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty,
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
-                                     c_loc, tmask, masks, qk_scale2, WG, STAGES, PINGPONG,
+                                     c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
+                                     PINGPONG,
                                      P_SMEM, 2, p_layout)
         last = (n - 1) % STAGES
         mbarrier.wait(v_ready.index(last), ((n - 1) // STAGES) & 1)
@@ -256,8 +265,9 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, 
 @gluon.jit
 def _fwd_kernel(qd, kd, vd, O, LSE2, head_pattern, ptr, split, cols, tmask, masks, qk_scale2,
                 N, H, n_t, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-                PINGPONG: gl.constexpr, P_SMEM: gl.constexpr, ORDER_DESC: gl.constexpr):
+                PINGPONG: gl.constexpr, P_SMEM: gl.constexpr):
     dtype: gl.constexpr = qd.dtype
+    WG_ROWS: gl.constexpr = qd.block_type.shape[0]  # BLOCK_M / 2
     q_smem = gl.allocate_shared_memory(dtype, [2, WG_ROWS, HEAD_DIM], qd.layout)
     k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], kd.layout)
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_DIM], vd.layout)
@@ -284,13 +294,15 @@ def _fwd_kernel(qd, kd, vd, O, LSE2, head_pattern, ptr, split, cols, tmask, mask
 
     gl.warp_specialize([
         (_consumer, (0, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready, k_empty,
-                     v_empty, turn, O, LSE2, head_pattern, ptr, split, tmask, masks, qk_scale2,
-                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM, ORDER_DESC)),
+                     v_empty, turn, O, LSE2, head_pattern, ptr, split, cols, tmask, masks,
+                     qk_scale2,
+                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM)),
         (_consumer, (1, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready, k_empty,
-                     v_empty, turn, O, LSE2, head_pattern, ptr, split, tmask, masks, qk_scale2,
-                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM, ORDER_DESC)),
+                     v_empty, turn, O, LSE2, head_pattern, ptr, split, cols, tmask, masks,
+                     qk_scale2,
+                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM)),
         (_producer, (qd, kd, vd, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty,
-                     v_empty, head_pattern, ptr, split, cols, N, H, n_t, STAGES, ORDER_DESC)),
+                     v_empty, head_pattern, ptr, split, cols, N, H, n_t, STAGES)),
     ], [CONSUMER_WARPS, PRODUCER_WARPS], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -298,12 +310,12 @@ SMEM_LIMIT = 232448 - 1024  # H100 / H200 shared memory per block, less the stat
 SMEM_ALIGN = 1024  # allowance for the allocator's alignment padding (AOT builds: <= 400 bytes)
 
 
-def shared_bytes(stages: int, p_smem: bool, head_dim: int, elem: int = 2) -> int:
-    """Shared memory of one CTA: Q (BLOCK_M rows), the K / V ring, P slots (p_smem; the
+def shared_bytes(block_m: int, stages: int, p_smem: bool, head_dim: int, elem: int = 2) -> int:
+    """Shared memory of one CTA: Q (block_m rows), the K / V ring, P slots (p_smem; the
     unused placeholder otherwise is removed by the compiler), barriers, alignment."""
-    q = BLOCK_M.value * head_dim
+    q = block_m * head_dim
     kv = 2 * stages * BLOCK_N.value * head_dim
-    p = 4 * WG_ROWS.value * BLOCK_N.value if p_smem else 0
+    p = 2 * block_m * BLOCK_N.value if p_smem else 0
     return (q + kv + p) * elem + 8 * (1 + 4 * stages + 2) + SMEM_ALIGN
 
 
@@ -316,15 +328,15 @@ def smem_layout(rows: int, head_dim: int, dtype: torch.dtype):
     return gl.NVMMASharedLayout.get_default_for([rows, head_dim], _gl_dtype(dtype))
 
 
-def descriptors(q, k, v):
-    """TMA descriptors of q, k, v viewed as [B * H * N, D]: Q in 64-row halves, K / V in
-    128-row tiles."""
+def descriptors(q, k, v, block_m: int):
+    """TMA descriptors of q, k, v viewed as [B * H * N, D]: Q in halves of ``block_m`` rows
+    (one per consumer), K / V in 128-row tiles."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     D = q.shape[-1]
     rows = q.numel() // D
     out = []
-    for t, r in ((q, WG_ROWS.value), (k, BLOCK_N.value), (v, BLOCK_N.value)):
+    for t, r in ((q, block_m // 2), (k, BLOCK_N.value), (v, BLOCK_N.value)):
         out.append(TensorDescriptor.from_tensor(t.view(rows, D), [r, D],
                                                 smem_layout(r, D, t.dtype)))
     return out
@@ -332,24 +344,29 @@ def descriptors(q, k, v):
 
 def forward(q, k, v, plan, tiles, scale: float, cfg):
     """Launch the forward. q, k, v: contiguous 16-bit [B, H, N, D] on the GPU; ``plan``: the
-    device plan; ``tiles``: its 128 x 128 forward tile lists on the same device; ``cfg``: a
-    GluonConfig. Returns (out [B, H, N, D], lse2 fp32 [B, H, N], base 2, -inf on empty rows)."""
+    device plan; ``tiles``: its forward tile lists (cfg.block_m x 128) on the same device;
+    ``cfg``: a GluonConfig. Returns (out [B, H, N, D], lse2 fp32 [B, H, N], base 2, -inf on
+    empty rows)."""
     B, H, N, D = q.shape
     if not scale > 0:
         raise ValueError(f"scale={scale} must be positive (stbench.attention checks this)")
+    block_m = tiles.tile_major
+    if block_m != cfg.block_m or tiles.tile_minor != BLOCK_N.value:
+        raise ValueError(f"tile lists of {block_m} x {tiles.tile_minor} do not match block_m="
+                         f"{cfg.block_m} x {BLOCK_N.value}")
+    need = shared_bytes(block_m, cfg.stages, cfg.p_smem, D)
+    if need > SMEM_LIMIT:
+        raise ValueError(f"gluon config block_m={block_m}, stages={cfg.stages}, p_smem="
+                         f"{cfg.p_smem} needs {need} bytes of shared memory at head_dim={D} "
+                         f"(limit {SMEM_LIMIT}): use block_m=128, stages=2 or p_smem=False")
     out = torch.empty_like(q)
     lse2 = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
-    if shared_bytes(cfg.stages, cfg.p_smem, D) > SMEM_LIMIT:
-        raise ValueError(f"gluon config stages={cfg.stages}, p_smem={cfg.p_smem} needs "
-                         f"{shared_bytes(cfg.stages, cfg.p_smem, D)} bytes of shared memory at "
-                         f"head_dim={D} (limit {SMEM_LIMIT}): use stages=2 or p_smem=False")
-    qd, kd, vd = descriptors(q, k, v)
+    qd, kd, vd = descriptors(q, k, v, block_m)
     n_t = tiles.n_tiles
     _fwd_kernel[(n_t, B * H)](
         qd, kd, vd, out, lse2, plan.head_pattern, tiles.ptr, tiles.split, tiles.cols,
         tiles.tmask, tiles.masks, scale * LOG2E, N, H, n_t,
         HEAD_DIM=D, STAGES=cfg.stages, PINGPONG=cfg.pingpong, P_SMEM=cfg.p_smem,
-        ORDER_DESC=cfg.order == "desc",
         num_warps=CONSUMER_WARPS.value, maxnreg=MAX_REGS,
     )
     return out, lse2

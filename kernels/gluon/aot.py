@@ -1,0 +1,129 @@
+"""Ahead-of-time build of the Gluon forward for sm_90 on a machine without a GPU, and what its
+SASS says: registers, spills, shared memory, and per loop of the kernel the instruction mix of
+one step (wgmma, MUFU.EX2, local-memory traffic).
+
+    python -m stbench.kernels.gluon.aot            # every variant of the tuner's space, D = 64
+
+Triton's bundled ptxas and cuobjdump do the work (triton.compile on a GPUTarget("cuda", 90)).
+The launcher specialises pointers and N (a multiple of 16) as 16-byte divisible, so the build
+here does the same and matches the kernel that runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+
+from .config import GluonConfig, config_space
+from .forward import BLOCK_N, CONSUMER_WARPS, MAX_REGS, _fwd_kernel, smem_layout
+
+TARGET_ARCH = 90
+POINTERS = ("O", "LSE2", "head_pattern", "ptr", "split", "cols", "tmask", "masks")
+COUNTED = ("HGMMA", "MUFU", "LDL", "STL", "BAR", "STSM", "UTMALDG")
+
+
+@dataclass(frozen=True)
+class Build:
+    """What the compiled forward is: registers a thread at launch (the kernel's cap; the
+    consumers raise theirs with setmaxnreg), stack bytes (spills), shared bytes (dynamic), the
+    whole kernel's instruction counts, and per innermost matrix loop (one per tile kind and
+    consumer) the instructions of one step."""
+
+    regs: int
+    stack: int
+    shared: int
+    counts: dict
+    loops: tuple  # (instructions a step, {opcode: count}) per loop
+
+
+def _ty(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def compile_forward(cfg: GluonConfig, head_dim: int = 64, dtype: torch.dtype = torch.bfloat16):
+    """The forward kernel of ``cfg`` compiled for sm_90 (a triton CompiledKernel)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    half = cfg.block_m // 2
+    t = _ty(dtype)
+    desc = lambda rows: (f"tensordesc<{t}[{rows}, {head_dim}],"  # noqa: E731
+                         f"{smem_layout(rows, head_dim, dtype)!r}>")
+    sig = {"qd": desc(half), "kd": desc(BLOCK_N.value), "vd": desc(BLOCK_N.value),
+           "O": f"*{t}", "LSE2": "*fp32", "masks": "*u8", "qk_scale2": "fp32",
+           "N": "i32", "H": "i32", "n_t": "i32"}
+    sig.update({n: "*i32" for n in POINTERS if n not in sig})
+    cx = {"HEAD_DIM": head_dim, "STAGES": cfg.stages, "PINGPONG": cfg.pingpong,
+          "P_SMEM": cfg.p_smem}
+    names = _fwd_kernel.arg_names
+    signature = {n: ("constexpr" if n in cx else sig[n]) for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if n in POINTERS or n == "N"}
+    src = GluonASTSource(fn=_fwd_kernel, signature=signature, constexprs=cx, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", TARGET_ARCH, 32),
+                          options={"num_warps": CONSUMER_WARPS.value, "maxnreg": MAX_REGS})
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def _opcode(text: str) -> str:
+    return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
+
+
+def matrix_loops(sass: str) -> list[tuple[int, Counter]]:
+    """Innermost loops (spans closed by a backward branch) that issue HGMMA: (instructions,
+    opcode counts) of one step each, in address order."""
+    ins = [(int(a, 16), t.strip()) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    index = {a: i for i, (a, _) in enumerate(ins)}
+    spans = []
+    for i, (a, text) in enumerate(ins):
+        m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
+        top = int(m.group(1), 16) if m else None
+        if top is not None and top < a and top in index and any(
+                "HGMMA" in t for _, t in ins[index[top]: i + 1]):
+            spans.append((index[top], i))
+    inner = sorted((lo, hi) for lo, hi in spans
+                   if not any((lo, hi) != (a, b) and lo <= a and b <= hi for a, b in spans))
+    return [(hi - lo + 1, Counter(_opcode(t) for _, t in ins[lo: hi + 1])) for lo, hi in inner]
+
+
+def inspect(kernel) -> Build:
+    """Registers, stack, shared memory and SASS counts of a compiled forward."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        sass = subprocess.run([_tool("cuobjdump"), "--dump-sass", path], capture_output=True,
+                              text=True, check=True).stdout
+        res = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", path],
+                             capture_output=True, text=True, check=True).stdout
+    usage = {k: int(v) for k, v in re.findall(r"\b(REG|STACK):(\d+)", res)}
+    ops = Counter(_opcode(t) for t in re.findall(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);", sass))
+    loops = tuple((n, {k: c[k] for k in COUNTED}) for n, c in matrix_loops(sass))
+    return Build(usage["REG"], usage["STACK"], kernel.metadata.shared,
+                 {k: ops[k] for k in COUNTED}, loops)
+
+
+def main() -> None:
+    for head_dim in (64, 128):
+        for d in config_space(None, head_dim, torch.bfloat16):
+            b = inspect(compile_forward(GluonConfig(**d), head_dim))
+            print(f"D={head_dim} {d}: regs {b.regs} stack {b.stack} shared {b.shared} "
+                  f"{b.counts}")
+            for n, c in b.loops:
+                print(f"    loop step {n} instructions: {c}")
+
+
+if __name__ == "__main__":
+    main()
