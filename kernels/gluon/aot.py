@@ -2,7 +2,10 @@
 SASS says: registers, spills, shared memory, and per loop of the kernel the instruction mix of
 one step (wgmma, MUFU.EX2, local-memory traffic).
 
-    python -m stbench.kernels.gluon.aot            # every variant of the tuner's space, D = 64
+    python -m stbench.kernels.gluon.aot                      # every variant of the tuner's space
+    python -m stbench.kernels.gluon.aot --json '{"poly_cols": 32}' 64   # one variant, as JSON
+
+(TRITON_INTERPRET must be unset: Gluon does not compile under Triton's interpreter.)
 
 Triton's bundled ptxas and cuobjdump do the work (triton.compile on a GPUTarget("cuda", 90)).
 The launcher specialises pointers and N (a multiple of 16) as 16-byte divisible, so the build
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import GluonConfig, config_space
-from .forward import BLOCK_N, CONSUMER_WARPS, MAX_REGS, _fwd_kernel, smem_layout
+from .forward import BLOCK_M, BLOCK_N, CONSUMER_WARPS, MAX_REGS, _fwd_kernel, smem_layout
 
 TARGET_ARCH = 90
 POINTERS = ("O", "LSE2", "head_pattern", "ptr", "split", "cols", "tmask", "masks")
@@ -52,7 +55,7 @@ def compile_forward(cfg: GluonConfig, head_dim: int = 64, dtype: torch.dtype = t
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    half = cfg.block_m // 2
+    half = BLOCK_M // 2
     t = _ty(dtype)
     desc = lambda rows: (f"tensordesc<{t}[{rows}, {head_dim}],"  # noqa: E731
                          f"{smem_layout(rows, head_dim, dtype)!r}>")
@@ -61,7 +64,7 @@ def compile_forward(cfg: GluonConfig, head_dim: int = 64, dtype: torch.dtype = t
            "N": "i32", "H": "i32", "n_t": "i32"}
     sig.update({n: "*i32" for n in POINTERS if n not in sig})
     cx = {"HEAD_DIM": head_dim, "STAGES": cfg.stages, "PINGPONG": cfg.pingpong,
-          "P_SMEM": cfg.p_smem}
+          "P_SMEM": cfg.p_smem, "POLY_COLS": cfg.poly_cols}
     names = _fwd_kernel.arg_names
     signature = {n: ("constexpr" if n in cx else sig[n]) for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
@@ -115,7 +118,20 @@ def inspect(kernel) -> Build:
                  {k: ops[k] for k in COUNTED}, loops)
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    """Print each variant's build; ``--json CONFIG [HEAD_DIM]``: one variant's Build as JSON
+    (the CPU tests run this in a process without TRITON_INTERPRET, under which Gluon does not
+    compile)."""
+    import json
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--json"]:
+        head_dim = int(argv[2]) if len(argv) > 2 else 64
+        b = inspect(compile_forward(GluonConfig.from_dict(json.loads(argv[1])), head_dim))
+        print(json.dumps({"regs": b.regs, "stack": b.stack, "shared": b.shared,
+                          "counts": b.counts, "loops": [[n, c] for n, c in b.loops]}))
+        return
     for head_dim in (64, 128):
         for d in config_space(None, head_dim, torch.bfloat16):
             b = inspect(compile_forward(GluonConfig(**d), head_dim))

@@ -83,7 +83,7 @@ def attention(q, k, v, layout, scale: float, config: dict | None = None) -> torc
     from .op import apply  # lazy: imports triton and gluon
 
     _check(q, layout)
-    return apply(q, k, v, layout, float(scale), resolve_config(layout, q.shape[-1], config))
+    return apply(q, k, v, layout, float(scale), resolve_config(q.shape[-1], config))
 
 
 def prepare(layout, q: torch.Tensor, config: dict | None = None, backward: bool = True) -> None:
@@ -91,4 +91,5 @@ def prepare(layout, q: torch.Tensor, config: dict | None = None, backward: bool 
     from .op import prepare as prepare_op
 
     _check(q, layout)
-    prepare_op(layout, q, resolve_config(layout, q.shape[-1], config), backward)
+    resolve_config(q.shape[-1], config)
+    prepare_op(layout, q, backward)

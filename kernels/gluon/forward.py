@@ -45,13 +45,22 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 LOG2E = 1.4426950408889634
 # kernel constants (gl.constexpr, so the kernels can read them; ``.value`` on the host)
-BLOCK_MS = (128, 256)  # query rows per CTA (config block_m): two consumer warpgroups of half
+BLOCK_M = 128  # query rows per CTA: two consumer warpgroups of 64 (wgmma's M a warpgroup)
 BLOCK_N = gl.constexpr(128)  # keys per tile of work: one layout block
 CONSUMER_WARPS = gl.constexpr(4)  # one warpgroup
 HEAD_DIMS = (64, 128)  # the backend checks these (backend.HEAD_DIMS)
 PRODUCER_WARPS = gl.constexpr(1)
 PRODUCER_REGS = gl.constexpr(24)  # setmaxnreg of the producer warp(group): it holds a few scalars
 CONSUMER_REGS = gl.constexpr(240)  # setmaxnreg of consumer warpgroup 1 (FlashAttention-3's split for 2 + 1)
+# 2^x on the FMA pipe (_exp2_poly): round-to-integer constant 1.5 * 2^23, the clamp (2^-126,
+# the least normal float) and a degree-3 fit of 2^f on [-1/2, 1/2] (weighted least squares on
+# Chebyshev nodes; relative error 7.7e-5, well under bf16's 3.9e-3 rounding of P)
+ROUND_MAGIC = gl.constexpr(12582912.0)
+EXP2_POLY_MIN = gl.constexpr(-126.0)
+EXP2_C3 = gl.constexpr(0.0550886838)
+EXP2_C2 = gl.constexpr(0.242604051)
+EXP2_C1 = gl.constexpr(0.693276242)
+EXP2_C0 = gl.constexpr(0.99992894)
 MAX_REGS = 168  # the kernel's register cap: 12 warps x 32 x 168 <= 64K registers, 1 CTA / SM
 
 
@@ -120,11 +129,32 @@ def _mask_scores(s, e, r_loc, c_loc, q0, cols, tmask, masks, MODE: gl.constexpr,
 
 
 @gluon.jit
-def _softmax(s, m_i, l_i, qk_scale2):
-    """One online-softmax step on unscaled scores ``s``: (P fp32, m, l, alpha)."""
+def _exp2_poly(x):
+    """2^x for finite x <= 0 on the FMA pipe: x = j + f (j = round(x), |f| <= 1/2), 2^f by a
+    degree-3 polynomial (relative error <= 7.8e-5), 2^j added into the exponent bits. x is
+    clamped at EXP2_POLY_MIN (2^-126, the least normal float), so it never returns exactly 0:
+    used on FULL tiles only, where no score is masked."""
+    x = gl.maximum(x, EXP2_POLY_MIN)
+    t = x + ROUND_MAGIC  # round(x) in the low mantissa bits of t
+    f = x - (t - ROUND_MAGIC)
+    q = gl.fma(gl.fma(gl.fma(f, EXP2_C3, EXP2_C2), f, EXP2_C1), f, EXP2_C0)
+    bits = q.to(gl.int32, bitcast=True) + (t.to(gl.int32, bitcast=True) << 23)
+    return bits.to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _softmax(s, m_i, l_i, qk_scale2, c_loc, POLY_COLS: gl.constexpr):
+    """One online-softmax step on unscaled scores ``s``: (P fp32, m, l, alpha). POLY_COLS
+    (constexpr): the first POLY_COLS key columns of the tile take 2^x from _exp2_poly (on the
+    FMA pipe) instead of MUFU.EX2 (a multiple of 8: the columns a thread holds in one register
+    group, so the choice is fixed per register and compiles to no select)."""
     m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale2)
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-    p = gl.exp2(s * qk_scale2 - m_use[:, None])
+    x = s * qk_scale2 - m_use[:, None]
+    if POLY_COLS > 0:
+        p = gl.where((c_loc < POLY_COLS)[None, :], _exp2_poly(x), gl.exp2(x))
+    else:
+        p = gl.exp2(x)
     alpha = gl.exp2(m_i - m_use)
     l_i = l_i * alpha + gl.sum(p, 1)
     return p, m_new, l_i, alpha
@@ -152,7 +182,7 @@ def _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turn,
           acc, m_i, l_i, zero_s, r_loc, c_loc, q0, cols, tmask, masks, qk_scale2,
           WG: gl.constexpr,
           STAGES: gl.constexpr, PINGPONG: gl.constexpr, P_SMEM: gl.constexpr,
-          MODE: gl.constexpr, p_layout: gl.constexpr):
+          POLY_COLS: gl.constexpr, MODE: gl.constexpr, p_layout: gl.constexpr):
     """Step i >= 1 of a consumer: issue S_i = Q K_i^T and O += P_{i-1} V_{i-1}, wait for S_i,
     its softmax (tile kind MODE) while P_{i-1} V_{i-1} runs, then wait for that and rescale O.
     ``p``: P_{i-1} as the A operand (see _p_operand). Returns (P_i, O, m, l)."""
@@ -172,7 +202,10 @@ def _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turn,
     _release(k_empty.index(st))
     s = _mask_scores(s, start + i, r_loc, c_loc, q0, cols, tmask, masks, MODE,
                      2 * q.shape[0])
-    p32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale2)
+    if MODE == 0:
+        p32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale2, c_loc, POLY_COLS)
+    else:  # masked scores must give exact zeros: MUFU.EX2 throughout
+        p32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale2, c_loc, 0)
     p_next = _p_operand(p32, p_smem, i, WG, P_SMEM, p_layout)
     if P_SMEM:
         acc = warpgroup_mma_wait(0, deps=[acc])
@@ -187,7 +220,7 @@ def _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turn,
 def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready,
               k_empty, v_empty, turn, O, LSE2, head_pattern, ptr, split, cols, tmask, masks,
               qk_scale2, N, H, n_t, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-              PINGPONG: gl.constexpr, P_SMEM: gl.constexpr):
+              PINGPONG: gl.constexpr, P_SMEM: gl.constexpr, POLY_COLS: gl.constexpr):
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[CONSUMER_WARPS, 1], instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -223,7 +256,7 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, 
             s = _mask_scores(s, start, r_loc, c_loc, q0, cols, tmask, masks, 1, BLOCK_M)
         else:
             s = _mask_scores(s, start, r_loc, c_loc, q0, cols, tmask, masks, 2, BLOCK_M)
-        p32, m_i, l_i, _ = _softmax(s, m_i, l_i, qk_scale2)
+        p32, m_i, l_i, _ = _softmax(s, m_i, l_i, qk_scale2, c_loc, 0)
         p = _p_operand(p32, p_smem, 0, WG, P_SMEM, p_layout)
         # the other tiles, one branch-free loop per kind (the pipeline runs across them)
         for i in range(1, end_full - start):
@@ -231,19 +264,19 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, 
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
                                      c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
                                      PINGPONG,
-                                     P_SMEM, 0, p_layout)
+                                     P_SMEM, POLY_COLS, 0, p_layout)
         for i in range(gl.maximum(end_full - start, 1), end_causal - start):
             p, acc, m_i, l_i = _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty,
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
                                      c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
                                      PINGPONG,
-                                     P_SMEM, 1, p_layout)
+                                     P_SMEM, POLY_COLS, 1, p_layout)
         for i in range(gl.maximum(end_causal - start, 1), n):
             p, acc, m_i, l_i = _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty,
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
                                      c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
                                      PINGPONG,
-                                     P_SMEM, 2, p_layout)
+                                     P_SMEM, POLY_COLS, 2, p_layout)
         last = (n - 1) % STAGES
         mbarrier.wait(v_ready.index(last), ((n - 1) // STAGES) & 1)
         acc = warpgroup_mma(p, v_smem.index(last), acc, is_async=True)
@@ -265,7 +298,7 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, 
 @gluon.jit
 def _fwd_kernel(qd, kd, vd, O, LSE2, head_pattern, ptr, split, cols, tmask, masks, qk_scale2,
                 N, H, n_t, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-                PINGPONG: gl.constexpr, P_SMEM: gl.constexpr):
+                PINGPONG: gl.constexpr, P_SMEM: gl.constexpr, POLY_COLS: gl.constexpr):
     dtype: gl.constexpr = qd.dtype
     WG_ROWS: gl.constexpr = qd.block_type.shape[0]  # BLOCK_M / 2
     q_smem = gl.allocate_shared_memory(dtype, [2, WG_ROWS, HEAD_DIM], qd.layout)
@@ -296,11 +329,11 @@ def _fwd_kernel(qd, kd, vd, O, LSE2, head_pattern, ptr, split, cols, tmask, mask
         (_consumer, (0, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready, k_empty,
                      v_empty, turn, O, LSE2, head_pattern, ptr, split, cols, tmask, masks,
                      qk_scale2,
-                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM)),
+                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM, POLY_COLS)),
         (_consumer, (1, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready, k_empty,
                      v_empty, turn, O, LSE2, head_pattern, ptr, split, cols, tmask, masks,
                      qk_scale2,
-                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM)),
+                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM, POLY_COLS)),
         (_producer, (qd, kd, vd, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty,
                      v_empty, head_pattern, ptr, split, cols, N, H, n_t, STAGES)),
     ], [CONSUMER_WARPS, PRODUCER_WARPS], [CONSUMER_REGS, PRODUCER_REGS])
@@ -310,12 +343,12 @@ SMEM_LIMIT = 232448 - 1024  # H100 / H200 shared memory per block, less the stat
 SMEM_ALIGN = 1024  # allowance for the allocator's alignment padding (AOT builds: <= 400 bytes)
 
 
-def shared_bytes(block_m: int, stages: int, p_smem: bool, head_dim: int, elem: int = 2) -> int:
-    """Shared memory of one CTA: Q (block_m rows), the K / V ring, P slots (p_smem; the
+def shared_bytes(stages: int, p_smem: bool, head_dim: int, elem: int = 2) -> int:
+    """Shared memory of one CTA: Q (BLOCK_M rows), the K / V ring, P slots (p_smem; the
     unused placeholder otherwise is removed by the compiler), barriers, alignment."""
-    q = block_m * head_dim
+    q = BLOCK_M * head_dim
     kv = 2 * stages * BLOCK_N.value * head_dim
-    p = 2 * block_m * BLOCK_N.value if p_smem else 0
+    p = 2 * BLOCK_M * BLOCK_N.value if p_smem else 0
     return (q + kv + p) * elem + 8 * (1 + 4 * stages + 2) + SMEM_ALIGN
 
 
@@ -328,15 +361,15 @@ def smem_layout(rows: int, head_dim: int, dtype: torch.dtype):
     return gl.NVMMASharedLayout.get_default_for([rows, head_dim], _gl_dtype(dtype))
 
 
-def descriptors(q, k, v, block_m: int):
-    """TMA descriptors of q, k, v viewed as [B * H * N, D]: Q in halves of ``block_m`` rows
-    (one per consumer), K / V in 128-row tiles."""
+def descriptors(q, k, v):
+    """TMA descriptors of q, k, v viewed as [B * H * N, D]: Q in halves of BLOCK_M rows (one
+    per consumer), K / V in 128-row tiles."""
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     D = q.shape[-1]
     rows = q.numel() // D
     out = []
-    for t, r in ((q, block_m // 2), (k, BLOCK_N.value), (v, BLOCK_N.value)):
+    for t, r in ((q, BLOCK_M // 2), (k, BLOCK_N.value), (v, BLOCK_N.value)):
         out.append(TensorDescriptor.from_tensor(t.view(rows, D), [r, D],
                                                 smem_layout(r, D, t.dtype)))
     return out
@@ -344,29 +377,23 @@ def descriptors(q, k, v, block_m: int):
 
 def forward(q, k, v, plan, tiles, scale: float, cfg):
     """Launch the forward. q, k, v: contiguous 16-bit [B, H, N, D] on the GPU; ``plan``: the
-    device plan; ``tiles``: its forward tile lists (cfg.block_m x 128) on the same device;
+    device plan; ``tiles``: its BLOCK_M x BLOCK_N forward tile lists on the same device;
     ``cfg``: a GluonConfig. Returns (out [B, H, N, D], lse2 fp32 [B, H, N], base 2, -inf on
     empty rows)."""
     B, H, N, D = q.shape
     if not scale > 0:
         raise ValueError(f"scale={scale} must be positive (stbench.attention checks this)")
-    block_m = tiles.tile_major
-    if block_m != cfg.block_m or tiles.tile_minor != BLOCK_N.value:
-        raise ValueError(f"tile lists of {block_m} x {tiles.tile_minor} do not match block_m="
-                         f"{cfg.block_m} x {BLOCK_N.value}")
-    need = shared_bytes(block_m, cfg.stages, cfg.p_smem, D)
-    if need > SMEM_LIMIT:
-        raise ValueError(f"gluon config block_m={block_m}, stages={cfg.stages}, p_smem="
-                         f"{cfg.p_smem} needs {need} bytes of shared memory at head_dim={D} "
-                         f"(limit {SMEM_LIMIT}): use block_m=128, stages=2 or p_smem=False")
+    if (tiles.tile_major, tiles.tile_minor) != (BLOCK_M, BLOCK_N.value):
+        raise ValueError(f"tile lists of {tiles.tile_major} x {tiles.tile_minor}: the kernel "
+                         f"walks {BLOCK_M} x {BLOCK_N.value}")
     out = torch.empty_like(q)
     lse2 = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
-    qd, kd, vd = descriptors(q, k, v, block_m)
+    qd, kd, vd = descriptors(q, k, v)
     n_t = tiles.n_tiles
     _fwd_kernel[(n_t, B * H)](
         qd, kd, vd, out, lse2, plan.head_pattern, tiles.ptr, tiles.split, tiles.cols,
         tiles.tmask, tiles.masks, scale * LOG2E, N, H, n_t,
         HEAD_DIM=D, STAGES=cfg.stages, PINGPONG=cfg.pingpong, P_SMEM=cfg.p_smem,
-        num_warps=CONSUMER_WARPS.value, maxnreg=MAX_REGS,
+        POLY_COLS=cfg.poly_cols, num_warps=CONSUMER_WARPS.value, maxnreg=MAX_REGS,
     )
     return out, lse2

@@ -15,14 +15,14 @@ from ..triton import op as triton_op
 from ..triton.backward import backward as triton_backward
 from ..triton.tiles import tiles_for
 from .config import GluonConfig
-from .forward import BLOCK_N, forward
+from .forward import BLOCK_M, BLOCK_N, forward
 
 
 @functools.lru_cache(maxsize=64)
-def _forward_plan(layout: Layout, block_m: int, device: str):
-    """(device plan, its block_m x 128 forward tile lists), cached per layout and device."""
+def _forward_plan(layout: Layout, device: str):
+    """(device plan, its 128 x 128 forward tile lists), cached per layout and device."""
     cpu_plan = plan_for(layout, "cpu")
-    return cpu_plan.to(device), tiles_for(cpu_plan, block_m, BLOCK_N.value, False, device)
+    return cpu_plan.to(device), tiles_for(cpu_plan, BLOCK_M, BLOCK_N.value, False, device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -33,9 +33,9 @@ def _backward_plan(layout: Layout, head_dim: int, dtype: torch.dtype, device: st
     return cfg, tq, tk
 
 
-def prepare(layout: Layout, q: torch.Tensor, cfg: GluonConfig, backward: bool = True) -> None:
+def prepare(layout: Layout, q: torch.Tensor, backward: bool = True) -> None:
     """Build the plan and tile lists (cached) ahead of timing."""
-    _forward_plan(layout, cfg.block_m, str(q.device))
+    _forward_plan(layout, str(q.device))
     if backward:
         _backward_plan(layout, q.shape[-1], q.dtype, str(q.device))
 
@@ -44,7 +44,7 @@ class GluonAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, layout, scale, cfg):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        plan, tiles = _forward_plan(layout, cfg.block_m, str(q.device))
+        plan, tiles = _forward_plan(layout, str(q.device))
         out, lse2 = forward(q, k, v, plan, tiles, scale, cfg)
         ctx.save_for_backward(q, k, v, out, lse2)
         ctx.layout, ctx.scale, ctx.plan = layout, scale, plan

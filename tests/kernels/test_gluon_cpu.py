@@ -1,0 +1,106 @@
+"""Gluon backend on the CPU: the config space and its fit rules, what the backend accepts and
+refuses (with the reason), the registry row, and an AOT build of the forward for sm_90 whose
+SASS must show the Hopper path (wgmma, TMA, no spills in the FULL-tile loop)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from stbench import backends, layouts
+from stbench.backends import BackendUnavailable
+
+gluon_backend = pytest.importorskip("stbench.kernels.gluon.backend")
+from stbench.kernels.gluon import config as gconfig  # noqa: E402
+
+AOT_TIMEOUT_S = 300  # one variant's build on a busy 2-core machine (about 20 s alone)
+
+
+def test_registry_row():
+    info = backends.info("gluon")
+    assert info.needs_gpu and info.backward and not info.peer
+    assert "gluon" in backends.names()
+
+
+def test_refuses_cpu_and_fp32():
+    with pytest.raises(BackendUnavailable, match="CUDA"):
+        gluon_backend.check_available(torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(BackendUnavailable, match="dtype"):
+        gluon_backend.check_available(torch.device("cpu"), torch.float32)
+    assert "gluon" not in backends.available("cpu", torch.bfloat16)
+
+
+@pytest.mark.parametrize("layout, why", [
+    (layouts.causal(1024, block=128, heads=2), None),
+    (layouts.fixed(2048, block=128, stride=512, heads=2), None),
+    (layouts.causal(1024, block=64, heads=2), "block 64"),
+    (layouts.strided(4096, block=128, stride=32, heads=2), "permutes"),
+])
+def test_supports(layout, why):
+    got = gluon_backend.supports(layout)
+    assert (got is None) if why is None else (why in got)
+
+
+def test_head_dims():
+    gluon_backend.check_head_dim(64)
+    gluon_backend.check_head_dim(128)
+    with pytest.raises(ValueError, match="head_dim=32"):
+        gluon_backend.check_head_dim(32)
+
+
+def test_config_validation():
+    assert gconfig.GluonConfig.from_dict(None) == gconfig.GluonConfig()
+    with pytest.raises(ValueError, match="unknown gluon config keys"):
+        gconfig.GluonConfig.from_dict({"BLOCK_M": 128})
+    with pytest.raises(ValueError, match="stages=4"):
+        gconfig.GluonConfig(stages=4)
+
+
+def test_fit_and_resolve():
+    assert gconfig.resolve_config(64, None) == gconfig.GluonConfig()
+    assert gconfig.resolve_config(128, {"stages": 3, "p_smem": False}).stages == 3
+    with pytest.raises(ValueError, match="shared memory"):
+        gconfig.resolve_config(128, {"stages": 3})  # K / V ring of 3 plus P slots at D = 128
+    with pytest.raises(ValueError, match="poly_cols=16"):
+        gconfig.GluonConfig(poly_cols=16)
+
+
+@pytest.mark.parametrize("head_dim", (64, 128))
+def test_config_space(head_dim):
+    lay = layouts.causal(4096, block=128, heads=2)
+    space = gconfig.config_space(lay, head_dim, torch.bfloat16)
+    assert space[0] == gconfig.GluonConfig().as_dict()
+    assert len({tuple(sorted(c.items())) for c in space}) == len(space)
+    for c in space:
+        assert gconfig.fits(gconfig.GluonConfig(**c), head_dim) is None
+    assert {c["stages"] for c in space} == {2, 3}
+    assert {c["poly_cols"] for c in space} == set(gconfig.POLY_COLS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", [{}, {"poly_cols": 64}, {"p_smem": False, "pingpong": False}],
+                         ids=str)
+def test_aot_build_sm90(cfg):
+    """Builds for sm_90 without a GPU (in a process without TRITON_INTERPRET, under which Gluon
+    does not compile); the SASS issues wgmma (HGMMA) and TMA loads, shared memory fits, and the
+    FULL-tile loop (consumer 0's first loop) keeps its values in registers."""
+    from stbench.kernels.gluon.forward import SMEM_LIMIT
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "stbench.kernels.gluon.aot", "--json",
+                          json.dumps(cfg), "64"], capture_output=True, text=True, env=env,
+                         timeout=AOT_TIMEOUT_S)
+    assert run.returncode == 0, run.stderr[-2000:]
+    build = json.loads(run.stdout.strip().splitlines()[-1])
+    assert build["counts"]["HGMMA"] > 0 and build["counts"]["UTMALDG"] > 0
+    assert build["shared"] <= SMEM_LIMIT
+    _, full = build["loops"][0]
+    assert full["HGMMA"] > 0 and full["STL"] == 0, f"spills in the FULL-tile loop: {full}"
+    # 64 exponentials a thread a step (2 rows x 32 columns) and 2 for the rescale; poly_cols
+    # moves its share of the 128 columns to the FMA pipe, with no select left per element
+    assert full["MUFU"] == 64 * (1 - cfg.get("poly_cols", 0) / 128) + 2, full
