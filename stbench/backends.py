@@ -62,12 +62,6 @@ REGISTRY: dict[str, BackendInfo] = {
             description="fused block-sparse flash attention in Triton (CPU: TRITON_INTERPRET=1)",
         ),
         BackendInfo(
-            "gluon", "stbench.kernels.gluon.backend", ("triton",), "pip install 'triton>=3.5'",
-            needs_gpu=True, backward=True,
-            description="hand-scheduled Hopper forward in Gluon (TMA ring, warp-specialised "
-                        "wgmma; block 128, 16-bit); backward through the Triton kernels",
-        ),
-        BackendInfo(
             "cupy", "stbench.kernels.cupy.backend", ("cupy",), "pip install 'stbench[cupy]'",
             needs_gpu=True, backward=True,
             description="CUDA C++ tensor-core kernels launched through CuPy RawModule",
@@ -81,6 +75,12 @@ REGISTRY: dict[str, BackendInfo] = {
             "sdpa", "stbench.kernels.sdpa", ("torch",), "pip install torch",
             needs_gpu=False, backward=True, peer=True,
             description="torch scaled_dot_product_attention; full or causal layouts only",
+        ),
+        BackendInfo(
+            "gluon", "stbench.kernels.gluon.backend", ("triton",), "pip install 'triton>=3.5'",
+            needs_gpu=True, backward=True,
+            description="hand-scheduled Hopper forward in Gluon (TMA ring, warp-specialised "
+                        "wgmma; block 128, 16-bit); backward through the Triton kernels",
         ),
     )
 }

@@ -23,13 +23,14 @@ In base 2, with c = scale * LOG2E > 0 and unscaled scores s = q . k:
 A row with nothing allowed yet keeps m = -inf; its exponents use 0 instead, so P = 0, never NaN.
 
 Tile kinds (the tile lists of ``kernels/triton/tiles.py`` at 128 x 128, ordered FULL, CAUSAL,
-MASKED within each query tile, ``split`` marking the boundaries): FULL tiles run no mask code;
-CAUSAL tiles (the diagonal block) keep key <= query by position inside the tile; MASKED tiles
-read their uint8 [128, 128] mask. The kind is a run-time branch per tile (uniform over the CTA),
-since one loop carries the overlapped pipeline from tile to tile.
+MASKED within each query tile, ``split`` marking the boundaries): one branch-free loop per kind
+(constexpr), the pipeline carried across them. FULL tiles run no mask code; CAUSAL tiles keep
+key position <= query position; MASKED tiles read their uint8 [128, 128] mask. With POLY_COLS,
+the first POLY_COLS key columns of a FULL tile take 2^x from a polynomial on the FMA pipe
+(_exp2_poly) instead of MUFU.EX2, which at D = 64 is as busy as the tensor cores.
 
-Limits: q, k, v contiguous [B, H, N, D], 16-bit, D in HEAD_DIMS; the layout block is 128 and
-unpermuted (TMA loads whole blocks of consecutive rows); scale > 0.
+Limits: q, k, v contiguous [B, H, N, D], 16-bit, D = 64 or 128 (backend.HEAD_DIMS); the layout
+block is 128 and unpermuted (TMA loads whole blocks of consecutive rows); scale > 0.
 Memory: out and LSE2 (fp32 [B, H, N]); nothing N x N.
 """
 
@@ -45,13 +46,15 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 LOG2E = 1.4426950408889634
 # kernel constants (gl.constexpr, so the kernels can read them; ``.value`` on the host)
-BLOCK_M = 128  # query rows per CTA: two consumer warpgroups of 64 (wgmma's M a warpgroup)
+BLOCK_M = 128  # query rows per CTA: two consumer warpgroups of 64 (wgmma's M a warpgroup); the
+# kernels derive it from the Q descriptor's box (64 rows a consumer)
 BLOCK_N = gl.constexpr(128)  # keys per tile of work: one layout block
 CONSUMER_WARPS = gl.constexpr(4)  # one warpgroup
-HEAD_DIMS = (64, 128)  # the backend checks these (backend.HEAD_DIMS)
 PRODUCER_WARPS = gl.constexpr(1)
-PRODUCER_REGS = gl.constexpr(24)  # setmaxnreg of the producer warp(group): it holds a few scalars
-CONSUMER_REGS = gl.constexpr(240)  # setmaxnreg of consumer warpgroup 1 (FlashAttention-3's split for 2 + 1)
+# setmaxnreg of the producer (a few scalars) and of consumer 1 (consumer 0 gets the rest of the
+# 64K registers): FlashAttention-3's split for two consumers and a producer
+PRODUCER_REGS = gl.constexpr(24)
+CONSUMER_REGS = gl.constexpr(240)
 # 2^x on the FMA pipe (_exp2_poly): round-to-integer constant 1.5 * 2^23, the clamp (2^-126,
 # the least normal float) and a degree-3 fit of 2^f on [-1/2, 1/2] (weighted least squares on
 # Chebyshev nodes; relative error 7.7e-5, well under bf16's 3.9e-3 rounding of P)

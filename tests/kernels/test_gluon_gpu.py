@@ -1,16 +1,15 @@
-"""Gluon backend on an H200 (sm_90) against the dense reference (float64 and same-dtype, the
-rule of stbench/accuracy.py), fresh seeded inputs per test. Marked ``gpu``: skipped without
-CUDA. Run on the GPU machine: ``python3 -m pytest -m gpu tests/kernels/test_gluon_gpu.py``."""
+"""Gluon backend on an H200 (sm_90) against the dense reference (dense_check.py), fresh seeded
+inputs per test. Marked ``gpu``: skipped without CUDA. Run on the GPU machine:
+``python3 -m pytest -m gpu tests/kernels/test_gluon_gpu.py``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from stbench import accuracy, layouts
+from dense_check import check_against_dense
+from stbench import layouts
 from stbench.backends import BackendUnavailable
-from stbench.reference import dense
-
 from triton_cases import mixed_heads, random_block_layout, random_token_layout
 
 gluon_backend = pytest.importorskip("stbench.kernels.gluon.backend")
@@ -34,26 +33,8 @@ DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _run(layout, dtype, head_dim, gen, batch=2, config=None, grads=True):
-    shape = (batch, layout.heads, layout.n_ctx, head_dim)
-    base = [torch.randn(shape, generator=gen) for _ in range(4)]
-    q, k, v, do = (t.cuda() for t in base)
-    scale = head_dim**-0.5
-    l64 = [t.double().requires_grad_() for t in (q, k, v)]
-    r64 = dense.attention(*l64, layout, scale)
-    lt = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    rt = dense.attention(*lt, layout, scale)
-    ins = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    out = gluon_backend.attention(*ins, layout, scale, config)
-    assert torch.isfinite(out).all(), "non-finite output"
-    ok, err, tol = accuracy.within(out, r64, rt, dtype)
-    assert ok, f"forward {err:.3g} > {tol:.3g}"
-    if grads:
-        r64.backward(do.double())
-        rt.backward(do.to(dtype))
-        out.backward(do.to(dtype))
-        for name, a, b, c in zip("qkv", ins, l64, lt):
-            ok, err, tol = accuracy.within(a.grad, b.grad, c.grad, dtype)
-            assert ok, f"d{name} {err:.3g} > {tol:.3g}"
+    check_against_dense(gluon_backend.attention, layout, dtype, head_dim, gen, batch, config,
+                        grads)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
