@@ -3,7 +3,7 @@ SASS says: registers, spills, shared memory, and per loop of the kernel the inst
 one step (wgmma, MUFU.EX2, local-memory traffic).
 
     python -m stbench.kernels.gluon.aot                      # every variant of the tuner's space
-    python -m stbench.kernels.gluon.aot --json '{"poly_cols": 32}' 64   # one variant, as JSON
+    python -m stbench.kernels.gluon.aot --json '{"stages": 3}' 64   # one variant, as JSON
 
 (TRITON_INTERPRET must be unset: Gluon does not compile under Triton's interpreter.)
 
@@ -64,7 +64,7 @@ def compile_forward(cfg: GluonConfig, head_dim: int = 64, dtype: torch.dtype = t
            "N": "i32", "H": "i32", "n_t": "i32"}
     sig.update({n: "*i32" for n in POINTERS if n not in sig})
     cx = {"HEAD_DIM": head_dim, "STAGES": cfg.stages, "PINGPONG": cfg.pingpong,
-          "P_SMEM": cfg.p_smem, "POLY_COLS": cfg.poly_cols}
+          "P_SMEM": cfg.p_smem}
     names = _fwd_kernel.arg_names
     signature = {n: ("constexpr" if n in cx else sig[n]) for n in names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)

@@ -3,8 +3,7 @@
 A CTA owns 128 query rows (two consumer warpgroups of 64) and walks 128-key tiles (one layout
 block each). What is tunable is the schedule: the depth of the K / V ring, whether the two
 consumers take turns to issue their products (ping-pong), where P waits for its P V product
-(registers or shared memory), and how many key columns of a FULL tile take 2^x from a
-polynomial on the FMA pipe instead of MUFU.EX2. The backward runs the Triton backend's kernels
+(registers or shared memory). The backward runs the Triton backend's kernels
 at that backend's default config (kernels/triton/config.py). Measurements: NOTES.md.
 """
 
@@ -14,7 +13,6 @@ import itertools
 from dataclasses import asdict, dataclass, fields
 
 STAGES = (2, 3)
-POLY_COLS = (0, 32, 64)
 
 
 @dataclass(frozen=True)
@@ -24,16 +22,10 @@ class GluonConfig:
     # P_i as the A operand of P_i V_i: False: registers; True: a shared-memory slot (ptxas
     # keeps the register form's softmax behind the previous P V's wait: NOTES.md)
     p_smem: bool = True
-    # key columns (of 128, a multiple of 8) of FULL tiles whose 2^x runs as a polynomial on the
-    # FMA pipe instead of MUFU.EX2 (FlashAttention-4's split of the exponentials)
-    poly_cols: int = 0
 
     def __post_init__(self):
         if self.stages not in STAGES:
             raise ValueError(f"stages={self.stages} is not supported: use one of {STAGES}")
-        if self.poly_cols not in POLY_COLS:
-            raise ValueError(f"poly_cols={self.poly_cols} is not supported: use one of "
-                             f"{POLY_COLS}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -72,15 +64,11 @@ def resolve_config(head_dim: int, config: dict | None) -> GluonConfig:
 
 def config_space(layout, head_dim: int, dtype) -> list[dict]:
     """The default first (the tuner's local search starts there), then every ring depth x
-    ping-pong x P placement that fits, and the polynomial exponentials on the default."""
+    ping-pong x P placement that fits."""
     default = GluonConfig()
     out = [default.as_dict()]
     for stages, pingpong, p_smem in itertools.product(STAGES, (True, False), (True, False)):
         cfg = GluonConfig(stages, pingpong, p_smem)
         if cfg.as_dict() not in out and fits(cfg, head_dim) is None:
-            out.append(cfg.as_dict())
-    for cols in POLY_COLS:
-        cfg = GluonConfig(**{**default.as_dict(), "poly_cols": cols})
-        if cfg.as_dict() not in out:
             out.append(cfg.as_dict())
     return out

@@ -25,9 +25,7 @@ A row with nothing allowed yet keeps m = -inf; its exponents use 0 instead, so P
 Tile kinds (the tile lists of ``kernels/triton/tiles.py`` at 128 x 128, ordered FULL, CAUSAL,
 MASKED within each query tile, ``split`` marking the boundaries): one branch-free loop per kind
 (constexpr), the pipeline carried across them. FULL tiles run no mask code; CAUSAL tiles keep
-key position <= query position; MASKED tiles read their uint8 [128, 128] mask. With POLY_COLS,
-the first POLY_COLS key columns of a FULL tile take 2^x from a polynomial on the FMA pipe
-(_exp2_poly) instead of MUFU.EX2, which at D = 64 is as busy as the tensor cores.
+key position <= query position; MASKED tiles read their uint8 [128, 128] mask.
 
 Limits: q, k, v contiguous [B, H, N, D], 16-bit, D = 64 or 128 (backend.HEAD_DIMS); the layout
 block is 128 and unpermuted (TMA loads whole blocks of consecutive rows); scale > 0.
@@ -55,15 +53,6 @@ PRODUCER_WARPS = gl.constexpr(1)
 # 64K registers): FlashAttention-3's split for two consumers and a producer
 PRODUCER_REGS = gl.constexpr(24)
 CONSUMER_REGS = gl.constexpr(240)
-# 2^x on the FMA pipe (_exp2_poly): round-to-integer constant 1.5 * 2^23, the clamp (2^-126,
-# the least normal float) and a degree-3 fit of 2^f on [-1/2, 1/2] (weighted least squares on
-# Chebyshev nodes; relative error 7.7e-5, well under bf16's 3.9e-3 rounding of P)
-ROUND_MAGIC = gl.constexpr(12582912.0)
-EXP2_POLY_MIN = gl.constexpr(-126.0)
-EXP2_C3 = gl.constexpr(0.0550886838)
-EXP2_C2 = gl.constexpr(0.242604051)
-EXP2_C1 = gl.constexpr(0.693276242)
-EXP2_C0 = gl.constexpr(0.99992894)
 MAX_REGS = 168  # the kernel's register cap: 12 warps x 32 x 168 <= 64K registers, 1 CTA / SM
 
 
@@ -132,32 +121,11 @@ def _mask_scores(s, e, r_loc, c_loc, q0, cols, tmask, masks, MODE: gl.constexpr,
 
 
 @gluon.jit
-def _exp2_poly(x):
-    """2^x for finite x <= 0 on the FMA pipe: x = j + f (j = round(x), |f| <= 1/2), 2^f by a
-    degree-3 polynomial (relative error <= 7.8e-5), 2^j added into the exponent bits. x is
-    clamped at EXP2_POLY_MIN (2^-126, the least normal float), so it never returns exactly 0:
-    used on FULL tiles only, where no score is masked."""
-    x = gl.maximum(x, EXP2_POLY_MIN)
-    t = x + ROUND_MAGIC  # round(x) in the low mantissa bits of t
-    f = x - (t - ROUND_MAGIC)
-    q = gl.fma(gl.fma(gl.fma(f, EXP2_C3, EXP2_C2), f, EXP2_C1), f, EXP2_C0)
-    bits = q.to(gl.int32, bitcast=True) + (t.to(gl.int32, bitcast=True) << 23)
-    return bits.to(gl.float32, bitcast=True)
-
-
-@gluon.jit
-def _softmax(s, m_i, l_i, qk_scale2, c_loc, POLY_COLS: gl.constexpr):
-    """One online-softmax step on unscaled scores ``s``: (P fp32, m, l, alpha). POLY_COLS
-    (constexpr): the first POLY_COLS key columns of the tile take 2^x from _exp2_poly (on the
-    FMA pipe) instead of MUFU.EX2 (a multiple of 8: the columns a thread holds in one register
-    group, so the choice is fixed per register and compiles to no select)."""
+def _softmax(s, m_i, l_i, qk_scale2):
+    """One online-softmax step on unscaled scores ``s``: (P fp32, m, l, alpha)."""
     m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale2)
     m_use = gl.where(m_new == float("-inf"), 0.0, m_new)
-    x = s * qk_scale2 - m_use[:, None]
-    if POLY_COLS > 0:
-        p = gl.where((c_loc < POLY_COLS)[None, :], _exp2_poly(x), gl.exp2(x))
-    else:
-        p = gl.exp2(x)
+    p = gl.exp2(s * qk_scale2 - m_use[:, None])
     alpha = gl.exp2(m_i - m_use)
     l_i = l_i * alpha + gl.sum(p, 1)
     return p, m_new, l_i, alpha
@@ -185,7 +153,7 @@ def _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turn,
           acc, m_i, l_i, zero_s, r_loc, c_loc, q0, cols, tmask, masks, qk_scale2,
           WG: gl.constexpr,
           STAGES: gl.constexpr, PINGPONG: gl.constexpr, P_SMEM: gl.constexpr,
-          POLY_COLS: gl.constexpr, MODE: gl.constexpr, p_layout: gl.constexpr):
+          MODE: gl.constexpr, p_layout: gl.constexpr):
     """Step i >= 1 of a consumer: issue S_i = Q K_i^T and O += P_{i-1} V_{i-1}, wait for S_i,
     its softmax (tile kind MODE) while P_{i-1} V_{i-1} runs, then wait for that and rescale O.
     ``p``: P_{i-1} as the A operand (see _p_operand). Returns (P_i, O, m, l)."""
@@ -205,10 +173,7 @@ def _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turn,
     _release(k_empty.index(st))
     s = _mask_scores(s, start + i, r_loc, c_loc, q0, cols, tmask, masks, MODE,
                      2 * q.shape[0])
-    if MODE == 0:
-        p32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale2, c_loc, POLY_COLS)
-    else:  # masked scores must give exact zeros: MUFU.EX2 throughout
-        p32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale2, c_loc, 0)
+    p32, m_i, l_i, alpha = _softmax(s, m_i, l_i, qk_scale2)
     p_next = _p_operand(p32, p_smem, i, WG, P_SMEM, p_layout)
     if P_SMEM:
         acc = warpgroup_mma_wait(0, deps=[acc])
@@ -223,7 +188,7 @@ def _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turn,
 def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready,
               k_empty, v_empty, turn, O, LSE2, head_pattern, ptr, split, cols, tmask, masks,
               qk_scale2, N, H, n_t, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-              PINGPONG: gl.constexpr, P_SMEM: gl.constexpr, POLY_COLS: gl.constexpr):
+              PINGPONG: gl.constexpr, P_SMEM: gl.constexpr):
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[CONSUMER_WARPS, 1], instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -259,7 +224,7 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, 
             s = _mask_scores(s, start, r_loc, c_loc, q0, cols, tmask, masks, 1, BLOCK_M)
         else:
             s = _mask_scores(s, start, r_loc, c_loc, q0, cols, tmask, masks, 2, BLOCK_M)
-        p32, m_i, l_i, _ = _softmax(s, m_i, l_i, qk_scale2, c_loc, 0)
+        p32, m_i, l_i, _ = _softmax(s, m_i, l_i, qk_scale2)
         p = _p_operand(p32, p_smem, 0, WG, P_SMEM, p_layout)
         # the other tiles, one branch-free loop per kind (the pipeline runs across them)
         for i in range(1, end_full - start):
@@ -267,19 +232,19 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, 
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
                                      c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
                                      PINGPONG,
-                                     P_SMEM, POLY_COLS, 0, p_layout)
+                                     P_SMEM, 0, p_layout)
         for i in range(gl.maximum(end_full - start, 1), end_causal - start):
             p, acc, m_i, l_i = _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty,
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
                                      c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
                                      PINGPONG,
-                                     P_SMEM, POLY_COLS, 1, p_layout)
+                                     P_SMEM, 1, p_layout)
         for i in range(gl.maximum(end_causal - start, 1), n):
             p, acc, m_i, l_i = _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty,
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
                                      c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
                                      PINGPONG,
-                                     P_SMEM, POLY_COLS, 2, p_layout)
+                                     P_SMEM, 2, p_layout)
         last = (n - 1) % STAGES
         mbarrier.wait(v_ready.index(last), ((n - 1) // STAGES) & 1)
         acc = warpgroup_mma(p, v_smem.index(last), acc, is_async=True)
@@ -301,7 +266,7 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, 
 @gluon.jit
 def _fwd_kernel(qd, kd, vd, O, LSE2, head_pattern, ptr, split, cols, tmask, masks, qk_scale2,
                 N, H, n_t, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
-                PINGPONG: gl.constexpr, P_SMEM: gl.constexpr, POLY_COLS: gl.constexpr):
+                PINGPONG: gl.constexpr, P_SMEM: gl.constexpr):
     dtype: gl.constexpr = qd.dtype
     WG_ROWS: gl.constexpr = qd.block_type.shape[0]  # BLOCK_M / 2
     q_smem = gl.allocate_shared_memory(dtype, [2, WG_ROWS, HEAD_DIM], qd.layout)
@@ -332,11 +297,11 @@ def _fwd_kernel(qd, kd, vd, O, LSE2, head_pattern, ptr, split, cols, tmask, mask
         (_consumer, (0, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready, k_empty,
                      v_empty, turn, O, LSE2, head_pattern, ptr, split, cols, tmask, masks,
                      qk_scale2,
-                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM, POLY_COLS)),
+                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM)),
         (_consumer, (1, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready, k_empty,
                      v_empty, turn, O, LSE2, head_pattern, ptr, split, cols, tmask, masks,
                      qk_scale2,
-                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM, POLY_COLS)),
+                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM)),
         (_producer, (qd, kd, vd, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty,
                      v_empty, head_pattern, ptr, split, cols, N, H, n_t, STAGES)),
     ], [CONSUMER_WARPS, PRODUCER_WARPS], [CONSUMER_REGS, PRODUCER_REGS])
@@ -397,6 +362,6 @@ def forward(q, k, v, plan, tiles, scale: float, cfg):
         qd, kd, vd, out, lse2, plan.head_pattern, tiles.ptr, tiles.split, tiles.cols,
         tiles.tmask, tiles.masks, scale * LOG2E, N, H, n_t,
         HEAD_DIM=D, STAGES=cfg.stages, PINGPONG=cfg.pingpong, P_SMEM=cfg.p_smem,
-        POLY_COLS=cfg.poly_cols, num_warps=CONSUMER_WARPS.value, maxnreg=MAX_REGS,
+        num_warps=CONSUMER_WARPS.value, maxnreg=MAX_REGS,
     )
     return out, lse2
