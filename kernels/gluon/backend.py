@@ -15,7 +15,7 @@ import torch
 
 from stbench.backends import BackendUnavailable
 
-from .config import GluonConfig, config_space, resolve_config  # noqa: F401
+from .config import config_space, resolve_config  # noqa: F401 (config_space: the registry interface)
 
 DTYPES = (torch.float16, torch.bfloat16)
 HEAD_DIMS = (64, 128)

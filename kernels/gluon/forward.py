@@ -35,7 +35,6 @@ Memory: out and LSE2 (fp32 [B, H, N]); nothing N x N.
 from __future__ import annotations
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -73,8 +72,7 @@ def _tile_range(head_pattern, ptr, split, N, H, n_t):
 
 @gluon.jit
 def _producer(qd, kd, vd, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty, v_empty,
-              head_pattern, ptr, split, cols, N, H, n_t,
-              STAGES: gl.constexpr):
+              head_pattern, ptr, split, cols, N, H, n_t, STAGES: gl.constexpr):
     WG_ROWS: gl.constexpr = q_smem.shape[1]
     BLOCK_M: gl.constexpr = 2 * WG_ROWS
     t, bh, start, _, _, end = _tile_range(head_pattern, ptr, split, N, H, n_t)
@@ -151,9 +149,8 @@ def _p_operand(p32, p_smem, i, WG: gl.constexpr, P_SMEM: gl.constexpr,
 @gluon.jit
 def _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty, v_empty, turn, p, p_smem,
           acc, m_i, l_i, zero_s, r_loc, c_loc, q0, cols, tmask, masks, qk_scale2,
-          WG: gl.constexpr,
-          STAGES: gl.constexpr, PINGPONG: gl.constexpr, P_SMEM: gl.constexpr,
-          MODE: gl.constexpr, p_layout: gl.constexpr):
+          WG: gl.constexpr, STAGES: gl.constexpr, PINGPONG: gl.constexpr,
+          P_SMEM: gl.constexpr, MODE: gl.constexpr, p_layout: gl.constexpr):
     """Step i >= 1 of a consumer: issue S_i = Q K_i^T and O += P_{i-1} V_{i-1}, wait for S_i,
     its softmax (tile kind MODE) while P_{i-1} V_{i-1} runs, then wait for that and rescale O.
     ``p``: P_{i-1} as the A operand (see _p_operand). Returns (P_i, O, m, l)."""
@@ -231,20 +228,17 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, 
             p, acc, m_i, l_i = _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty,
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
                                      c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
-                                     PINGPONG,
-                                     P_SMEM, 0, p_layout)
+                                     PINGPONG, P_SMEM, 0, p_layout)
         for i in range(gl.maximum(end_full - start, 1), end_causal - start):
             p, acc, m_i, l_i = _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty,
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
                                      c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
-                                     PINGPONG,
-                                     P_SMEM, 1, p_layout)
+                                     PINGPONG, P_SMEM, 1, p_layout)
         for i in range(gl.maximum(end_causal - start, 1), n):
             p, acc, m_i, l_i = _step(i, start, q, k_smem, v_smem, k_ready, v_ready, k_empty,
                                      v_empty, turn, p, p_smem, acc, m_i, l_i, zero_s, r_loc,
                                      c_loc, q0, cols, tmask, masks, qk_scale2, WG, STAGES,
-                                     PINGPONG,
-                                     P_SMEM, 2, p_layout)
+                                     PINGPONG, P_SMEM, 2, p_layout)
         last = (n - 1) % STAGES
         mbarrier.wait(v_ready.index(last), ((n - 1) // STAGES) & 1)
         acc = warpgroup_mma(p, v_smem.index(last), acc, is_async=True)
@@ -296,12 +290,10 @@ def _fwd_kernel(qd, kd, vd, O, LSE2, head_pattern, ptr, split, cols, tmask, mask
     gl.warp_specialize([
         (_consumer, (0, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready, k_empty,
                      v_empty, turn, O, LSE2, head_pattern, ptr, split, cols, tmask, masks,
-                     qk_scale2,
-                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM)),
+                     qk_scale2, N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM)),
         (_consumer, (1, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready, k_empty,
                      v_empty, turn, O, LSE2, head_pattern, ptr, split, cols, tmask, masks,
-                     qk_scale2,
-                     N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM)),
+                     qk_scale2, N, H, n_t, HEAD_DIM, STAGES, PINGPONG, P_SMEM)),
         (_producer, (qd, kd, vd, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_empty,
                      v_empty, head_pattern, ptr, split, cols, N, H, n_t, STAGES)),
     ], [CONSUMER_WARPS, PRODUCER_WARPS], [CONSUMER_REGS, PRODUCER_REGS])
