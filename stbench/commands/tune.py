@@ -56,8 +56,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from rich.console import Console
 
-    from stbench import autotune, problems
-    from stbench.tuning import cache
+    from stbench import problems
+    from stbench.tuning import autotune, cache
 
     console = Console(stderr=True)
     if args.list:

@@ -11,7 +11,8 @@ import warnings
 import pytest
 import torch
 
-from stbench import autotune, backends, problems
+from stbench import backends, problems
+from stbench.tuning import autotune, picks
 from stbench.tuning import cache, exhaustive, local
 from stbench.tuning.measure import BenchSettings, Candidate
 
@@ -156,11 +157,11 @@ def test_tune_fake_backend(fake_backend, tmp_path, strategy):
     # backend='auto' finds the pick for the layout at its block (64: the best at block 64)
     lay32 = prob.build_layout().reblock(32)
     q = torch.zeros(1, 2, 128, 16)
-    pick = autotune.cached_pick(lay32, q, path=tmp_path / "tune.json")
+    pick = picks.cached_pick(lay32, q, path=tmp_path / "tune.json")
     assert pick == ("fake", {"delay_ms": 10})
     t = time.perf_counter()
     for _ in range(10):
-        autotune.cached_pick(lay32, q, path=tmp_path / "tune.json")
+        picks.cached_pick(lay32, q, path=tmp_path / "tune.json")
     assert (time.perf_counter() - t) / 10 < 0.05  # TARGETS.md item 5: < 50 ms
 
 
@@ -236,7 +237,7 @@ def test_cached_pick_survives_a_broken_cache(tmp_path):
     lay = _tiny_problem().build_layout()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert autotune.cached_pick(lay, torch.zeros(1, 2, 128, 16), path=path) is None
+        assert picks.cached_pick(lay, torch.zeros(1, 2, 128, 16), path=path) is None
 
 
 def test_item5_evaluation_record(fake_backend, tmp_path, monkeypatch):

@@ -1,8 +1,8 @@
 """Running sweep rows in worker subprocesses, so that a crashing or hanging kernel becomes a row.
 
 The runner writes a task file (the sweep's config and the rows still to run) and starts
-``python -P -m stbench.isolation --worker TASK.json`` (an argv list, no shell). The worker runs
-the rows with ``sweep.run_group`` and prints ``STBENCH-BEGIN i`` / ``STBENCH-END i`` around row
+``python -P -m stbench.sweep.isolation --worker TASK.json`` (an argv list, no shell). The worker runs
+the rows with ``group.run_group`` and prints ``STBENCH-BEGIN i`` / ``STBENCH-END i`` around row
 i (``STBENCH-STOP`` when the time budget ends the sweep). The runner reads those lines: a worker
 that dies inside row i (illegal address, segfault) makes row i a ``runtime_error`` row; one
 silent past ``row_timeout_s`` is killed (its own process group) and row i becomes a ``timeout``
@@ -25,8 +25,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from stbench import results
-from stbench.sweep import (WORK_DIR, Group, SweepConfig, _cuda_available, load_picks,
-                           open_precompiler, run_group)
+from stbench.sweep.config import (WORK_DIR, Group, SweepConfig, load_picks,
+                                  use_interpreter_if_no_gpu)
+from stbench.sweep.group import open_precompiler, run_group
 from stbench.tuning.measure import make_row
 
 BEGIN, END, STOP = "STBENCH-BEGIN", "STBENCH-END", "STBENCH-STOP"
@@ -112,7 +113,7 @@ def _watch_worker(task: Path, log: Path, row_timeout: float, ended):
     n_finished, '') or ('crash'|'timeout', index of the item it died on, detail)."""
     # -P: do not put the working directory first on sys.path, where a source checkout's
     # stbench/ folder would shadow the installed package (its layouts/ etc. are mapped in)
-    argv = [sys.executable, "-P", "-m", "stbench.isolation", "--worker", str(task)]
+    argv = [sys.executable, "-P", "-m", "stbench.sweep.isolation", "--worker", str(task)]
     with log.open("w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True,
                                 start_new_session=True)
@@ -154,11 +155,10 @@ def _pump(stream, q: queue.Queue) -> None:
 
 
 def worker_main(task_path: str) -> int:
-    """Entry point of ``python -m stbench.isolation --worker TASK.json``."""
+    """Entry point of ``python -m stbench.sweep.isolation --worker TASK.json``."""
     task = json.loads(Path(task_path).read_text())
     cfg = SweepConfig.from_dict(task["config"])
-    if cfg.triton_interpret and not _cuda_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    use_interpreter_if_no_gpu(cfg)
     groups = [Group(g["n"], g["layout"], g["dtype"], tuple(tuple(x) for x in g["items"]))
               for g in task["groups"]]
     fault = os.environ.get(FAULT_ENV, "")
@@ -199,7 +199,7 @@ def _run_groups(cfg, groups, task, fault, say, pre, picks) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stbench.isolation")
+    parser = argparse.ArgumentParser(prog="python -m stbench.sweep.isolation")
     parser.add_argument("--worker", required=True, help="task file written by the sweep runner")
     args = parser.parse_args(argv)
     return worker_main(args.worker)
