@@ -73,8 +73,10 @@ def _fwd_relevant(config: dict) -> str:
                       sort_keys=True)
 
 
-def candidate_space(problem: Problem, layout, backend: str, blocks=layouts.ALLOWED_BLOCKS):
-    """(candidates, {block: layout}, notes): every (block, config) of one backend."""
+def candidate_space(problem: Problem, layout, backend: str, blocks=layouts.ALLOWED_BLOCKS,
+                    configs=None):
+    """(candidates, {block: layout}, notes): every (block, config) of one backend; ``configs``
+    (a list of config dicts) replaces the backend's own space at every block."""
     module = backends.load(backend)
     variants, notes = {}, []
     for b in blocks:
@@ -85,7 +87,9 @@ def candidate_space(problem: Problem, layout, backend: str, blocks=layouts.ALLOW
     cands = []
     for b, lay in variants.items():
         seen = set()
-        for cfg in module.config_space(lay, problem.head_dim, problem.torch_dtype):
+        space = (configs if configs is not None
+                 else module.config_space(lay, problem.head_dim, problem.torch_dtype))
+        for cfg in space:
             key = _fwd_relevant(cfg) if problem.mode == "fwd" else json.dumps(cfg, sort_keys=True)
             if key not in seen:
                 seen.add(key)
@@ -132,7 +136,7 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
          cache_path=None, save: bool = True, rows_path=None, seed: int = 0, layout=None,
          inputs=None, reference=None, blocks=layouts.ALLOWED_BLOCKS,
          max_evals: int | None = None, forward: dict | None = None,
-         precompiler=None) -> TuneResult:
+         precompiler=None, configs=None) -> TuneResult:
     """Tune ``problem`` over ``backend_names`` (default: every registered backend that runs
     here). Writes candidate rows to ``rows_path`` (JSONL) if given, and the pick to the cache
     (``cache_path``, default the user's) unless ``save=False``. ``max_evals`` caps the
@@ -141,7 +145,8 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
     backward keys of that backend at that block (``with_forward``). ``precompiler``: a
     ``tuning.precompile.Precompiler`` that compiles each batch of candidates the strategy is
     about to evaluate side by side first; its workers rebuild the layout from ``problem``, so
-    pass it only when ``layout`` is ``problem.build_layout()`` (or None)."""
+    pass it only when ``layout`` is ``problem.build_layout()`` (or None). ``configs``: measure
+    these configurations (dicts; {} is the default) of each backend instead of its space."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}: use one of {', '.join(STRATEGIES)}")
     if objective not in OBJECTIVES:
@@ -167,7 +172,7 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
         if why is not None:
             rows.append(make_row(problem, layout, name, "unsupported", error=why, kind="tune"))
             continue
-        cands, variants, notes = candidate_space(problem, layout, name, blocks)
+        cands, variants, notes = candidate_space(problem, layout, name, blocks, configs)
         if forward and name in forward and problem.mode == "fwd+bwd":
             cands = with_forward(cands, forward[name])
         layout_of_block.update(variants)

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from stbench import backends, problems
-from stbench.tuning import autotune, picks
-from stbench.tuning import cache, exhaustive, local
+from stbench.tuning import autotune, cache, exhaustive, local, picks
 from stbench.tuning.measure import BenchSettings, Candidate
 
 FAST = BenchSettings(warmup_ms=1, rep_ms=4, min_reps=2)
@@ -265,3 +264,26 @@ def test_with_forward_keeps_the_forward_pick_and_varies_only_the_backward():
         (32, 4), (32, 8), (64, 4), (64, 8)]
     # no candidate at the pick's block: the space is left as it was
     assert autotune.with_forward(cands, (16, {"BLOCK_M": 64})) == cands
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_triton_candidates_pass_the_dense_gate_under_the_interpreter(mode, device):
+    """The tuner's Triton candidates on a tiny problem: each is checked against dense before
+    it is timed, and a 'fwd+bwd' tune given the 'fwd' pick stays at that pick's block."""
+    pytest.importorskip("triton")
+    from stbench.kernels.triton import backend as tb
+
+    prob = problems.Problem(problems.layout_spec("local"), 256, 1, heads=2, head_dim=32,
+                            dtype="bfloat16", mode=mode)
+    layout = prob.build_layout()
+    forward = None
+    if mode == "fwd+bwd":
+        pick = tb.default_config(layout.reblock(64), 32, torch.bfloat16).as_dict()
+        forward = {"triton": (64, dict(pick))}
+    res = autotune.tune(prob, ["triton"], device=device, strategy="local", settings=FAST,
+                        final=FAST_FINAL, save=False, max_evals=2, forward=forward)
+    tuned = [r for r in res.rows if r.check != "skipped"]
+    assert tuned and all(r.status == "ok" and r.err <= r.tol for r in tuned), \
+        [(r.status, r.error) for r in tuned]
+    if mode == "fwd+bwd":  # the backward search stays at the forward pick's block
+        assert {r.block for r in res.rows} == {64}
