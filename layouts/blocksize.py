@@ -77,7 +77,8 @@ def _refine(L: Layout, nbk: int) -> Layout:
     g = torch.repeat_interleave(torch.arange(counts.numel()), counts)
     p = torch.arange(n) - starts[g]
     c = counts[g]
-    dest = (starts[g] * f * f).view(-1, 1, 1) + ii * (c * f).view(-1, 1, 1) + p.view(-1, 1, 1) * f + jj
+    dest = ((starts[g] * f * f).view(-1, 1, 1) + ii * (c * f).view(-1, 1, 1)
+            + p.view(-1, 1, 1) * f + jj)
     order = torch.empty(n * f * f, dtype=torch.int64)
     order[dest.reshape(-1)] = torch.arange(n * f * f)
     h = L.heads_idx.long().view(-1, 1, 1).expand(n, f, f).reshape(-1)[order]

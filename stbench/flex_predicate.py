@@ -20,6 +20,7 @@ import functools
 
 import torch
 
+from stbench.backends import BackendUnavailable
 from stbench.kernels import flex
 from stbench.problems import TOKEN_RULES
 
@@ -27,7 +28,10 @@ MASK_CACHE_SIZE = 8  # BlockMasks kept (per rule, N, block, device, build)
 
 
 def check_available(device: torch.device, dtype: torch.dtype) -> None:
-    flex.check_available(device, dtype)
+    try:
+        flex.check_available(device, dtype)
+    except BackendUnavailable as exc:
+        raise BackendUnavailable(f"flex_predicate runs FlexAttention: {exc}") from None
 
 
 def supports(layout) -> str | None:

@@ -302,7 +302,7 @@ def standard_problems(ns=STANDARD_NS, layout_names=STANDARD_LAYOUTS, modes=("fwd
 
 
 def paper_problems(modes=("fwd", "fwd+bwd")) -> list[Problem]:
-    """The paper's exact masks at N = 12288 (B = 5) and N = 65536 (B = 1), TARGETS.md item 3."""
+    """The paper's exact masks at N = 12288 (B = 5) and N = 65536 (B = 1)."""
     return [
         Problem(layout_spec(name), n, b, mode=mode)
         for n, b in ((12288, 5), (65536, 1)) for name in ("paper_fixed", "paper_union")

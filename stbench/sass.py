@@ -1,6 +1,6 @@
 """AOT-compile the Triton backend's kernels for an H200 (sm_90) without a GPU and summarise the
-generated code (``stbench sass``): registers/thread, spills, shared memory, warps/stages, SASS instruction counts,
-and the instructions of one step of each kernel's main (FULL tile) loop.
+generated code (``stbench sass``): registers/thread, spills, shared memory, warps/stages, SASS
+instruction counts, and the instructions of one step of each kernel's main (FULL tile) loop.
 
 Each row is one @triton.jit kernel (kernels/triton/forward.py, backward.py) at a configuration
 the autotuner picked at N = 65536, bf16, head dim 64 (reports/standard/results.jsonl), with the

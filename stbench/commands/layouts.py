@@ -16,6 +16,8 @@ from typing import Callable
 from rich.console import Console
 from rich.table import Table
 
+from stbench.commands import fail
+
 # Generators of stbench.layouts a user builds by name, in listing order (absent ones skipped).
 GENERATOR_NAMES = (
     "causal", "local", "strided", "merged_strided", "fixed", "st_mix", "sliding_window",
@@ -202,13 +204,11 @@ def cmd_bench(args) -> int:
     from stbench import plan_bench
 
     if min(args.n_ctx, args.heads, args.stride, args.repeat) <= 0:
-        print("stbench layouts bench: --n-ctx, --heads, --stride and --repeat must be positive")
-        return 2
+        return fail("layouts bench", "--n-ctx, --heads, --stride and --repeat must be positive")
     gens = generators()
     unknown = [n for n in args.layouts if n not in gens]
     if unknown:
-        print(f"stbench layouts bench: unknown layouts {unknown}: choose from {', '.join(gens)}")
-        return 2
+        return fail("layouts bench", f"unknown layouts {unknown}: choose from {', '.join(gens)}")
     table = Table(title=f"layouts and plans at N={args.n_ctx}, H={args.heads}, "
                   f"stride {args.stride} (median of {args.repeat})")
     for col in BENCH_HEADER:

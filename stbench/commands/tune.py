@@ -1,10 +1,10 @@
 """``stbench tune``: autotune one problem (layout block granularity and backend configs), or
-measure the tuner against exhaustive search (TARGETS.md item 5).
+measure the tuner against exhaustive search.
 
     stbench tune --layout st_mix --n-ctx 16384                     # standard problem, cached
     stbench tune --layout causal --n-ctx 256 --batch 1 --heads 2 --head-dim 32 \\
         --dtype float32 --backends dense,sdpa --strategy exhaustive
-    stbench tune --evaluate --out out/item5 --ns 4096,16384 --backends triton   # item 5
+    stbench tune --evaluate --out out/tune_eval --ns 4096,16384 --backends triton
     stbench tune --list                                             # what the cache holds
     stbench tune --layout causal --n-ctx 65536 --backends triton --rows ab.jsonl \\
         --configs null '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'   # these, side by side
@@ -49,7 +49,8 @@ def register(subparsers) -> None:
                    help="processes that compile each batch of candidates side by side before "
                    "it is timed (0: compile on first call)")
     p.add_argument("--evaluate", action="store_true",
-                   help="item 5: exhaustive vs --strategy on standard problems into --out")
+                   help="the tuner (--strategy) against exhaustive search on standard problems, "
+                   "into --out")
     p.add_argument("--out", default=None, help="folder for --evaluate (tune_eval.jsonl)")
     p.add_argument("--ns", type=lambda s: [int(x) for x in csv_list(s)], default=[4096, 16384],
                    help="N values for --evaluate (default 4096,16384)")

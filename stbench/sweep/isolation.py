@@ -1,9 +1,9 @@
 """Running sweep rows in worker subprocesses, so that a crashing or hanging kernel becomes a row.
 
 The runner writes a task file (the sweep's config and the rows still to run) and starts
-``python -P -m stbench.sweep.isolation --worker TASK.json`` (an argv list, no shell). The worker runs
-the rows with ``group.run_group`` and prints ``STBENCH-BEGIN i`` / ``STBENCH-END i`` around row
-i (``STBENCH-STOP`` when the time budget ends the sweep). The runner reads those lines: a worker
+``python -P -m stbench.sweep.isolation --worker TASK.json`` (an argv list, no shell). The worker
+runs the rows with ``group.run_group`` and prints ``STBENCH-BEGIN i`` / ``STBENCH-END i`` around
+row i (``STBENCH-STOP`` when the time budget ends the sweep). The runner reads those lines: a worker
 that dies inside row i (illegal address, segfault) makes row i a ``runtime_error`` row; one
 silent past ``row_timeout_s`` is killed (its own process group) and row i becomes a ``timeout``
 row; either way a fresh worker continues with the rows after i. Each worker's stderr is kept in

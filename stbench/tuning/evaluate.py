@@ -1,4 +1,5 @@
-"""TARGETS.md item 5: the tuner's pick against the exhaustive best, tuning time, lookup time.
+"""The tuner against exhaustive search: its pick against the exhaustive best, tuning time,
+lookup time.
 
 Per problem: the dense reference and inputs are built once; the exhaustive search and the cheap
 strategy run over the same space (same backends, blocks, configs); the exhaustive best and the

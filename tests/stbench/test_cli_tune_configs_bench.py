@@ -48,4 +48,4 @@ def test_layouts_bench_writes_a_row_per_configuration(tmp_path, capsys):
 
 def test_layouts_bench_names_an_unknown_layout(tmp_path, capsys):
     assert main(["layouts", "bench", "--out", str(tmp_path / "x"), "--layouts", "fixd"]) == 2
-    assert "unknown layouts ['fixd']" in capsys.readouterr().out
+    assert "unknown layouts ['fixd']" in capsys.readouterr().err
