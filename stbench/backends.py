@@ -72,15 +72,15 @@ REGISTRY: dict[str, BackendInfo] = {
             description="PyTorch FlexAttention (compiled), the layout given as a BlockMask",
         ),
         BackendInfo(
+            "sdpa", "stbench.kernels.sdpa", ("torch",), "pip install torch",
+            needs_gpu=False, backward=True, peer=True,
+            description="torch scaled_dot_product_attention; full or causal layouts only",
+        ),
+        BackendInfo(
             "flex_predicate", "stbench.flex_predicate", ("torch",), "pip install 'torch>=2.5'",
             needs_gpu=True, backward=True, peer=True,
             description="PyTorch FlexAttention on create_block_mask over the layout's token rule "
             "(the paper's masks, as a user writes them)",
-        ),
-        BackendInfo(
-            "sdpa", "stbench.kernels.sdpa", ("torch",), "pip install torch",
-            needs_gpu=False, backward=True, peer=True,
-            description="torch scaled_dot_product_attention; full or causal layouts only",
         ),
     )
 }

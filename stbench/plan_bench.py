@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-SCHEMA = "stbench.plan_bench/1"
+SCHEMA = "stbench.plan_bench/2"  # sizes in bytes (/1: MB)
 DEFAULT_LAYOUTS = ("fixed", "merged_strided")
 RSS_UNIT_BYTES = 1024  # ru_maxrss is in KiB on Linux
 

@@ -8,7 +8,7 @@ measures the pick; ``--picks RESULTS.jsonl`` re-measures an earlier sweep's (blo
 instead (a regression check after a kernel change); ``--resume`` skips rows already written;
 ``--isolate`` runs the rows in worker subprocesses, so that a crash or a hang becomes a row.
 
-Modules: ``config`` (the grid, presets, groups, picks), ``group`` (one group's rows, compiling
+X
 ahead), ``runner`` (``run_sweep``), ``isolation`` (worker subprocesses).
 """
 

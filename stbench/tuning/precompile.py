@@ -23,7 +23,7 @@ while the calling process times anything. A job's failure is only reported back 
 process meets it again and records it as a row). Workers are started with ``spawn`` (CUDA state
 must not be forked) and keep their CUDA context between batches; each frees its tensors after a
 chain. A worker's standard output goes to its standard error, so that a sweep worker's stdout
-(the protocol of ``stbench/sweep/isolation.py``) carries only its own lines.
+(the protocol of ``stbench/sweep/worker.py``) carries only its own lines.
 
 A kernel that hangs (a warp-specialised forward did, on the H200) would block ``run`` for good
 and then the timing process too. So when no chain of a batch ends for ``stall_s``

@@ -40,7 +40,7 @@ def test_layouts_bench_writes_a_row_per_configuration(tmp_path, capsys):
                  "fixed", "--blocks", "32", "--stride", "128", "--repeat", "1",
                  "--width", "200"]) == 0
     (row,) = [json.loads(x) for x in out.read_text().splitlines()]
-    assert row["schema"] == "stbench.plan_bench/1" and row["status"] == "ok"
+    assert row["schema"] == "stbench.plan_bench/2" and row["status"] == "ok"
     assert row["nnz"] > 0 and row["plan_bytes"] > 0 and row["peak_rss_bytes"] > 0
     assert row["gen_s"] > 0 and row["env"]["torch"]
     assert "fixed" in capsys.readouterr().out
