@@ -301,7 +301,7 @@ def register(subparsers) -> None:
                        default=["fixed", "merged_strided"],
                        help="comma-separated generators (default: fixed,merged_strided)")
     bench.add_argument("--n-ctx", type=int, default=1 << 20, help="sequence length N (2^20)")
-    bench.add_argument("--heads", type=int, default=8)
+    bench.add_argument("--heads", type=int, default=8, help="attention heads H (default 8)")
     bench.add_argument("--stride", type=int, default=1024,
                        help="stride l, the window of local generators (default 1024 = sqrt(N))")
     bench.add_argument("--blocks", type=_blocks, default=[16, 128],

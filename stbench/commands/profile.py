@@ -43,8 +43,9 @@ def register(subparsers) -> None:
                    help="only print the markdown table of the NAME.raw.csv pages in DIR")
     p.add_argument("--backend", default=None, help="a registered backend (triton, cupy, flex)")
     p.add_argument("--layout", default="causal", help="a layout spec (stbench.problems)")
-    p.add_argument("--n-ctx", type=int, default=65536)
-    p.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd")
+    p.add_argument("--n-ctx", type=int, default=65536, help="sequence length N (B = 65536 // N)")
+    p.add_argument("--mode", choices=("fwd", "fwd+bwd"), default="fwd",
+                   help="profile the forward, or forward and backward")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--picks", default=None, metavar="RESULTS.jsonl",
                      help="run the (block, config) this backend's row of an earlier sweep had")

@@ -46,11 +46,12 @@ def register(subparsers) -> None:
     p.add_argument("--tools", type=csv_list, default=["memcheck"],
                    help=f"comma-separated compute-sanitizer tools, of {', '.join(TOOLS)}")
     p.add_argument("--head-dims", type=lambda s: [int(x) for x in csv_list(s)],
-                   default=[32, 64, 128], help="one workload per head dim")
-    p.add_argument("--dtypes", default=DEFAULTS["dtypes"], help="comma-separated dtypes")
-    p.add_argument("--n-ctx", type=int, default=DEFAULTS["n_ctx"])
-    p.add_argument("--heads", type=int, default=DEFAULTS["heads"])
-    p.add_argument("--batch", type=int, default=DEFAULTS["batch"])
+                   default=[32, 64, 128], help="head dims, one workload each (default 32,64,128)")
+    p.add_argument("--dtypes", default=DEFAULTS["dtypes"],
+                   help=f"comma-separated dtypes (default {DEFAULTS['dtypes']})")
+    p.add_argument("--n-ctx", type=int, default=DEFAULTS["n_ctx"], help="sequence length N")
+    p.add_argument("--heads", type=int, default=DEFAULTS["heads"], help="attention heads H")
+    p.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="batch size B")
     p.add_argument("--layouts", default=None, help="comma-separated subset of check's layouts")
     p.add_argument("--config", type=json_value, default=None,
                    help="a backend config (JSON) to run instead of the default")
