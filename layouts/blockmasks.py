@@ -1,5 +1,6 @@
 """Intra-block masks: the kinds of a block, the lower-triangular mask, exact classification and
-deduplication of block masks (bool [n, b, b]) by their bit-packed keys."""
+deduplication of block masks (bool [n, b, b]) by their bit-packed keys, and the bookkeeping of
+mask tables (remapping, compacting)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 
 FULL, DIAG, PARTIAL = 0, 1, 2
 KIND_NAMES = {FULL: "full", DIAG: "causal-diagonal", PARTIAL: "partial"}
+# Bound on the elements of any temporary bool tensor made while classifying or materialising.
+CHUNK_ELEMENTS = 1 << 24
 
 
 @functools.lru_cache(maxsize=8)
@@ -90,3 +93,29 @@ def classify_blocks(
     else:
         masks = torch.zeros(0, b, b, dtype=torch.bool)
     return keep, kinds, mask_ids, masks
+
+
+def remap_ids(mask_ids: torch.Tensor, mapping: torch.Tensor) -> torch.Tensor:
+    """int32 ids with every id >= 0 replaced by mapping[id] (-1 stays -1)."""
+    out = mask_ids.to(torch.int32).clone()
+    sel = out >= 0
+    out[sel] = mapping[out[sel].long()].to(torch.int32)
+    return out
+
+
+def compact_table(table: torch.Tensor, mids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop unused rows of the mask table ``table`` [M, b, b]; returns (table, remapped mids)."""
+    used = mids[mids >= 0]
+    present = torch.zeros(table.shape[0], dtype=torch.bool)
+    present[used] = True
+    new_id = torch.cumsum(present, 0) - 1
+    return table[present].contiguous(), remap_ids(mids, new_id)
+
+
+def with_tril(table: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
+    """``table`` [M, b, b] with the lower-triangular mask present; returns (table, its row)."""
+    tril = tril_mask(block)
+    hit = (table == tril).reshape(table.shape[0], block * block).all(1).nonzero()
+    if hit.numel():
+        return table, int(hit[0, 0])
+    return torch.cat([table, tril.unsqueeze(0)]), table.shape[0]

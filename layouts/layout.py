@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .blockmasks import (  # noqa: F401  (re-exported: other modules import them from here)
+    CHUNK_ELEMENTS,
     DIAG,
     FULL,
     KIND_NAMES,
@@ -45,10 +46,9 @@ from .blockmasks import (  # noqa: F401  (re-exported: other modules import them
     pack_bits,
     tril_mask,
 )
+from .blocksize import change_block
 
 ALLOWED_BLOCKS = (16, 32, 64, 128)
-# Bound on the elements of any temporary bool tensor made while classifying or materialising.
-CHUNK_ELEMENTS = 1 << 24
 
 
 class LayoutError(ValueError):
@@ -531,10 +531,20 @@ class Layout:
         return _replace(self, name=name)
 
     def reblock(self, block: int) -> "Layout":
-        """The same token pattern at another block size, exact (see ``layouts.reblock``)."""
-        from .transforms import reblock
-
-        return reblock(self, block)
+        """The same token pattern at ``block`` (a power of two in 16..128 dividing n_ctx), exact
+        (see ``layouts.blocksize``). The permutation is kept."""
+        check_block(block, self.n_ctx)
+        if block == self.block:
+            return self
+        # work on the distinct patterns only (one head each), then give every head its pattern
+        patterns = [self.pattern(p) for p in range(self.n_patterns)]
+        one = Layout.from_patterns(self.n_ctx, self.n_patterns, self.block, self.name, patterns,
+                                   range(self.n_patterns), self.masks)
+        R = change_block(one, block)
+        return Layout.from_patterns(
+            self.n_ctx, self.heads, block, self.name, [R.head_entries(p) for p in range(R.heads)],
+            self.head_pattern, R.masks, self.perms, self.head_perm,
+        )
 
 
 def _replace(layout: Layout, **changes) -> Layout:

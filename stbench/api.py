@@ -9,6 +9,7 @@ import torch
 
 from stbench import backends
 from stbench.layouts import Layout, LayoutError
+from stbench.tuning import picks
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -87,9 +88,7 @@ def resolve_backend(
     if name != "auto":
         backends.info(name)  # raises UnknownBackend listing the registered names
         return name, None, layout
-    from stbench import autotune  # local import: the tuner imports this module
-
-    picked = autotune.cached_best(layout, q)
+    picked = picks.cached_best(layout, q)
     if picked is not None:
         backend, config, block = picked
         if block != layout.block:

@@ -82,6 +82,12 @@ REGISTRY: dict[str, BackendInfo] = {
             description="hand-scheduled Hopper forward in Gluon (TMA ring, warp-specialised "
                         "wgmma; block 128, 16-bit); backward through the Triton kernels",
         ),
+        BackendInfo(
+            "flex_predicate", "stbench.flex_predicate", ("torch",), "pip install 'torch>=2.5'",
+            needs_gpu=True, backward=True, peer=True,
+            description="PyTorch FlexAttention on create_block_mask over the layout's token rule "
+            "(the paper's masks, as a user writes them)",
+        ),
     )
 }
 

@@ -16,6 +16,9 @@ COMMAND_MODULES = (
     "sweep",
     "tune",
     "report",
+    "profile",
+    "sanitize",
+    "sass",
     "model",
     "data",
 )

@@ -13,6 +13,10 @@ Standard problem: bf16, H = 8, D = 64, B x N = 65,536 tokens, N = 1024 .. 65536,
     paper_union  the paper's merged strided head: local(128) or (q - k) % 128 == 0 (block 16)
     paper_*_128  the same two masks re-blocked to 128 (FlexAttention's default granularity)
 
+The paper's two masks also have their token rule as a FlexAttention user writes it
+(``TOKEN_RULES``, by spec name), so the peer ``flex_predicate`` can build its BlockMask with
+``create_block_mask`` from the rule rather than from our layout.
+
 A spec names a builder and its parameters; parameters left out follow the stride rule, so one
 spec serves every N. Building goes through ``stbench.layouts``' generators.
 """
@@ -20,7 +24,7 @@ spec serves every N. Building goes through ``stbench.layouts``' generators.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -196,6 +200,27 @@ LAYOUT_SPECS: dict[str, LayoutSpec] = {
 STANDARD_LAYOUTS = ("causal", "local", "strided", "fixed", "st_mix")
 
 
+def _paper_fixed_rule(q, k):
+    """The paper's fixed head (l = 128, c = 32, head h' = 0): k <= q, and k in q's own period
+    or in the last c keys of its period. q, k: broadcastable int tensors of token indices."""
+    own = q // PAPER_STRIDE == k // PAPER_STRIDE
+    summary = k % PAPER_STRIDE >= PAPER_STRIDE - PAPER_C
+    return (k <= q) & (own | summary)
+
+
+def _paper_union_rule(q, k):
+    """The paper's merged strided head (l = 128): k <= q and (q - k < l or (q - k) % l == 0)."""
+    d = q - k
+    return (k <= q) & ((d < PAPER_STRIDE) | (d % PAPER_STRIDE == 0))
+
+
+# spec name -> the token rule fn(q_idx, k_idx) -> bool tensor, in original token order
+TOKEN_RULES = {
+    "paper_fixed": _paper_fixed_rule, "paper_fixed_128": _paper_fixed_rule,
+    "paper_union": _paper_union_rule, "paper_union_128": _paper_union_rule,
+}
+
+
 def layout_spec(name: str) -> LayoutSpec:
     try:
         return LAYOUT_SPECS[name]
@@ -259,6 +284,14 @@ def batch_for(n_ctx: int, tokens: int = STANDARD_TOKENS) -> int:
     return max(1, tokens // n_ctx)
 
 
+def standard_problem(layout_name: str, n_ctx: int, mode: str = "fwd",
+                     dtype: str = STANDARD_DTYPE) -> Problem:
+    """TARGETS.md's standard problem at ``n_ctx`` over the named spec (bf16, H = 8, D = 64,
+    B = 65536 // N), built at the largest block that fits when its own does not."""
+    spec = replace(layout_spec(layout_name), fit_block=True)
+    return Problem(spec, n_ctx, batch_for(n_ctx), dtype=dtype, mode=mode)
+
+
 def standard_problems(ns=STANDARD_NS, layout_names=STANDARD_LAYOUTS, modes=("fwd", "fwd+bwd"),
                       dtype=STANDARD_DTYPE) -> list[Problem]:
     """TARGETS.md's standard problems (block layouts at block 128)."""
@@ -269,7 +302,7 @@ def standard_problems(ns=STANDARD_NS, layout_names=STANDARD_LAYOUTS, modes=("fwd
 
 
 def paper_problems(modes=("fwd", "fwd+bwd")) -> list[Problem]:
-    """The paper's exact masks at N = 12288 (B = 5) and N = 65536 (B = 1), TARGETS.md item 3."""
+    """The paper's exact masks at N = 12288 (B = 5) and N = 65536 (B = 1)."""
     return [
         Problem(layout_spec(name), n, b, mode=mode)
         for n, b in ((12288, 5), (65536, 1)) for name in ("paper_fixed", "paper_union")

@@ -26,6 +26,8 @@ import sys
 import zlib
 from dataclasses import asdict, dataclass
 
+from stbench.commands import json_value
+
 DEFAULTS = {"n_ctx": 256, "heads": 2, "batch": 1, "head_dim": 32, "block": 16}
 PLAIN_REFERENCE_BYTES = 64 * 2**20  # use the plain fp64 reference when B*H*N*N*8 fits
 DTYPE_NAMES = ("float64", "float32", "bfloat16", "float16")
@@ -174,8 +176,9 @@ def check_one(name, layout_name, layout, dtype, inputs64, refs64, refs_t, device
 
 
 def run_checks(backend_names, dtypes, n_ctx, heads, batch, head_dim, block, seed, device,
-               only_layouts=None, progress=None) -> list[CheckRow]:
-    """Every backend x layout x dtype; rows in that order (see CheckRow)."""
+               only_layouts=None, progress=None, config=None) -> list[CheckRow]:
+    """Every backend x layout x dtype; rows in that order (see CheckRow). ``config``: one
+    backend configuration given to every backend (None: each one's default)."""
     import torch
 
     rows = []
@@ -199,7 +202,7 @@ def run_checks(backend_names, dtypes, n_ctx, heads, batch, head_dim, block, seed
                 if progress:
                     progress(f"{name} {lname} {dtype}")
                 rows.append(check_one(name, lname, layout, dtype, inputs64, refs64, refs_t,
-                                      device))
+                                      device, config))
     return rows
 
 
@@ -278,7 +281,7 @@ def cmd_check(args) -> int:
     with console.status("checking...") as status:
         rows = run_checks(names, dtypes, args.n_ctx, args.heads, args.batch, args.head_dim,
                           args.block, args.seed, device, only,
-                          progress=lambda s: status.update(f"checking {s}"))
+                          progress=lambda s: status.update(f"checking {s}"), config=args.config)
     print_table(rows, console)
     if args.json:
         for r in rows:
@@ -319,6 +322,9 @@ def register(subparsers) -> None:
                    "merged_strided, st_mix, bigbird, longformer, sliding_window, variable, "
                    "random, random_perm (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of inputs and random layouts")
+    p.add_argument("--config", type=json_value, default=None,
+                   help="a backend config (JSON) every checked backend runs (default: each "
+                   "one's own); meant for one backend: --backends triton")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per row on stdout at the end (table to stderr)")

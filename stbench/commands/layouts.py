@@ -1,7 +1,9 @@
-"""``stbench layouts``: list the layout generators; show one as a density table and pictures.
+"""``stbench layouts``: list the layout generators; show one as a density table and pictures;
+time layout and plan building at large N.
 
     stbench layouts list
     stbench layouts show fixed --n-ctx 1024 --stride 128 --heads 4 --out pictures/
+    stbench layouts bench --out plan_bench.jsonl           # N = 2^20, blocks 16 and 128
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Callable
 
 from rich.console import Console
 from rich.table import Table
+
+from stbench.commands import fail
 
 # Generators of stbench.layouts a user builds by name, in listing order (absent ones skipped).
 GENERATOR_NAMES = (
@@ -191,6 +195,42 @@ def cmd_show(args) -> int:
     return 0
 
 
+BENCH_HEADER = ("layout", "block", "nnz", "patterns", "plan entries", "gen s", "hash s", "plan s",
+                "plan MB", "layout MB", "peak MB")
+MB = 1e6
+
+
+def cmd_bench(args) -> int:
+    from stbench import plan_bench
+
+    if min(args.n_ctx, args.heads, args.stride, args.repeat) <= 0:
+        return fail("layouts bench", "--n-ctx, --heads, --stride and --repeat must be positive")
+    gens = generators()
+    unknown = [n for n in args.layouts if n not in gens]
+    if unknown:
+        return fail("layouts bench", f"unknown layouts {unknown}: choose from {', '.join(gens)}")
+    table = Table(title=f"layouts and plans at N={args.n_ctx}, H={args.heads}, "
+                  f"stride {args.stride} (median of {args.repeat})")
+    for col in BENCH_HEADER:
+        table.add_column(col, justify="left" if col == "layout" else "right")
+    failed = 0
+    for row in plan_bench.run(args.layouts, args.n_ctx, args.blocks, args.stride, args.heads,
+                              args.repeat):
+        with open(args.out, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if row["status"] != "ok":
+            failed += 1
+            table.add_row(row["layout"], str(row["block"]), row["error"], *[""] * 8)
+            continue
+        table.add_row(row["layout"], str(row["block"]), f"{row['nnz']:,}", str(row["patterns"]),
+                      f"{row['plan_entries']:,}", f"{row['gen_s']:.2f}", f"{row['hash_s']:.2f}",
+                      f"{row['plan_s']:.2f}", f"{row['plan_bytes'] / MB:.1f}",
+                      f"{row['layout_bytes'] / MB:.1f}", f"{row['peak_rss_bytes'] / MB:.0f}")
+    Console(width=args.width).print(table)
+    print(f"rows appended to {args.out}")
+    return 1 if failed else 0
+
+
 # ------------------------------------------------------------------------------ parser
 def _blocks(text: str) -> list[int]:
     try:
@@ -248,4 +288,25 @@ def register(subparsers) -> None:
     show.add_argument("--json", action="store_true", help="print the table as JSON instead")
     show.add_argument("--width", type=int, default=None, help="console width (default: terminal)")
     show.set_defaults(func=cmd_show)
+
+    bench = sub.add_parser(
+        "bench", help="time layout generation, hashing and plan building at large N (CPU)",
+        description="Build each layout at each block, each in a fresh process, and time the "
+        "generator, the content hash and the device plan; record the bytes of the layout and "
+        "the plan and the process's peak memory. One JSON line per configuration is appended "
+        "to --out (stbench.plan_bench).",
+    )
+    bench.add_argument("--out", required=True, help="JSONL file the rows are appended to")
+    bench.add_argument("--layouts", type=lambda s: [x for x in s.split(",") if x],
+                       default=["fixed", "merged_strided"],
+                       help="comma-separated generators (default: fixed,merged_strided)")
+    bench.add_argument("--n-ctx", type=int, default=1 << 20, help="sequence length N (2^20)")
+    bench.add_argument("--heads", type=int, default=8, help="attention heads H (default 8)")
+    bench.add_argument("--stride", type=int, default=1024,
+                       help="stride l, the window of local generators (default 1024 = sqrt(N))")
+    bench.add_argument("--blocks", type=_blocks, default=[16, 128],
+                       help="block sizes, comma-separated (default: 16,128)")
+    bench.add_argument("--repeat", type=int, default=3, help="builds per configuration (median)")
+    bench.add_argument("--width", type=int, default=None, help="console width (default: terminal)")
+    bench.set_defaults(func=cmd_bench)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

@@ -4,6 +4,7 @@
     stbench model eval   --checkpoint runs/tiny/checkpoint.pt [--split test] [--backend triton]
     stbench model sample --checkpoint runs/tiny/checkpoint.pt --out runs/tiny/samples
     stbench model parity --preset tiny --backends dense,triton [--dtype bf16] [--json]
+    stbench model table2 --out runs/table2 --data-dir DATA [--smoke]
 
 Datasets come from the installed sources, or from a folder written by ``stbench data prepare``
 (``--data-dir``). ``--set key=value`` replaces a field of the preset's ModelConfig
@@ -258,4 +259,7 @@ def register(subparsers) -> None:
     q.add_argument("--json", action="store_true", help='end with one line {"bpd": {...}}')
     _common(q, checkpoint=False, backend=False)
     q.set_defaults(func=_friendly(_parity))
+    from stbench.commands import model_table2
+
+    model_table2.register(sub).set_defaults(func=_friendly(model_table2.run))
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

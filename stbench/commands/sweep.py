@@ -14,12 +14,15 @@ from stbench.commands import csv_list
 
 
 def register(subparsers) -> None:
+    from stbench.sweep.config import preset_names
+
     p = subparsers.add_parser(
         "sweep", help="run a benchmark grid (preset or TOML) into DIR/results.jsonl",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="a named grid in stbench/presets (quick, standard, paper)")
+    src.add_argument("--preset", choices=preset_names(), metavar="NAME",
+                     help="a named grid in stbench/sweep/presets: " + ", ".join(preset_names()))
     src.add_argument("--config", help="a TOML file with the same keys as the presets")
     p.add_argument("--out", required=True, help="output folder (the sweep writes only here)")
     p.add_argument("--resume", action="store_true", help="skip rows already in DIR/results.jsonl")

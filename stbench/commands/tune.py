@@ -1,11 +1,18 @@
 """``stbench tune``: autotune one problem (layout block granularity and backend configs), or
-measure the tuner against exhaustive search (TARGETS.md item 5).
+measure the tuner against exhaustive search.
 
     stbench tune --layout st_mix --n-ctx 16384                     # standard problem, cached
     stbench tune --layout causal --n-ctx 256 --batch 1 --heads 2 --head-dim 32 \\
         --dtype float32 --backends dense,sdpa --strategy exhaustive
-    stbench tune --evaluate --out out/item5 --ns 4096,16384 --backends triton   # item 5
+    stbench tune --evaluate --out out/tune_eval --ns 4096,16384 --backends triton
     stbench tune --list                                             # what the cache holds
+    stbench tune --layout causal --n-ctx 65536 --backends triton --rows ab.jsonl \\
+        --configs null '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'   # these, side by side
+
+``--configs`` measures exactly the configurations given (JSON; null: the backend's default) of
+each backend, each checked against the dense reference first and then timed with the sweep's
+timer, prints them side by side and appends one row per (backend, config) to ``--rows`` (the
+result schema; failures are rows); it caches nothing unless ``--cache`` is given.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from stbench.commands import csv_list
+from stbench.commands import csv_list, json_value
 
 
 def register(subparsers) -> None:
@@ -42,7 +49,8 @@ def register(subparsers) -> None:
                    help="processes that compile each batch of candidates side by side before "
                    "it is timed (0: compile on first call)")
     p.add_argument("--evaluate", action="store_true",
-                   help="item 5: exhaustive vs --strategy on standard problems into --out")
+                   help="the tuner (--strategy) against exhaustive search on standard problems, "
+                   "into --out")
     p.add_argument("--out", default=None, help="folder for --evaluate (tune_eval.jsonl)")
     p.add_argument("--ns", type=lambda s: [int(x) for x in csv_list(s)], default=[4096, 16384],
                    help="N values for --evaluate (default 4096,16384)")
@@ -50,14 +58,19 @@ def register(subparsers) -> None:
                    default=["causal", "local", "strided", "fixed", "st_mix"],
                    help="layouts for --evaluate")
     p.add_argument("--list", action="store_true", help="print the cache's entries and exit")
+    p.add_argument("--configs", nargs="+", type=json_value, default=None, metavar="JSON",
+                   help="measure exactly these configs (null: the default) side by side instead "
+                   "of tuning; not cached unless --cache is given")
+    p.add_argument("--block", type=int, default=None,
+                   help="with --configs: re-block the layout to this block first (exact)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from rich.console import Console
 
-    from stbench import autotune, problems
-    from stbench.tuning import cache
+    from stbench import problems
+    from stbench.tuning import autotune, cache
 
     console = Console(stderr=True)
     if args.list:
@@ -96,9 +109,13 @@ def run(args) -> int:
         prob = problems.Problem(_spec(args.layout), args.n_ctx,
                                 args.batch or problems.batch_for(args.n_ctx), args.heads,
                                 args.head_dim, args.dtype, args.mode)
+        if args.configs is not None:
+            return _compare(autotune, prob, args, console)
+        if args.block is not None:
+            raise ValueError("--block goes with --configs (tuning searches every block itself)")
         res = _tune_one(autotune, prob, args)
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2
     console.print(f"{prob.label()}: {res.evaluated} of {res.candidates} candidates evaluated in "
                   f"{res.seconds:.1f} s")
@@ -127,6 +144,43 @@ def _tune_one(autotune, prob, args):
     finally:
         if pre is not None:
             pre.close()
+
+
+def _compare(autotune, prob, args, console) -> int:
+    """``--configs``: each backend at each given config, checked then timed; 1 if none is ok."""
+    from rich.table import Table
+
+    from stbench import results
+    from stbench.tuning.measure import BenchSettings
+
+    configs = [c if c is not None else {} for c in args.configs]
+    bad = [c for c in configs if not isinstance(c, dict)]
+    if bad:
+        raise ValueError(f"--configs {bad[0]!r}: each config is a JSON object or null")
+    layout = prob.build_layout()
+    block = args.block or layout.block
+    layout = layout.reblock(block)  # LayoutError (a ValueError) names a block it cannot take
+    res = autotune.tune(prob, args.backends, device=args.device or _dev(),
+                        strategy="exhaustive", settings=BenchSettings(),
+                        layout=layout, blocks=(block,), configs=configs, save=bool(args.cache),
+                        cache_path=args.cache)
+    last = {}
+    for row in res.rows:  # the re-timed rows come last and replace the search's
+        last[(row.backend, row.block, json.dumps(row.config, sort_keys=True))] = row
+    table = Table(title=f"{prob.label()} at block {block}")
+    for col in ("backend", "config", "status", "median ms (p20-p80)", "TFLOP/s", "err / tol"):
+        table.add_column(col)
+    for (backend, _, cfg), r in last.items():
+        ms = (f"{r.median_ms:.4g} ({r.p20_ms:.4g}-{r.p80_ms:.4g})" if r.median_ms is not None
+              else (r.error or "")[:80])
+        err = f"{r.err:.2e} / {r.tol:.2e}" if r.err is not None and r.tol else (r.check or "")
+        table.add_row(backend, cfg, r.status, ms,
+                      f"{r.tflops:.1f}" if r.tflops is not None else "-", err)
+    console.print(table)
+    if args.rows:
+        results.append_rows(args.rows, list(last.values()))
+        console.print(f"{len(last)} rows appended to {args.rows}")
+    return 0 if any(r.status == "ok" for r in last.values()) else 1
 
 
 def _spec(name: str):

@@ -137,3 +137,14 @@ def lookup(layout_hash: str, batch: int, head_dim: int, dtype: str, mode: str,
     if not cands:
         return None
     return min(cands, key=lambda be: abs(math.log(be[0] / batch)))[1]
+
+
+def json_safe(obj):
+    """``obj`` (dicts, lists, numbers) with every non-finite float made None: JSON has no inf."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj

@@ -1,4 +1,5 @@
-"""TARGETS.md item 5: the tuner's pick against the exhaustive best, tuning time, lookup time.
+"""The tuner against exhaustive search: its pick against the exhaustive best, tuning time,
+lookup time.
 
 Per problem: the dense reference and inputs are built once; the exhaustive search and the cheap
 strategy run over the same space (same backends, blocks, configs); the exhaustive best and the
@@ -6,7 +7,7 @@ pick are then re-timed side by side with the full timer budget (``FINAL_SETTINGS
 ``RETIME_ROUNDS`` times (median of the medians), and ``ratio = pick_ms / best_ms`` (target
 <= 1.03; exactly 1.0 when the pick is the exhaustive best itself). Tuning time is the
 cheap strategy's wall time, everything included (compilation, checks). Lookup time is
-``autotune.cached_pick`` on that problem: cold (index rebuilt from the file) and warm (median of
+``picks.cached_pick`` on that problem: cold (index rebuilt from the file) and warm (median of
 ``LOOKUPS`` calls). One JSON object per problem is appended to ``tune_eval.jsonl``.
 """
 
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from stbench import autotune, environment, results
-from stbench.tuning import cache, check
+from stbench import environment, results
+from stbench.tuning import autotune, cache, check, picks
 from stbench.tuning.measure import measure
 
 EVAL_SCHEMA = "stbench-tune-eval"
@@ -70,7 +71,7 @@ def evaluate_problem(problem, backend_names, *, device, strategy="local", cache_
     if ex.best is None or cheap.best is None:
         rec.update(status="no valid candidate", ratio=None)
         return rec
-    blocks = {b: autotune.reblock(layout, b) for b in {ex.best.block, cheap.best.block}}
+    blocks = {b: layout.reblock(b) for b in {ex.best.block, cheap.best.block}}
     same = (ex.best.backend, ex.best.block, ex.best.config) == (
         cheap.best.backend, cheap.best.block, cheap.best.config)
     best_runs, pick_runs = [], []
@@ -86,12 +87,12 @@ def evaluate_problem(problem, backend_names, *, device, strategy="local", cache_
     probe = q  # shape, dtype, device and requires_grad (the mode) of the problem
     cache._index.cache_clear()
     t = time.perf_counter()
-    hit = autotune.cached_pick(lay, probe, path=cache_path)
+    hit = picks.cached_pick(lay, probe, path=cache_path)
     cold_ms = (time.perf_counter() - t) * 1e3
     warm = []
     for _ in range(LOOKUPS):
         t = time.perf_counter()
-        autotune.cached_pick(lay, probe, path=cache_path)
+        picks.cached_pick(lay, probe, path=cache_path)
         warm.append((time.perf_counter() - t) * 1e3)
     rec.update(
         status="ok", same_pick=same,
@@ -116,7 +117,7 @@ def evaluate(problems, backend_names, *, device, out_dir, strategy="local", cach
         rec = evaluate_problem(p, backend_names, device=device, strategy=strategy,
                                cache_path=cache_path, seed=seed)
         with out.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(autotune._json_safe(rec), sort_keys=True) + "\n")
+            f.write(json.dumps(cache.json_safe(rec), sort_keys=True) + "\n")
         recs.append(rec)
     return recs
 

@@ -23,10 +23,10 @@ while the calling process times anything. A job's failure is only reported back 
 process meets it again and records it as a row). Workers are started with ``spawn`` (CUDA state
 must not be forked) and keep their CUDA context between batches; each frees its tensors after a
 chain. A worker's standard output goes to its standard error, so that a sweep worker's stdout
-(the protocol of ``stbench/isolation.py``) carries only its own lines.
+(the protocol of ``stbench/sweep/worker.py``) carries only its own lines.
 
-A kernel that hangs (session 4's warp-specialised forward did, on the H200) would block ``run``
-for good and then the timing process too. So when no chain of a batch ends for ``stall_s``
+A kernel that hangs (a warp-specialised forward did, on the H200) would block ``run`` for good
+and then the timing process too. So when no chain of a batch ends for ``stall_s``
 seconds, the chains still in flight are taken to hang: their compile keys go into ``hung``, the
 workers are killed (their CUDA contexts, and the hung kernels with them, go away) and ``run``
 returns. The autotuner scores a candidate whose key hung as a ``timeout`` row without running
@@ -47,7 +47,9 @@ from pathlib import Path
 
 import torch
 
+from stbench import backends
 from stbench.problems import Problem
+from stbench.tuning.measure import closure
 
 COMPILED_BACKENDS = ("triton", "cupy", "flex")  # backends whose first call compiles
 SHAPE_SPECIALISED = ("flex",)  # backends that compile per (N, batch)
@@ -233,9 +235,6 @@ def run_chain(chain: list[Job], device: str) -> list[Outcome]:
 
 def first_call(job: Job, device: torch.device) -> None:
     """One call of the job's backend, as ``measure`` makes it (forward, or forward+backward)."""
-    from stbench import autotune, backends
-    from stbench.tuning.measure import closure
-
     if os.environ.get(FAULT_ENV) == f"hang:{job.backend}":
         time.sleep(3600)
 
@@ -250,7 +249,7 @@ def first_call(job: Job, device: torch.device) -> None:
     if job.block not in layouts:
         base = layouts.get(None) or prob.build_layout()
         layouts[None] = base
-        layouts[job.block] = base if job.block is None else autotune.reblock(base, job.block)
+        layouts[job.block] = base if job.block is None else base.reblock(job.block)
     layout = layouts[job.block]
     q, k, v = _CACHE["inputs"]
     module = backends.load(job.backend)

@@ -109,7 +109,7 @@ def test_precompiler_runs_one_chain_per_compile_key_until_a_job_succeeds(tmp_pat
 def test_a_hung_first_call_is_reported_and_kept_from_the_timing_process(monkeypatch, tmp_path):
     """A chain with no end for stall_s: its key goes to ``hung``, the pool is killed, run
     returns; the tuner then scores that candidate as a timeout row without calling it."""
-    from stbench import autotune
+    from stbench.tuning import autotune
     from stbench.tuning.precompile import FAULT_ENV
 
     monkeypatch.setenv(FAULT_ENV, "hang:sdpa")  # the spawned workers inherit it
@@ -137,12 +137,12 @@ def test_a_hung_first_call_is_reported_and_kept_from_the_timing_process(monkeypa
 
 
 def test_a_sweep_row_whose_first_call_hung_is_a_timeout_row():
-    from stbench import sweep
+    from stbench.sweep import group
 
     prob = _problem(64)
     pre = Precompiler(1, "cpu", stall_s=6)  # its pool never starts here
     pre.hung.add(Job.of(prob, "dense").compile_key())  # the default row's first call hung
-    row = sweep._measure_backend(SweepConfig.preset("quick"), prob, prob.build_layout(), "dense",
+    row = group._measure_backend(SweepConfig.preset("quick"), prob, prob.build_layout(), "dense",
                                  prob.inputs("cpu"), None, "cpu", None, False, None, {},
                                  precompiler=pre)
     assert row.status == "timeout" and "hung in a precompile worker" in row.error

@@ -1,4 +1,5 @@
-"""The Sparse Transformer paper's Table 2 in miniature: dense vs fixed vs strided attention.
+"""``stbench model table2``: the Sparse Transformer paper's Table 2 in miniature: dense vs fixed
+vs strided attention.
 
 Same model size, same data (Wikipedia bytes, ``stbench.reference.data`` 'wiki'), same steps,
 batch, learning rate, seed and wall-clock cap for every pattern; only the attention layouts
@@ -15,20 +16,17 @@ c = block; strided = layers alternating local(l) and strided(l)). Per pattern it
 
 For the GPU (one H200, a few minutes per pattern):
 
-    python scripts/gpu_table2.py --out reports/table2 --data-dir DATA --backend triton
+    stbench model table2 --out reports/model/h200 --data-dir DATA --backend triton
 
 ``--smoke`` runs the same path on the CPU in seconds (pydoc fixture, a tiny model, N = 256,
-dense backend) to prove the script before GPU time is spent on it.
+dense backend) to prove it before GPU time is spent on it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -37,33 +35,38 @@ PAPER_TABLE2 = {"dense": (1.00, 1.31), "fixed": (0.99, 0.55), "strided": (1.13, 
 PATTERNS = ("dense", "fixed", "strided")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def register(actions) -> None:
+    """Add the ``table2`` action to ``stbench model``'s subparsers."""
+    p = actions.add_parser("table2", help="the paper's Table 2 in miniature: dense vs fixed vs "
+                           "strided models, same size, data and steps",
+                           description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (written only there)")
     p.add_argument("--data-dir", default=None, help="folder from `stbench data prepare`")
-    p.add_argument("--patterns", default=",".join(PATTERNS))
+    p.add_argument("--patterns", default=",".join(PATTERNS),
+                   help=f"comma-separated, of {','.join(PATTERNS)}")
     p.add_argument("--n-ctx", type=int, default=8192, help="context, >= 8192 for the real run")
     p.add_argument("--stride", type=int, default=128, help="l of fixed / strided (paper: 128)")
     p.add_argument("--block", type=int, default=32, help="layout block; fixed's c = block")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=6e-4)
-    p.add_argument("--warmup", type=int, default=60)
+    p.add_argument("--steps", type=int, default=600, help="training steps per pattern")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+    p.add_argument("--lr", type=float, default=6e-4, help="peak learning rate, every pattern")
+    p.add_argument("--warmup", type=int, default=60, help="learning-rate warm-up steps")
     p.add_argument("--minutes", type=float, default=6.0, help="wall-clock cap per pattern")
     p.add_argument("--backend", default="triton", help="attention backend for every pattern")
     p.add_argument("--dtype", default="bf16", choices=("fp32", "bf16"))
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda", help="torch device")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and data order")
     p.add_argument("--smoke", action="store_true", help="tiny CPU run of the whole path")
-    args = p.parse_args(argv)
-    if args.smoke:
-        # N = 256, l = 16, block 16: strided chunks of N/l = 16 tokens = one block (fixed at
-        # l = block degenerates to causal: fine for proving the path, not for measuring).
-        args.n_ctx, args.stride, args.block = 256, 16, 16
-        args.steps, args.batch_size, args.warmup, args.minutes = 2, 1, 1, 2.0
-        args.backend, args.dtype, args.device = "dense", "fp32", "cpu"
-    return args
+    return p
+
+
+def smoke_settings(args) -> None:
+    """``--smoke``: N = 256, l = 16, block 16 (strided chunks of N/l = 16 tokens = one block;
+    fixed at l = block degenerates to causal: fine for proving the path, not for measuring)."""
+    args.n_ctx, args.stride, args.block = 256, 16, 16
+    args.steps, args.batch_size, args.warmup, args.minutes = 2, 1, 1, 2.0
+    args.backend, args.dtype, args.device = "dense", "fp32", "cpu"
 
 
 def model_config(args, pattern: str):
@@ -73,19 +76,6 @@ def model_config(args, pattern: str):
     if args.smoke:
         return preset("tiny", **base)
     return preset("text-8k", **base)
-
-
-def environment() -> dict:
-    import torch
-
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "git_sha": sha}
 
 
 def run_pattern(args, pattern: str, splits, out: Path) -> dict:
@@ -155,24 +145,26 @@ def plot_curves(rows, out: Path) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run(args) -> int:
+    """Train and evaluate each pattern into ``--out``; ValueError for bad options."""
+    from stbench import environment
     from stbench.reference import data
 
+    if args.smoke:
+        smoke_settings(args)
     out = Path(args.out)
     patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
     unknown = sorted(set(patterns) - set(PATTERNS))
-    if unknown:
-        raise SystemExit(f"--patterns: unknown {unknown}; choose from {','.join(PATTERNS)}")
+    if unknown or not patterns:
+        raise ValueError(f"--patterns: unknown {unknown}; choose from {','.join(PATTERNS)}")
     used = [p for p in patterns if (out / p / "log.jsonl").exists()] + (
         ["table2.jsonl"] if (out / "table2.jsonl").exists() else [])
     if used:
-        raise SystemExit(
-            f"--out {out} already holds results ({', '.join(used)}): choose a fresh folder"
-        )
+        raise ValueError(f"--out {out} already holds results ({', '.join(used)}): choose a "
+                         "fresh folder")
     out.mkdir(parents=True, exist_ok=True)
     splits = data.load("pydoc" if args.smoke else "wiki", args.data_dir)
-    env = environment()
+    env = environment.collect().to_dict()
     rows = []
     for pattern in patterns:
         t = time.perf_counter()
@@ -187,7 +179,3 @@ def main(argv=None) -> int:
     plot_curves(rows, out)
     print((out / "table2.md").read_text())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """Running sweep rows in worker subprocesses, so that a crashing or hanging kernel becomes a row.
 
 The runner writes a task file (the sweep's config and the rows still to run) and starts
-``python -P -m stbench.isolation --worker TASK.json`` (an argv list, no shell). The worker runs
-the rows with ``sweep.run_group`` and prints ``STBENCH-BEGIN i`` / ``STBENCH-END i`` around row
-i (``STBENCH-STOP`` when the time budget ends the sweep). The runner reads those lines: a worker
+``python -P -m stbench.sweep.worker TASK.json`` (``worker``) (an argv list, no shell). The worker
+runs the rows with ``group.run_group`` and prints ``STBENCH-BEGIN i`` / ``STBENCH-END i`` around
+row i (``STBENCH-STOP`` when the time budget ends the sweep). The runner reads those lines: a worker
 that dies inside row i (illegal address, segfault) makes row i a ``runtime_error`` row; one
 silent past ``row_timeout_s`` is killed (its own process group) and row i becomes a ``timeout``
 row; either way a fresh worker continues with the rows after i. Each worker's stderr is kept in
@@ -12,7 +12,6 @@ row; either way a fresh worker continues with the rows after i. Each worker's st
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import queue
@@ -25,18 +24,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from stbench import results
-from stbench.sweep import (WORK_DIR, Group, SweepConfig, _cuda_available, load_picks,
-                           open_precompiler, run_group)
+from stbench.sweep.config import WORK_DIR, Group
 from stbench.tuning.measure import make_row
 
+# the worker's lines on its stdout around row i: "STBENCH-BEGIN i", "STBENCH-END i"; the budget
+# ended the sweep: "STBENCH-STOP"
 BEGIN, END, STOP = "STBENCH-BEGIN", "STBENCH-END", "STBENCH-STOP"
 WORKER_STARTUP_S = 180  # imports, CUDA context, first compilation before a worker's first row
 TUNE_TIMEOUT_FACTOR = 20  # a tuned row may take this many row timeouts (many candidates)
-# Fault injection for testing isolation: STBENCH_SWEEP_FAULT=crash:BACKEND (the worker exits
-# abruptly when it starts a row of BACKEND) or hang:BACKEND (it sleeps). Workers only.
-FAULT_ENV = "STBENCH_SWEEP_FAULT"
-FAULT_EXIT_CODE = 86
-FAULT_HANG_S = 3600
 
 
 def _regroup(pending: list) -> list[Group]:
@@ -112,7 +107,7 @@ def _watch_worker(task: Path, log: Path, row_timeout: float, ended):
     n_finished, '') or ('crash'|'timeout', index of the item it died on, detail)."""
     # -P: do not put the working directory first on sys.path, where a source checkout's
     # stbench/ folder would shadow the installed package (its layouts/ etc. are mapped in)
-    argv = [sys.executable, "-P", "-m", "stbench.isolation", "--worker", str(task)]
+    argv = [sys.executable, "-P", "-m", "stbench.sweep.worker", str(task)]
     with log.open("w") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True,
                                 start_new_session=True)
@@ -151,59 +146,3 @@ def _pump(stream, q: queue.Queue) -> None:
     for line in stream:
         q.put(line.strip())
     q.put(None)
-
-
-def worker_main(task_path: str) -> int:
-    """Entry point of ``python -m stbench.isolation --worker TASK.json``."""
-    task = json.loads(Path(task_path).read_text())
-    cfg = SweepConfig.from_dict(task["config"])
-    if cfg.triton_interpret and not _cuda_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    groups = [Group(g["n"], g["layout"], g["dtype"], tuple(tuple(x) for x in g["items"]))
-              for g in task["groups"]]
-    fault = os.environ.get(FAULT_ENV, "")
-
-    def say(*parts):
-        print(*parts, flush=True)
-
-    picks = load_picks(task["picks"]) if task.get("picks") else None
-    pre = open_precompiler(cfg, groups, task["device"], task["tune"], Path(task["out"]),
-                           picks=picks)
-    try:
-        return _run_groups(cfg, groups, task, fault, say, pre, picks)
-    finally:
-        if pre is not None:
-            pre.close()
-
-
-def _run_groups(cfg, groups, task, fault, say, pre, picks) -> int:
-    offset = 0
-    for group in groups:
-        def begin(i, group=group, offset=offset):
-            say(BEGIN, offset + i)
-            backend = group.items[i][1]
-            if fault == f"crash:{backend}":
-                os._exit(FAULT_EXIT_CODE)
-            if fault == f"hang:{backend}":
-                time.sleep(FAULT_HANG_S)
-
-        finished = run_group(cfg, group, Path(task["out"]), device=task["device"],
-                             tune=task["tune"], deadline=task["deadline"], on_begin=begin,
-                             on_end=lambda i, row, offset=offset: say(END, offset + i),
-                             precompiler=pre, picks=picks)
-        if not finished:
-            say(STOP)
-            break
-        offset += len(group.items)
-    return 0
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stbench.isolation")
-    parser.add_argument("--worker", required=True, help="task file written by the sweep runner")
-    args = parser.parse_args(argv)
-    return worker_main(args.worker)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

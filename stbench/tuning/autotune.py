@@ -15,8 +15,8 @@ with the full timer budget before the pick.
 
 The pick is saved in the persistent cache (``tuning/cache.py``) under the layout's hash and under
 the hash of each re-blocked variant (with that block's best), so ``stbench.attention(...,
-backend='auto')`` finds it through ``cached_best`` (at the tuned block) or ``cached_pick``
-(at the layout's own block).
+backend='auto')`` finds it through ``tuning.picks.cached_best`` (at the tuned block) or
+``cached_pick`` (at the layout's own block).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import json
 import math
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 
@@ -69,35 +68,28 @@ class TuneResult:
     rows: tuple = ()
 
 
-def reblock(layout, block: int):
-    """The same token pattern at another block, or LayoutError."""
-    if block == layout.block:
-        return layout
-    if hasattr(layout, "reblock"):
-        return layout.reblock(block)
-    if hasattr(layouts, "reblock"):
-        return layouts.reblock(layout, block)
-    raise layouts.LayoutError("re-blocking is not available in this stbench.layouts")
-
-
 def _fwd_relevant(config: dict) -> str:
     return json.dumps({k: v for k, v in config.items() if not k.startswith(BWD_PREFIXES)},
                       sort_keys=True)
 
 
-def candidate_space(problem: Problem, layout, backend: str, blocks=layouts.ALLOWED_BLOCKS):
-    """(candidates, {block: layout}, notes): every (block, config) of one backend."""
+def candidate_space(problem: Problem, layout, backend: str, blocks=layouts.ALLOWED_BLOCKS,
+                    configs=None):
+    """(candidates, {block: layout}, notes): every (block, config) of one backend; ``configs``
+    (a list of config dicts) replaces the backend's own space at every block."""
     module = backends.load(backend)
     variants, notes = {}, []
     for b in blocks:
         try:
-            variants[b] = reblock(layout, b)
+            variants[b] = layout.reblock(b)
         except (layouts.LayoutError, ValueError) as exc:
             notes.append((b, str(exc)))
     cands = []
     for b, lay in variants.items():
         seen = set()
-        for cfg in module.config_space(lay, problem.head_dim, problem.torch_dtype):
+        space = (configs if configs is not None
+                 else module.config_space(lay, problem.head_dim, problem.torch_dtype))
+        for cfg in space:
             key = _fwd_relevant(cfg) if problem.mode == "fwd" else json.dumps(cfg, sort_keys=True)
             if key not in seen:
                 seen.add(key)
@@ -144,7 +136,7 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
          cache_path=None, save: bool = True, rows_path=None, seed: int = 0, layout=None,
          inputs=None, reference=None, blocks=layouts.ALLOWED_BLOCKS,
          max_evals: int | None = None, forward: dict | None = None,
-         precompiler=None) -> TuneResult:
+         precompiler=None, configs=None) -> TuneResult:
     """Tune ``problem`` over ``backend_names`` (default: every registered backend that runs
     here). Writes candidate rows to ``rows_path`` (JSONL) if given, and the pick to the cache
     (``cache_path``, default the user's) unless ``save=False``. ``max_evals`` caps the
@@ -153,7 +145,8 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
     backward keys of that backend at that block (``with_forward``). ``precompiler``: a
     ``tuning.precompile.Precompiler`` that compiles each batch of candidates the strategy is
     about to evaluate side by side first; its workers rebuild the layout from ``problem``, so
-    pass it only when ``layout`` is ``problem.build_layout()`` (or None)."""
+    pass it only when ``layout`` is ``problem.build_layout()`` (or None). ``configs``: measure
+    these configurations (dicts; {} is the default) of each backend instead of its space."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}: use one of {', '.join(STRATEGIES)}")
     if objective not in OBJECTIVES:
@@ -179,7 +172,7 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
         if why is not None:
             rows.append(make_row(problem, layout, name, "unsupported", error=why, kind="tune"))
             continue
-        cands, variants, notes = candidate_space(problem, layout, name, blocks)
+        cands, variants, notes = candidate_space(problem, layout, name, blocks, configs)
         if forward and name in forward and problem.mode == "fwd+bwd":
             cands = with_forward(cands, forward[name])
         layout_of_block.update(variants)
@@ -296,71 +289,4 @@ def save_result(result: TuneResult, layout, layout_of_block: dict, cache_path=No
             **_pick_dict(result.best), "same_block": _pick_dict(same),
             "per_backend": per_backend, "tuned_at": results.now(),
         }
-        cache.save_entry(_json_safe(entry), cache_path)
-
-
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-# --------------------------------------------------------------------------- backend='auto'
-def cached_entry(layout, q, mode: str | None = None, objective: str = "time", path=None):
-    """The cache entry for attention over ``layout`` with q [B, H, N, D], or None."""
-    if mode is None:
-        mode = "fwd+bwd" if (q.requires_grad and torch.is_grad_enabled()) else "fwd"
-    dtype = str(q.dtype).removeprefix("torch.")
-    for m in (mode, "fwd" if mode == "fwd+bwd" else "fwd+bwd"):
-        e = cache.lookup(layout.content_hash, int(q.shape[0]), int(q.shape[-1]), dtype, m,
-                         objective, path=path)
-        if e is not None:
-            return e
-    return None
-
-
-def _entry_or_none(layout, q, path) -> dict | None:
-    try:
-        return cached_entry(layout, q, path=path)
-    except Exception:  # noqa: BLE001 - a broken cache must never break attention()
-        return None
-
-
-def _usable(pick: dict, q, layout=None) -> tuple[str, dict] | None:
-    """(backend, config) of a cached pick when it is well formed and can run here."""
-    name, config = pick.get("backend"), pick.get("config")
-    if not isinstance(name, str) or not isinstance(config, dict) or name not in backends.REGISTRY:
-        return None
-    if backends.unavailable_reason(name, q.device, q.dtype, layout) is not None:
-        return None
-    return name, config
-
-
-def cached_best(layout, q, path=None) -> tuple[str, dict, int] | None:
-    """(backend, config, block): the overall best tuned for this layout and q's shape, dtype and
-    this environment, whose block may differ from the layout's own (then run it on
-    ``layout.reblock(block)``, the same token pattern); falls back to the best at the layout's
-    own block when the overall winner cannot run here; None when nothing usable is cached."""
-    e = _entry_or_none(layout, q, path)
-    if e is None:
-        return None
-    best = _usable(e, q)
-    if best is not None and isinstance(e.get("block"), int):
-        return (*best, e["block"])
-    same = _usable(e.get("same_block") or {}, q)
-    return None if same is None else (*same, layout.block)
-
-
-def cached_pick(layout, q, path=None) -> tuple[str, dict] | None:
-    """(backend, config) tuned for this layout AT ITS OWN BLOCK and q's shape, dtype and this
-    environment, or None (the overall best, maybe at another block: ``cached_best``)."""
-    e = _entry_or_none(layout, q, path)
-    return None if e is None else _usable(e.get("same_block") or {}, q, layout)
-
-
-def default_cache_path() -> Path:
-    return cache.default_path()
+        cache.save_entry(cache.json_safe(entry), cache_path)

@@ -1,8 +1,8 @@
-"""Nsight Compute's raw pages (``NAME.raw.csv``, from ``scripts/gpu_batch.sh profile``) as one
-markdown table: per kernel, its time, the DRAM bytes it moved, the tensor pipe's and the SMs'
-activity, occupancy (achieved / theoretical, and what limits it), and its top warp stalls.
+"""Nsight Compute's raw pages (``NAME.raw.csv``, written by ``stbench profile``) as one markdown
+table: per kernel, its time, the DRAM bytes it moved, the tensor pipe's and the SMs' activity,
+occupancy (achieved / theoretical, and what limits it), and its top warp stalls.
 
-    python3 scripts/ncu_summary.py reports/profile > reports/profile/SUMMARY.md
+    stbench profile --summary reports/profile/h200 > reports/profile/h200/SUMMARY.md
 
 DRAM bytes = DRAM throughput x kernel time (the raw page carries the rate). Stall columns are
 ncu's ``smsp__average_warps_issue_stalled_*_per_issue_active`` ratios: warps stalled for that
@@ -12,7 +12,6 @@ reason per issued instruction; the three largest are listed.
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 TIME_UNITS = {"ns": 1e-9, "usecond": 1e-6, "us": 1e-6, "msecond": 1e-3, "ms": 1e-3,
@@ -100,6 +99,7 @@ HEADER = ("| profile | kernel | grid x block | time us | DRAM MB | DRAM TB/s | L
 
 
 def table(folder: Path) -> str:
+    """The markdown table of every ``*.raw.csv`` page in ``folder``, one row per kernel launch."""
     lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
     for path in sorted(folder.glob("*.raw.csv")):
         for kern in read_raw(path):
@@ -128,17 +128,3 @@ def table(folder: Path) -> str:
                 f"| {fmt(num(kern, 'launch__waves_per_multiprocessor'), '.2f')} "
                 f"| {top_stalls(kern)} |")
     return "\n".join(lines) + "\n"
-
-
-def main(argv=None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not Path(args[0]).is_dir():
-        print("usage: python3 scripts/ncu_summary.py FOLDER (with NAME.raw.csv files)",
-              file=sys.stderr)
-        return 2
-    sys.stdout.write(table(Path(args[0])))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

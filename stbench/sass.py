@@ -1,6 +1,6 @@
 """AOT-compile the Triton backend's kernels for an H200 (sm_90) without a GPU and summarise the
-generated code: registers/thread, spills, shared memory, warps/stages, SASS instruction counts,
-and the instructions of one step of each kernel's main (FULL tile) loop.
+generated code (``stbench sass``): registers/thread, spills, shared memory, warps/stages, SASS
+instruction counts, and the instructions of one step of each kernel's main (FULL tile) loop.
 
 Each row is one @triton.jit kernel (kernels/triton/forward.py, backward.py) at a configuration
 the autotuner picked at N = 65536, bf16, head dim 64 (reports/standard/results.jsonl), with the
@@ -13,8 +13,8 @@ them at run time (torch allocations are 16-byte aligned; N = 65536, n_t = N / ti
 Compilation: triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32)); registers and
 spills from Triton's bundled ptxas -v on the PTX; SASS from its bundled cuobjdump.
 
-Run (CPU only; TRITON_INTERPRET must be unset, else the interpreter is used):
-    env -u TRITON_INTERPRET python scripts/inspect_triton_sass.py > reports/triton/sass_inspect.txt
+Run on any machine (no GPU needed): ``stbench sass --out sass_inspect.txt``. The kernels must be
+defined compiled, not interpreted: ``stbench sass`` imports them with TRITON_INTERPRET unset.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from stbench.kernels.triton.backward import DELTA_ROWS, _delta_kernel, _dkdv_kernel, _dq_kernel
-from stbench.kernels.triton.forward import _fwd_kernel
-
 N, H, D = 65536, 8, 64
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+# H200 limits for resident CTAs per SM: registers, shared memory, warps, CTAs
+SM_REGISTERS, SM_SHARED_BYTES, SM_WARPS, SM_CTAS = 65536, 233472, 64, 32
+REGISTER_GRANULE = 8  # registers are allocated per thread in units of 8
+WARP_SIZE = 32
 PLAN = ["head_pattern", "pattern_perm", "perm", "ptr", "split", "cols", "kind", "tmask"]
 COUNTS = ["HGMMA", "HMMA", "LDGSTS", "LDGSTS.128", "UTMALDG", "LDG", "LDG.128", "LDSM", "LDS", "STS",
           "MUFU.EX2", "BAR.SYNC"]
@@ -68,14 +69,14 @@ def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=Fal
     the forward's fwd_loads="tma" (host tensor descriptors over [B * H * N, D]);
     ``transposed``: the dK/dV kernel's dkv_transposed (KT)."""
     unit = min(block, major, minor)
-    names = ("BLOCK_N", "BLOCK_M") if fn is _dkdv_kernel else ("BLOCK_M", "BLOCK_N")
+    names = ("BLOCK_N", "BLOCK_M") if fn == "dkdv" else ("BLOCK_M", "BLOCK_N")
     cx = {"HEAD_DIM": D, names[0]: major, names[1]: minor, "UNIT": unit, "G": minor // unit,
           "HAS_PERM": perm, "IN_PREC": "tf32", flag: False}
-    if fn is _dkdv_kernel:
+    if fn == "dkdv":
         cx["KT"] = transposed
-    if fn is _dq_kernel:
+    if fn == "dq":
         cx["DELTA_HERE"] = True  # the one-part backward: delta in the dQ kernel
-    if fn is _fwd_kernel:
+    if fn == "fwd":
         cx["TMA"] = tma
         if tma:
             sig = {**sig, "QD": f"tensordesc<bf16[{major},{D}]>",
@@ -89,28 +90,35 @@ def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=Fal
     return name, fn, sig, cx, ints, warps, stages, cfg
 
 
-ROWS = [
-    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE"),
-    tiled("fwd causal/fixed", _fwd_kernel, fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE", True),
-    tiled("fwd local", _fwd_kernel, fwd_sig(), 64, 32, 32, False, 4, 3, "MERGE"),
-    tiled("fwd strided/st_mix", _fwd_kernel, fwd_sig(), 64, 32, 64, True, 4, 2, "MERGE"),
-    ("delta", _delta_kernel, {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "n_rows": "i32"},
-     {"HEAD_DIM": D, "ROWS": DELTA_ROWS}, {"n_rows": H * N}, 4, 3, f"{DELTA_ROWS} rows w4 s3"),
-    tiled("dq causal/fixed", _dq_kernel, dq_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
-    tiled("dkdv causal/fixed", _dkdv_kernel, dkdv_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
-    tiled("dq local", _dq_kernel, dq_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
-    tiled("dkdv local", _dkdv_kernel, dkdv_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
-    tiled("dq st_mix", _dq_kernel, dq_sig(), 64, 64, 64, True, 4, 2, "ACCUM"),
-    tiled("dkdv st_mix", _dkdv_kernel, dkdv_sig(), 64, 64, 64, True, 4, 2, "ACCUM"),
-    tiled("dq strided", _dq_kernel, dq_sig(), 32, 64, 64, True, 4, 2, "ACCUM"),
-    tiled("dkdv strided", _dkdv_kernel, dkdv_sig(), 64, 32, 64, True, 4, 2, "ACCUM"),
-    tiled("dkdv paper fixed", _dkdv_kernel, dkdv_sig(), 32, 128, 32, False, 4, 2, "ACCUM"),
-    tiled("dkdv paper fixed", _dkdv_kernel, dkdv_sig(), 32, 128, 32, False, 4, 2, "ACCUM",
-          transposed=True),
-    tiled("dkdv paper fixed", _dkdv_kernel, dkdv_sig(), 32, 64, 32, False, 4, 2, "ACCUM"),
-    tiled("dkdv paper fixed", _dkdv_kernel, dkdv_sig(), 32, 64, 32, False, 4, 2, "ACCUM",
-          transposed=True),
-]
+def kernel_rows() -> list[tuple]:
+    """(name, kernel, signature, constexprs, int arguments, warps, stages, label) per row."""
+    from stbench.kernels.triton.backward import DELTA_ROWS, _delta_kernel, _dkdv_kernel, _dq_kernel
+    from stbench.kernels.triton.forward import _fwd_kernel
+
+    fns = {"fwd": _fwd_kernel, "dq": _dq_kernel, "dkdv": _dkdv_kernel}
+    rows = [
+        tiled("fwd causal/fixed", "fwd", fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE"),
+        tiled("fwd causal/fixed", "fwd", fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE", True),
+        tiled("fwd local", "fwd", fwd_sig(), 64, 32, 32, False, 4, 3, "MERGE"),
+        tiled("fwd strided/st_mix", "fwd", fwd_sig(), 64, 32, 64, True, 4, 2, "MERGE"),
+        ("delta", _delta_kernel, {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "n_rows": "i32"},
+         {"HEAD_DIM": D, "ROWS": DELTA_ROWS}, {"n_rows": H * N}, 4, 3, f"{DELTA_ROWS} rows w4 s3"),
+        tiled("dq causal/fixed", "dq", dq_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
+        tiled("dkdv causal/fixed", "dkdv", dkdv_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
+        tiled("dq local", "dq", dq_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
+        tiled("dkdv local", "dkdv", dkdv_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
+        tiled("dq st_mix", "dq", dq_sig(), 64, 64, 64, True, 4, 2, "ACCUM"),
+        tiled("dkdv st_mix", "dkdv", dkdv_sig(), 64, 64, 64, True, 4, 2, "ACCUM"),
+        tiled("dq strided", "dq", dq_sig(), 32, 64, 64, True, 4, 2, "ACCUM"),
+        tiled("dkdv strided", "dkdv", dkdv_sig(), 64, 32, 64, True, 4, 2, "ACCUM"),
+        tiled("dkdv paper fixed", "dkdv", dkdv_sig(), 32, 128, 32, False, 4, 2, "ACCUM"),
+        tiled("dkdv paper fixed", "dkdv", dkdv_sig(), 32, 128, 32, False, 4, 2, "ACCUM",
+              transposed=True),
+        tiled("dkdv paper fixed", "dkdv", dkdv_sig(), 32, 64, 32, False, 4, 2, "ACCUM"),
+        tiled("dkdv paper fixed", "dkdv", dkdv_sig(), 32, 64, 32, False, 4, 2, "ACCUM",
+              transposed=True),
+    ]
+    return [(name, fns.get(fn, fn), *rest) for name, fn, *rest in rows]
 
 
 def compile_row(fn, sig, cx, ints, warps, stages):
@@ -186,55 +194,62 @@ def first_step_length(sass: str) -> int | None:
     return hi - lo + 1
 
 
-def main():
-    print(f"triton {triton.__version__}; target {TARGET}; ptxas/cuobjdump from {BIN}")
-    print(f"bf16, HEAD_DIM={D}, N={N}, H={H}; IN_PREC='tf32' (ignored for bf16 dots); "
-          "MERGE/ACCUM off; one row = one kernel (FULL+CAUSAL+MASKED loops together)")
-    print("LDG.128 / LDGSTS.128 = 16-byte loads / cp.async (subsets of LDG / LDGSTS); "
-          "LDSM = ldmatrix; "
-          "regs/spills from ptxas -v (regs checked against the cubin's REG);\n"
-          "lmem = cubin LOCAL bytes/thread; smem = bytes/CTA: Triton's dynamic shared + the "
-          "cubin's static SHARED (the 1 KB per-CTA reservation)\n")
+def measure_row(fn, sig, cx, ints, warps, stages, tmp: str) -> tuple[str, list]:
+    """(PTX target, the table cells after kernel and config) of one compiled kernel."""
+    k = compile_row(fn, sig, cx, ints, warps, stages)
+    arch, regs, sst, sld, _stack = ptxas_usage(k.asm["ptx"], tmp)
+    c, total, use, step = sass_counts(k.asm["cubin"], tmp)
+    md = k.metadata
+    if use.get("REG") != regs:
+        raise RuntimeError(f"the cubin's REG {use.get('REG')} differs from ptxas -v's {regs}")
+    if (md.num_warps, md.num_stages) != (warps, stages):
+        raise RuntimeError(f"compiled with {md.num_warps} warps / {md.num_stages} stages, "
+                           f"asked {warps} / {stages}")
+    smem = md.shared + use.get("SHARED", 0)  # dynamic + static (1 KB reserved)
+    regs_alloc = -(-regs // REGISTER_GRANULE) * REGISTER_GRANULE
+    by_reg = SM_REGISTERS // (regs_alloc * WARP_SIZE * md.num_warps)
+    by_smem = SM_SHARED_BYTES // smem
+    occ = min(by_reg, by_smem, SM_WARPS // md.num_warps, SM_CTAS)
+    return arch, ([regs, f"{sst}/{sld}/{use.get('LOCAL')}", smem, f"{occ} (r{by_reg},s{by_smem})"]
+                  + [c[x] for x in COUNTS] + [total, step])
+
+
+def report(only: str | None = None) -> tuple[str, int]:
+    """(the report text, number of rows that failed to compile); ``only``: rows whose kernel
+    name contains it."""
+    out = [f"triton {triton.__version__}; target {TARGET}; ptxas/cuobjdump from {BIN}",
+           f"bf16, HEAD_DIM={D}, N={N}, H={H}; IN_PREC='tf32' (ignored for bf16 dots); "
+           "MERGE/ACCUM off; one row = one kernel (FULL+CAUSAL+MASKED loops together)",
+           "LDG.128 / LDGSTS.128 = 16-byte loads / cp.async (subsets of LDG / LDGSTS); "
+           "LDSM = ldmatrix; regs/spills from ptxas -v (regs checked against the cubin's REG);",
+           "lmem = cubin LOCAL bytes/thread; smem = bytes/CTA: Triton's dynamic shared + the "
+           "cubin's static SHARED (the 1 KB per-CTA reservation)", ""]
     cols = ["kernel", "config", "regs", "spill st/ld/lmem", "smem", "occ"] + COUNTS + [
         "instrs", "step"]
-    rows, errors = [], []
+    rows, errors, arches = [], [], set()
     with tempfile.TemporaryDirectory() as tmp:
-        for name, fn, sig, cx, ints, warps, stages, cfg in ROWS:
+        for name, fn, sig, cx, ints, warps, stages, cfg in kernel_rows():
+            if only and only not in name:
+                continue
             try:
-                k = compile_row(fn, sig, cx, ints, warps, stages)
-                arch, regs, sst, sld, _stack = ptxas_usage(k.asm["ptx"], tmp)
-                c, total, use, step = sass_counts(k.asm["cubin"], tmp)
-                md = k.metadata
-                assert use.get("REG") == regs, ("cubin REG", use.get("REG"), "ptxas -v", regs)
-                smem = md.shared + use.get("SHARED", 0)  # dynamic + static (1 KB reserved)
-                # CTAs/SM on H200: 64K regs (allocated per thread in units of 8), 228 KB smem,
-                # 64 warps, 32 CTAs
-                by_reg = 65536 // (-(-regs // 8) * 8 * 32 * md.num_warps)
-                by_smem = 233472 // smem
-                occ = min(by_reg, by_smem, 64 // md.num_warps, 32)
-                rows.append([name, cfg, regs, f"{sst}/{sld}/{use.get('LOCAL')}", smem,
-                             f"{occ} (r{by_reg},s{by_smem})"] + [c[x] for x in COUNTS]
-                            + [total, step])
-                assert md.num_warps == warps and md.num_stages == stages, (md.num_warps,
-                                                                            md.num_stages)
-            except Exception as exc:  # every row is data
+                arch, cells = measure_row(fn, sig, cx, ints, warps, stages, tmp)
+                arches.add(arch)
+                rows.append([name, cfg, *cells])
+            except Exception as exc:  # noqa: BLE001 - every row is data
                 msg = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}"
                 rows.append([name, cfg, "ERROR"] + [""] * (len(cols) - 3))
                 errors.append(f"{name} [{cfg}]: {msg}")
-    print(f"PTX target: {arch}\n")
+    out += [f"PTX target: {', '.join(sorted(arches)) or 'none compiled'}", ""]
     widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
-    fmt = lambda r: "  ".join(str(v).rjust(w) if i > 1 else str(v).ljust(w)  # noqa: E731
-                               for i, (v, w) in enumerate(zip(r, widths)))
-    print(fmt(cols))
-    print("-" * len(fmt(cols)))
-    for r in rows:
-        print(fmt(r))
-    print("\nstep = instructions in one step of the first (FULL tile) loop (first_step_length)")
-    print("occ = resident CTAs per SM on an H200 (min of the register limit r, shared memory "
-          "limit s, 64 warps/SM, 32 CTAs/SM)")
-    for e in errors:
-        print("ERROR", e)
 
+    def fmt(r):
+        return "  ".join(str(v).rjust(w) if i > 1 else str(v).ljust(w)
+                         for i, (v, w) in enumerate(zip(r, widths)))
 
-if __name__ == "__main__":
-    main()
+    out += [fmt(cols), "-" * len(fmt(cols)), *(fmt(r) for r in rows), ""]
+    out.append("step = instructions in one step of the first (FULL tile) loop "
+               "(first_step_length)")
+    out.append(f"occ = resident CTAs per SM on an H200 (min of the register limit r, shared "
+               f"memory limit s, {SM_WARPS} warps/SM, {SM_CTAS} CTAs/SM)")
+    out += [f"ERROR {e}" for e in errors]
+    return "\n".join(out) + "\n", len(errors)

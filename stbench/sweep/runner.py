@@ -1,0 +1,111 @@
+"""The sweep runner: every group of the grid, in this process or in worker subprocesses.
+
+``run_sweep`` skips the rows already in ``results.jsonl`` (``resume``), stops cleanly before a
+row past ``max_minutes``, compiles kernels ahead of timing when the config has
+``precompile_workers`` (``group.open_precompiler``), and with ``isolate`` runs the rows in
+worker subprocesses (``sweep.isolation``), so that a row that crashes (illegal address) or
+hangs becomes a ``runtime_error`` or ``timeout`` row. Without ``isolate`` a hung kernel cannot
+be interrupted and a crash ends the sweep (``resume`` continues after the rows written). A sweep
+writes only under its output folder.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from stbench import results
+from stbench.sweep import isolation
+from stbench.sweep.config import (Group, SweepConfig, SweepError, item_key, load_picks,
+                                  plan_groups, use_interpreter_if_no_gpu)
+from stbench.sweep.group import open_precompiler, run_group
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_sweep(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool = False,
+              tune: bool = False, max_minutes: float | None = None, device: str | None = None,
+              progress: bool = True, picks_path=None) -> dict:
+    """Run the grid into ``out_dir/results.jsonl``; returns counts {status: n, 'skipped': n,
+    'stopped': bool}. ``picks_path``: an earlier results.jsonl whose (block, config) each
+    matching row re-measures (``load_picks``)."""
+    out_dir = Path(out_dir)
+    out = out_dir / results.RESULTS_FILE
+    if out.exists() and out.stat().st_size and not resume:
+        raise SweepError(f"{out} already has rows: pass --resume to continue that sweep, or "
+                         "choose another --out")
+    picks = load_picks(picks_path) if picks_path else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    use_interpreter_if_no_gpu(cfg)
+    device = device or default_device()
+    done = {r.key() for r in results.read_rows(out)} if out.exists() else set()
+    groups = []
+    for g in plan_groups(cfg):
+        items = tuple(it for it in g.items if item_key(cfg, g, *it) not in done)
+        if items:
+            groups.append(Group(g.n, g.layout, g.dtype, items))
+    total = sum(len(g.items) for g in groups)
+    deadline = time.time() + 60 * max_minutes if max_minutes else None
+    counts = {"skipped": sum(len(g.items) for g in plan_groups(cfg)) - total, "stopped": False}
+    bar = _Progress(total, f"sweep {cfg.name}", enabled=progress)
+
+    def on_row(row):
+        counts[row.status] = counts.get(row.status, 0) + 1
+        bar.advance(f"{row.layout} N={row.n_ctx} {row.mode} {row.backend}: {row.status}")
+
+    with bar:
+        if isolate:
+            finished = isolation.run_isolated(cfg, groups, out_dir, device, tune, deadline,
+                                              on_row, picks_path)
+        else:
+            finished = True
+            pre = open_precompiler(cfg, groups, device, tune, out_dir, bar.describe, picks)
+            try:
+                for g in groups:
+                    bar.describe(f"{g.layout} N={g.n} {g.dtype}")
+                    if not run_group(cfg, g, out_dir, device=device, tune=tune,
+                                     deadline=deadline, on_end=lambda i, row: on_row(row),
+                                     precompiler=pre, picks=picks):
+                        finished = False
+                        break
+            finally:
+                if pre is not None:
+                    pre.close()
+    counts["stopped"] = not finished
+    return counts
+
+
+class _Progress:
+    """A rich progress bar with ETA (or nothing when disabled)."""
+
+    def __init__(self, total: int, title: str, enabled: bool = True):
+        self.enabled = enabled
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                              MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                              TimeRemainingColumn(), TextColumn("{task.fields[last]}"))
+            self.task = self.p.add_task(title, total=total, last="")
+
+    def __enter__(self):
+        if self.enabled:
+            self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.p.__exit__(*exc)
+
+    def describe(self, text: str) -> None:
+        if self.enabled:
+            self.p.update(self.task, description=text)
+
+    def advance(self, last: str) -> None:
+        if self.enabled:
+            self.p.update(self.task, advance=1, last=last)
