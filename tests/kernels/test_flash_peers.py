@@ -304,7 +304,8 @@ def test_peer_fwd_bwd_matches_dense(name, layout_name, dtype, gen):
 def test_peer_refuses_float32_and_wide_heads(name, gen):
     _skip_unless(name)
     assert "float16 and bfloat16" in backends.unavailable_reason(name, "cuda", torch.float32)
-    L = layouts.fixed(512, block=128, stride=128, heads=1)
+    L = layouts.fixed(512, block=128, stride=256, heads=1)  # block-sparse (stride 128: causal)
+    assert fa4.dense_form(L) is None
     q = torch.randn(1, 1, 512, 192, generator=gen).to("cuda", torch.bfloat16)
     with pytest.raises(BackendUnavailable, match="head dim 192"):
         stbench.attention(q, q, q, L, backend=name)
