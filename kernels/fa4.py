@@ -54,6 +54,7 @@ MAX_HEAD_DIM = 256  # FA4 on sm90
 MAX_SPARSE_HEAD_DIM = 128  # block sparsity on sm90: the KV tile is 128 only up to here
 FORWARD_BLOCKS = (64, 128)  # sm90 forward: query tile 64 or 128 divides the block; key tile = block
 BACKWARD_BLOCK = 128  # sm90 backward: key tile 128, query tile 64 or 128 dividing the block
+_FORWARD_BLOCKS_TEXT = " or ".join(map(str, FORWARD_BLOCKS))
 MAX_TABLE_BYTES = 2**31  # the table mask_mod's int32 block table (P nb^2 entries)
 FA4_LAYOUT_CACHE_SIZE = 16
 CONFIG_KEYS = ("block",)
@@ -156,7 +157,8 @@ def _cute_missing() -> str | None:
         found = False
     if found:
         return None
-    return f"it needs flash-attn-4 (the module flash_attn.cute), which is not installed: {INSTALL_HINT}"
+    return ("it needs flash-attn-4 (the module flash_attn.cute), which is not installed: "
+            + INSTALL_HINT)
 
 
 def require_flash_cute(name: str, device: torch.device, dtype: torch.dtype) -> None:
@@ -193,8 +195,8 @@ def head_dim_reason(head_dim: int, sparse: bool) -> str | None:
 def sparse_block_reason(layout: Layout) -> str | None:
     """Why ``layout`` cannot run block-sparse (at its block, or re-blocked to 128), or None."""
     if layout.block not in FORWARD_BLOCKS and layout.n_ctx % BACKWARD_BLOCK:
-        return (f"FA4's sm90 block-sparse kernels take blocks of {' or '.join(map(str, FORWARD_BLOCKS))} "
-                f"tokens (gradients: {BACKWARD_BLOCK}); this layout is at block {layout.block} and "
+        return (f"FA4's sm90 block-sparse kernels take blocks of {_FORWARD_BLOCKS_TEXT} tokens "
+                f"(gradients: {BACKWARD_BLOCK}); this layout is at block {layout.block} and "
                 f"N={layout.n_ctx} is not a multiple of {BACKWARD_BLOCK}, so it cannot be "
                 "re-blocked: use 'flex' or 'triton'")
     why = flex.supports(layout)
@@ -267,11 +269,12 @@ def sparse_layout(name: str, layout: Layout, config: dict, needs_grad: bool) -> 
         try:
             layout = layout.reblock(int(block))
         except LayoutError as exc:
-            raise BackendUnavailable(f"backend {name!r} cannot re-block this layout: {exc}") from None
+            raise BackendUnavailable(
+                f"backend {name!r} cannot re-block this layout: {exc}") from None
     if layout.block not in FORWARD_BLOCKS or (needs_grad and layout.block != BACKWARD_BLOCK):
         raise BackendUnavailable(
             f"backend {name!r} cannot run block {layout.block}: FA4's sm90 block-sparse forward "
-            f"takes {' or '.join(map(str, FORWARD_BLOCKS))}, its backward {BACKWARD_BLOCK}")
+            f"takes {_FORWARD_BLOCKS_TEXT}, its backward {BACKWARD_BLOCK}")
     return layout
 
 
