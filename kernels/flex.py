@@ -150,7 +150,7 @@ class FlexLayout:
     compiled_block_mask: object  # the same lists, a table-free mask_mod where that is exact
     gather: torch.Tensor | None  # int64 [H, N]: original token at each layout position
     scatter: torch.Tensor | None  # int64 [H, N]: layout position of each original token
-    table_bytes: int
+    slots: torch.Tensor  # int8 / int16 [P, nb, nb]: the block table the mask_mod reads
 
 
 def _table_bytes(layout: Layout) -> int:
@@ -316,8 +316,7 @@ def build_flex_layout(layout: Layout, device) -> FlexLayout:
         scatter = torch.empty_like(gather)
         scatter.scatter_(1, gather, ident.expand(heads, -1).contiguous())
         gather, scatter = gather.to(device), scatter.to(device)
-    return FlexLayout(block_mask, compiled_block_mask, gather, scatter,
-                      slots.numel() * slots.element_size())
+    return FlexLayout(block_mask, compiled_block_mask, gather, scatter, slots)
 
 
 @functools.lru_cache(maxsize=BLOCK_MASK_CACHE_SIZE)
@@ -355,14 +354,16 @@ def _gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 2, index.view(1, heads, n, 1).expand(bsz, heads, n, d))
 
 
-def _permute(x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+def permute(x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
     """x [B, H, N, D] -> x[:, h, index[h]] per head (differentiable; ``inverse`` undoes it)."""
     return _Permute.apply(x, index, inverse)
 
 
-def flex_forward(q, k, v, layout: Layout, scale: float, config=None, compiled: bool = True):
+def flex_forward(q, k, v, layout: Layout, scale: float, config=None, compiled: bool = True,
+                 kernel_backend: str | None = None):
     """FlexAttention over ``layout``; ``compiled=False`` runs PyTorch's eager FlexAttention
-    (slow, forward only on the CPU: for tests)."""
+    (slow, forward only on the CPU: for tests). ``kernel_backend``: FlexAttention's
+    ``kernel_options["BACKEND"]`` ('FLASH' for the ``flex_flash`` peer; None: its default)."""
     config = dict(config or {})
     block = config.pop("block", None)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
@@ -381,9 +382,11 @@ def flex_forward(q, k, v, layout: Layout, scale: float, config=None, compiled: b
         # the forward kernel's tiles must divide the sparse block: match them by default
         config.setdefault("BLOCK_M", layout.block)
         config.setdefault("BLOCK_N", layout.block)
+    if kernel_backend is not None:
+        config["BACKEND"] = kernel_backend
     prepared = flex_layout(layout, q.device)
     if prepared.gather is not None:
-        q, k, v = (_permute(t, prepared.gather, prepared.scatter) for t in (q, k, v))
+        q, k, v = (permute(t, prepared.gather, prepared.scatter) for t in (q, k, v))
     fn = compiled_flex_attention() if compiled else _flex_module().flex_attention
     fallback_key = (layout.content_hash, q.dtype, q.shape[-1], q.requires_grad)
     if (compiled and fallback_key in _NEEDS_FEWER_STAGES
@@ -406,7 +409,7 @@ def flex_forward(q, k, v, layout: Layout, scale: float, config=None, compiled: b
         config = {**config, "fwd_num_stages": FALLBACK_NUM_STAGES}
         out = fn(q, k, v, block_mask=block_mask, scale=scale, kernel_options=config)
     if prepared.scatter is not None:
-        out = _permute(out, prepared.scatter, prepared.gather)
+        out = permute(out, prepared.scatter, prepared.gather)
     return out
 
 

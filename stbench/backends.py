@@ -72,6 +72,18 @@ REGISTRY: dict[str, BackendInfo] = {
             description="PyTorch FlexAttention (compiled), the layout given as a BlockMask",
         ),
         BackendInfo(
+            "flex_flash", "stbench.kernels.flex_flash", ("torch", "flash_attn"),
+            "pip install 'stbench[fa4]'", needs_gpu=True, backward=True, peer=True,
+            description="FlexAttention with BACKEND='FLASH' (FlashAttention-4's CuTe kernels), "
+            "the same BlockMask as flex; sm90+",
+        ),
+        BackendInfo(
+            "fa4", "stbench.kernels.fa4", ("torch", "flash_attn"), "pip install 'stbench[fa4]'",
+            needs_gpu=True, backward=True, peer=True,
+            description="FlashAttention-4 (flash_attn.cute): full / causal / token window, "
+            "else its block-sparse tensors from the plan; sm90+",
+        ),
+        BackendInfo(
             "sdpa", "stbench.kernels.sdpa", ("torch",), "pip install torch",
             needs_gpu=False, backward=True, peer=True,
             description="torch scaled_dot_product_attention; full or causal layouts only",

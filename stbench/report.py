@@ -5,7 +5,9 @@
 
 - ``REPORT.md``: the environment; row counts by backend and status; per mode, median time per
   (layout, N) and backend; the speedup over FlexAttention per (layout, N) (over the dense
-  reference when the run has no FlexAttention rows, e.g. on a CPU, and saying so); the
+  reference when the run has no FlexAttention rows, e.g. on a CPU, and saying so); the speedup
+  over the fastest peer that ran each (layout, N) (fa4, flex_flash, flex, sdpa: DESIGN.md's
+  measure), naming it; the
   autotuner's chosen configs and why candidates were rejected; item 5; failures with reasons;
 - the plots of ``stbench.plots`` (time vs N, memory vs N, TFLOP/s vs density).
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stbench import plots, results
+from stbench import backends, plots, results
 
 REPORT_FILE = "REPORT.md"
 PEER = "flex"  # the speedup denominator TARGETS.md uses
@@ -99,6 +101,27 @@ def speedup_table(df: pd.DataFrame, mode: str) -> tuple[pd.DataFrame, str | None
         return pd.DataFrame(), None
     sp = t.drop(columns=[base]).rdiv(t[base], axis=0)
     return sp.dropna(how="all"), base
+
+
+def _is_peer(name: str) -> bool:
+    info = backends.REGISTRY.get(name)
+    return info is not None and info.peer
+
+
+def fastest_peer_table(df: pd.DataFrame, mode: str) -> pd.DataFrame:
+    """Per (layout, N): the fastest peer that ran it ('fastest peer', 'peer ms') and each of our
+    backends' speedup over it (peer ms / backend ms; > 1: faster than every peer)."""
+    t = time_table(df, mode)
+    peers = [c for c in t.columns if _is_peer(c)]
+    ours = [c for c in t.columns if c not in peers and c != FALLBACK_BASELINE]
+    if t.empty or not peers or not ours:
+        return pd.DataFrame()
+    t = t[t[peers].notna().any(axis=1)]
+    best = t[peers].min(axis=1)
+    out = t[ours].rdiv(best, axis=0)
+    out.insert(0, "peer ms", best)
+    out.insert(0, "fastest peer", t[peers].idxmin(axis=1))
+    return out.dropna(how="all", subset=ours)
 
 
 def tuned_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -198,6 +221,13 @@ def write_report(folder, out_dir=None) -> Path:
                    "median time / the backend's.", ""]
         if base is not None:
             md += [md_table(sp, ".2f")]
+        fp = fastest_peer_table(df, mode)
+        if not fp.empty:
+            md += [f"## Speedup over the fastest peer, {title}", "",
+                   "Per row, the fastest peer that ran it in this run (of "
+                   f"{', '.join(n for n in backends.names() if _is_peer(n))}) and its median "
+                   "time / each backend's (> 1: faster than every peer).", "",
+                   md_table(fp, ".3g")]
     tt = tuned_table(df)
     if not tt.empty:
         md += ["## Autotuner's choices", "", md_table(tt)]

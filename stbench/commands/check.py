@@ -168,6 +168,8 @@ def check_one(name, layout_name, layout, dtype, inputs64, refs64, refs_t, device
                 ratio = err / tol if tol > 0 else math.inf
                 if ratio > worst:
                     worst, grad_err, grad_tol = ratio, err, tol
+    except backends.BackendUnavailable as exc:  # refused for these inputs (head dim, block)
+        return CheckRow(**base, status="unsupported", message=str(exc))
     except Exception as exc:  # noqa: BLE001 - a failing backend is a row, not a crash
         msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return CheckRow(**base, status="error", message=msg)

@@ -251,7 +251,7 @@ def test_flex_permutation_gathers_rows_and_inverts_in_backward(gen):
     lay = layouts.st_mix(256, block=16, stride=16, heads=4)  # odd heads permuted, even plain
     prepared = flex.flex_layout(lay, "cpu")
     x = torch.randn(3, 4, 256, 8, generator=gen, dtype=torch.float64, requires_grad=True)
-    y = flex._permute(x, prepared.gather, prepared.scatter)
+    y = flex.permute(x, prepared.gather, prepared.scatter)
     idx = prepared.gather.view(1, 4, 256, 1).expand(3, 4, 256, 8)
     expect = torch.gather(x, 2, idx)
     assert torch.equal(y, expect)
@@ -259,5 +259,5 @@ def test_flex_permutation_gathers_rows_and_inverts_in_backward(gen):
     (got,) = torch.autograd.grad(y, x, g)
     (want,) = torch.autograd.grad(expect, x, g)
     assert torch.equal(got, want)
-    back = flex._permute(y, prepared.scatter, prepared.gather)
+    back = flex.permute(y, prepared.scatter, prepared.gather)
     assert torch.equal(back, x)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from stbench import cli
+from stbench.backends import BackendUnavailable
 from stbench.kernels import sdpa
 
 ARGS = ["check", "--backends", "dense,sdpa,flex", "--layouts", "causal,random_perm",
@@ -46,6 +47,19 @@ def test_check_reports_a_crashing_backend(capsys, monkeypatch):
     captured = capsys.readouterr()
     rows = [r for r in rows_of(captured.out) if r["status"] == "error"]
     assert rows and all("kernel exploded" in r["message"] for r in rows)
+
+
+def test_check_lists_a_refusal_as_skipped(capsys, monkeypatch):
+    """A backend that refuses the inputs in attention() (a head dim, a block) says why and is
+    skipped, like one that cannot run here; the peers without flash-attn-4 are skipped too."""
+    def refuse(*a, **kw):
+        raise BackendUnavailable("backend 'sdpa' cannot run this problem: head dim 8")
+
+    monkeypatch.setattr(sdpa, "attention", refuse)
+    assert cli.main([*ARGS, "--backends", "sdpa,fa4,flex_flash"]) == 0
+    rows = rows_of(capsys.readouterr().out)
+    assert {r["status"] for r in rows} == {"unsupported"}
+    assert any("head dim 8" in r["message"] for r in rows if r["backend"] == "sdpa")
 
 
 @pytest.mark.parametrize("bad, pattern", [

@@ -74,7 +74,7 @@ def test_scale_default_and_explicit():
 
 
 def test_unknown_backend_lists_the_registered_ones():
-    with pytest.raises(UnknownBackend, match="choose one of dense, triton, cupy, flex, sdpa, flex_predicate"):
+    with pytest.raises(UnknownBackend, match="choose one of dense, triton, cupy, flex, flex_flash, fa4, sdpa, gluon, flex_predicate"):
         run(*qkv(), backend="flash")
 
 

@@ -69,6 +69,23 @@ def test_report_writes_markdown_and_pngs(folder):
         assert f"({name}.png)" in text
 
 
+def test_speedup_over_the_fastest_peer(folder):
+    """fa4 ran causal only, faster than flex there: it is the denominator on those rows and flex
+    on the others; the reference and peers themselves get no speedup column."""
+    results.append_rows(folder / "results.jsonl", [
+        _row("causal", n, "fa4", n / 1024 * 0.5) for n in (1024, 4096, 16384)])
+    df = report.load(folder)[0]
+    fp = report.fastest_peer_table(df, "fwd")
+    assert list(fp.columns) == ["fastest peer", "peer ms", "triton"]
+    causal = fp.loc["causal"]
+    assert causal["fastest peer"].tolist() == ["fa4"] * 3
+    assert causal["triton"].tolist() == pytest.approx([0.5] * 3)
+    assert fp.loc["st_mix"]["fastest peer"].tolist() == ["flex"] * 3
+    assert fp.loc["st_mix"]["triton"].tolist() == pytest.approx([2.0] * 3)
+    text = report.write_report(folder).read_text()
+    assert "## Speedup over the fastest peer, forward" in text
+
+
 def test_resumed_duplicates_keep_the_last_row(folder):
     results.append_rows(folder / "results.jsonl", [_row("causal", 1024, "flex", 4.0)])
     df = report.load(folder)[0]
