@@ -62,14 +62,15 @@ def _commands(parser: argparse.ArgumentParser, prefix: str) -> list[tuple[str, s
 
 
 def _presets(parser: argparse.ArgumentParser) -> list[str]:
-    """The sweep's presets: its --preset choices, else the TOML files beside the package."""
+    """The sweep's presets: its --preset choices, else the TOML files of a ``presets`` folder
+    inside the package."""
     sweep = (_subparsers(parser).choices or {}).get("sweep")
     action = next((a for a in (sweep._actions if sweep else []) if "--preset" in a.option_strings),
                   None)
     if action is not None and action.choices:
         return sorted(action.choices)
-    folder = Path(__file__).resolve().parent / "presets"
-    return sorted(p.stem for p in folder.glob("*.toml"))
+    package = Path(__file__).resolve().parent
+    return sorted({p.stem for p in package.rglob("presets/*.toml")})
 
 
 def cli_section(parser: argparse.ArgumentParser | None = None) -> str:
