@@ -229,7 +229,7 @@ def write_report(folder, out_dir=None) -> Path:
     if out_dir.is_file():
         out_dir = out_dir.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    if df.empty:  # only the tuner's item-5 evaluation
+    if df.empty:  # only the tuner's evaluation against exhaustive search
         text = ["# stbench report", "", *manifest_lines(folder_manifest(folder)),
                 "## Environment", "",
                 md_table(pd.DataFrame([e.get("env", {}) for e in evals[:1]]).T
@@ -263,7 +263,7 @@ def write_report(folder, out_dir=None) -> Path:
         if not sbs.empty:
             ours = " / ".join(compare.get("ours", [])) or "our fastest backend"
             against = " / ".join(compare.get("against", [])) or "the fastest peer"
-            md += [f"## {ours[0].upper() + ours[1:]} against {against}, {title}", "",
+            md += [f"## Side by side: {ours} against {against}, {title}", "",
                    f"Median ms; speedup = {against}'s time / {ours}'s (> 1: {ours} is faster).",
                    "", md_table(sbs, ".4g")]
         sp, base = speedup_table(df, mode)

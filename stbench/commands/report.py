@@ -3,7 +3,7 @@
 every ``reports/<suite>/<gpu>/`` folder) from the parser and the committed files.
 
     stbench report out/quick                 # writes out/quick/REPORT.md and PNGs
-    stbench report out/std --out reports/std
+    stbench report out/std --out out/std-report
     stbench report --readme                  # rewrites README.md's generated sections
     stbench report --readme --check          # exit 1 if they are not what the files give
 """

@@ -54,7 +54,7 @@ def test_report_writes_markdown_and_pngs(folder):
     for section in ("## Environment", "## Rows by backend and status",
                     "## Median time (ms), forward", "## Speedup over the fastest peer, forward",
                     "## Speedup over the fastest peer, forward + backward",
-                    "## Our fastest backend against the fastest peer, forward",
+                    "## Side by side: our fastest backend against the fastest peer, forward",
                     "## Autotuner's choices", "## Tuning candidates by outcome",
                     "## Autotuner against exhaustive search", "## Failures",
                     "CUDA out of memory", "## Unsupported combinations", "NVIDIA H200"):
