@@ -1,18 +1,21 @@
 """Reports: REPORT.md, tables and PNGs as pure functions of a results folder's JSONL files.
 
-``stbench report DIR`` reads ``DIR/*.jsonl`` (sweep rows, tuning candidates) and, if present,
-``DIR/tune_eval.jsonl`` (TARGETS.md item 5), and writes into ``DIR`` (or ``--out``):
+``stbench report DIR`` reads ``DIR/*.jsonl`` (sweep rows, tuning candidates), if present
+``DIR/tune_eval.jsonl`` (the autotuner against exhaustive search) and ``DIR/manifest.json``
+(stbench.manifest), and writes into ``DIR`` (or ``--out``):
 
-- ``REPORT.md``: the environment; row counts by backend and status; per mode, median time per
-  (layout, N) and backend; the speedup over FlexAttention per (layout, N) (over the dense
-  reference when the run has no FlexAttention rows, e.g. on a CPU, and saying so); the speedup
-  over the fastest peer that ran each (layout, N) (fa4, flex_flash, flex, sdpa: DESIGN.md's
-  measure), naming it; the
-  autotuner's chosen configs and why candidates were rejected; item 5; failures with reasons;
+- ``REPORT.md``: what ran (the manifest); the environment; row counts by backend and status;
+  per mode, median time per (layout, N) and backend; our fastest backend against the fastest
+  peer per (layout, N), and each backend's speedup over the fastest peer (over the dense
+  reference when the run has no peer rows, e.g. on a CPU, and saying so); the autotuner's
+  chosen configs and why candidates were rejected; the tuner against exhaustive search;
+  failures with reasons;
 - the plots of ``stbench.plots`` (time vs N, memory vs N, TFLOP/s vs density).
 
-When a (kind, backend, layout, N, B, H, D, dtype, mode[, config]) was measured more than once
-(a resumed sweep), the last row counts.
+"Ours" are the registry's backends that are neither peers nor the reference; "peers" are those
+it marks ``peer`` (``stbench.backends``). When a (kind, backend, layout, N, B, H, D, dtype,
+mode[, config], block) was measured more than once (a resumed sweep, or files of several runs),
+the row with the latest timestamp counts.
 """
 
 from __future__ import annotations
@@ -23,11 +26,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from stbench import backends, plots, results
+from stbench import manifest, plots, results
 
 REPORT_FILE = "REPORT.md"
-PEER = "flex"  # the speedup denominator TARGETS.md uses
-FALLBACK_BASELINE = "dense"
+FALLBACK_BASELINE = "dense"  # the speedup denominator of a run without peers (a CPU run)
 ERROR_CHARS = 160
 
 
@@ -44,8 +46,8 @@ def load(folder) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
         raise results.ResultsError(f"{folder}: no result rows (run `stbench sweep` or "
                                    "`stbench tune --evaluate` first)")
     df = pd.DataFrame([r.to_dict() for r in rows], columns=list(results.ResultRow.__annotations__))
-    df["key"] = [r.key() for r in rows]
-    df = df.drop_duplicates("key", keep="last")
+    df["key"] = [f"{r.key()}|block={r.block}" for r in rows]
+    df = df.sort_values("timestamp", kind="stable").drop_duplicates("key", keep="last")
     return (df[df.kind == "sweep"].reset_index(drop=True),
             df[df.kind == "tune"].reset_index(drop=True), evals)
 
@@ -89,39 +91,58 @@ def time_table(df: pd.DataFrame, mode: str) -> pd.DataFrame:
     return t.rename_axis(columns=None)
 
 
+def backend_roles(names) -> tuple[list[str], list[str]]:
+    """(ours, peers) among backend names: the registry's peers, and its backends that are
+    neither peers nor the reference (names it does not know are neither)."""
+    from stbench import backends
+
+    infos = [backends.REGISTRY.get(n) for n in names]
+    ours = [i.name for i in infos if i is not None and not i.peer and not i.reference]
+    return ours, [i.name for i in infos if i is not None and i.peer]
+
+
+def _fastest(ok: pd.DataFrame, names) -> pd.DataFrame:
+    """Per (layout, N): the backend of ``names`` with the lowest median time, and that time."""
+    sub = ok[ok.backend.isin(list(names))]
+    if sub.empty:
+        return pd.DataFrame(columns=["backend", "median_ms"])
+    best = sub.loc[sub.groupby(["layout", "n_ctx"]).median_ms.idxmin()]
+    return best.set_index(["layout", "n_ctx"])[["backend", "median_ms"]]
+
+
+def side_by_side(df: pd.DataFrame, mode: str, ours=None, against=None) -> pd.DataFrame:
+    """Per (layout, N) of ``mode``: the fastest of ``ours`` and the fastest of ``against`` among
+    the ok sweep rows, and speedup = against's median / ours' (> 1: ours is faster). Defaults:
+    ours = our backends, against = the peers (``backend_roles``). Only (layout, N) where both
+    sides ran; columns ours, ours_ms, against, against_ms, speedup."""
+    ok = df[(df.status == "ok") & (df["mode"] == mode) & (df.kind == "sweep")]
+    default_ours, default_peers = backend_roles(sorted(set(ok.backend)))
+    a = _fastest(ok, ours or default_ours)
+    b = _fastest(ok, against or default_peers)
+    if a.empty or b.empty:
+        return pd.DataFrame()
+    t = pd.merge(a, b, how="inner", left_index=True, right_index=True, suffixes=("_a", "_b"))
+    t.columns = ["ours", "ours_ms", "against", "against_ms"]
+    t["speedup"] = t.against_ms / t.ours_ms
+    return t.sort_index()
+
+
 def speedup_table(df: pd.DataFrame, mode: str) -> tuple[pd.DataFrame, str | None]:
-    """baseline_ms / backend_ms per (layout, N): > 1 means faster than the baseline
-    (FlexAttention, else the dense reference)."""
+    """baseline_ms / backend_ms per (layout, N) and backend: > 1 means faster than the
+    baseline, the fastest peer of that (layout, N) ("peer"), else the dense reference."""
     t = time_table(df, mode)
     if t.empty:
         return t, None
-    base = PEER if PEER in t.columns else (FALLBACK_BASELINE if FALLBACK_BASELINE in t.columns
-                                           else None)
-    if base is None:
+    _, peers = backend_roles(t.columns)
+    if peers:
+        base, base_ms = "peer", t[peers].min(axis=1)
+        t = t.drop(columns=peers)
+    elif FALLBACK_BASELINE in t.columns:
+        base, base_ms = FALLBACK_BASELINE, t[FALLBACK_BASELINE]
+        t = t.drop(columns=[FALLBACK_BASELINE])
+    else:
         return pd.DataFrame(), None
-    sp = t.drop(columns=[base]).rdiv(t[base], axis=0)
-    return sp.dropna(how="all"), base
-
-
-def _is_peer(name: str) -> bool:
-    info = backends.REGISTRY.get(name)
-    return info is not None and info.peer
-
-
-def fastest_peer_table(df: pd.DataFrame, mode: str) -> pd.DataFrame:
-    """Per (layout, N): the fastest peer that ran it ('fastest peer', 'peer ms') and each of our
-    backends' speedup over it (peer ms / backend ms; > 1: faster than every peer)."""
-    t = time_table(df, mode)
-    peers = [c for c in t.columns if _is_peer(c)]
-    ours = [c for c in t.columns if c not in peers and c != FALLBACK_BASELINE]
-    if t.empty or not peers or not ours:
-        return pd.DataFrame()
-    t = t[t[peers].notna().any(axis=1)]
-    best = t[peers].min(axis=1)
-    out = t[ours].rdiv(best, axis=0)
-    out.insert(0, "peer ms", best)
-    out.insert(0, "fastest peer", t[peers].idxmin(axis=1))
-    return out.dropna(how="all", subset=ours)
+    return t.rdiv(base_ms, axis=0).dropna(how="all"), base
 
 
 def tuned_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -157,6 +178,31 @@ def eval_table(evals: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(recs)
 
 
+def folder_manifest(folder) -> manifest.Manifest | None:
+    """The manifest of a results folder, None when it has none (a bad one is an error)."""
+    folder = Path(folder)
+    if folder.is_file() or not manifest.path_of(folder).is_file():
+        return None
+    return manifest.read(folder)
+
+
+def manifest_lines(m: manifest.Manifest | None) -> list[str]:
+    """What ran, from a folder's manifest."""
+    if m is None:
+        return []
+    took = f", {m.duration_s:.0f} s" if m.duration_s is not None else ""
+    lines = [m.description, "", f"Command: `{m.command}`", "",
+             f"Code: commit {m.commit or 'unknown'}; started {m.date}{took}.", ""]
+    for part in m.parts:
+        lines += [f"- {part['description']}: `{part['command']}` (commit {part['commit']}, "
+                  f"{part['date']}; {', '.join(part['files'])})"]
+    if m.parts:
+        lines.append("")
+    if m.notes:
+        lines += [m.notes, ""]
+    return lines
+
+
 def failure_table(df: pd.DataFrame) -> pd.DataFrame:
     bad = df[~df.status.isin(["ok", "unsupported"])]
     if bad.empty:
@@ -183,12 +229,12 @@ def write_report(folder, out_dir=None) -> Path:
     if out_dir.is_file():
         out_dir = out_dir.parent
     out_dir.mkdir(parents=True, exist_ok=True)
-    if df.empty:  # only the tuner's item-5 evaluation
-        text = ["# stbench report", "", "## Environment", "",
+    if df.empty:  # only the tuner's evaluation against exhaustive search
+        text = ["# stbench report", "", *manifest_lines(folder_manifest(folder)),
+                "## Environment", "",
                 md_table(pd.DataFrame([e.get("env", {}) for e in evals[:1]]).T
                          .rename_axis("field")),
-                "## Autotuner vs exhaustive search (TARGETS.md item 5)", "",
-                md_table(eval_table(evals))]
+                "## Autotuner against exhaustive search", "", md_table(eval_table(evals))]
         path = out_dir / REPORT_FILE
         path.write_text("\n".join(text), encoding="utf-8")
         return path
@@ -202,7 +248,9 @@ def write_report(folder, out_dir=None) -> Path:
     pngs.append(plots.tflops_vs_density(df, out_dir))
     pngs = [p for p in pngs if p is not None]
 
-    md = ["# stbench report", ""]
+    m = folder_manifest(folder)
+    compare = m.compare if m is not None else {}
+    md = ["# stbench report", "", *manifest_lines(m)]
     md += [f"Rows: {len(df)} sweep rows ({(df.status == 'ok').sum()} ok), {len(tune)} tuning "
            f"candidates. Times are medians over repetitions (ms); TFLOP/s use the allowed-pair "
            "FLOPs shared by all backends.", ""]
@@ -211,23 +259,23 @@ def write_report(folder, out_dir=None) -> Path:
     for mode in modes:
         title = plots.MODE_TITLES.get(mode, mode)
         md += [f"## Median time (ms), {title}", "", md_table(time_table(df, mode))]
+        sbs = side_by_side(df, mode, compare.get("ours"), compare.get("against"))
+        if not sbs.empty:
+            ours = " / ".join(compare.get("ours", [])) or "our fastest backend"
+            against = " / ".join(compare.get("against", [])) or "the fastest peer"
+            md += [f"## Side by side: {ours} against {against}, {title}", "",
+                   f"Median ms; speedup = {against}'s time / {ours}'s (> 1: {ours} is faster).",
+                   "", md_table(sbs, ".4g")]
         sp, base = speedup_table(df, mode)
-        if base == PEER:
-            md += [f"## Speedup over FlexAttention, {title}", "",
-                   "FlexAttention's median time / the backend's (> 1: faster than Flex).", ""]
+        if base == "peer":
+            md += [f"## Speedup over the fastest peer, {title}", "",
+                   "The fastest peer's median time / the backend's (> 1: faster).", ""]
         elif base is not None:
             md += [f"## Speedup over the dense reference, {title}", "",
-                   "No FlexAttention rows in this run (it needs a GPU): the dense reference's "
+                   "No peer rows in this run (they need a GPU): the dense reference's "
                    "median time / the backend's.", ""]
         if base is not None:
             md += [md_table(sp, ".2f")]
-        fp = fastest_peer_table(df, mode)
-        if not fp.empty:
-            md += [f"## Speedup over the fastest peer, {title}", "",
-                   "Per row, the fastest peer that ran it in this run (of "
-                   f"{', '.join(n for n in backends.names() if _is_peer(n))}) and its median "
-                   "time / each backend's (> 1: faster than every peer).", "",
-                   md_table(fp, ".3g")]
     tt = tuned_table(df)
     if not tt.empty:
         md += ["## Autotuner's choices", "", md_table(tt)]
@@ -236,7 +284,7 @@ def write_report(folder, out_dir=None) -> Path:
         md += ["## Tuning candidates by outcome", "", md_table(rt)]
     et = eval_table(evals)
     if not et.empty:
-        md += ["## Autotuner vs exhaustive search (TARGETS.md item 5)", "", md_table(et)]
+        md += ["## Autotuner against exhaustive search", "", md_table(et)]
     md += ["## Failures", "", md_table(failure_table(df))]
     md += ["## Unsupported combinations", "", md_table(unsupported_table(df))]
     md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]

@@ -52,14 +52,16 @@ def test_report_writes_markdown_and_pngs(folder):
     path = report.write_report(folder)
     text = path.read_text()
     for section in ("## Environment", "## Rows by backend and status",
-                    "## Median time (ms), forward", "## Speedup over FlexAttention, forward",
-                    "## Speedup over FlexAttention, forward + backward", "## Autotuner's choices",
-                    "## Tuning candidates by outcome", "TARGETS.md item 5", "## Failures",
+                    "## Median time (ms), forward", "## Speedup over the fastest peer, forward",
+                    "## Speedup over the fastest peer, forward + backward",
+                    "## Side by side: our fastest backend against the fastest peer, forward",
+                    "## Autotuner's choices", "## Tuning candidates by outcome",
+                    "## Autotuner against exhaustive search", "## Failures",
                     "CUDA out of memory", "## Unsupported combinations", "NVIDIA H200"):
         assert section in text, section
     # triton is exactly 2x faster than flex everywhere in the synthetic data
     sp, base = report.speedup_table(report.load(folder)[0], "fwd")
-    assert base == "flex"
+    assert base == "peer"
     assert sp["triton"].tolist() == pytest.approx([2.0] * 6)
     for name in ("time_vs_n_fwd", "time_vs_n_fwd_bwd", "memory_vs_n_fwd", "memory_vs_n_fwd_bwd",
                  "tflops_vs_density"):
@@ -75,13 +77,14 @@ def test_speedup_over_the_fastest_peer(folder):
     results.append_rows(folder / "results.jsonl", [
         _row("causal", n, "fa4", n / 1024 * 0.5) for n in (1024, 4096, 16384)])
     df = report.load(folder)[0]
-    fp = report.fastest_peer_table(df, "fwd")
-    assert list(fp.columns) == ["fastest peer", "peer ms", "triton"]
-    causal = fp.loc["causal"]
-    assert causal["fastest peer"].tolist() == ["fa4"] * 3
-    assert causal["triton"].tolist() == pytest.approx([0.5] * 3)
-    assert fp.loc["st_mix"]["fastest peer"].tolist() == ["flex"] * 3
-    assert fp.loc["st_mix"]["triton"].tolist() == pytest.approx([2.0] * 3)
+    sbs = report.side_by_side(df, "fwd")
+    causal = sbs.loc["causal"]
+    assert causal["against"].tolist() == ["fa4"] * 3
+    assert causal["speedup"].tolist() == pytest.approx([0.5] * 3)
+    assert sbs.loc["st_mix"]["against"].tolist() == ["flex"] * 3
+    assert sbs.loc["st_mix"]["speedup"].tolist() == pytest.approx([2.0] * 3)
+    sp, base = report.speedup_table(df, "fwd")
+    assert base == "peer" and "fa4" not in sp.columns and "flex" not in sp.columns
     text = report.write_report(folder).read_text()
     assert "## Speedup over the fastest peer, forward" in text
 
@@ -103,3 +106,42 @@ def test_fit_exponent_recovers_a_power_law():
 def test_report_of_an_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(results.ResultsError, match="no result rows"):
         report.write_report(tmp_path)
+
+
+def test_side_by_side_takes_the_fastest_of_each_side(folder):
+    results.append_rows(folder / "results.jsonl", [
+        _row("causal", 1024, "sdpa", 1.6), _row("causal", 1024, "cupy", 0.5)])
+    sbs = report.side_by_side(report.load(folder)[0], "fwd")
+    first = sbs.loc[("causal", 1024)]
+    assert (first.ours, first.against) == ("cupy", "sdpa")
+    assert first.speedup == pytest.approx(1.6 / 0.5)
+    assert sbs.loc[("st_mix", 4096)].speedup == pytest.approx(2.0)
+    # an explicit comparison: cupy's throughput against triton's
+    vs = report.side_by_side(report.load(folder)[0], "fwd", ours=["cupy"], against=["triton"])
+    assert list(vs.index) == [("causal", 1024)]
+    assert vs.speedup.iloc[0] == pytest.approx(1.0 / 0.5)
+
+
+def test_the_latest_row_counts_across_files(folder):
+    later = _row("causal", 1024, "flex", 9.0, timestamp="2099-01-01T00:00:00+00:00")
+    earlier = _row("causal", 1024, "flex", 7.0, timestamp="2000-01-01T00:00:00+00:00")
+    results.append_rows(folder / "a.jsonl", [later])
+    results.append_rows(folder / "b.jsonl", [earlier])
+    df = report.load(folder)[0]
+    sel = df[(df.layout == "causal") & (df.n_ctx == 1024) & (df.backend == "flex")
+             & (df["mode"] == "fwd")]
+    assert sel.median_ms.tolist() == [9.0]
+
+
+def test_report_opens_with_the_manifest(folder):
+    from stbench import manifest
+
+    manifest.write(folder, manifest.Manifest(
+        description="a synthetic run", command="stbench sweep --preset quick --out DIR",
+        commit="abc1234", date="2026-01-02T03:04:05+00:00", duration_s=12.0, rows=26,
+        results=("results.jsonl",), notes="read me first"))
+    text = report.write_report(folder).read_text()
+    head = text[:text.index("## Environment")]
+    for expected in ("a synthetic run", "`stbench sweep --preset quick --out DIR`",
+                     "commit abc1234", "12 s", "read me first"):
+        assert expected in head, expected
