@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "sweep",
     "tune",
     "report",
+    "ab",
+    "regress",
     "model",
     "data",
 )

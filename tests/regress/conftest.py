@@ -1,0 +1,24 @@
+"""Fixtures of the regression-gate tests: one torch thread (tiny problems on a shared CPU run
+tens of times faster without thread contention) and the virtual clock."""
+
+import pytest
+import torch
+from regress_stubs import VirtualClock
+
+from stbench import timing
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A VirtualClock installed as ``stbench.timing.bench`` for the test."""
+    c = VirtualClock()
+    monkeypatch.setattr(timing, "bench", c.bench)
+    return c
