@@ -6,6 +6,9 @@ import torch
 from regress_stubs import VirtualClock
 
 from stbench import timing
+from stbench.regress import calibrate
+
+REFERENCE_COSTS_MS = {"matmul": 0.2, "copy": 0.1}
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +25,15 @@ def clock(monkeypatch):
     c = VirtualClock()
     monkeypatch.setattr(timing, "bench", c.bench)
     return c
+
+
+@pytest.fixture
+def references(monkeypatch, clock):
+    """Reference kernels that spend virtual time (so that drift is the clock's slowness)."""
+
+    def refs(device, sizes, seed=0):
+        return [calibrate.Reference(name, lambda ms=ms: clock.spend(ms))
+                for name, ms in REFERENCE_COSTS_MS.items()], []
+
+    monkeypatch.setattr(calibrate, "references", refs)
+    return clock

@@ -29,10 +29,11 @@ class VirtualClock:
     def __init__(self, noise: float = 0.01, seed: int = 0):
         self.ms = 0.0
         self.noise = noise
+        self.slowness = 1.0  # > 1: the whole machine runs slower (drift)
         self.rng = random.Random(seed)
 
     def spend(self, ms: float) -> None:
-        self.ms += ms * math.exp(self.rng.gauss(0.0, self.noise))
+        self.ms += ms * self.slowness * math.exp(self.rng.gauss(0.0, self.noise))
 
     def bench(self, fn, **_):
         start = self.ms
@@ -92,3 +93,42 @@ def tiny_entries(backend: str = "triton", modes=("fwd",), n_ctx: int = 64) -> li
 
 
 CPU = torch.device("cpu")
+
+
+FAKE_BACKEND = """
+from stbench.reference import dense
+
+
+def check_available(device, dtype):
+    pass
+
+
+def attention(q, k, v, layout, scale, config=None):
+    from .op import poisoned  # imported lazily, as the real backends do
+
+    out = dense.attention(q, k, v, layout, scale)
+    return out * 0 if poisoned(config) else out
+"""
+FAKE_OP = """
+import torch
+
+
+@torch.library.custom_op("stbench::fake_tree_op", mutates_args=())
+def fake_tree_op(x: torch.Tensor) -> torch.Tensor:
+    return x.clone()
+
+
+def poisoned(config):
+    return bool(config and config.get("poison"))
+"""
+
+
+def write_fake_tree(root, backend_source: str = FAKE_BACKEND):
+    """A checkout-shaped folder whose kernels/triton is the dense reference (CPU, instant)."""
+    pkg = root / "kernels" / "triton"
+    pkg.mkdir(parents=True)
+    (root / "kernels" / "__init__.py").write_text('"""fake kernels"""\n')
+    (pkg / "__init__.py").write_text("")
+    (pkg / "backend.py").write_text(backend_source)
+    (pkg / "op.py").write_text(FAKE_OP)
+    return root
