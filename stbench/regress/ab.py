@@ -19,12 +19,13 @@ from typing import Callable, Sequence
 import torch
 
 from stbench import backends, layouts
-from stbench.tuning.check import CHECK_ROWS
 from stbench.tuning.measure import BenchSettings, classify_exception
 
 from . import stats
 from .problems import Entry
-from .sample import Outcome, check_side, make_inputs, make_reference, one_line, time_side
+from .sample import (
+    CHECK_ROWS, Outcome, check_side, make_inputs, make_reference, one_line, time_side,
+)
 
 AB_BENCH = BenchSettings(warmup_ms=10, rep_ms=40)  # per side per round: ~50 ms of timing
 DEFAULT_ROUNDS = 5

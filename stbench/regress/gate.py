@@ -24,12 +24,13 @@ from typing import Callable, Sequence
 import torch
 
 from stbench import layouts, timing
-from stbench.tuning.check import CHECK_ROWS
 from stbench.tuning.measure import BenchSettings
 
 from . import calibrate, stats
 from .problems import Entry
-from .sample import Outcome, check_side, make_inputs, make_reference, time_side
+from .sample import (
+    CHECK_ROWS, Outcome, check_side, make_inputs, make_reference, time_side,
+)
 
 GATE_BENCH = BenchSettings(warmup_ms=10, rep_ms=25)
 DEFAULT_PASSES = 3

@@ -7,8 +7,9 @@ import argparse
 import os
 
 from stbench.commands import csv_list
-from stbench.tuning.check import CHECK_ROWS
 from stbench.tuning.measure import BenchSettings
+
+from .sample import CHECK_ROWS
 
 
 class OptionError(ValueError):

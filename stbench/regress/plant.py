@@ -5,7 +5,7 @@ kernels; the fault exists only in the copy.
 
     python -m stbench.regress.plant --backend triton --fault slow:0.05 --out /tmp/slow
     python -m stbench.regress.plant --backend triton --fault drop-block --out /tmp/wrong
-    python -m stbench.regress.plant --backend triton --fault 'config:{"num_stages": 1}' --out /tmp/tiles
+    python -m stbench.regress.plant --fault 'config:{"num_stages": 1}' --out /tmp/tiles
 
 Faults (code appended to the copy's ``<backend>/backend.py``, rebinding its ``attention``):
 

@@ -21,6 +21,10 @@ from stbench.problems import Problem
 from stbench.tuning import check
 from stbench.tuning.measure import BenchSettings, classify_exception, closure, error_text
 
+# query rows per head checked against dense on every round / run: at least the first and the
+# last query block (check.check_blocks), more at finer blocks; a few hundred ms of dense
+# reference per problem at N = 16384 would cost more than the timing itself
+CHECK_ROWS = 128
 DO_SEED_OFFSET = 104729  # dO's generator seed = problem seed + this (as the sweep's rows)
 ERROR_LINE_CHARS = 300
 

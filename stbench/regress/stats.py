@@ -158,10 +158,11 @@ def ab_verdict(head: Sequence[str], base: Sequence[str], est: RatioEstimate | No
     for r, (h, b) in enumerate(zip(head, base)):
         if h != OK and b == OK:
             return WRONG, f"head {h} in round {r} where the base ran"
-    if side_failure(head) is not None:
-        return UNMEASURED, f"both sides failed (head {side_failure(head)}, base {side_failure(base)})"
-    if side_failure(base) is not None:
-        return UNMEASURED, f"base {side_failure(base)}: nothing to compare the head with"
+    head_failed, base_failed = side_failure(head), side_failure(base)
+    if head_failed is not None:
+        return UNMEASURED, f"both sides failed (head {head_failed}, base {base_failed})"
+    if base_failed is not None:
+        return UNMEASURED, f"base {base_failed}: nothing to compare the head with"
     if est is None:
         return UNMEASURED, "no round gave two valid times"
     return judge_ratio(est, threshold), ""
