@@ -74,8 +74,7 @@ def _sides(args):
     notes = ["the base's kernels run on this tree's layouts and device plan"]
     if args.base:
         base = trees.KernelTree.from_revision(args.base)
-        diff = trees._git(["diff", "--quiet", args.base, "--", "layouts"], trees.repo_root())
-        if diff.returncode == 1:
+        if trees.layouts_differ(args.base):
             notes.append(f"layouts/ differs between {args.base} and this tree")
     else:
         base = trees.KernelTree.from_dir(args.base_dir, f"base {args.base_dir}")

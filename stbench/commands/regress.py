@@ -58,7 +58,7 @@ def regress(entries, side, device, settings, baseline_path, *, update: bool, run
     for i in range(runs):
         run = gate.measure_run(entries, side, device, settings, sizes, seed_offset=i,
                                progress=progress)
-        results = gate.compare(run, base.entries, settings)
+        results = gate.compare(run, base.entries, base.references, settings)
         d = gate.drift(run, base.references)
         all_runs.append(results)
         records.append(dict(run=i, drift=d, duration_s=run.duration_s, check_s=run.check_s,
@@ -75,8 +75,8 @@ def regress(entries, side, device, settings, baseline_path, *, update: bool, run
             f"{'-' if worst is None else f'{worst.ratio:.3f} ({worst.label()})'}; "
             f"{run.duration_s:.1f} s", highlight=False)
         for r in failing:
-            console.print(f"  [red]{r.verdict}[/]: {r.label()}: ratio {output._ratio(r.ratio)} "
-                          f"> 1 + {output._pct(r.threshold)} {r.reason}".rstrip(),
+            console.print(f"  [red]{r.verdict}[/]: {r.label()}: ratio {output.fmt_ratio(r.ratio)} "
+                          f"> 1 + {output.fmt_pct(r.threshold)} {r.reason}".rstrip(),
                           highlight=False)
     title = f"stbench regress against {base_path_label(base)}"
     caption = (f"ratio: (time / reference unit) now over the baseline's, median of "

@@ -13,7 +13,7 @@ skipped).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -103,16 +103,12 @@ class ABResult:
     base_tol: float | None = None
     head_error: str | None = None
     base_error: str | None = None
-    notes: tuple[str, ...] = field(default=())
 
     def label(self) -> str:
         return f"{self.backend} {self.layout} N={self.n_ctx} {self.mode}"
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["head_status"], d["base_status"] = list(self.head_status), list(self.base_status)
-        d["notes"] = list(self.notes)
-        return d
+        return asdict(self)
 
 
 def summarize(entry: Entry, block: int | None, head: SideRounds, base: SideRounds,
@@ -121,15 +117,10 @@ def summarize(entry: Entry, block: int | None, head: SideRounds, base: SideRound
     ratios = stats.valid_ratios(head.times, base.times)
     est = stats.estimate(ratios, settings.confidence, settings.resamples, seed)
     verdict, reason = stats.ab_verdict(head.statuses, base.statuses, est, settings.threshold)
-    if verdict == stats.WRONG and not reason.startswith("head incorrect"):
-        reason = f"{reason}: {head.first_error() or ''}".rstrip(": ")
-    elif verdict == stats.WRONG:
-        w = head.worst()
-        reason = f"{reason}: {w.error}" if w is not None and w.error else reason
-    elif verdict == stats.UNMEASURED and base.first_error():
-        reason = f"{reason}: {base.first_error()}"
-    elif verdict == stats.SKIPPED:
-        reason = head.first_error() or reason
+    detail = {stats.WRONG: head.first_error(), stats.SKIPPED: head.first_error(),
+              stats.UNMEASURED: base.first_error() or head.first_error()}.get(verdict)
+    if detail:
+        reason = f"{reason}: {detail}"
     hw, bw = head.worst(), base.worst()
     p = entry.problem
     return ABResult(

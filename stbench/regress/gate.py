@@ -5,7 +5,9 @@ dense reference on fresh seeded inputs (an incorrect entry is never timed and al
 then P passes each time the reference kernels (``calibrate``) and every correct entry, the
 entries in reverse order on odd passes. A pass's reference unit is the geometric mean of its
 reference times; an entry's value in that pass is its time in those units. Per entry: the
-median value over passes and its noise (``stats.log_half_range``). Against the baseline:
+median value over passes and its noise (``stats.log_half_range``). Against the baseline, both
+sides are put in units of the reference kernels timed in both runs (a peer missing on one side
+drops out of both), then:
 
     ratio     = value_now / value_baseline          (machine drift divided out)
     threshold = max(floor, k * hypot(noise_baseline, noise_now))
@@ -206,23 +208,45 @@ class GateResult:
         return asdict(self)
 
 
+def common_references(now: dict, base: dict) -> list[str]:
+    """The reference kernels with a time in both runs (a peer missing on one side drops out of
+    both units, so the units stay comparable)."""
+    return [n for n, v in now.items()
+            if v.get("median_ms") and (base.get(n) or {}).get("median_ms")]
+
+
+def reference_units(references: dict, names: Sequence[str]) -> list[float | None]:
+    """Per pass, the geometric mean of the ``names`` references' times (ms)."""
+    if not names:
+        return []
+    passes = len(references[names[0]]["times_ms"])
+    return [stats.geometric_mean([references[n]["times_ms"][p] for n in names])
+            for p in range(passes)]
+
+
+def in_units(times_ms: Sequence[float | None], units: Sequence[float | None]
+             ) -> list[float | None]:
+    return [None if (t is None or u is None) else t / u for t, u in zip(times_ms, units)]
+
+
 def drift(run: RunMeasurement, base_references: dict) -> float | None:
     """geomean over the references measured in both of (now / baseline): > 1 means this
     machine runs slower today than when the baseline was written."""
-    ratios = []
-    for name, v in run.references.items():
-        b = (base_references.get(name) or {}).get("median_ms")
-        if v["median_ms"] and b:
-            ratios.append(v["median_ms"] / b)
-    return stats.geometric_mean(ratios)
+    return stats.geometric_mean([run.references[n]["median_ms"] / base_references[n]["median_ms"]
+                                 for n in common_references(run.references, base_references)])
 
 
-def judge(m: Measured, base: dict | None, settings: GateSettings) -> GateResult:
-    """The verdict of one measured entry against its baseline entry (None: not in it)."""
+def judge(m: Measured, base: dict | None, settings: GateSettings,
+          units_now: Sequence[float | None] = (), units_base: Sequence[float | None] = ()
+          ) -> GateResult:
+    """The verdict of one measured entry against its baseline entry (None: not in it); both
+    sides' times are put in the reference units given (per pass)."""
+    now = in_units(m.times_ms, units_now)
+    then = in_units(base.get("times_ms") or [], units_base) if base else []
+    noise_now, noise_base = stats.log_half_range(now), stats.log_half_range(then)
     common = dict(key=m.key, backend=m.backend, layout=m.layout, n_ctx=m.n_ctx, mode=m.mode,
-                  median_ms=m.median_ms, err=m.err, tol=m.tol, noise_now=m.noise,
-                  base_median_ms=base.get("median_ms") if base else None,
-                  noise_base=base.get("noise") if base else None)
+                  median_ms=m.median_ms, err=m.err, tol=m.tol, noise_now=noise_now,
+                  base_median_ms=base.get("median_ms") if base else None, noise_base=noise_base)
     if m.status == "incorrect":
         return GateResult(verdict=stats.WRONG, reason=m.error or "incorrect", **common)
     base_ok = base is not None and base.get("status") == "ok"
@@ -237,20 +261,26 @@ def judge(m: Measured, base: dict | None, settings: GateSettings) -> GateResult:
         return GateResult(verdict=stats.UNMEASURED,
                           reason="not in the baseline: update it with --update-baseline",
                           **common)
-    if not base_ok or not base.get("value") or not m.value:
-        return GateResult(verdict=stats.UNMEASURED,
-                          reason=f"no baseline value (baseline status {base.get('status')})",
-                          **common)
-    threshold = stats.gate_threshold(settings.floor, settings.k, base.get("noise") or 0.0,
-                                     m.noise or 0.0)
-    ratio = m.value / base["value"]
+    value_now, value_base = stats.median(now), stats.median(then)
+    if not base_ok or value_now is None or value_base is None:
+        why = (f"baseline status {base.get('status')}" if not base_ok else
+               "no reference kernel timed in both runs" if not units_now else "no valid time")
+        return GateResult(verdict=stats.UNMEASURED, reason=why, **common)
+    threshold = stats.gate_threshold(settings.floor, settings.k, noise_base, noise_now)
+    ratio = value_now / value_base
     return GateResult(verdict=stats.judge_gate_ratio(ratio, threshold), ratio=ratio,
                       threshold=threshold, **common)
 
 
-def compare(run: RunMeasurement, baseline_entries: dict, settings: GateSettings
-            ) -> list[GateResult]:
-    return [judge(m, baseline_entries.get(m.key), settings) for m in run.entries]
+def compare(run: RunMeasurement, baseline_entries: dict, baseline_references: dict,
+            settings: GateSettings) -> list[GateResult]:
+    """Every entry of ``run`` against the baseline, both in units of the references timed in
+    both runs."""
+    names = common_references(run.references, baseline_references)
+    units_now = reference_units(run.references, names)
+    units_base = reference_units(baseline_references, names)
+    return [judge(m, baseline_entries.get(m.key), settings, units_now, units_base)
+            for m in run.entries]
 
 
 def baseline_refusal(run: RunMeasurement) -> str | None:

@@ -21,11 +21,11 @@ def _ms(x) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-def _ratio(x) -> str:
+def fmt_ratio(x) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def _pct(x) -> str:
+def fmt_pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
@@ -48,7 +48,7 @@ AB_COLUMNS = ("backend", "layout", "block", "N", "B", "mode", "head ms", "base m
 def ab_row(r) -> list[str]:
     interval = "-" if r.low is None else f"[{r.low:.3f}, {r.high:.3f}]"
     return [r.backend, r.layout, str(r.block or "-"), str(r.n_ctx), str(r.batch), r.mode,
-            _ms(r.head_ms), _ms(r.base_ms), _ratio(r.ratio), interval, r.verdict, r.reason]
+            _ms(r.head_ms), _ms(r.base_ms), fmt_ratio(r.ratio), interval, r.verdict, r.reason]
 
 
 def print_ab(results: Sequence, console, head: str, base: str, settings) -> None:
@@ -105,7 +105,7 @@ GATE_COLUMNS = ("backend", "layout", "N", "mode", "ms", "baseline ms", "ratio", 
 
 def gate_row(r) -> list[str]:
     return [r.backend, r.layout, str(r.n_ctx), r.mode, _ms(r.median_ms), _ms(r.base_median_ms),
-            _ratio(r.ratio), _pct(r.threshold), _pct(r.noise_now), r.verdict, r.reason]
+            fmt_ratio(r.ratio), fmt_pct(r.threshold), fmt_pct(r.noise_now), r.verdict, r.reason]
 
 
 def print_gate(results: Sequence, console, title: str, caption: str) -> None:

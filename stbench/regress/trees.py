@@ -60,7 +60,7 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def _git(args: list[str], root: Path) -> subprocess.CompletedProcess:
+def git(args: list[str], root: Path) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
                               timeout=GIT_TIMEOUT_S, check=False)
@@ -73,9 +73,9 @@ def resolve_revision(rev: str, root: Path | None = None) -> str:
     root = root or repo_root()
     if not rev or rev.startswith("-"):
         raise TreeError(f"--base {rev!r} must name a git revision (a branch, tag or sha)")
-    proc = _git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], root)
+    proc = git(["rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], root)
     if proc.returncode != 0:
-        inside = _git(["rev-parse", "--git-dir"], root).returncode == 0
+        inside = git(["rev-parse", "--git-dir"], root).returncode == 0
         if not inside:
             raise TreeError(f"--base {rev}: {root} is not a git checkout: pass --base-dir PATH "
                             "(a checkout or an extracted tree of the base) instead")
@@ -84,12 +84,18 @@ def resolve_revision(rev: str, root: Path | None = None) -> str:
     return proc.stdout.decode().strip()
 
 
+def layouts_differ(rev: str, root: Path | None = None) -> bool:
+    """Whether ``layouts/`` of revision ``rev`` differs from this checkout's working tree (the
+    base's kernels then run on layouts they were not written against)."""
+    return git(["diff", "--quiet", rev, "--", "layouts"], root or repo_root()).returncode == 1
+
+
 def extract_revision(rev: str, dest: Path, root: Path | None = None) -> Path:
     """Write ``kernels/`` of revision ``rev`` under ``dest`` (``git archive``); returns
     ``dest / 'kernels'``."""
     root = root or repo_root()
     sha = resolve_revision(rev, root)
-    proc = _git(["archive", "--format=tar", sha, KERNELS], root)
+    proc = git(["archive", "--format=tar", sha, KERNELS], root)
     if proc.returncode != 0:
         msg = proc.stderr.decode(errors="replace").strip().splitlines()
         raise TreeError(f"--base {rev}: git archive of {KERNELS}/ failed "

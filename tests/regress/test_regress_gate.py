@@ -5,6 +5,7 @@ baseline written and read back, and the command's flow (update, runs, JSON, Mark
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from regress_stubs import CPU, FAST_BENCH, StubBackend, StubSide, tiny_entries
@@ -43,7 +44,7 @@ def test_a_a_against_the_baseline_is_same_even_when_the_machine_drifts(reference
     references.slowness = 1.10  # the whole machine 10% slower today
     now = measure(StubBackend(clock=references), seed_offset=1)
     assert gate.drift(now, base.references) == pytest.approx(1.10, rel=0.03)
-    results = gate.compare(now, entries_of(base), SETTINGS)
+    results = gate.compare(now, entries_of(base), base.references, SETTINGS)
     assert [r.verdict for r in results] == [stats.SAME, stats.SAME]
     assert all(abs(r.ratio - 1) < SETTINGS.floor for r in results)
 
@@ -52,7 +53,7 @@ def test_a_slower_kernel_is_caught_through_drift(references):
     base = measure(StubBackend(clock=references))
     references.slowness = 0.95  # a faster machine must not hide it
     now = measure(StubBackend(cost_ms=1.06, clock=references))
-    results = gate.compare(now, entries_of(base), SETTINGS)
+    results = gate.compare(now, entries_of(base), base.references, SETTINGS)
     assert [r.verdict for r in results] == [stats.SLOWER, stats.SLOWER]
     assert results[0].ratio == pytest.approx(1.06, rel=0.02)
 
@@ -60,7 +61,8 @@ def test_a_slower_kernel_is_caught_through_drift(references):
 def test_a_wrong_kernel_is_wrong_and_cannot_be_a_baseline(references):
     base = measure(StubBackend(clock=references))
     now = measure(StubBackend(fault="wrong", clock=references))
-    assert [r.verdict for r in gate.compare(now, entries_of(base), SETTINGS)] == [stats.WRONG] * 2
+    results = gate.compare(now, entries_of(base), base.references, SETTINGS)
+    assert [r.verdict for r in results] == [stats.WRONG] * 2
     assert "wrong answer" in gate.baseline_refusal(now)
     assert gate.baseline_refusal(base) is None
 
@@ -68,22 +70,38 @@ def test_a_wrong_kernel_is_wrong_and_cannot_be_a_baseline(references):
 def test_failing_where_the_baseline_ran_is_wrong_and_new_entries_unmeasured(references):
     base = measure(StubBackend(clock=references))
     crashed = measure(StubBackend(fault="error", clock=references))
-    r = gate.compare(crashed, entries_of(base), SETTINGS)[0]
+    r = gate.compare(crashed, entries_of(base), base.references, SETTINGS)[0]
     assert r.verdict == stats.WRONG and "crashed" in r.reason
     now = measure(StubBackend(clock=references))
-    assert {r.verdict for r in gate.compare(now, {}, SETTINGS)} == {stats.UNMEASURED}
+    new = gate.compare(now, {}, now.references, SETTINGS)
+    assert {r.verdict for r in new} == {stats.UNMEASURED}
     refused = gate.measure_run(tiny_entries(), StubSide(), CPU, SETTINGS, TINY)
-    assert gate.compare(refused, {}, SETTINGS)[0].verdict == stats.SKIPPED
+    assert gate.compare(refused, {}, refused.references, SETTINGS)[0].verdict == stats.SKIPPED
 
 
 def test_the_threshold_grows_with_the_noise():
+    """Now: 1.08 x the baseline with a 3% half range (log); the baseline without spread."""
+    times = (1.08 * math.exp(-0.03), 1.08, 1.08 * math.exp(0.03))
     m = gate.Measured("k", "triton", "causal", 16, 64, 1, 2, 16, "float32", "fwd", "ok",
-                      value=1.08, noise=0.03)
-    base = {"status": "ok", "value": 1.0, "noise": 0.0, "median_ms": 1.0}
-    r = gate.judge(m, base, SETTINGS)
+                      times_ms=times)
+    base = {"status": "ok", "times_ms": [1.0, 1.0, 1.0], "median_ms": 1.0}
+    units = [1.0] * 3
+    r = gate.judge(m, base, SETTINGS, units, units)
     assert r.threshold == pytest.approx(0.09) and r.verdict == stats.SAME
-    r = gate.judge(m, {**base, "noise": 0.0}, gate.GateSettings(k=1.0))
-    assert r.verdict == stats.SLOWER
+    assert r.ratio == pytest.approx(1.08)
+    assert gate.judge(m, base, gate.GateSettings(k=1.0), units, units).verdict == stats.SLOWER
+    r = gate.judge(m, base, SETTINGS, [], [])
+    assert r.verdict == stats.UNMEASURED and "reference" in r.reason
+
+
+def test_a_reference_missing_on_one_side_drops_out_of_both(references):
+    base = measure(StubBackend(clock=references))
+    now = measure(StubBackend(clock=references))
+    lost = dict(now.references, copy={"median_ms": None, "times_ms": [None] * 3})
+    assert gate.common_references(lost, base.references) == ["matmul"]
+    run = gate.RunMeasurement(now.entries, lost)
+    assert {r.verdict for r in gate.compare(run, entries_of(base), base.references,
+                                            SETTINGS)} == {stats.SAME}
 
 
 def test_settings_are_validated():

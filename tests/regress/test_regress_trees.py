@@ -48,7 +48,7 @@ def test_the_repository_kernels_load_from_a_folder():
 
 
 def test_the_repository_kernels_load_from_a_revision():
-    if trees._git(["rev-parse", "--git-dir"], trees.repo_root()).returncode != 0:
+    if trees.git(["rev-parse", "--git-dir"], trees.repo_root()).returncode != 0:
         pytest.skip("not a git checkout")
     tree = trees.KernelTree.from_revision("HEAD")
     folder = tree.kernels_dir
@@ -63,7 +63,7 @@ def test_errors_name_the_fix(tmp_path):
         trees.KernelTree.from_dir(tmp_path)
     with pytest.raises(trees.TreeError, match="must name a git revision"):
         trees.resolve_revision("--upload-pack=x")
-    if trees._git(["rev-parse", "--git-dir"], trees.repo_root()).returncode == 0:
+    if trees.git(["rev-parse", "--git-dir"], trees.repo_root()).returncode == 0:
         with pytest.raises(trees.TreeError, match="no such revision"):
             trees.resolve_revision("no-such-branch-anywhere")
     with pytest.raises(trees.TreeError, match="not a git checkout"):
