@@ -40,6 +40,30 @@ def _ordered(results: Sequence) -> list:
     return sorted(results, key=lambda r: rank[r.verdict])
 
 
+def _rich_table(results: Sequence, columns, right, row_of, title: str, caption: str, console):
+    """A rich table of ``results``, one row each (``row_of``), the verdict cell coloured."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left", overflow="fold")
+    for r in results:
+        row = row_of(r)
+        row[columns.index("verdict")] = f"[{COLOURS[r.verdict]}]{r.verdict}[/]"
+        table.add_row(*row)
+    console.print(table)
+
+
+def _markdown_table(results: Sequence, columns, row_of) -> list[str]:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in results:
+        cells = row_of(r)
+        cells[columns.index("verdict")] = ICONS[r.verdict]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return out
+
+
 # ----------------------------------------------------------------------------- ab
 AB_COLUMNS = ("backend", "layout", "block", "N", "B", "mode", "head ms", "base ms",
               "head/base", "interval", "verdict", "why")
@@ -51,25 +75,15 @@ def ab_row(r) -> list[str]:
             _ms(r.head_ms), _ms(r.base_ms), fmt_ratio(r.ratio), interval, r.verdict, r.reason]
 
 
-def print_ab(results: Sequence, console, head: str, base: str, settings) -> None:
-    from rich import box
-    from rich.table import Table
+AB_RIGHT = ("block", "N", "B", "head ms", "base ms", "head/base")
 
-    table = Table(
-        title=f"stbench ab: {head} against {base}",
-        caption=(f"ratio: median over {settings.rounds} rounds of t_head / t_base, interval: "
-                 f"{settings.confidence:.0%} bootstrap of that median; slower: ratio > "
-                 f"{1 + settings.threshold:.3f} and interval above 1"),
-        box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in AB_COLUMNS:
-        table.add_column(col, justify="right" if col in ("block", "N", "B", "head ms",
-                                                         "base ms", "head/base") else "left",
-                         overflow="fold")
-    for r in results:
-        row = ab_row(r)
-        row[-2] = f"[{COLOURS[r.verdict]}]{r.verdict}[/]"
-        table.add_row(*row)
-    console.print(table)
+
+def print_ab(results: Sequence, console, head: str, base: str, settings) -> None:
+    caption = (f"ratio: median over {settings.rounds} rounds of t_head / t_base, interval: "
+               f"{settings.confidence:.0%} bootstrap of that median; slower: ratio > "
+               f"{1 + settings.threshold:.3f} and interval above 1")
+    _rich_table(results, AB_COLUMNS, AB_RIGHT, ab_row, f"stbench ab: {head} against {base}",
+                caption, console)
     console.print(f"verdicts: {counts(results)}", highlight=False)
 
 
@@ -77,24 +91,13 @@ def ab_markdown(results: Sequence, head: str, base: str, settings) -> str:
     lines = [f"### stbench ab: {head} against {base}", "",
              f"{counts(results)} (threshold {settings.threshold:.1%}, {settings.rounds} rounds, "
              f"{settings.confidence:.0%} interval)", ""]
-    header = "| " + " | ".join(AB_COLUMNS) + " |"
-    rule = "|" + "---|" * len(AB_COLUMNS)
     failing = [r for r in _ordered(results) if r.verdict in stats.FAILING]
     rest = [r for r in _ordered(results) if r.verdict not in stats.FAILING]
-
-    def table(rows):
-        out = [header, rule]
-        for r in rows:
-            cells = ab_row(r)
-            cells[-2] = ICONS[r.verdict]
-            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        return out
-
     if failing:
-        lines += table(failing) + [""]
+        lines += _markdown_table(failing, AB_COLUMNS, ab_row) + [""]
     if rest:
-        lines += ["<details><summary>the other problems</summary>", ""] + table(rest)
-        lines += ["", "</details>"]
+        lines += ["<details><summary>the other problems</summary>", ""]
+        lines += _markdown_table(rest, AB_COLUMNS, ab_row) + ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 
@@ -108,20 +111,11 @@ def gate_row(r) -> list[str]:
             fmt_ratio(r.ratio), fmt_pct(r.threshold), fmt_pct(r.noise_now), r.verdict, r.reason]
 
 
-def print_gate(results: Sequence, console, title: str, caption: str) -> None:
-    from rich import box
-    from rich.table import Table
+GATE_RIGHT = ("N", "ms", "baseline ms", "ratio", "threshold", "noise")
 
-    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in GATE_COLUMNS:
-        table.add_column(col, justify="right" if col in ("N", "ms", "baseline ms", "ratio",
-                                                         "threshold", "noise") else "left",
-                         overflow="fold")
-    for r in results:
-        row = gate_row(r)
-        row[-2] = f"[{COLOURS[r.verdict]}]{r.verdict}[/]"
-        table.add_row(*row)
-    console.print(table)
+
+def print_gate(results: Sequence, console, title: str, caption: str) -> None:
+    _rich_table(results, GATE_COLUMNS, GATE_RIGHT, gate_row, title, caption, console)
 
 
 def gate_markdown(runs: Sequence[Sequence], title: str, notes: Sequence[str]) -> str:
@@ -130,22 +124,12 @@ def gate_markdown(runs: Sequence[Sequence], title: str, notes: Sequence[str]) ->
     lines = [f"### {title}", "", f"{len(runs)} run(s), {failed_runs} with a failing verdict; "
              f"last run: {counts(last)}", ""]
     lines += [f"- {n}" for n in notes]
-    header = "| " + " | ".join(GATE_COLUMNS) + " |"
-    rule = "|" + "---|" * len(GATE_COLUMNS)
-
-    def table(rows):
-        out = [header, rule]
-        for r in rows:
-            cells = gate_row(r)
-            cells[-2] = ICONS[r.verdict]
-            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-        return out
-
     failing = [r for run in runs for r in run if r.verdict in stats.FAILING]
     if failing:
-        lines += ["", "Failing (every run):", ""] + table(failing)
+        lines += ["", "Failing (every run):", ""] + _markdown_table(failing, GATE_COLUMNS,
+                                                                     gate_row)
     lines += ["", "<details><summary>last run, every entry</summary>", ""]
-    lines += table(_ordered(last)) + ["", "</details>"]
+    lines += _markdown_table(_ordered(last), GATE_COLUMNS, gate_row) + ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 
