@@ -75,9 +75,9 @@ def regress(entries, side, device, settings, baseline_path, *, update: bool, run
             f"{'-' if worst is None else f'{worst.ratio:.3f} ({worst.label()})'}; "
             f"{run.duration_s:.1f} s", highlight=False)
         for r in failing:
-            console.print(f"  [red]{r.verdict}[/]: {r.label()}: ratio {output.fmt_ratio(r.ratio)} "
-                          f"> 1 + {output.fmt_pct(r.threshold)} {r.reason}".rstrip(),
-                          highlight=False)
+            why = (f"ratio {output.fmt_ratio(r.ratio)} > 1 + {output.fmt_pct(r.threshold)}"
+                   if r.verdict == stats.SLOWER else r.reason)
+            console.print(f"  [red]{r.verdict}[/]: {r.label()}: {why}", highlight=False)
     title = f"stbench regress against {base_path_label(base)}"
     caption = (f"ratio: (time / reference unit) now over the baseline's, median of "
                f"{settings.passes} passes; threshold max({settings.floor:.1%}, "

@@ -243,7 +243,8 @@ def judge(m: Measured, base: dict | None, settings: GateSettings,
     sides' times are put in the reference units given (per pass)."""
     now = in_units(m.times_ms, units_now)
     then = in_units(base.get("times_ms") or [], units_base) if base else []
-    noise_now, noise_base = stats.log_half_range(now), stats.log_half_range(then)
+    noise_now = stats.log_half_range(now) if m.times_ms else None
+    noise_base = stats.log_half_range(then) if then else None
     common = dict(key=m.key, backend=m.backend, layout=m.layout, n_ctx=m.n_ctx, mode=m.mode,
                   median_ms=m.median_ms, err=m.err, tol=m.tol, noise_now=noise_now,
                   base_median_ms=base.get("median_ms") if base else None, noise_base=noise_base)
@@ -266,7 +267,8 @@ def judge(m: Measured, base: dict | None, settings: GateSettings,
         why = (f"baseline status {base.get('status')}" if not base_ok else
                "no reference kernel timed in both runs" if not units_now else "no valid time")
         return GateResult(verdict=stats.UNMEASURED, reason=why, **common)
-    threshold = stats.gate_threshold(settings.floor, settings.k, noise_base, noise_now)
+    threshold = stats.gate_threshold(settings.floor, settings.k, noise_base or 0.0,
+                                     noise_now or 0.0)
     ratio = value_now / value_base
     return GateResult(verdict=stats.judge_gate_ratio(ratio, threshold), ratio=ratio,
                       threshold=threshold, **common)
