@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "profile",
     "sanitize",
     "sass",
+    "ab",
+    "regress",
     "model",
     "data",
 )

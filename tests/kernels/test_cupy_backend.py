@@ -162,25 +162,28 @@ def compile_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1) // share))
 
 
+def _selected_params(request, test_name: str) -> list[dict]:
+    """The parameters of this module's selected items of ``test_name`` (so that ``-m smoke``
+    or ``-k`` compiles only what the chosen tests run)."""
+    return [item.callspec.params for item in request.session.items
+            if item.module is request.module and item.originalname == test_name]
+
+
 @pytest.fixture(scope="module")
-def compiled():
-    """Compile every variant the GPU tests use in parallel processes first (NVRTC takes 1-3 s a
-    variant; CuPy's disk cache then serves the tests)."""
+def compiled(request):
+    """Compile every variant the selected GPU tests use in parallel processes first (NVRTC
+    takes 1-3 s a variant; CuPy's disk cache then serves the tests)."""
     from stbench.kernels.cupy.checks import case_variants
     from stbench.kernels.cupy.compile import precompile
 
     cap = torch.cuda.get_device_capability()
     variants = []
-    for name in LAYOUT_CASES:
-        for dt in DTYPES:
-            for d in HEAD_DIMS:
-                variants += case_variants(name, dt, d, None, cap)
-    for name in TILE_LAYOUTS:
-        lay = LAYOUT_CASES[name](512, 2)
-        for dt in (torch.float16, torch.bfloat16):
-            for d in HEAD_DIMS:
-                for cfg in backend.config_space(lay, d, dt):
-                    variants += case_variants(lay, dt, d, cfg, cap)
+    for p in _selected_params(request, "test_default_config_matches_reference"):
+        variants += case_variants(p["layout_name"], p["dtype"], p["head_dim"], None, cap)
+    for p in _selected_params(request, "test_every_tile_config_matches_reference"):
+        lay = LAYOUT_CASES[p["layout_name"]](512, 2)
+        for cfg in backend.config_space(lay, p["head_dim"], p["dtype"]):
+            variants += case_variants(lay, p["dtype"], p["head_dim"], cfg, cap)
     errors = {k: v for k, v in precompile(variants, workers=compile_workers()).items() if v}
     assert not errors, errors
 
@@ -189,9 +192,14 @@ def _assert_ok(res):
     assert res.status == "ok", res
 
 
+# the smoke tier (-m smoke): every layout case in bf16
+SMOKE_DTYPES = [pytest.param(d, marks=pytest.mark.smoke) if d == torch.bfloat16 else d
+                for d in DTYPES]
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout_name", list(LAYOUT_CASES))
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("dtype", SMOKE_DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 def test_default_config_matches_reference(layout_name, dtype, head_dim, compiled):
     _assert_ok(check_case(layout_name, dtype, head_dim, None))
@@ -227,6 +235,7 @@ def test_wgmma_forward_matches_reference(layout_name, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.smoke
 def test_runs_on_the_current_stream_and_through_the_api():
     import stbench
 

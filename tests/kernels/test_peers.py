@@ -182,7 +182,8 @@ def test_flex_block_mask_from_predicate_cpu():
 
 # --------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("dtype", [pytest.param(torch.bfloat16, marks=pytest.mark.smoke),
+                                   torch.float16, torch.float32], ids=str)
 def test_flex_compiled_fwd_bwd_matches_dense(gen, dtype):
     for L in layouts_for_flex(gen):
         L = L.reblock(128) if L.n_ctx % 128 == 0 else L  # backward compiles at block 128

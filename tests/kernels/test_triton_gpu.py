@@ -47,7 +47,12 @@ def _run(layout, dtype, head_dim, gen, batch=2, config=None, grads=True):
             assert ok, f"d{name} {err:.3g} > {tol:.3g}"
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+# the smoke tier (-m smoke): every layout family in bf16
+SMOKE_DTYPES = [pytest.param(d, marks=pytest.mark.smoke) if d == torch.bfloat16 else d
+                for d in DTYPES]
+
+
+@pytest.mark.parametrize("dtype", SMOKE_DTYPES, ids=str)
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_layouts_dtypes(name, dtype, gen):
     _run(LAYOUTS[name](2048, 2), dtype, 64, gen)
@@ -102,7 +107,7 @@ PAPER = {
     "paper_union": lambda n: layouts.merged_strided(n, block=16, stride=128, heads=2),
 }
 PAPER_CONFIGS = (
-    None,
+    pytest.param(None, marks=pytest.mark.smoke),
     {"num_stages": 1},
     {"BLOCK_M": 64, "BLOCK_N": 32},
     {"BLOCK_M": 128, "BLOCK_N": 128, "num_stages": 3},

@@ -76,6 +76,7 @@ def test_flops_of_a_causal_layout():
 
 
 @pytest.mark.gpu
+@pytest.mark.smoke
 def test_bench_cuda_events_and_peak_memory():
     a = torch.randn(2048, 2048, device="cuda")
     t = timing.bench(lambda: a @ a, warmup_ms=5, rep_ms=20)
