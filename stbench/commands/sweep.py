@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import time
 
 from stbench.commands import csv_list
 
@@ -55,6 +57,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from rich.console import Console
 
+    from stbench import manifest
     from stbench.sweep import SweepConfig, SweepError, run_sweep
 
     console = Console(stderr=True)
@@ -66,9 +69,13 @@ def run(args) -> int:
             raise SweepError("--max-minutes must be positive")
         if args.dry_run:
             return _dry_run(cfg, console)
+        started = time.time()
         counts = run_sweep(cfg, args.out, resume=args.resume, isolate=args.isolate,
                            tune=args.tune, max_minutes=args.max_minutes, device=args.device,
                            progress=not args.no_progress, picks_path=args.picks)
+        manifest.write_for_run(args.out, shlex.join(["stbench", *args.argv]), started,
+                               time.time(), description=f"stbench sweep {cfg.name}"
+                               + (" (stopped at --max-minutes)" if counts["stopped"] else ""))
     except (SweepError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2

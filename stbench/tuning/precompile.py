@@ -51,7 +51,7 @@ from stbench import backends
 from stbench.problems import Problem
 from stbench.tuning.measure import closure
 
-COMPILED_BACKENDS = ("triton", "cupy", "flex")  # backends whose first call compiles
+COMPILED_BACKENDS = ("triton", "gluon", "cupy", "flex")  # backends whose first call compiles
 SHAPE_SPECIALISED = ("flex",)  # backends that compile per (N, batch)
 ERROR_CHARS = 300
 STALL_S = 240  # no chain of a batch ended for this long: the ones in flight hang

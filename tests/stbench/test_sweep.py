@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from stbench import backends, cli, results
+from stbench import manifest, backends, cli, results
 from stbench.sweep import SweepConfig, SweepError, run_sweep
 
 
@@ -58,6 +58,9 @@ def test_quick_preset_end_to_end_with_failures_and_resume(tmp_path, broken_backe
     assert "illegal memory access" in by[("causal", "fwd", "broken")].error
     assert by[("causal", "fwd+bwd", "broken")].status == "oom"
     assert all(r.env.get("torch") for r in rows)
+    m = manifest.read(out)  # the run says what made it
+    assert m.command.startswith("stbench sweep --preset quick") and m.rows == len(rows)
+    assert m.description == "stbench sweep quick" and m.duration_s >= 0
 
     # a second run refuses to mix sweeps, --resume measures nothing new
     assert cli.main(argv) == 2
