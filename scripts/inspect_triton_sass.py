@@ -35,7 +35,7 @@ from stbench.kernels.triton.forward import _fwd_kernel
 N, H, D = 65536, 8, 64
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-PLAN = ["head_pattern", "pattern_perm", "perm", "ptr", "split", "cols", "kind", "tmask"]
+PLAN = ["head_pattern", "pattern_perm", "perm", "ptr", "split", "cols", "tmask"]
 COUNTS = ["HGMMA", "HMMA", "LDGSTS", "LDGSTS.128", "UTMALDG", "LDG", "LDG.128", "LDSM", "LDS", "STS",
           "MUFU.EX2", "BAR.SYNC"]
 
