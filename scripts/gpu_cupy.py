@@ -80,17 +80,18 @@ def fmt(x, spec=".3g"):
 def check_plan(quick: bool):
     """(layout, dtype, head_dim, config) cases."""
     from stbench.kernels.cupy import backend
-    from stbench.kernels.cupy.checks import LAYOUT_CASES
+    from stbench.kernels.cupy.checks import case_layout
+    from stbench.layouts.cases import CASES
 
     dtypes = [torch.float16, torch.bfloat16, torch.float32]
     head_dims = [64] if quick else [32, 64, 128]
-    cases = [(name, dt, d, None) for name in LAYOUT_CASES for dt in dtypes for d in head_dims]
+    cases = [(name, dt, d, None) for name in CASES for dt in dtypes for d in head_dims]
     # the scalar kernel on 16-bit inputs (the cross-check of the tensor-core kernels)
-    for name in ("causal_b64", "st_mix_b32", "token_mask_b32"):
+    for name in ("causal", "st_mix", "random_tokens"):
         cases.append((name, torch.bfloat16, 64, {"kernel": "scalar"}))
-    # every tile config on layouts with permutation / partial blocks / block 128
-    for name in ("causal_b128", "st_mix_b32", "merged_strided_b16", "token_mask_b32"):
-        lay = LAYOUT_CASES[name](512, 2)
+    # every tile config on layouts with permutation / partial blocks
+    for name in ("causal", "st_mix", "merged_strided", "random_tokens"):
+        lay = case_layout(name)
         for d in ([64] if quick else [32, 64, 128]):
             space = [c for c in backend.config_space(lay, d, torch.float16) if c["kernel"] == "mma"]
             if quick:

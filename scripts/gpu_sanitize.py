@@ -10,7 +10,7 @@ dense reference: the workload that compute-sanitizer runs over (GPU only).
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 gives every tensor its own allocation, so a read or write past a
 tensor's end is outside any allocation and memcheck reports it (with torch's caching allocator it
 could land in a neighbour's memory unseen). Cases: the layouts of
-``stbench.kernels.cupy.checks.LAYOUT_CASES`` (every generator, blocks 16..128, the strided
+``stbench.layouts.cases`` (every generator, blocks 16..64, the strided
 permutation, partial blocks, empty rows and columns) at N = 512, B = 2, H = 2, in bf16 and fp32
 at head dim 64, plus head dims 32 and 128 on two layouts; each line says ok or the error. Exit
 status 1 if any case is wrong.
@@ -27,7 +27,8 @@ import time
 import torch
 
 from stbench.commands.check import check_one, dense_reference
-from stbench.kernels.cupy.checks import ALL_CASES, LAYOUT_CASES
+from stbench.kernels.cupy.checks import case_layout
+from stbench.layouts.cases import CASES
 
 N_CTX, HEADS, BATCH = 512, 2, 2
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -37,10 +38,10 @@ def cases(names=None):
     if names:  # --cases: these layouts in bf16 at D = 64 only
         yield from ((name, torch.bfloat16, 64) for name in names)
         return
-    for name in LAYOUT_CASES:
+    for name in CASES:
         for dtype in (torch.bfloat16, torch.float32):
             yield name, dtype, 64
-    for name in ("causal_b64", "merged_strided_b16"):
+    for name in ("causal", "merged_strided"):
         for d in (32, 128):
             yield name, torch.float16, d
 
@@ -48,7 +49,7 @@ def cases(names=None):
 def run_case(backend, name, dtype, head_dim, gen, config=None) -> tuple[bool, str]:
     """``stbench check``'s judgement of one case: output and dq, dk, dv of the whole batch
     against the float64 and the same-dtype dense reference (stbench/accuracy.py's rule)."""
-    layout = ALL_CASES[name](N_CTX, HEADS)
+    layout = case_layout(name, n_ctx=N_CTX, heads=HEADS)
     shape = (BATCH, HEADS, N_CTX, head_dim)
     inputs64 = [torch.randn(shape, generator=gen, dtype=torch.float64).to(DEVICE)
                 for _ in range(4)]
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", type=json.loads, action="append", default=None,
                     help="a backend config (JSON, repeatable) run on every case instead of the "
                          "default")
-    ap.add_argument("--cases", default=None, help="comma-separated ALL_CASES names (bf16, D = 64)")
+    ap.add_argument("--cases", default=None, help="comma-separated stbench.layouts.cases names (bf16, D = 64)")
     args = ap.parse_args(argv)
     gen = torch.Generator().manual_seed(int(time.time()))  # fresh inputs every run
     failed = 0

@@ -52,6 +52,7 @@ def test_check_reports_a_crashing_backend(capsys, monkeypatch):
     (["--backends", "flash"], "choose one of"),
     (["--dtypes", "float8"], "unknown dtype"),
     (["--n-ctx", "0"], "--n-ctx"),
+    (["--layouts", "causal,spiral"], "unknown ['spiral']"),
 ])
 def test_check_bad_options(capsys, bad, pattern):
     assert cli.main(["check", *bad]) == 2
