@@ -1,9 +1,9 @@
 // st_fwd_wgmma.cu: block-sparse flash attention forward on Hopper's warpgroup MMA (wgmma,
 // sm_90a only), float16 / bfloat16 inputs, fp32 accumulation. Rests on st_wgmma.cuh /
-// st_wgmma_ptx.cuh, whose reading of the PTX ISA scripts/gpu_wgmma_probe.py confirmed on an
-// H200 (session 6); checked against dense on the GPU (memcheck / racecheck clean) and under
-// the CPU emulation. Measured 3-5% slower than the best mma.sync tiles (kernels/cupy/NOTES.md,
-// session 6), so it is not in the tuner's space; ask for it by config.
+// st_wgmma_ptx.cuh, whose reading of the PTX ISA the wgmma probe (probes/st_wgmma_probe.cu)
+// confirmed on an H200; checked against dense on the GPU (memcheck / racecheck clean) and under
+// the CPU emulation. Measured 3-5% slower than the best mma.sync tiles (kernels/cupy/NOTES.md),
+// so it is not in the tuner's space; ask for it by config.
 //
 // Same contract as st_fwd_mma.cu's st_fwd_mma (arguments, out, lse in base-2 units, the empty
 // row's out = 0 / lse = -inf, the plan walk with DIAG chunk skipping, rows gathered through
@@ -36,8 +36,8 @@
 // barrier, before a wgmma reads a tile. Each wgmma batch is waited for (wait_group 0) before
 // its accumulator is read or rescaled, and before the barrier after which the stage it read is
 // refilled. No overlap of one step's P V with the next step's S (FlashAttention-3's
-// intra-warpgroup pipelining: session 6's attempt gave wrong results at N >= 16384 on the GPU
-// and no speed-up, NOTES.md), no swizzle, no TMA.
+// intra-warpgroup pipelining: an implementation of it gave wrong results at N >= 16384 on the
+// GPU and no speed-up, NOTES.md), no swizzle, no TMA.
 // Shared memory: Q 8 / 16 KB + 2 stages x (K 8 KB + V 8 KB) = 40 / 48 KB static.
 // Registers per thread: S 32 + O 32 + P 16 fragment words (ptxas: 113-128,
 // tests/kernels/test_cupy_compile.py).

@@ -22,9 +22,9 @@ struct cta_rows {
 // The prologue of the CTA (blockIdx.x, blockIdx.y = b * H + h); ``row``: the thread's row
 // offset within the tile (the scalar kernels: one row per warp). ``prow`` receives the head's
 // permutation row (nullptr: identity order; st_common.cuh perm_row). It comes back through the
-// reference rather than as a field of cta_rows: returned in the struct, the pointer changed the
-// permuted variants' code (nvcc 13.0, sm_90: up to 17 more registers and 16 bytes of spills);
-// this way every kernel's SASS is what it was with the prologue written out in the kernel.
+// reference rather than as a field of cta_rows: as a field it costs the permuted variants up to
+// 17 registers and 16 bytes of spills (nvcc 13.0, sm_90); through the reference every kernel's
+// SASS equals that of the same prologue written out inline in the kernel.
 template <int ROWS>
 __device__ __forceinline__ cta_rows cta_prologue(const int* __restrict__ head_pattern,
                                                  const int* __restrict__ pattern_perm,

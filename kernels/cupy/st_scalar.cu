@@ -1,6 +1,6 @@
 // st_scalar.cu: block-sparse attention with plain fp32 FMA, any element type (float32,
 // float16, bfloat16), any HEAD_DIM up to 128. The float32 path and the fallback that checks the
-// tensor-core kernels: simple enough to be right on first contact.
+// tensor-core kernels: simple enough to be checked by reading.
 //
 // One warp per owned row (query for forward / dQ, key for dK / dV), SC_ROWS warps per CTA
 // (SC_ROWS rows of one layout block). Streamed rows come SC_CHUNK = min(32, b) at a time into
