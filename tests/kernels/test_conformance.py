@@ -16,7 +16,8 @@ A backend that cannot run here is skipped with its own reason (backends.unavaila
 unless the project runs it on the CPU another way, as its own tests do: cupy's CUDA kernels
 under the CPU emulation (kernels/cupy/emulate.py, forward and gradients) and FlexAttention's
 uncompiled forward (no backward on the CPU). Triton runs under its interpreter without a GPU
-(tests/conftest.py); on a GPU every backend runs for real.
+(tests/conftest.py); on a GPU every backend runs for real (FlexAttention's gradients where N
+is a multiple of 128, the block its backward needs).
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ def _eager_flex(layout, dtype):
 CPU_STAND_INS = {"cupy": _emulated_cupy, "flex": _eager_flex}
 
 
+def _flex_backward(layout) -> bool:
+    """FlexAttention's backward needs blocks of 128 (kernels/flex.py re-blocks to them): a
+    layout whose N is no multiple of 128 is checked forward only."""
+    from stbench.kernels import flex
+
+    return layout.block >= flex.MIN_BACKWARD_BLOCK or layout.n_ctx % flex.MIN_BACKWARD_BLOCK == 0
+
+
+# backend -> layout -> whether its gradients can be asked for (else BackendInfo.backward)
+BACKWARD_WHERE = {"flex": _flex_backward}
+
+
 def _runner(name: str, device: torch.device, dtype: torch.dtype, layout):
     """(fn, backward) running backend ``name`` here, or a skip with the backend's reason."""
     why = backends.unavailable_reason(name, device, dtype, layout)
@@ -65,7 +78,8 @@ def _runner(name: str, device: torch.device, dtype: torch.dtype, layout):
         def run(q, k, v, scale):
             return stbench.attention(q, k, v, layout, backend=name, scale=scale)
 
-        return run, backends.info(name).backward
+        where = BACKWARD_WHERE.get(name)
+        return run, backends.info(name).backward and (where is None or where(layout))
     stand_in = CPU_STAND_INS.get(name) if device.type == "cpu" else None
     found = stand_in(layout, dtype) if stand_in is not None else None
     if found is None:
