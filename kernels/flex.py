@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stbench.backends import BackendUnavailable
+from stbench.errors import BackendUnavailable
 from stbench.layouts import DIAG, FULL, Layout, plan_for
 from stbench.layouts.plan import unpack_masks
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from stbench.backends import BackendUnavailable
+from stbench.errors import BackendUnavailable
 from stbench.layouts import DIAG, FULL, Layout
 
 SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)

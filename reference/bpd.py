@@ -116,7 +116,7 @@ def parity(model, batch, backends, dtype=torch.float32,
     """Bits per dim and gradients of ``model`` on ``batch`` with each backend, against
     ``reference``. Dropout is off (eval mode) so every backend sees the same function. A backend
     that cannot run gives a row with ``error`` set and ``ok`` None."""
-    from stbench.backends import BackendUnavailable
+    from stbench.errors import BackendUnavailable
 
     was_training = model.training
     model.eval()

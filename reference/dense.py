@@ -52,7 +52,7 @@ import math
 
 import torch
 
-from stbench.backends import BackendUnavailable
+from stbench.errors import BackendUnavailable
 from stbench.layouts import DIAG, FULL, Layout, plan_for
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # one fp32 [B, c, N] score tile per chunk at most

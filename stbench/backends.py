@@ -26,13 +26,7 @@ from types import ModuleType
 
 import torch
 
-
-class BackendUnavailable(RuntimeError):
-    """A backend cannot run here; the message says why and how to fix it."""
-
-
-class UnknownBackend(ValueError):
-    """No backend of that name is registered."""
+from .errors import BackendUnavailable, UnknownBackend  # defined there, imported from here too
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"
 SM_REGISTERS, SM_SHARED_BYTES, SM_WARPS, SM_CTAS = 65536, 233472, 64, 32
 REGISTER_GRANULE = 8  # registers are allocated per thread in units of 8
 WARP_SIZE = 32
-PLAN = ["head_pattern", "pattern_perm", "perm", "ptr", "split", "cols", "kind", "tmask"]
+PLAN = ["head_pattern", "pattern_perm", "perm", "ptr", "split", "cols", "tmask"]
 COUNTS = ["HGMMA", "HMMA", "LDGSTS", "LDGSTS.128", "UTMALDG", "LDG", "LDG.128", "LDSM", "LDS", "STS",
           "MUFU.EX2", "BAR.SYNC"]
 

@@ -1,11 +1,10 @@
 """Correctness checks of the CuPy backend against the dense reference, shared by the GPU tests
-(tests/kernels/test_cupy_backend.py) and scripts/gpu_cupy.py.
+(tests/kernels/test_cupy_backend.py) and ``stbench check --backends cupy``.
 
-``LAYOUT_CASES`` builds small layouts from every generator (skipping any generator this stbench
-lacks), at blocks 16..128, with permutations (strided, st_mix), partial blocks (merged_strided,
-random token masks) and rows that attend to nothing. ``check_case`` runs one (layout, dtype,
-head dim, config) on fresh seeded N(0, 1) inputs and applies the accuracy rule of
-``stbench.accuracy`` to the output and to dq, dk, dv:
+``check_case`` runs one case of the shared conformance set (``stbench.layouts.cases``: every
+generator family, permutations, partial blocks, rows that attend to nothing; at n_ctx 512 and
+the case's block or a given one) in one dtype, head dim and config, on fresh seeded N(0, 1)
+inputs, and applies the accuracy rule of ``stbench.accuracy`` to the output and to dq, dk, dv:
 
     rel_err(x, ref64) <= 2 * rel_err(ref_T, ref64) + FLOOR[T]
 
@@ -18,70 +17,19 @@ from __future__ import annotations
 import math
 import traceback
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 
-from stbench import accuracy, layouts
-from stbench.backends import BackendUnavailable
+from stbench import accuracy
+from stbench.errors import BackendUnavailable
+from stbench.layouts.cases import CASES
 
-
-def _token_mask_layout(n: int, heads: int, block: int, seed: int) -> layouts.Layout:
-    """Random causal token mask (density ~0.3) with a few rows that attend to nothing."""
-    g = torch.Generator().manual_seed(seed)
-    mask = (torch.rand(heads, n, n, generator=g) < 0.3) & torch.ones(n, n, dtype=torch.bool).tril()
-    mask[:, 5] = False  # an empty row inside a non-empty block row
-    mask[:, block : 2 * block] = False  # a whole empty block row
-    return layouts.from_token_mask(mask, block=block)
-
-
-def _block_mask_layout(n: int, heads: int, block: int, seed: int) -> layouts.Layout:
-    g = torch.Generator().manual_seed(seed)
-    nb = n // block
-    bm = torch.rand(heads, nb, nb, generator=g) < 0.4
-    return layouts.from_block_mask(bm, block=block, causal=False)
-
-
-def _gen(name: str) -> Callable | None:
-    return getattr(layouts, name, None)
-
-
-def _st_mix(n, heads, block, stride):
-    gen = _gen("st_mix")
-    if gen is not None:
-        return gen(n, block=block, stride=stride, heads=heads)
-    from stbench.problems import mix_heads
-
-    return mix_heads(layouts.local(n, block=block, window=stride, heads=heads),
-                     layouts.strided(n, block=block, stride=stride, heads=heads), "st_mix")
-
-
-# name -> builder(n_ctx, heads) ; n_ctx = 512 in the checks (each builder's constraints hold)
-LAYOUT_CASES: dict[str, Callable[[int, int], layouts.Layout]] = {
-    "causal_b64": lambda n, h: layouts.causal(n, block=64, heads=h),
-    "causal_b128": lambda n, h: layouts.causal(n, block=128, heads=h),
-    "local_b32": lambda n, h: layouts.local(n, block=32, window=96, heads=h),
-    "strided_b16": lambda n, h: layouts.strided(n, block=16, stride=16, heads=h),
-    "fixed_b32": lambda n, h: layouts.fixed(n, block=32, stride=128, heads=h, num_verts=2,
-                                            vertsize=1),
-    "merged_strided_b16": lambda n, h: layouts.merged_strided(n, block=16, stride=32, heads=h),
-    "st_mix_b32": lambda n, h: _st_mix(n, h, 32, 16),
-    "token_mask_b32": lambda n, h: _token_mask_layout(n, h, 32, seed=1),
-    "block_mask_b64": lambda n, h: _block_mask_layout(n, h, 64, seed=2),
-}
-# Cases at block 64 with partial blocks and the permutation, for kernels that need a layout
-# block of at least 64 (the wgmma forward), which LAYOUT_CASES covers at smaller blocks only
-BLOCK64_CASES: dict[str, Callable[[int, int], layouts.Layout]] = {
-    "token_mask_b64": lambda n, h: _token_mask_layout(n, h, 64, seed=3),
-    # stride 8: strided needs (n / stride) % block == 0; the local heads get partial blocks
-    "st_mix_b64": lambda n, h: _st_mix(n, h, 64, 8),
-}
-ALL_CASES = {**LAYOUT_CASES, **BLOCK64_CASES}  # every name check_case and the scripts accept
+CHECK_N_CTX, CHECK_HEADS = 512, 2  # the sizes the GPU checks build every case at
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    layout: str
+    layout: str  # case name, "_b" and the layout block
     dtype: str
     head_dim: int
     config: str
@@ -97,19 +45,27 @@ class CheckResult:
         return asdict(self)
 
 
+def case_layout(name: str, block: int | None = None, n_ctx: int = CHECK_N_CTX,
+                heads: int = CHECK_HEADS, seed: int = 0):
+    """The shared case ``name`` (stbench.layouts.cases.CASES) at these sizes; ``block`` None:
+    the case's own."""
+    return CASES[name].build(n_ctx, heads, block, seed)
+
+
 def case_variants(layout, dtype: torch.dtype, head_dim: int, config: dict | None,
-                  capability=(9, 0)) -> list:
+                  capability=(9, 0), block: int | None = None) -> list:
     """Kernel variants (forward, backward) that running ``layout`` with ``config`` compiles;
-    ``layout``: a Layout or a LAYOUT_CASES name (built at n_ctx 512, 2 heads). [] when the
+    ``layout``: a Layout or a case name (built by ``case_layout`` at ``block``). [] when the
     case cannot run (it reports itself when run)."""
-    from stbench.kernels.cupy import backend
     from stbench.layouts import plan_for
 
+    from .config import resolve_config
+    from .kernel_args import plan_flags, variants_for
+
     try:
-        lay = ALL_CASES[layout](512, 2) if isinstance(layout, str) else layout
-        cfg = backend.resolve_config(config, lay.block, head_dim, dtype, capability)
-        return list(backend.variants_for(cfg, dtype, head_dim, lay.block,
-                                         *backend.plan_flags(plan_for(lay))))
+        lay = case_layout(layout, block) if isinstance(layout, str) else layout
+        cfg = resolve_config(config, lay.block, head_dim, dtype, capability)
+        return list(variants_for(cfg, dtype, head_dim, lay.block, *plan_flags(plan_for(lay))))
     except Exception:  # noqa: BLE001
         return []
 
@@ -150,20 +106,23 @@ def _classify(exc: BaseException) -> str:
 
 
 def check_case(layout_name: str, dtype: torch.dtype, head_dim: int, config: dict | None,
-               n_ctx: int = 512, heads: int = 2, batch: int = 2, seed: int = 0,
-               backward: bool = True, device: str = "cuda", runner=None) -> CheckResult:
+               n_ctx: int = CHECK_N_CTX, heads: int = CHECK_HEADS, batch: int = 2,
+               seed: int = 0, backward: bool = True, device: str = "cuda", runner=None,
+               block: int | None = None) -> CheckResult:
     """Run the cupy backend (or ``runner``, same signature as ``backend.attention``: the CPU
-    emulation in tests) on one case and judge it; never raises."""
+    emulation in tests) on the shared case ``layout_name`` at ``block`` (None: the case's own)
+    and judge it; never raises."""
     if runner is None:
         from stbench.kernels.cupy import backend
 
         runner = backend.attention
 
     cfg_s = "default" if config is None else ",".join(f"{k}={v}" for k, v in config.items())
-    base = dict(layout=layout_name, dtype=str(dtype).removeprefix("torch."), head_dim=head_dim,
-                config=cfg_s)
+    b = block or getattr(CASES.get(layout_name), "block", "?")
+    base = dict(layout=f"{layout_name}_b{b}", dtype=str(dtype).removeprefix("torch."),
+                head_dim=head_dim, config=cfg_s)
     try:
-        layout = ALL_CASES[layout_name](n_ctx, heads)
+        layout = case_layout(layout_name, block, n_ctx, heads, seed)
         g = torch.Generator().manual_seed(seed)
         shape = (batch, heads, layout.n_ctx, head_dim)
         q64, k64, v64, do64 = (torch.randn(shape, generator=g, dtype=torch.float64).to(device)

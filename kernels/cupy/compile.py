@@ -208,7 +208,7 @@ def _compile_in_worker(args: tuple[Variant, int]) -> tuple[str, str | None]:
 def precompile(variants, device_index: int = 0, workers: int = 8) -> dict[str, str | None]:
     """Compile ``variants`` in ``workers`` processes so CuPy's disk cache holds them; the calling
     process then only loads cubins. Returns {label: None or the error}. NVRTC takes about 1-3 s a
-    variant; this is how scripts/gpu_cupy.py keeps many variants within its time budget."""
+    variant; this is how the GPU tests keep many variants within their time budget."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 

@@ -4,8 +4,8 @@ on machines without a GPU.
 The kernel source is the backend's own (``Variant.source``) with ``st_intrinsics.cuh`` (inline
 PTX) swapped for ``st_cpu_emu.cuh`` (the same functions in C++, mma.sync emulated per warp from
 the PTX fragment layouts), compiled to a shared library and called through ctypes with the
-arguments the backend builds (``backend.fwd_args`` / ``dq_args`` / ``dkv_args``), in the
-backend's launch geometry. So a CPU test exercises the kernels' indexing, plan walking, masks,
+arguments the GPU launcher builds (``kernel_args.fwd_args`` / ``dq_args`` / ``dkv_args``), in its
+launch geometry. So a CPU test exercises the kernels' indexing, plan walking, masks,
 permutation, online softmax and fragment bookkeeping; what it cannot see is the hardware itself
 (real PTX semantics, races, bank conflicts, speed). Tiny shapes only: N of a few hundred.
 """
@@ -18,19 +18,29 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
 from stbench.layouts import Layout, plan_for
 
-from . import backend
 from .compile import Variant, read_source
+from .config import resolve_config
+from .kernel_args import (
+    KERNEL_NAMES, LOG2E, delta_args, delta_geometry, dkv_args, dq_args, fwd_args,
+    launch_geometry, plan_args, plan_flags, variants_for,
+)
 
 EMU_SWAP = (("st_intrinsics.cuh", "st_cpu_emu.cuh"), ("st_wgmma_ptx.cuh", "st_wgmma_emu.cuh"))
 CXX = os.environ.get("CXX", "g++")
-BUILD_DIR = Path(tempfile.gettempdir()) / "stbench_cupy_emu"
+
+
+def build_dir() -> Path:
+    """Where built libraries are cached: ``$STBENCH_CACHE_DIR/cupy_emu``, else
+    ``~/.cache/stbench/cupy_emu`` (the user's own, as the tuning cache; never a fixed path in the
+    shared temp directory)."""
+    root = os.environ.get("STBENCH_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "stbench") / "cupy_emu"
 
 
 def available() -> str | None:
@@ -57,14 +67,18 @@ def _build(label: str, src: str, defines) -> ctypes.CDLL:
     flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-w"]
     flags += [f"-D{d}" for d in defines]
     key = hashlib.blake2b((src + " ".join(flags)).encode(), digest_size=12).hexdigest()
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    lib = BUILD_DIR / f"{label}_{key}.so"
-    if not lib.exists():
-        cpp = BUILD_DIR / f"{label}_{key}.cpp"
-        cpp.write_text(src)
+    folder = build_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    lib = folder / f"{label}_{key}.so"
+    if not lib.exists():  # built under this process's own names, then moved in place at once
+        cpp = folder / f"{label}_{key}.{os.getpid()}.cpp"
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        res = subprocess.run([CXX, *flags, "-x", "c++", str(cpp), "-o", str(tmp)],
-                             capture_output=True, text=True)
+        cpp.write_text(src)
+        try:
+            res = subprocess.run([CXX, *flags, "-x", "c++", str(cpp), "-o", str(tmp)],
+                                 capture_output=True, text=True)
+        finally:
+            cpp.unlink()
         if res.returncode:
             raise RuntimeError(f"emulation build of {label} failed:\n{res.stderr[-3000:]}")
         os.replace(tmp, lib)
@@ -141,22 +155,22 @@ def run(q, k, v, layout: Layout, scale: float, config: dict | None = None, dout=
     """(out, lse) and, when ``dout`` is given, (dq, dk, dv): the backend's kernels on the CPU.
     q, k, v, dout: CPU tensors [B, H, N, D] in float16 / bfloat16 / float32."""
     b, h, n, d = q.shape
-    cfg = backend.resolve_config(config, layout.block, d, q.dtype, (9, 0))
+    cfg = resolve_config(config, layout.block, d, q.dtype, (9, 0))
     plan = plan_for(layout, "cpu")
-    fwd_v, bwd_v = backend.variants_for(cfg, q.dtype, d, layout.block, *backend.plan_flags(plan))
-    fwd_name, dq_name, dkv_name = backend.KERNEL_NAMES[cfg["kernel"]]
-    grid, fwd_block, bwd_block = backend.launch_geometry(cfg, n, b * h)
+    fwd_v, bwd_v = variants_for(cfg, q.dtype, d, layout.block, *plan_flags(plan))
+    fwd_name, dq_name, dkv_name = KERNEL_NAMES[cfg["kernel"]]
+    grid, fwd_block, bwd_block = launch_geometry(cfg, n, b * h)
     args = _Args()
-    fwd_plan, bwd_plan = backend.plan_args(plan, args.arr)
+    fwd_plan, bwd_plan = plan_args(plan, args.arr)
     ints = (h, n)
-    scale_log2 = float(scale * backend.LOG2E)
+    scale_log2 = float(scale * LOG2E)
     qb, kb, vb = _as_bits(q), _as_bits(k), _as_bits(v)
     out = torch.empty_like(qb)
     lse = torch.empty(b, h, n, dtype=torch.float32)
     lib = load(fwd_v)
     getattr(lib, f"emu_{fwd_name}")(
         grid[0], grid[1], fwd_block[0],
-        args.pack(backend.fwd_args(args.arr, qb, kb, vb, out, lse, fwd_plan, ints, scale_log2)),
+        args.pack(fwd_args(args.arr, qb, kb, vb, out, lse, fwd_plan, ints, scale_log2)),
     )
     out_t = out.view(q.dtype)
     if dout is None:
@@ -167,12 +181,12 @@ def run(q, k, v, layout: Layout, scale: float, config: dict | None = None, dout=
     lib = load(bwd_v)
     getattr(lib, f"emu_{dq_name}")(
         grid[0], grid[1], bwd_block[0],
-        args.pack(backend.dq_args(args.arr, qb, kb, vb, dob, lse, delta, dq, fwd_plan, ints,
+        args.pack(dq_args(args.arr, qb, kb, vb, dob, lse, delta, dq, fwd_plan, ints,
                                   float(scale), scale_log2)),
     )
     getattr(lib, f"emu_{dkv_name}")(
         grid[0], grid[1], bwd_block[0],
-        args.pack(backend.dkv_args(args.arr, qb, kb, vb, dob, lse, delta, dk, dv, bwd_plan, ints,
+        args.pack(dkv_args(args.arr, qb, kb, vb, dob, lse, delta, dk, dv, bwd_plan, ints,
                                    float(scale), scale_log2)),
     )
     return out_t, lse, (dq.view(q.dtype), dk.view(q.dtype), dv.view(q.dtype))
@@ -185,10 +199,10 @@ def kernel_delta(variant: Variant, dout_bits: torch.Tensor,
     b, h, n, _ = dout_bits.shape
     delta = torch.empty(b, h, n, dtype=torch.float32)
     args = _Args()
-    grid, block = backend.delta_geometry(b * h * n)
+    grid, block = delta_geometry(b * h * n)
     load(variant).emu_st_bwd_delta(
         grid[0], grid[1], block[0],
-        args.pack(backend.delta_args(args.arr, dout_bits.contiguous(), out_bits.contiguous(),
+        args.pack(delta_args(args.arr, dout_bits.contiguous(), out_bits.contiguous(),
                                      delta, b * h * n)))
     return delta
 

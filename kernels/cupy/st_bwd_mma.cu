@@ -13,6 +13,7 @@
 // (st_mma_tiles.cuh): the next chunk is copied by cp.async while the current one is computed.
 // Shared memory: 2 stages * 2 * BLOCK_N * (HEAD_DIM + 8) * 2 bytes; dkv adds 2 * 8 * BLOCK_N.
 #include "st_common.cuh"
+#include "st_prologue.cuh"
 #include "st_delta.cuh"
 
 #if ST_DTYPE == 0
@@ -66,40 +67,36 @@ st_bwd_dq(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int bh = blockIdx.y, h = bh % H;
-  const int q0 = blockIdx.x * BLOCK_M;
-  const int qb = q0 / LAYOUT_BLOCK, qin0 = q0 % LAYOUT_BLOCK;
-  const int nb = N / LAYOUT_BLOCK;
-  const int pat = head_pattern[h];
-  const int* prow = perm_row(head_pattern, pattern_perm, perm, h, N);
-  const long long base = (long long)bh * N * HEAD_DIM;
+  const int* prow;
+  const cta_rows ct = cta_prologue<BLOCK_M>(head_pattern, pattern_perm, perm, H, N, prow);
 
   const int r0 = warp * 16 + g, r1 = r0 + 8;
-  const int iq0 = qin0 + r0, iq1 = qin0 + r1;
-  const int tok0 = token(prow, q0 + r0), tok1 = token(prow, q0 + r1);
+  const int iq0 = ct.in0 + r0, iq1 = ct.in0 + r1;
+  const int tok0 = token(prow, ct.pos0 + r0), tok1 = token(prow, ct.pos0 + r1);
   unsigned qa[HEAD_DIM / 16][4], da[HEAD_DIM / 16][4];
-  load_a_rows(qa, q + base + (long long)tok0 * HEAD_DIM, q + base + (long long)tok1 * HEAD_DIM, t);
-  load_a_rows(da, dout + base + (long long)tok0 * HEAD_DIM,
-              dout + base + (long long)tok1 * HEAD_DIM, t);
-  const float lse0 = lse[(long long)bh * N + tok0], lse1 = lse[(long long)bh * N + tok1];
-  const float dl0 = delta[(long long)bh * N + tok0], dl1 = delta[(long long)bh * N + tok1];
+  load_a_rows(qa, q + ct.base + (long long)tok0 * HEAD_DIM,
+              q + ct.base + (long long)tok1 * HEAD_DIM, t);
+  load_a_rows(da, dout + ct.base + (long long)tok0 * HEAD_DIM,
+              dout + ct.base + (long long)tok1 * HEAD_DIM, t);
+  const float lse0 = lse[ct.rbase + tok0], lse1 = lse[ct.rbase + tok1];
+  const float dl0 = delta[ct.rbase + tok0], dl1 = delta[ct.rbase + tok1];
 
   float acc[HEAD_DIM / 8][4];
 #pragma unroll
   for (int dt = 0; dt < HEAD_DIM / 8; ++dt) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.f;
 
-  const int e_begin = row_ptr[pat * (nb + 1) + qb], e_end = row_ptr[pat * (nb + 1) + qb + 1];
+  const int e_begin = row_ptr[ct.list_row()], e_end = row_ptr[ct.list_row() + 1];
   int e = e_begin, kc = 0, stage = 0;
-  step_advance(e, kc, e_end, col_kind, qin0, false, true);
+  step_advance(e, kc, e_end, col_kind, ct.in0, false, true);
   if (e < e_end)
-    load_tile2_async(sK[0], sV[0], k + base, v + base, prow, col_idx[e] * LAYOUT_BLOCK + kc, tid,
-                     NWARPS * 32);
+    load_tile2_async(sK[0], sV[0], k + ct.base, v + ct.base, prow, col_idx[e] * LAYOUT_BLOCK + kc,
+                     tid, NWARPS * 32);
   cp_async_commit();
   while (e < e_end) {
     int ne = e, nkc = kc;  // prefetch the next step into the other stage
-    step_advance(ne, nkc, e_end, col_kind, qin0, false, false);
+    step_advance(ne, nkc, e_end, col_kind, ct.in0, false, false);
     if (ne < e_end)
-      load_tile2_async(sK[stage ^ 1], sV[stage ^ 1], k + base, v + base, prow,
+      load_tile2_async(sK[stage ^ 1], sV[stage ^ 1], k + ct.base, v + ct.base, prow,
                        col_idx[ne] * LAYOUT_BLOCK + nkc, tid, NWARPS * 32);
     cp_async_commit();
     cp_async_wait<1>();
@@ -125,7 +122,7 @@ st_bwd_dq(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
         }
       }
     };
-    if (step_masked(kind, kc, qin0 + warp * 16, qin0 + warp * 16 + 15, false))
+    if (step_masked(kind, kc, ct.in0 + warp * 16, ct.in0 + warp * 16 + 15, false))
       ds(masked_t<true>());
     else
       ds(masked_t<false>());
@@ -135,8 +132,8 @@ st_bwd_dq(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     kc = nkc;
     stage ^= 1;
   }
-  store_rows(dq + base + (long long)tok0 * HEAD_DIM, dq + base + (long long)tok1 * HEAD_DIM, acc,
-             scale, t);
+  store_rows(dq + ct.base + (long long)tok0 * HEAD_DIM, dq + ct.base + (long long)tok1 * HEAD_DIM,
+             acc, scale, t);
 }
 
 extern "C" __global__ void __launch_bounds__(NWARPS * 32)
@@ -156,20 +153,17 @@ st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int bh = blockIdx.y, h = bh % H;
-  const int k0 = blockIdx.x * BLOCK_M;  // layout position of the CTA's first key
-  const int kb = k0 / LAYOUT_BLOCK, kin0 = k0 % LAYOUT_BLOCK;
-  const int nb = N / LAYOUT_BLOCK;
-  const int pat = head_pattern[h];
-  const int* prow = perm_row(head_pattern, pattern_perm, perm, h, N);
-  const long long base = (long long)bh * N * HEAD_DIM;
+  const int* prow;
+  const cta_rows ct = cta_prologue<BLOCK_M>(head_pattern, pattern_perm, perm, H, N, prow);
 
   const int r0 = warp * 16 + g, r1 = r0 + 8;
-  const int jk0 = kin0 + r0, jk1 = kin0 + r1;
-  const int tok0 = token(prow, k0 + r0), tok1 = token(prow, k0 + r1);
+  const int jk0 = ct.in0 + r0, jk1 = ct.in0 + r1;
+  const int tok0 = token(prow, ct.pos0 + r0), tok1 = token(prow, ct.pos0 + r1);
   unsigned ka[HEAD_DIM / 16][4], va[HEAD_DIM / 16][4];
-  load_a_rows(ka, k + base + (long long)tok0 * HEAD_DIM, k + base + (long long)tok1 * HEAD_DIM, t);
-  load_a_rows(va, v + base + (long long)tok0 * HEAD_DIM, v + base + (long long)tok1 * HEAD_DIM, t);
+  load_a_rows(ka, k + ct.base + (long long)tok0 * HEAD_DIM,
+              k + ct.base + (long long)tok1 * HEAD_DIM, t);
+  load_a_rows(va, v + ct.base + (long long)tok0 * HEAD_DIM,
+              v + ct.base + (long long)tok1 * HEAD_DIM, t);
 
   float dka[HEAD_DIM / 8][4], dva[HEAD_DIM / 8][4];
 #pragma unroll
@@ -178,24 +172,24 @@ st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     dva[dt][0] = dva[dt][1] = dva[dt][2] = dva[dt][3] = 0.f;
   }
 
-  const int e_begin = col_ptr[pat * (nb + 1) + kb], e_end = col_ptr[pat * (nb + 1) + kb + 1];
+  const int e_begin = col_ptr[ct.list_row()], e_end = col_ptr[ct.list_row() + 1];
   // start copying step (e, qc)'s Q, dO rows (async) and lse, delta (plain loads) into stage st
   auto issue = [&](int e_, int qc_, int st) {
     const int pos0 = row_idx[e_] * LAYOUT_BLOCK + qc_;
-    load_tile2_async(sQ[st], sD[st], q + base, dout + base, prow, pos0, tid, NWARPS * 32);
+    load_tile2_async(sQ[st], sD[st], q + ct.base, dout + ct.base, prow, pos0, tid, NWARPS * 32);
     for (int i = tid; i < BLOCK_N; i += NWARPS * 32) {
-      const long long tq = (long long)bh * N + token(prow, pos0 + i);
+      const long long tq = ct.rbase + token(prow, pos0 + i);
       sLse[st][i] = lse[tq];
       sDelta[st][i] = delta[tq];
     }
   };
   int e = e_begin, qc = 0, stage = 0;
-  step_advance(e, qc, e_end, row_kind, kin0, true, true);
+  step_advance(e, qc, e_end, row_kind, ct.in0, true, true);
   if (e < e_end) issue(e, qc, 0);
   cp_async_commit();
   while (e < e_end) {
     int ne = e, nqc = qc;  // prefetch the next step into the other stage
-    step_advance(ne, nqc, e_end, row_kind, kin0, true, false);
+    step_advance(ne, nqc, e_end, row_kind, ct.in0, true, false);
     if (ne < e_end) issue(ne, nqc, stage ^ 1);
     cp_async_commit();
     cp_async_wait<1>();
@@ -222,7 +216,7 @@ st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
         }
       }
     };
-    if (step_masked(kind, qc, kin0 + warp * 16, kin0 + warp * 16 + 15, true))
+    if (step_masked(kind, qc, ct.in0 + warp * 16, ct.in0 + warp * 16 + 15, true))
       ds(masked_t<true>());
     else
       ds(masked_t<false>());
@@ -233,8 +227,8 @@ st_bwd_dkv(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     qc = nqc;
     stage ^= 1;
   }
-  store_rows(dk + base + (long long)tok0 * HEAD_DIM, dk + base + (long long)tok1 * HEAD_DIM, dka,
-             scale, t);
-  store_rows(dv + base + (long long)tok0 * HEAD_DIM, dv + base + (long long)tok1 * HEAD_DIM, dva,
-             1.f, t);
+  store_rows(dk + ct.base + (long long)tok0 * HEAD_DIM, dk + ct.base + (long long)tok1 * HEAD_DIM,
+             dka, scale, t);
+  store_rows(dv + ct.base + (long long)tok0 * HEAD_DIM, dv + ct.base + (long long)tok1 * HEAD_DIM,
+             dva, 1.f, t);
 }

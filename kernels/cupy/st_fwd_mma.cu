@@ -30,6 +30,7 @@
 // banks; B fragments come through ldmatrix, .trans for V).
 // Registers per thread: M_TILES * (HEAD_DIM / 4 (Q) + HEAD_DIM / 2 (O) + BLOCK_N / 2 (S)) words.
 #include "st_common.cuh"
+#include "st_prologue.cuh"
 
 #if ST_DTYPE == 0
 #error "st_fwd_mma.cu is for float16 / bfloat16; float32 uses st_scalar.cu"
@@ -65,17 +66,12 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int bh = blockIdx.y, h = bh % H;
-  const int q0 = blockIdx.x * BLOCK_M;
-  const int qb = q0 / LAYOUT_BLOCK, qin0 = q0 % LAYOUT_BLOCK;
-  const int nb = N / LAYOUT_BLOCK;
-  const int pat = head_pattern[h];
-  const int* prow = perm_row(head_pattern, pattern_perm, perm, h, N);
-  const long long base = (long long)bh * N * HEAD_DIM;
-  const elem_t* kbase = k + base;
-  const elem_t* vbase = v + base;
+  const int* prow;
+  const cta_rows ct = cta_prologue<BLOCK_M>(head_pattern, pattern_perm, perm, H, N, prow);
+  const elem_t* kbase = k + ct.base;
+  const elem_t* vbase = v + ct.base;
   // the warp's first and last query rows inside the layout block (for step_masked)
-  const int wrow_lo = qin0 + warp * 16 * M_TILES, wrow_hi = wrow_lo + 16 * M_TILES - 1;
+  const int wrow_lo = ct.in0 + warp * 16 * M_TILES, wrow_hi = wrow_lo + 16 * M_TILES - 1;
 
   // per row tile m: this thread's rows r[m][0] (g) and r[m][1] (g + 8), as tile offsets
   int r[M_TILES][2];
@@ -86,8 +82,8 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   for (int m = 0; m < M_TILES; ++m) {
     r[m][0] = (warp * M_TILES + m) * 16 + g;
     r[m][1] = r[m][0] + 8;
-    const elem_t* qrow0 = q + base + (long long)token(prow, q0 + r[m][0]) * HEAD_DIM;
-    const elem_t* qrow1 = q + base + (long long)token(prow, q0 + r[m][1]) * HEAD_DIM;
+    const elem_t* qrow0 = q + ct.base + (long long)token(prow, ct.pos0 + r[m][0]) * HEAD_DIM;
+    const elem_t* qrow1 = q + ct.base + (long long)token(prow, ct.pos0 + r[m][1]) * HEAD_DIM;
 #pragma unroll
     for (int kk = 0; kk < HEAD_DIM / 16; ++kk) {
       const int c = kk * 16 + 2 * t;
@@ -103,9 +99,9 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
     l_run[m][0] = l_run[m][1] = 0.f;
   }
 
-  const int e_begin = row_ptr[pat * (nb + 1) + qb], e_end = row_ptr[pat * (nb + 1) + qb + 1];
+  const int e_begin = row_ptr[ct.list_row()], e_end = row_ptr[ct.list_row() + 1];
   int e = e_begin, kc = 0, stage = 0;
-  step_advance(e, kc, e_end, col_kind, qin0, false, true);
+  step_advance(e, kc, e_end, col_kind, ct.in0, false, true);
   // the first step's K (and, with two stages, its V) in flight; one commit group each
   int kpos = e < e_end ? col_idx[e] * LAYOUT_BLOCK + kc : 0;  // layout position of key kc
   if (e < e_end) load_tile_async(sK[0], kbase, prow, kpos, tid, NWARPS * 32);
@@ -116,7 +112,7 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 #endif
   while (e < e_end) {
     int ne = e, nkc = kc;
-    step_advance(ne, nkc, e_end, col_kind, qin0, false, false);
+    step_advance(ne, nkc, e_end, col_kind, ct.in0, false, false);
     const int nkpos = ne < e_end ? col_idx[ne] * LAYOUT_BLOCK + nkc : 0;
     const int kind = col_kind[e], mid = col_mask[e];
 #if KV_STAGES == 2
@@ -148,7 +144,7 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             const int jk = kc + nt * 8 + 2 * t + (i & 1);
-            if (!allowed(kind, mid, qin0 + r[m][i >> 1], jk, masks)) s[m][nt][i] = neg_inf();
+            if (!allowed(kind, mid, ct.in0 + r[m][i >> 1], jk, masks)) s[m][nt][i] = neg_inf();
           }
     }
 
@@ -211,9 +207,9 @@ st_fwd_mma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   for (int m = 0; m < M_TILES; ++m) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
-      const int tok = token(prow, q0 + r[m][hf]);
-      const float inv = finish_row(l_run[m][hf], m_run[m][hf], t, lse + (long long)bh * N + tok);
-      elem_t* orow = out + base + (long long)tok * HEAD_DIM;
+      const int tok = token(prow, ct.pos0 + r[m][hf]);
+      const float inv = finish_row(l_run[m][hf], m_run[m][hf], t, lse + ct.rbase + tok);
+      elem_t* orow = out + ct.base + (long long)tok * HEAD_DIM;
 #pragma unroll
       for (int dt = 0; dt < HEAD_DIM / 8; ++dt) {
         *reinterpret_cast<unsigned*>(orow + dt * 8 + 2 * t) =

@@ -1,9 +1,9 @@
 // st_fwd_wgmma.cu: block-sparse flash attention forward on Hopper's warpgroup MMA (wgmma,
 // sm_90a only), float16 / bfloat16 inputs, fp32 accumulation. Rests on st_wgmma.cuh /
-// st_wgmma_ptx.cuh, whose reading of the PTX ISA scripts/gpu_wgmma_probe.py confirmed on an
-// H200 (session 6); checked against dense on the GPU (memcheck / racecheck clean) and under
-// the CPU emulation. Measured 3-5% slower than the best mma.sync tiles (kernels/cupy/NOTES.md,
-// session 6), so it is not in the tuner's space; ask for it by config.
+// st_wgmma_ptx.cuh, whose reading of the PTX ISA the wgmma probe (probes/st_wgmma_probe.cu)
+// confirmed on an H200; checked against dense on the GPU (memcheck / racecheck clean) and under
+// the CPU emulation. Measured 3-5% slower than the best mma.sync tiles (kernels/cupy/NOTES.md),
+// so it is not in the tuner's space; ask for it by config.
 //
 // Same contract as st_fwd_mma.cu's st_fwd_mma (arguments, out, lse in base-2 units, the empty
 // row's out = 0 / lse = -inf, the plan walk with DIAG chunk skipping, rows gathered through
@@ -36,12 +36,13 @@
 // barrier, before a wgmma reads a tile. Each wgmma batch is waited for (wait_group 0) before
 // its accumulator is read or rescaled, and before the barrier after which the stage it read is
 // refilled. No overlap of one step's P V with the next step's S (FlashAttention-3's
-// intra-warpgroup pipelining: session 6's attempt gave wrong results at N >= 16384 on the GPU
-// and no speed-up, NOTES.md), no swizzle, no TMA.
+// intra-warpgroup pipelining: an implementation of it gave wrong results at N >= 16384 on the
+// GPU and no speed-up, NOTES.md), no swizzle, no TMA.
 // Shared memory: Q 8 / 16 KB + 2 stages x (K 8 KB + V 8 KB) = 40 / 48 KB static.
 // Registers per thread: S 32 + O 32 + P 16 fragment words (ptxas: 113-128,
 // tests/kernels/test_cupy_compile.py).
 #include "st_common.cuh"
+#include "st_prologue.cuh"
 #include "st_wgmma.cuh"
 
 #if ST_DTYPE == 0
@@ -91,17 +92,12 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wgroup = tid >> 7;
   const int g = lane >> 2, t = lane & 3;
-  const int bh = blockIdx.y, h = bh % H;
-  const int q0 = blockIdx.x * BLOCK_M;
-  const int qb = q0 / LAYOUT_BLOCK, qin0 = q0 % LAYOUT_BLOCK;
-  const int nb = N / LAYOUT_BLOCK;
-  const int pat = head_pattern[h];
-  const int* prow = perm_row(head_pattern, pattern_perm, perm, h, N);
-  const long long base = (long long)bh * N * HEAD_DIM;
-  const elem_t* kbase = k + base;
-  const elem_t* vbase = v + base;
+  const int* prow;
+  const cta_rows ct = cta_prologue<BLOCK_M>(head_pattern, pattern_perm, perm, H, N, prow);
+  const elem_t* kbase = k + ct.base;
+  const elem_t* vbase = v + ct.base;
   // the warp's first and last query rows inside the layout block (for step_masked)
-  const int wrow_lo = qin0 + warp * 16, wrow_hi = wrow_lo + 15;
+  const int wrow_lo = ct.in0 + warp * 16, wrow_hi = wrow_lo + 15;
   // this thread's two rows of the tile (accumulator halves hf = (i >> 1) & 1)
   const int r[2] = {warp * 16 + g, warp * 16 + g + 8};
 
@@ -110,13 +106,13 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   for (int i = 0; i < 32; ++i) o[i] = 0.f;
   float m_run[2] = {neg_inf(), neg_inf()}, l_run[2] = {0.f, 0.f};
 
-  const int e_begin = row_ptr[pat * (nb + 1) + qb], e_end = row_ptr[pat * (nb + 1) + qb + 1];
+  const int e_begin = row_ptr[ct.list_row()], e_end = row_ptr[ct.list_row() + 1];
   int e = e_begin, kc = 0, stage = 0;
-  step_advance(e, kc, e_end, col_kind, qin0, false, true);
+  step_advance(e, kc, e_end, col_kind, ct.in0, false, true);
   // Q and the first step's K in one commit group, its V in the next
   const int kpos = e < e_end ? col_idx[e] * LAYOUT_BLOCK + kc : 0;  // position of key kc
   if (e < e_end) {
-    load_rows<BLOCK_M>(sQ, q + base, prow, q0, tid);
+    load_rows<BLOCK_M>(sQ, q + ct.base, prow, ct.pos0, tid);
     load_rows<64>(sK[0], kbase, prow, kpos, tid);
   }
   cp_async_commit();
@@ -125,7 +121,7 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 
   while (e < e_end) {
     int ne = e, nkc = kc;
-    step_advance(ne, nkc, e_end, col_kind, qin0, false, false);
+    step_advance(ne, nkc, e_end, col_kind, ct.in0, false, false);
     const int nkpos = ne < e_end ? col_idx[ne] * LAYOUT_BLOCK + nkc : 0;
     const int kind = col_kind[e], mid = col_mask[e];
     cp_async_wait<1>();   // this step's K (and Q) has landed (its V may still fly)
@@ -156,7 +152,7 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 #pragma unroll
       for (int i = 0; i < 32; ++i) {
         const int jk = kc + 8 * (i >> 2) + 2 * t + (i & 1);
-        if (!allowed(kind, mid, qin0 + r[(i >> 1) & 1], jk, masks)) s[i] = neg_inf();
+        if (!allowed(kind, mid, ct.in0 + r[(i >> 1) & 1], jk, masks)) s[i] = neg_inf();
       }
     }
 
@@ -208,9 +204,9 @@ st_fwd_wgmma(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
-    const int tok = token(prow, q0 + r[hf]);
-    const float inv = finish_row(l_run[hf], m_run[hf], t, lse + (long long)bh * N + tok);
-    elem_t* orow = out + base + (long long)tok * HEAD_DIM;
+    const int tok = token(prow, ct.pos0 + r[hf]);
+    const float inv = finish_row(l_run[hf], m_run[hf], t, lse + ct.rbase + tok);
+    elem_t* orow = out + ct.base + (long long)tok * HEAD_DIM;
 #pragma unroll
     for (int nt = 0; nt < HEAD_DIM / 8; ++nt)
       *reinterpret_cast<unsigned*>(orow + nt * 8 + 2 * t) =

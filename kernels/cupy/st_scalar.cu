@@ -1,6 +1,6 @@
 // st_scalar.cu: block-sparse attention with plain fp32 FMA, any element type (float32,
 // float16, bfloat16), any HEAD_DIM up to 128. The float32 path and the fallback that checks the
-// tensor-core kernels: simple enough to be right on first contact.
+// tensor-core kernels: simple enough to be checked by reading.
 //
 // One warp per owned row (query for forward / dQ, key for dK / dV), SC_ROWS warps per CTA
 // (SC_ROWS rows of one layout block). Streamed rows come SC_CHUNK = min(32, b) at a time into
@@ -13,6 +13,7 @@
 // Grid (N / SC_ROWS, B * H), block SC_ROWS * 32 threads.
 // Shared memory: 4 * (2 * SC_CHUNK * (HEAD_DIM + 1) + 2 * SC_ROWS * HEAD_DIM + 2 * SC_CHUNK).
 #include "st_common.cuh"
+#include "st_prologue.cuh"
 #include "st_delta.cuh"
 
 #define SC_ROWS 8
@@ -57,31 +58,27 @@ st_fwd_scalar(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   __shared__ float sQ[SC_ROWS * HEAD_DIM];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int bh = blockIdx.y, h = bh % H;
-  const int pos = blockIdx.x * SC_ROWS + warp;  // this warp's query, layout order
-  const int qb = pos / LAYOUT_BLOCK, iq = pos % LAYOUT_BLOCK;
-  const int nb = N / LAYOUT_BLOCK;
-  const int pat = head_pattern[h];
-  const int* prow = perm_row(head_pattern, pattern_perm, perm, h, N);
-  const long long base = (long long)bh * N * HEAD_DIM;
+  const int* prow;
+  const cta_rows ct = cta_prologue<SC_ROWS>(head_pattern, pattern_perm, perm, H, N, prow, warp);
+  const int pos = ct.pos0, iq = ct.in0;  // this warp's query, layout order
   const int tok = token(prow, pos);
   const int tile_last = (blockIdx.x * SC_ROWS) % LAYOUT_BLOCK + SC_ROWS - 1;
 
   for (int d = lane; d < HEAD_DIM; d += 32)
-    sQ[warp * HEAD_DIM + d] = to_float(q[base + (long long)tok * HEAD_DIM + d]);
+    sQ[warp * HEAD_DIM + d] = to_float(q[ct.base + (long long)tok * HEAD_DIM + d]);
 
   float o[SC_PER_LANE];
 #pragma unroll
   for (int i = 0; i < SC_PER_LANE; ++i) o[i] = 0.f;
   float m = neg_inf(), l = 0.f;
 
-  const int e_begin = row_ptr[pat * (nb + 1) + qb], e_end = row_ptr[pat * (nb + 1) + qb + 1];
+  const int e_begin = row_ptr[ct.list_row()], e_end = row_ptr[ct.list_row() + 1];
   for (int e = e_begin; e < e_end; ++e) {
     const int kb = col_idx[e], kind = col_kind[e], mid = col_mask[e];
     for (int kc = 0; kc < LAYOUT_BLOCK; kc += SC_CHUNK) {
       if (kind == ST_KIND_DIAG && kc > tile_last) break;
       __syncthreads();
-      sc_load_chunk(sK, sV, k + base, v + base, prow, kb * LAYOUT_BLOCK + kc);
+      sc_load_chunk(sK, sV, k + ct.base, v + ct.base, prow, kb * LAYOUT_BLOCK + kc);
       __syncthreads();
       float x = neg_inf();
       if (lane < SC_CHUNK && allowed(kind, mid, iq, kc + lane, masks))
@@ -108,9 +105,9 @@ st_fwd_scalar(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 #pragma unroll
   for (int i = 0; i < SC_PER_LANE; ++i) {
     const int d = lane + 32 * i;
-    if (d < HEAD_DIM) out[base + (long long)tok * HEAD_DIM + d] = from_float(o[i] * inv);
+    if (d < HEAD_DIM) out[ct.base + (long long)tok * HEAD_DIM + d] = from_float(o[i] * inv);
   }
-  if (lane == 0) lse[(long long)bh * N + tok] = l > 0.f ? m + fast_log2(l) : neg_inf();
+  if (lane == 0) lse[ct.rbase + tok] = l > 0.f ? m + fast_log2(l) : neg_inf();
 }
 
 extern "C" __global__ void __launch_bounds__(SC_ROWS * 32)
@@ -129,32 +126,28 @@ st_bwd_dq_scalar(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   __shared__ float sD[SC_ROWS * HEAD_DIM];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int bh = blockIdx.y, h = bh % H;
-  const int pos = blockIdx.x * SC_ROWS + warp;
-  const int qb = pos / LAYOUT_BLOCK, iq = pos % LAYOUT_BLOCK;
-  const int nb = N / LAYOUT_BLOCK;
-  const int pat = head_pattern[h];
-  const int* prow = perm_row(head_pattern, pattern_perm, perm, h, N);
-  const long long base = (long long)bh * N * HEAD_DIM;
+  const int* prow;
+  const cta_rows ct = cta_prologue<SC_ROWS>(head_pattern, pattern_perm, perm, H, N, prow, warp);
+  const int pos = ct.pos0, iq = ct.in0;
   const int tok = token(prow, pos);
   const int tile_last = (blockIdx.x * SC_ROWS) % LAYOUT_BLOCK + SC_ROWS - 1;
-  const float row_lse = lse[(long long)bh * N + tok], row_delta = delta[(long long)bh * N + tok];
+  const float row_lse = lse[ct.rbase + tok], row_delta = delta[ct.rbase + tok];
 
   for (int d = lane; d < HEAD_DIM; d += 32) {
-    sQ[warp * HEAD_DIM + d] = to_float(q[base + (long long)tok * HEAD_DIM + d]);
-    sD[warp * HEAD_DIM + d] = to_float(dout[base + (long long)tok * HEAD_DIM + d]);
+    sQ[warp * HEAD_DIM + d] = to_float(q[ct.base + (long long)tok * HEAD_DIM + d]);
+    sD[warp * HEAD_DIM + d] = to_float(dout[ct.base + (long long)tok * HEAD_DIM + d]);
   }
   float acc[SC_PER_LANE];
 #pragma unroll
   for (int i = 0; i < SC_PER_LANE; ++i) acc[i] = 0.f;
 
-  const int e_begin = row_ptr[pat * (nb + 1) + qb], e_end = row_ptr[pat * (nb + 1) + qb + 1];
+  const int e_begin = row_ptr[ct.list_row()], e_end = row_ptr[ct.list_row() + 1];
   for (int e = e_begin; e < e_end; ++e) {
     const int kb = col_idx[e], kind = col_kind[e], mid = col_mask[e];
     for (int kc = 0; kc < LAYOUT_BLOCK; kc += SC_CHUNK) {
       if (kind == ST_KIND_DIAG && kc > tile_last) break;
       __syncthreads();
-      sc_load_chunk(sK, sV, k + base, v + base, prow, kb * LAYOUT_BLOCK + kc);
+      sc_load_chunk(sK, sV, k + ct.base, v + ct.base, prow, kb * LAYOUT_BLOCK + kc);
       __syncthreads();
       float ds = 0.f;
       if (lane < SC_CHUNK && allowed(kind, mid, iq, kc + lane, masks)) {
@@ -174,7 +167,7 @@ st_bwd_dq_scalar(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
 #pragma unroll
   for (int i = 0; i < SC_PER_LANE; ++i) {
     const int d = lane + 32 * i;
-    if (d < HEAD_DIM) dq[base + (long long)tok * HEAD_DIM + d] = from_float(acc[i] * scale);
+    if (d < HEAD_DIM) dq[ct.base + (long long)tok * HEAD_DIM + d] = from_float(acc[i] * scale);
   }
 }
 
@@ -196,34 +189,30 @@ st_bwd_dkv_scalar(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   __shared__ float sDelta[SC_CHUNK];
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int bh = blockIdx.y, h = bh % H;
-  const int pos = blockIdx.x * SC_ROWS + warp;  // this warp's key, layout order
-  const int kb = pos / LAYOUT_BLOCK, jk = pos % LAYOUT_BLOCK;
-  const int nb = N / LAYOUT_BLOCK;
-  const int pat = head_pattern[h];
-  const int* prow = perm_row(head_pattern, pattern_perm, perm, h, N);
-  const long long base = (long long)bh * N * HEAD_DIM;
+  const int* prow;
+  const cta_rows ct = cta_prologue<SC_ROWS>(head_pattern, pattern_perm, perm, H, N, prow, warp);
+  const int pos = ct.pos0, jk = ct.in0;  // this warp's key, layout order
   const int tok = token(prow, pos);
   const int tile_first = (blockIdx.x * SC_ROWS) % LAYOUT_BLOCK;
 
   for (int d = lane; d < HEAD_DIM; d += 32) {
-    sK[warp * HEAD_DIM + d] = to_float(k[base + (long long)tok * HEAD_DIM + d]);
-    sV[warp * HEAD_DIM + d] = to_float(v[base + (long long)tok * HEAD_DIM + d]);
+    sK[warp * HEAD_DIM + d] = to_float(k[ct.base + (long long)tok * HEAD_DIM + d]);
+    sV[warp * HEAD_DIM + d] = to_float(v[ct.base + (long long)tok * HEAD_DIM + d]);
   }
   float dka[SC_PER_LANE], dva[SC_PER_LANE];
 #pragma unroll
   for (int i = 0; i < SC_PER_LANE; ++i) dka[i] = dva[i] = 0.f;
 
-  const int e_begin = col_ptr[pat * (nb + 1) + kb], e_end = col_ptr[pat * (nb + 1) + kb + 1];
+  const int e_begin = col_ptr[ct.list_row()], e_end = col_ptr[ct.list_row() + 1];
   for (int e = e_begin; e < e_end; ++e) {
     const int qb = row_idx[e], kind = row_kind[e], mid = row_mask[e];
     for (int qc = 0; qc < LAYOUT_BLOCK; qc += SC_CHUNK) {
       if (kind == ST_KIND_DIAG && qc + SC_CHUNK - 1 < tile_first) continue;
       __syncthreads();
       const int pos0 = qb * LAYOUT_BLOCK + qc;
-      sc_load_chunk(sQ, sD, q + base, dout + base, prow, pos0);
+      sc_load_chunk(sQ, sD, q + ct.base, dout + ct.base, prow, pos0);
       for (int i = threadIdx.x; i < SC_CHUNK; i += SC_ROWS * 32) {
-        const long long tq = (long long)bh * N + token(prow, pos0 + i);
+        const long long tq = ct.rbase + token(prow, pos0 + i);
         sLse[i] = lse[tq];
         sDelta[i] = delta[tq];
       }
@@ -251,8 +240,8 @@ st_bwd_dkv_scalar(const elem_t* __restrict__ q, const elem_t* __restrict__ k,
   for (int i = 0; i < SC_PER_LANE; ++i) {
     const int d = lane + 32 * i;
     if (d < HEAD_DIM) {
-      dk[base + (long long)tok * HEAD_DIM + d] = from_float(dka[i] * scale);
-      dv[base + (long long)tok * HEAD_DIM + d] = from_float(dva[i]);
+      dk[ct.base + (long long)tok * HEAD_DIM + d] = from_float(dka[i] * scale);
+      dv[ct.base + (long long)tok * HEAD_DIM + d] = from_float(dva[i]);
     }
   }
 }

@@ -18,7 +18,7 @@
 //     -> SBO = 128 (the next 8 of d), LBO = RG (the next 8 keys); k-step s (keys 16s..16s+15)
 //        starts 2 RG s bytes in.
 // No swizzle means bank conflicts in the tensor core's reads (the probe does not measure
-// speed); the 128-byte swizzle is the later step once these conventions are confirmed.
+// speed); a 128-byte swizzle would remove them (not implemented).
 #pragma once
 
 #include "st_wgmma_ptx.cuh"

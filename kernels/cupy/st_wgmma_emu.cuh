@@ -3,7 +3,7 @@
 //
 // This encodes THIS PROJECT'S READING of the PTX ISA (wgmma .m64nNk16, no-swizzle descriptors,
 // register fragments; st_wgmma_ptx.cuh and st_wgmma.cuh write it down). A kernel that passes
-// here is consistent with that reading; only scripts/gpu_wgmma_probe.py on an sm_90a GPU can
+// here is consistent with that reading; only the probe on an sm_90a GPU (test_wgmma_probe_confirms_the_reading) can
 // show that the reading is the hardware's.
 //
 // wgmma is warpgroup-collective: the 128 threads of a warpgroup meet at its barrier, each

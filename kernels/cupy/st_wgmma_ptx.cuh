@@ -3,7 +3,7 @@
 //
 // UNVERIFIED ON A GPU: the operand conventions below are this file's reading of the PTX ISA
 // ("Asynchronous Warpgroup Level Matrix Multiply-Accumulate", 9.7.15: Matrix Descriptor Format,
-// Shared Memory Matrix Layout, Register Fragments). scripts/gpu_wgmma_probe.py settles them.
+// Shared Memory Matrix Layout, Register Fragments). The probe on the GPU (tests/kernels/test_cupy_backend.py) settles them.
 //
 // Descriptor (64 bits, 9.7.15.5.1.2.2): bits 0-13 start address, 16-29 leading dimension byte
 // offset (LBO), 32-45 stride dimension byte offset (SBO), each encoded as (x & 0x3FFFF) >> 4;

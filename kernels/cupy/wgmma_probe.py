@@ -1,5 +1,5 @@
 """The wgmma probe (``probes/st_wgmma_probe.cu``): its cases, source, build options and
-references, shared by the GPU script (``scripts/gpu_wgmma_probe.py``) and the CPU tests.
+references, shared by the GPU test (``test_wgmma_probe_confirms_the_reading``) and the CPU tests.
 
 Each case launches one single-warpgroup kernel (one CTA of 128 threads) on 64 x 64 tiles and
 compares the product with torch. The descriptors' LBO / SBO are launch arguments: the cases

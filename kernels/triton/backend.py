@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from stbench.backends import BackendUnavailable
+from stbench.errors import BackendUnavailable
 
 from .config import (  # noqa: F401
     HEAD_DIMS, TMA_CANDIDATES, KernelConfig, config_space, default_config,

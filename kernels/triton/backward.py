@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from . import interpret
-from .common import LOG2E, apply_mask, load_row_pair, tile_cols, to_tokens
+from .common import LOG2E, apply_mask, load_row_pair, tile_bounds, tile_cols, tile_prologue
 
 DELTA_ROWS = 64  # rows per program of the delta preprocess
 
@@ -67,24 +67,14 @@ def _dq_tile(
 def _dq_kernel(
     Q, K, V, O, DO, LSE2, DELTA, LSE_BWD, DQ, DQ_PREV,
     head_pattern, pattern_perm, perm,
-    ptr, split, cols, kind, tmask, masks,
+    ptr, split, cols, tmask, masks,
     qk_scale2, scale, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
     ACCUM: tl.constexpr, DELTA_HERE: tl.constexpr,
 ):
-    t = tl.program_id(0)
-    bh = tl.program_id(1)
-    h = bh % H
-    pat = tl.load(head_pattern + h)
-    pp = -1
-    if HAS_PERM:
-        pp = tl.load(pattern_perm + pat)
-    base = bh.to(tl.int64) * N * HEAD_DIM
-    rbase = bh.to(tl.int64) * N
-    d = tl.arange(0, HEAD_DIM)
-    rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
-    rtok = to_tokens(rows, perm, pp, N, HAS_PERM).to(tl.int64)
+    t, bh, pat, pp, rbase, base, d, rows, rtok = tile_prologue(
+        head_pattern, pattern_perm, perm, N, H, HEAD_DIM, BLOCK_M, HAS_PERM)
     q = tl.load(Q + base + rtok[:, None] * HEAD_DIM + d[None, :])
     do = tl.load(DO + base + rtok[:, None] * HEAD_DIM + d[None, :])
     lse = tl.load(LSE2 + rbase + rtok)
@@ -97,19 +87,12 @@ def _dq_kernel(
     else:
         delta = tl.load(DELTA + rbase + rtok)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    start = tl.load(ptr + pat * (n_t + 1) + t)
-    end_full = tl.load(split + (pat * n_t + t) * 2)
-    end_causal = tl.load(split + (pat * n_t + t) * 2 + 1)
-    end = tl.load(ptr + pat * (n_t + 1) + t + 1)
-    for e in range(start, end_full):
-        dq = _dq_tile(dq, q, do, lse, delta, e, K, V, base, rows, cols, tmask, masks, perm, pp,
-                      N, qk_scale2, 0, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC)
-    for e in range(end_full, end_causal):
-        dq = _dq_tile(dq, q, do, lse, delta, e, K, V, base, rows, cols, tmask, masks, perm, pp,
-                      N, qk_scale2, 1, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC)
-    for e in range(end_causal, end):
-        dq = _dq_tile(dq, q, do, lse, delta, e, K, V, base, rows, cols, tmask, masks, perm, pp,
-                      N, qk_scale2, 2, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC)
+    bounds = tile_bounds(ptr, split, pat, t, n_t)
+    for MODE in tl.static_range(3):  # FULL, CAUSAL, MASKED tiles: one specialised loop each
+        for e in range(bounds[MODE], bounds[MODE + 1]):
+            dq = _dq_tile(dq, q, do, lse, delta, e, K, V, base, rows, cols, tmask, masks, perm,
+                          pp, N, qk_scale2, MODE, HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM,
+                          IN_PREC)
     dq = dq * scale
     if ACCUM:  # add an earlier disjoint part's share (fp32): see compose.py
         dq += tl.load(DQ_PREV + base + rtok[:, None] * HEAD_DIM + d[None, :])
@@ -160,24 +143,15 @@ def _dkdv_tile(
 def _dkdv_kernel(
     Q, K, V, DO, LSE_BWD, DELTA, DK, DV, DK_PREV, DV_PREV,
     head_pattern, pattern_perm, perm,
-    ptr, split, cols, kind, tmask, masks,
+    ptr, split, cols, tmask, masks,
     qk_scale2, scale, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
     ACCUM: tl.constexpr, KT: tl.constexpr,
 ):
-    t = tl.program_id(0)  # key tile of BLOCK_N positions
-    bh = tl.program_id(1)
-    h = bh % H
-    pat = tl.load(head_pattern + h)
-    pp = -1
-    if HAS_PERM:
-        pp = tl.load(pattern_perm + pat)
-    base = bh.to(tl.int64) * N * HEAD_DIM
-    rbase = bh.to(tl.int64) * N
-    d = tl.arange(0, HEAD_DIM)
-    kpos = t * BLOCK_N + tl.arange(0, BLOCK_N)
-    ktok = to_tokens(kpos, perm, pp, N, HAS_PERM).to(tl.int64)
+    # program t: key tile of BLOCK_N positions
+    t, bh, pat, pp, rbase, base, d, kpos, ktok = tile_prologue(
+        head_pattern, pattern_perm, perm, N, H, HEAD_DIM, BLOCK_N, HAS_PERM)
     k = tl.load(K + base + ktok[:, None] * HEAD_DIM + d[None, :])
     v = tl.load(V + base + ktok[:, None] * HEAD_DIM + d[None, :])
     if KT:  # dK^T, dV^T [HEAD_DIM, BLOCK_N]
@@ -188,22 +162,12 @@ def _dkdv_kernel(
         dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         out = base + ktok[:, None] * HEAD_DIM + d[None, :]
-    start = tl.load(ptr + pat * (n_t + 1) + t)
-    end_full = tl.load(split + (pat * n_t + t) * 2)
-    end_causal = tl.load(split + (pat * n_t + t) * 2 + 1)
-    end = tl.load(ptr + pat * (n_t + 1) + t + 1)
-    for e in range(start, end_full):
-        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols,
-                            tmask, masks, perm, pp, N, qk_scale2, 0, HEAD_DIM, BLOCK_N, BLOCK_M,
-                            UNIT, G, HAS_PERM, IN_PREC, KT)
-    for e in range(end_full, end_causal):
-        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols,
-                            tmask, masks, perm, pp, N, qk_scale2, 1, HEAD_DIM, BLOCK_N, BLOCK_M,
-                            UNIT, G, HAS_PERM, IN_PREC, KT)
-    for e in range(end_causal, end):
-        dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols,
-                            tmask, masks, perm, pp, N, qk_scale2, 2, HEAD_DIM, BLOCK_N, BLOCK_M,
-                            UNIT, G, HAS_PERM, IN_PREC, KT)
+    bounds = tile_bounds(ptr, split, pat, t, n_t)
+    for MODE in tl.static_range(3):  # FULL, CAUSAL, MASKED tiles: one specialised loop each
+        for e in range(bounds[MODE], bounds[MODE + 1]):
+            dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols,
+                                tmask, masks, perm, pp, N, qk_scale2, MODE, HEAD_DIM, BLOCK_N,
+                                BLOCK_M, UNIT, G, HAS_PERM, IN_PREC, KT)
     dk = dk * scale
     if ACCUM:
         dk += tl.load(DK_PREV + out)
@@ -250,7 +214,7 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
     _dq_kernel[(tq.n_tiles, B * H)](
         q, k, v, out, do, lse2, delta, lse_bwd, dq, dq_p,
         plan.head_pattern, plan.pattern_perm, perm,
-        tq.ptr, tq.split, tq.cols, tq.kind, tq.tmask, tq.masks,
+        tq.ptr, tq.split, tq.cols, tq.tmask, tq.masks,
         scale * LOG2E, scale, N, H, tq.n_tiles,
         HEAD_DIM=D, BLOCK_M=tq.tile_major, BLOCK_N=tq.tile_minor,
         UNIT=tq.unit, G=tq.tile_minor // tq.unit, DELTA_HERE=delta_here, **common,
@@ -259,7 +223,7 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
     _dkdv_kernel[(tk.n_tiles, B * H)](
         q, k, v, do, lse_bwd, delta, dk, dv, dk_p, dv_p,
         plan.head_pattern, plan.pattern_perm, perm,
-        tk.ptr, tk.split, tk.cols, tk.kind, tk.tmask,
+        tk.ptr, tk.split, tk.cols, tk.tmask,
         tk.masks_swapped if kt else tk.masks,
         scale * LOG2E, scale, N, H, tk.n_tiles,
         HEAD_DIM=D, BLOCK_N=tk.tile_major, BLOCK_M=tk.tile_minor,

@@ -42,7 +42,7 @@ class KernelConfig:
     # dK/dV accumulated as [D, key tile] (dV^T += dO^T P, dK^T += Q^T dS): the head dim is
     # the products' M side, so key tiles narrower than 64 still run as Hopper wgmma (which
     # needs 64 rows a warpgroup) rather than mma.sync. None: transposed exactly there
-    # (16-bit, key tile < 64; ``dkv_transposed_for``), as measured faster (session 7)
+    # (16-bit, key tile < 64; ``dkv_transposed_for``), where it measured faster (H200)
     dkv_transposed: bool | None = None
 
     def __post_init__(self):
@@ -110,7 +110,7 @@ def default_config(layout, head_dim: int, dtype: torch.dtype) -> KernelConfig:
     strided layout is split (``split_union``, compose.py) and run with 64-row tiles. The
     dense-ish 16-bit D <= 64 forward loads by TMA where its tiles allow (no permutation, key
     tiles within a block): 1.4-2.9% faster than the gather on causal and fixed at N = 16384
-    and 65536 (H200, reports/session4/fwd_variants/)."""
+    and 65536 (H200, kernels/triton/NOTES.md)."""
     wide = head_dim >= 128 or dtype == torch.float32
     split = _is_merged_strided(layout)  # exact split: 3-9x less work than any single layout
     sparse = split or layout.block_density < SPARSE_BLOCK_DENSITY
@@ -152,7 +152,7 @@ def _ok(cfg: KernelConfig, n_ctx: int, head_dim: int, dtype: torch.dtype) -> boo
 # (fwd_loads, BLOCK_M, BLOCK_N, num_warps, num_stages) of the TMA forward, proposed at head
 # dims <= 64 (where it was measured)
 TMA_CANDIDATES = (("tma", 128, 64, 8, 3), ("tma", 64, 64, 4, 3), ("tma", 64, 32, 4, 3),
-                  ("tma", 64, 32, 4, 2))  # the last: local's fastest kernel (session 7)
+                  ("tma", 64, 32, 4, 2))  # the last: local's fastest kernel (H200)
 
 
 def _is_merged_strided(layout) -> bool:
@@ -182,7 +182,7 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     )
     # asymmetric backward tiles (Triton tutorial: dK/dV 128 keys x 32 queries, dQ 128 x 32);
     # and dK/dV 32 keys x 128 queries beside 64 x 32 dQ tiles: the fixed paper mask's 32-key
-    # summary columns walk every later query, in a quarter of the steps (session 6, N = 12288:
+    # summary columns walk every later query, in a quarter of the steps (H200, N = 12288:
     # 3.300 ms against 3.582 for 64 x 32 throughout, kernels/triton/NOTES.md)
     asym = itertools.chain((
         KernelConfig(**{**default.as_dict(), "BWD_BLOCK_M": 128, "BWD_BLOCK_N": 128,
@@ -192,8 +192,8 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
                         "DKV_BLOCK_M": dkv_m, "bwd_warps": 4, "dkv_transposed": t})
         for dkv_m, t in ((128, None), (0, not auto_t), (128, not auto_t))))
     # (the 32-key dK/dV tiles run transposed in 16-bit by default, dkv_transposed=None: the
-    # fixed paper mask's fwd+bwd at N = 12288 3.59 -> 2.78 ms, session 7's calls 1 and 2; the
-    # other orientation one step away)
+    # fixed paper mask's fwd+bwd at N = 12288 3.59 -> 2.78 ms on the H200; the other
+    # orientation one step away)
     # the TMA forward loads, where the layout's key tiles are contiguous (forward.fwd_loads_error)
     tma = (
         KernelConfig(**{**default.as_dict(), "BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w,

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from . import interpret
-from .common import LOG2E, apply_mask, load_row_pair, tile_cols, to_tokens
+from .common import LOG2E, apply_mask, load_row_pair, tile_bounds, tile_cols, tile_prologue
 
 interpret.apply()
 
@@ -69,23 +69,14 @@ def _fwd_tile(
 def _fwd_kernel(
     Q, K, V, O, LSE2, O_PREV, LSE_PREV, QD, KD, VD,
     head_pattern, pattern_perm, perm,
-    ptr, split, cols, kind, tmask, masks,
+    ptr, split, cols, tmask, masks,
     qk_scale2, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
     MERGE: tl.constexpr, TMA: tl.constexpr,
 ):
-    t = tl.program_id(0)
-    bh = tl.program_id(1)
-    h = bh % H
-    pat = tl.load(head_pattern + h)
-    pp = -1
-    if HAS_PERM:
-        pp = tl.load(pattern_perm + pat)
-    base = bh.to(tl.int64) * N * HEAD_DIM
-    d = tl.arange(0, HEAD_DIM)
-    rows = t * BLOCK_M + tl.arange(0, BLOCK_M)
-    rtok = to_tokens(rows, perm, pp, N, HAS_PERM).to(tl.int64)
+    t, bh, pat, pp, rbase, base, d, rows, rtok = tile_prologue(
+        head_pattern, pattern_perm, perm, N, H, HEAD_DIM, BLOCK_M, HAS_PERM)
     row0 = bh * N  # the head's first row in [B * H * N, D] (TMA coordinates)
     if TMA:
         q = QD.load([row0 + t * BLOCK_M, 0])
@@ -95,28 +86,19 @@ def _fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    start = tl.load(ptr + pat * (n_t + 1) + t)
-    end_full = tl.load(split + (pat * n_t + t) * 2)
-    end_causal = tl.load(split + (pat * n_t + t) * 2 + 1)
-    end = tl.load(ptr + pat * (n_t + 1) + t + 1)
-    for e in range(start, end_full):
-        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows,
-                                  cols, tmask, masks, perm, pp, N, qk_scale2, 0, HEAD_DIM,
-                                  BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
-    for e in range(end_full, end_causal):
-        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows,
-                                  cols, tmask, masks, perm, pp, N, qk_scale2, 1, HEAD_DIM,
-                                  BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
-    for e in range(end_causal, end):
-        m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows,
-                                  cols, tmask, masks, perm, pp, N, qk_scale2, 2, HEAD_DIM,
-                                  BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC, TMA)
+    bounds = tile_bounds(ptr, split, pat, t, n_t)
+    for MODE in tl.static_range(3):  # FULL, CAUSAL, MASKED tiles: one specialised loop each
+        for e in range(bounds[MODE], bounds[MODE + 1]):
+            m_i, l_i, acc = _fwd_tile(q, m_i, l_i, acc, e, K, V, KD, VD, base, row0, rows,
+                                      cols, tmask, masks, perm, pp, N, qk_scale2, MODE,
+                                      HEAD_DIM, BLOCK_M, BLOCK_N, UNIT, G, HAS_PERM, IN_PREC,
+                                      TMA)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse2 = tl.where(empty, float("-inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
     if MERGE:  # fold in an earlier disjoint part's (O_PREV fp32, LSE_PREV): see compose.py
-        lse_p = tl.load(LSE_PREV + bh.to(tl.int64) * N + rtok)
+        lse_p = tl.load(LSE_PREV + rbase + rtok)
         o_p = tl.load(O_PREV + base + rtok[:, None] * HEAD_DIM + d[None, :])
         mx = tl.maximum(lse_p, lse2)
         mx = tl.where(mx == float("-inf"), 0.0, mx)
@@ -128,7 +110,7 @@ def _fwd_kernel(
         out = (o_p * w_p[:, None] + out * w_c[:, None]) / tot[:, None]
         lse2 = tl.where(none, float("-inf"), mx + tl.math.log2(tot))
     tl.store(O + base + rtok[:, None] * HEAD_DIM + d[None, :], out.to(O.dtype.element_ty))
-    tl.store(LSE2 + bh.to(tl.int64) * N + rtok, lse2)
+    tl.store(LSE2 + rbase + rtok, lse2)
 
 
 def fwd_loads_error(loads: str, plan, tiles, dtype: torch.dtype) -> str | None:
@@ -185,7 +167,7 @@ def forward(q, k, v, plan, tiles, scale: float, cfg, out_dtype=None, prev=None):
     _fwd_kernel[grid](
         q, k, v, out, lse2, o_prev, lse_prev, qd, kd, vd,
         plan.head_pattern, plan.pattern_perm, perm,
-        tiles.ptr, tiles.split, tiles.cols, tiles.kind, tiles.tmask, tiles.masks,
+        tiles.ptr, tiles.split, tiles.cols, tiles.tmask, tiles.masks,
         scale * LOG2E, N, H, n_t,
         HEAD_DIM=D, BLOCK_M=tiles.tile_major, BLOCK_N=tiles.tile_minor,
         UNIT=tiles.unit, G=tiles.tile_minor // tiles.unit, HAS_PERM=has_perm,

@@ -4,8 +4,9 @@
     stbench check --backends triton,flex --dtypes bfloat16,float16 --n-ctx 1024 --heads 4
     stbench check --json > check.jsonl              # the table on stderr, one JSON row per line
 
-For each layout (every generator in ``stbench.layouts`` at a small N, plus random token masks
-with empty rows, one of them carrying a token permutation) and dtype, q, k, v ~ N(0, 1) and an
+For each layout of the shared conformance set (``stbench.layouts.cases``: every generator
+family, random token masks with empty rows, one carrying a token permutation, a layout with no
+allowed pair), built at --n-ctx and --block, and each dtype, q, k, v ~ N(0, 1) and an
 upstream gradient dO are drawn from ``--seed``; the float64 reference (the plain masked softmax
 when the scores fit in 64 MB, else the chunked reference) and the reference in the same dtype
 give each backend's tolerance by ``stbench.accuracy``'s rule:
@@ -49,73 +50,6 @@ class CheckRow:
     grad_err: float | None = None  # the worst of dq, dk, dv
     grad_tol: float | None = None  # the tolerance of that worst one
     message: str = ""
-
-
-# ------------------------------------------------------------------------------ layouts
-def _stride(n_ctx: int, block: int) -> int:
-    """A stride near sqrt(N) that strided's transpose accepts (l % b == 0, (N / l) % b == 0)."""
-    l = max(block, 2 ** round(math.log2(math.sqrt(n_ctx))))
-    while l > block and (n_ctx % l or (n_ctx // l) % block):
-        l //= 2
-    return l
-
-
-def _random_token_mask(n_ctx, heads, gen, empty_rows):
-    import torch
-
-    tm = torch.rand(heads, n_ctx, n_ctx, generator=gen) < 0.25
-    tm[:, empty_rows] = False
-    return tm
-
-
-def check_layouts(n_ctx: int, heads: int, block: int, seed: int) -> list[tuple[str, object]]:
-    """(name, Layout or the error message) for each generator at these sizes."""
-    import torch
-
-    from stbench import layouts
-    from stbench.layouts import Layout
-
-    l = _stride(n_ctx, block)
-    gen = torch.Generator().manual_seed(seed)
-    empty = [1, n_ctx // 2 + 3]
-    makers = {
-        "causal": lambda: layouts.causal(n_ctx, block=block, heads=heads),
-        "local": lambda: layouts.local(n_ctx, block=block, window=l + 3, heads=heads),
-        "strided": lambda: layouts.strided(n_ctx, block=block, stride=l, heads=heads),
-        "fixed": lambda: layouts.fixed(
-            n_ctx, block=block, stride=max(l, 2 * block), heads=heads,
-            num_verts=2 if heads % 2 == 0 else 1,
-        ),
-        "merged_strided": lambda: layouts.merged_strided(n_ctx, block=block, stride=l,
-                                                         heads=heads),
-        "st_mix": lambda: layouts.st_mix(n_ctx, block=block, stride=l, heads=heads),
-        "bigbird": lambda: layouts.bigbird(n_ctx, block=block, heads=heads, seed=seed),
-        "longformer": lambda: layouts.longformer(n_ctx, block=block, heads=heads),
-        "sliding_window": lambda: layouts.sliding_window(n_ctx, block=block, heads=heads),
-        "variable": lambda: layouts.variable(n_ctx, block=block, heads=heads),
-        "random": lambda: layouts.from_token_mask(
-            _random_token_mask(n_ctx, heads, gen, empty), block=block, name="random"
-        ),
-    }
-
-    def random_perm():
-        base = layouts.from_token_mask(_random_token_mask(n_ctx, heads, gen, empty), block=block)
-        perm = torch.randperm(n_ctx, generator=gen).unsqueeze(0)
-        return Layout.from_parts(
-            n_ctx, heads, block, "random_perm", base.heads_idx, base.q_blocks, base.k_blocks,
-            base.kinds, base.mask_ids, base.masks, perm, tuple(h % 2 - 1 for h in range(heads)),
-        )
-
-    makers["random_perm"] = random_perm
-    out = []
-    for name, make in makers.items():
-        if not hasattr(layouts, name) and name not in ("random", "random_perm"):
-            continue  # generator not in this version of stbench.layouts
-        try:
-            out.append((name, make()))
-        except (ValueError, TypeError) as exc:
-            out.append((name, f"{type(exc).__name__}: {exc}"))
-    return out
 
 
 # ------------------------------------------------------------------------------ checking
@@ -183,8 +117,10 @@ def run_checks(backend_names, dtypes, n_ctx, heads, batch, head_dim, block, seed
     backend configuration given to every backend (None: each one's default)."""
     import torch
 
+    from stbench.layouts import cases
+
     rows = []
-    for li, (lname, layout) in enumerate(check_layouts(n_ctx, heads, block, seed)):
+    for lname, layout in cases.build_all(n_ctx, heads, block, seed):
         if only_layouts and lname not in only_layouts:
             continue
         if isinstance(layout, str):
@@ -257,6 +193,7 @@ def cmd_check(args) -> int:
     from rich.console import Console
 
     from stbench import backends
+    from stbench.layouts import cases
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
@@ -275,11 +212,15 @@ def cmd_check(args) -> int:
         for opt in ("n_ctx", "heads", "batch", "head_dim"):
             if getattr(args, opt) <= 0:
                 raise ValueError(f"--{opt.replace('_', '-')} must be a positive integer")
+        only = set(_csv(args.layouts)) if args.layouts else None
+        unknown = sorted((only or set()) - set(cases.CASES))
+        if unknown:
+            raise ValueError(f"--layouts: unknown {unknown}: choose from "
+                             f"{', '.join(cases.CASES)}")
     except ValueError as exc:
         print(f"stbench check: {exc}", file=sys.stderr)
         return 2
     console = Console(stderr=args.json, width=args.width)
-    only = set(_csv(args.layouts)) if args.layouts else None
     with console.status("checking...") as status:
         rows = run_checks(names, dtypes, args.n_ctx, args.heads, args.batch, args.head_dim,
                           args.block, args.seed, device, only,
@@ -320,9 +261,8 @@ def register(subparsers) -> None:
     p.add_argument("--block", type=int, default=DEFAULTS["block"],
                    help="block size of the layouts (16..128, dividing N)")
     p.add_argument("--layouts", default=None,
-                   help="comma-separated subset of: causal, local, strided, fixed, "
-                   "merged_strided, st_mix, bigbird, longformer, sliding_window, variable, "
-                   "random, random_perm (default: all)")
+                   help="comma-separated subset of the conformance cases (default: all; "
+                   "the names are stbench.layouts.cases.CASES's: causal, random_perm, ...)")
     p.add_argument("--seed", type=int, default=0, help="seed of inputs and random layouts")
     p.add_argument("--config", type=json_value, default=None,
                    help="a backend config (JSON) every checked backend runs (default: each "

@@ -1,7 +1,9 @@
 """Triton backend under the interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without a
-GPU): every generator, random layouts with empty rows and columns, the strided permutation,
-partial blocks at block 16, tiles smaller and larger than the layout block; forward and
-gradients against the dense float64 reference with the accuracy rule of stbench/accuracy.py.
+GPU), beyond the conformance test's default configs (test_conformance.py: every shared case
+in every dtype): tiles smaller and larger than the layout block, asymmetric and transposed
+backward tiles, the permutation under them, empty rows, the TMA forward, the exact split of the
+merged strided head; forward and gradients against the dense float64 reference with the
+accuracy rule of stbench/accuracy.py.
 
 Shapes stay tiny (N <= 256, D = 32): the interpreter costs ~7 ms per 64 x 64 block product.
 On a GPU the same tests run compiled."""
@@ -13,9 +15,8 @@ import torch
 
 from stbench import accuracy, layouts
 from stbench.layouts import Layout
+from stbench.layouts.cases import CASES
 from stbench.reference.dense import dense_attention_reference
-
-from triton_cases import mixed_heads, random_block_layout, random_token_layout
 
 triton_backend = pytest.importorskip("stbench.kernels.triton.backend")
 
@@ -47,22 +48,6 @@ def _check(layout: Layout, gen, device, config=None, batch=1, head_dim=32, dtype
     return out
 
 
-GENERATORS = {
-    "causal": lambda: layouts.causal(128, block=32, heads=2),
-    "local": lambda: layouts.local(128, block=16, window=48, heads=2),
-    "strided": lambda: layouts.strided(256, block=16, stride=16, heads=2),
-    "fixed": lambda: layouts.fixed(128, block=16, stride=64, heads=2, num_verts=2, vertsize=1),
-    "merged_strided": lambda: layouts.merged_strided(128, block=16, stride=32, heads=2),
-    "from_predicate": lambda: layouts.from_predicate(
-        128, lambda qi, ki: (ki <= qi) & ((qi - ki) % 5 != 2), block=32, heads=1),
-}
-
-
-@pytest.mark.parametrize("name", sorted(GENERATORS))
-def test_generators(name, gen, device):
-    _check(GENERATORS[name](), gen, device, SMALL)
-
-
 @pytest.mark.parametrize(
     "config",
     [
@@ -78,13 +63,13 @@ def test_generators(name, gen, device):
 )
 def test_tiles_decoupled_from_block(config, gen, device):
     """Block 32 partial / empty blocks under tiles both finer and coarser than the block."""
-    layout = random_block_layout(128, 32, heads=2, density=0.4, gen=gen, partial=True)
+    layout = CASES["random_blocks"].build(128, 2, 32, seed=1)
     _check(layout, gen, device, config)
 
 
 def test_random_token_mask_empty_rows(gen, device):
     """Block 16 exact masks with whole empty query rows and key columns: zeros, no NaN."""
-    layout = random_token_layout(96, 16, heads=2, density=0.15, gen=gen)
+    layout = CASES["random_tokens"].build(96, 2, 16, seed=2)
     out = _check(layout, gen, device, dict(BLOCK_M=32, BLOCK_N=32, BWD_BLOCK_M=16,
                                            BWD_BLOCK_N=32), batch=2)
     empty = ~layout.token_mask().any(-1)  # [H, N]
@@ -97,11 +82,8 @@ def test_random_token_mask_empty_rows(gen, device):
     ids=["default", "dkv_transposed"],
 )
 def test_mixed_permuted_and_plain_heads(config, gen, device):
-    """st_mix-like: head 0 local (identity), head 1 strided (permuted)."""
-    layout = mixed_heads(
-        layouts.local(128, block=16, window=32, heads=1),
-        layouts.strided(128, block=16, stride=8, heads=1),
-    )
+    """st_mix: head 0 local (identity), head 1 strided (permuted)."""
+    layout = CASES["st_mix"].build(128, 2, 16)
     _check(layout, gen, device, config, head_dim=64)
 
 
@@ -221,10 +203,8 @@ TMA_CASES = {
     "fixed 32x16, block 16": (lambda: layouts.fixed(128, block=16, stride=64, heads=2,
                                                      num_verts=2, vertsize=1),
                               dict(SMALL, BLOCK_M=32, BLOCK_N=16)),
-    "partial blocks, empty rows": (
-        lambda: random_block_layout(128, 32, heads=2, density=0.6,
-                                    gen=torch.Generator().manual_seed(3), partial=True),
-        dict(SMALL, BLOCK_M=32, BLOCK_N=32)),
+    "partial blocks, empty rows": (lambda: CASES["random_blocks"].build(128, 2, 32, seed=3),
+                                   dict(SMALL, BLOCK_M=32, BLOCK_N=32)),
 }
 
 
@@ -262,10 +242,9 @@ def test_tma_refuses_gathered_tiles(layout, config, match, device):
 
 
 def test_a_layout_with_no_blocks_gives_zeros(gen, device):
-    """Nothing allowed anywhere: output and gradients 0 (the contract), no tile list to walk."""
-    none = torch.zeros(0, dtype=torch.long)
-    layout = Layout.from_block_masks(64, 2, 16, "empty", none, none, none,
-                                     torch.ones(0, 16, 16, dtype=torch.bool))
+    """Nothing allowed anywhere: output and gradients exactly 0 (the contract), no tile list
+    to walk."""
+    layout = CASES["nothing"].build(64, 2, 16)
     q = torch.randn(1, 2, 64, 32, generator=gen).to(device).requires_grad_()
     out = triton_backend.attention(q, q, q, layout, 0.2, SMALL)
     out.sum().backward()

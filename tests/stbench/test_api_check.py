@@ -66,6 +66,7 @@ def test_check_lists_a_refusal_as_skipped(capsys, monkeypatch):
     (["--backends", "flash"], "choose one of"),
     (["--dtypes", "float8"], "unknown dtype"),
     (["--n-ctx", "0"], "--n-ctx"),
+    (["--layouts", "causal,spiral"], "unknown ['spiral']"),
 ])
 def test_check_bad_options(capsys, bad, pattern):
     assert cli.main(["check", *bad]) == 2

@@ -1,6 +1,6 @@
 // st_wgmma_probe.cu: single-warpgroup kernels that check this project's reading of wgmma
 // (sm_90a) against torch, one 64 x 64 x 64 product each: the operand layouts the wgmma
-// attention forward needs. Run by scripts/gpu_wgmma_probe.py (GPU) and
+// attention forward needs. Run by tests/kernels/test_cupy_backend.py (GPU) and
 // tests/kernels/test_cupy_emulated.py (CPU emulation of the same source).
 //
 // Compiled with ST_DTYPE = 2 (bf16) or 1 (fp16), HEAD_DIM = 64, LAYOUT_BLOCK = 64; launched as
