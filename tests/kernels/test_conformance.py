@@ -94,7 +94,12 @@ def _dense(q, k, v, layout, scale, dout):
     return out.detach(), torch.autograd.grad(out, (q, k, v), dout)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+# the smoke tier (-m smoke): every backend x every case in bf16
+SMOKE_DTYPES = [pytest.param(d, marks=pytest.mark.smoke) if d == torch.bfloat16 else d
+                for d in DTYPES]
+
+
+@pytest.mark.parametrize("dtype", SMOKE_DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("backend", backends.names())
 def test_backend_matches_dense(backend, case, dtype, gen, device):

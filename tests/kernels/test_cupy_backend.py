@@ -202,14 +202,9 @@ def _assert_ok(res):
     assert res.status == "ok", res
 
 
-# the smoke tier (-m smoke): every layout case in bf16
-SMOKE_DTYPES = [pytest.param(d, marks=pytest.mark.smoke) if d == torch.bfloat16 else d
-                for d in DTYPES]
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout_name", list(CASES))
-@pytest.mark.parametrize("dtype", SMOKE_DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 def test_default_config_matches_reference(layout_name, dtype, head_dim, compiled):
     _assert_ok(check_case(layout_name, dtype, head_dim, None))

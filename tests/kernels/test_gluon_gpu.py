@@ -37,7 +37,8 @@ def _run(layout, dtype, head_dim, gen, batch=2, config=None, grads=True):
                         grads)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", [pytest.param(d, marks=pytest.mark.smoke)
+                                   if d == torch.bfloat16 else d for d in DTYPES], ids=str)
 @pytest.mark.parametrize("name", sorted(LAYOUTS))
 def test_layouts_dtypes(name, dtype, gen):
     """The default config on every kind of tile list, forward and gradients."""
