@@ -10,24 +10,32 @@ import torch
 from dense_check import check_against_dense
 from stbench import layouts
 from stbench.backends import BackendUnavailable
-from triton_cases import mixed_heads, random_block_layout, random_token_layout
+from stbench.layouts.cases import CASES
 
 gluon_backend = pytest.importorskip("stbench.kernels.gluon.backend")
 
 pytestmark = pytest.mark.gpu
 
 N = 2048
+
+
+def _case(name, n_ctx, heads, g):
+    """A shared conformance case (stbench.layouts.cases) at block 128, seeded from ``g``."""
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+    return CASES[name].build(n_ctx=n_ctx, heads=heads, block=128, seed=seed)
+
+
 LAYOUTS = {
     "causal": lambda h, g: layouts.causal(N, block=128, heads=h),
     "fixed": lambda h, g: layouts.fixed(N, block=128, stride=512, heads=h),
     "local": lambda h, g: layouts.local(N, block=128, window=256, heads=h),
     # partial blocks (MASKED tiles), an empty query-block row and key-block column
-    "random_blocks": lambda h, g: random_block_layout(N, 128, h, 0.4, g),
+    "random_blocks": lambda h, g: _case("random_blocks", N, h, g),
     # an exact token mask, not causal: partial blocks everywhere, empty query rows
-    "random_tokens": lambda h, g: random_token_layout(1024, 128, h, 0.3, g),
+    "random_tokens": lambda h, g: _case("random_tokens", 1024, h, g),
     # a different pattern per head (FULL / CAUSAL / MASKED tiles in one launch)
-    "mixed": lambda h, g: mixed_heads(layouts.causal(N, block=128, heads=1),
-                                      random_block_layout(N, 128, 1, 0.5, g)),
+    "mixed": lambda h, g: layouts.stack_heads(layouts.causal(N, block=128, heads=1),
+                                              _case("random_blocks", N, 1, g)),
 }
 DTYPES = (torch.bfloat16, torch.float16)
 
