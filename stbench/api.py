@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
 from stbench import backends
-from stbench.layouts import Layout, LayoutError
+from stbench.layouts import Layout
 from stbench.tuning import picks
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -74,34 +73,22 @@ def validate_inputs(q, k, v, layout, scale) -> float:
     return scale
 
 
-@functools.lru_cache(maxsize=16)
-def _reblocked(layout: Layout, block: int) -> Layout:
-    """``layout`` at another block size, built once per (layout content, block)."""
-    return layout.reblock(block)
-
-
-def resolve_backend(
-    name: str, q: torch.Tensor, layout: Layout
-) -> tuple[str, dict | None, Layout]:
-    """Backend name, tuned config and the layout to run for ``name``. 'auto' consults the
-    tuning cache, whose pick may be the same token pattern at another block granularity."""
+def resolve_backend(name: str, q: torch.Tensor, layout: Layout, config=None,
+                    mode: str | None = None) -> tuple[str, dict | None, Layout]:
+    """(backend, config, layout) to run for ``backend=name``. Given a ``config``, ``name`` runs
+    it on ``layout`` as built. Without one, ``name`` ('auto' or a registered backend) runs its
+    checked tuned pick for this layout, q's shape and ``mode`` (default: from q's
+    requires_grad), which may be the same token pattern at another block (``tuning.picks``)."""
     if name != "auto":
         backends.info(name)  # raises UnknownBackend listing the registered names
-        return name, None, layout
-    picked = picks.cached_best(layout, q)
-    if picked is not None:
-        backend, config, block = picked
-        if block != layout.block:
-            try:
-                layout = _reblocked(layout, block)
-            except LayoutError:  # that granularity is not exact for this pattern: stay
-                config = None
         if config is not None:
-            return backend, config, layout
-    for candidate in backends.AUTO_FALLBACK_ORDER:
-        if backends.unavailable_reason(candidate, q.device, q.dtype, layout) is None:
-            return candidate, None, layout
-    raise backends.BackendUnavailable(f"no backend can run on {q.device} with {q.dtype}")
+            return name, config, layout
+    choice = picks.choose(name, layout, q, mode or picks.call_mode(q))
+    if choice is None:
+        raise backends.BackendUnavailable(f"no backend can run on {q.device} with {q.dtype}")
+    if choice.block != layout.block:
+        layout = picks.reblocked(layout, choice.block)
+    return choice.backend, config if config is not None else choice.config, layout
 
 
 def attention(q, k, v, layout: Layout, backend: str = "auto", scale=None, config=None):
@@ -110,17 +97,28 @@ def attention(q, k, v, layout: Layout, backend: str = "auto", scale=None, config
     q, k, v: [B, H, N, D]; returns out [B, H, N, D] with
     ``out[b,h,i] = sum_j softmax_j(scale * q_i . k_j) v_j`` over the j where
     ``layout.token_mask()[h, i, j]``; a row with no allowed key is zero. ``scale`` defaults to
-    1/sqrt(D). ``backend``: a registered name (see ``stbench.backends.names()``) or 'auto', the
-    fastest tuned backend that runs here, at the block granularity the autotuner found best
-    (re-blocking is exact: the token pattern, and so the result, is unchanged). ``config``: a backend configuration (tiles, warps...),
-    default: the tuned or built-in one.
+    1/sqrt(D).
+
+    ``backend``: a registered name (see ``stbench.backends.names()``) or 'auto', the fastest
+    tuned backend that runs here. ``config``: a backend configuration (tiles, warps...), run on
+    the layout as built; ``{}`` is the backend's built-in default. Without a config, a backend
+    runs its tuned pick for this problem and mode (forward only, or forward+backward when q, k
+    or v requires grad): from the local tuning cache for this environment, else from the picks
+    shipped for this GPU model, else its built-in default; a pick may run the same token
+    pattern at another block granularity (re-blocking is exact: the result is unchanged). A
+    pick that is malformed or cannot run here is skipped with one warning saying why
+    (``stbench.tuning.picks``). Without a GPU, Triton kernels run only under Triton's
+    interpreter (``TRITON_INTERPRET=1`` set before triton is imported; tens of times slower
+    than the dense reference, for tests): 'auto' picks them on a CPU only when no compiled
+    backend can run.
     """
     scale = validate_inputs(q, k, v, layout, scale)
-    name, tuned, layout = resolve_backend(backend, q, layout)
+    name, config, layout = resolve_backend(backend, q, layout, config,
+                                           picks.call_mode(q, k, v))
     module = backends.load(name)
     module.check_available(q.device, q.dtype)
     if hasattr(module, "supports"):
         why = module.supports(layout)
         if why is not None:
             raise backends.BackendUnavailable(f"backend {name!r} cannot run this layout: {why}")
-    return module.attention(q, k, v, layout, scale, config if config is not None else tuned)
+    return module.attention(q, k, v, layout, scale, config)

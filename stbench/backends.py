@@ -97,7 +97,8 @@ REGISTRY: dict[str, BackendInfo] = {
     )
 }
 
-# When nothing is tuned, backend='auto' takes the first of these that can run.
+# When nothing is tuned, backend='auto' takes the first of these that can run (compiled ones
+# before interpreted ones: ``interpreted``).
 AUTO_FALLBACK_ORDER = ("triton", "cupy", "dense")
 
 
@@ -129,16 +130,30 @@ def load(name: str) -> ModuleType:
         raise BackendUnavailable(f"backend {name!r} failed to import ({exc}): {spec.install_hint}")
 
 
-def unavailable_reason(name: str, device, dtype=torch.float32, layout=None) -> str | None:
-    """None if backend ``name`` can run on ``device`` with ``dtype`` (and ``layout``), else why."""
+def unavailable_reason(name: str, device, dtype=torch.float32, layout=None,
+                       head_dim: int | None = None) -> str | None:
+    """None if backend ``name`` can run on ``device`` with ``dtype`` (and ``layout``, and
+    ``head_dim`` where the backend builds only some: its optional ``check_head_dim``), else why."""
     try:
         module = load(name)
         module.check_available(torch.device(device), dtype)
+        if head_dim is not None and hasattr(module, "check_head_dim"):
+            try:
+                module.check_head_dim(head_dim)
+            except ValueError as exc:  # the head dim is a property of the inputs, not a bug
+                return str(exc)
         if layout is not None and hasattr(module, "supports"):
             return module.supports(layout)
     except BackendUnavailable as exc:
         return str(exc)
     return None
+
+
+def interpreted(name: str, device) -> bool:
+    """Whether backend ``name`` would run emulated on ``device``: a GPU backend given CPU tensors
+    runs only under an interpreter (Triton's, with TRITON_INTERPRET=1), tens of times slower
+    than a compiled CPU backend."""
+    return info(name).needs_gpu and torch.device(device).type == "cpu"
 
 
 def available(device, dtype=torch.float32, layout=None) -> list[str]:

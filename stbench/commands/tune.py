@@ -8,6 +8,16 @@ measure the tuner against exhaustive search.
     stbench tune --list                                             # what the cache holds
     stbench tune --layout causal --n-ctx 65536 --backends triton --rows ab.jsonl \\
         --configs null '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'   # these, side by side
+    stbench tune --export-picks reports/standard/h200 reports/standard-picks/h200 --gpu h200
+
+The search starts from the best known configurations of each backend (``--no-seeds``: without
+them): the local cache's pick and the shipped picks for this problem, the other mode's, and
+those of the same layout at the neighbouring N (``tuning/seeds.py``).
+
+``--export-picks SRC...`` writes the shipped tuned picks of ``--gpu`` (default file: the
+package's ``stbench/tuning/shipped/GPU.json``, or ``--out FILE``) from results folders or
+JSONL files, by the rule of ``tuning/export.py``; ``backend='auto'`` reads them when the local
+cache has no entry.
 
 ``--configs`` measures exactly the configurations given (JSON; null: the backend's default) of
 each backend, each checked against the dense reference first and then timed with the sweep's
@@ -51,7 +61,18 @@ def register(subparsers) -> None:
     p.add_argument("--evaluate", action="store_true",
                    help="the tuner (--strategy) against exhaustive search on standard problems, "
                    "into --out")
-    p.add_argument("--out", default=None, help="folder for --evaluate (tune_eval.jsonl)")
+    p.add_argument("--out", default=None,
+                   help="folder for --evaluate (tune_eval.jsonl); file for --export-picks")
+    p.add_argument("--max-evals", type=int, default=None,
+                   help="candidates measured per backend at most (default: as many as the "
+                   "strategy wants)")
+    p.add_argument("--no-seeds", action="store_true",
+                   help="search without starting from the best known configurations")
+    p.add_argument("--export-picks", nargs="+", default=None, metavar="SRC",
+                   help="write the shipped tuned picks of --gpu from these results folders or "
+                   "JSONL files, and exit")
+    p.add_argument("--gpu", default=None,
+                   help="with --export-picks: the GPU model whose rows count (e.g. h200)")
     p.add_argument("--ns", type=lambda s: [int(x) for x in csv_list(s)], default=[4096, 16384],
                    help="N values for --evaluate (default 4096,16384)")
     p.add_argument("--layouts", type=csv_list,
@@ -84,6 +105,10 @@ def run(args) -> int:
         console.print(f"{len(data['entries'])} entries in {args.cache or cache.default_path()}")
         return 0
     try:
+        if args.max_evals is not None and args.max_evals < 1:
+            raise ValueError(f"--max-evals {args.max_evals}: use a positive count")
+        if args.export_picks:
+            return _export(args, console)
         if args.evaluate:
             from stbench.tuning import evaluate
 
@@ -97,7 +122,8 @@ def run(args) -> int:
 
             recs = evaluate.evaluate(probs, args.backends, device=args.device or _dev(),
                                      out_dir=args.out, strategy=args.strategy,
-                                     cache_path=args.cache or Path(args.out) / "tune.json")
+                                     cache_path=args.cache or Path(args.out) / "tune.json",
+                                     max_evals=args.max_evals, seeded=not args.no_seeds)
             for r in recs:
                 if r.get("ratio") is None:
                     console.print(f"{r['problem']}: {r.get('status')}")
@@ -140,10 +166,29 @@ def _tune_one(autotune, prob, args):
     try:
         return autotune.tune(prob, args.backends, device=device, strategy=args.strategy,
                              objective=args.objective, memory_budget=args.memory_budget,
-                             cache_path=args.cache, rows_path=args.rows, precompiler=pre)
+                             cache_path=args.cache, rows_path=args.rows, precompiler=pre,
+                             max_evals=args.max_evals, seeds=None if not args.no_seeds else {})
     finally:
         if pre is not None:
             pre.close()
+
+
+def _export(args, console) -> int:
+    """``--export-picks``: the shipped picks file of ``--gpu`` from the given results."""
+    from stbench.tuning import export, shipped
+
+    if not args.gpu:
+        raise ValueError("--export-picks needs --gpu MODEL (e.g. h200, the <gpu> of "
+                         "reports/<suite>/<gpu>/)")
+    command = f"stbench tune --export-picks {' '.join(args.export_picks)} --gpu {args.gpu}"
+    data, notes = export.export_picks(args.export_picks, args.gpu, command)
+    path = export.write(data, args.out or shipped.path_for(args.gpu))
+    for note in notes:
+        console.print(note, highlight=False, markup=False)
+    console.print(f"{len(data['problems'])} problems, "
+                  f"{sum(len(p['picks']) for p in data['problems'])} picks written to {path}",
+                  highlight=False, markup=False)
+    return 0 if data["problems"] else 1
 
 
 def _compare(autotune, prob, args, console) -> int:

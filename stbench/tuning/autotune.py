@@ -11,12 +11,15 @@ says why an invalid one was invalid. Strategies (``STRATEGIES``): ``exhaustive``
 (seeded starts + one-knob descent, ``tuning/local.py``). Objectives: ``time`` (median ms),
 ``memory`` (peak bytes; on a CPU, where no peak is measured, time), ``time_under_budget``
 (median ms among candidates whose peak fits ``memory_budget`` bytes). The best few are re-timed
-with the full timer budget before the pick.
+with the full timer budget before the pick. Each backend's search starts from its best known
+configurations for the problem (``tuning/seeds.py``: the cached and shipped picks, the other
+mode's, the neighbouring N's), evaluated first, so that a budget-capped search reaches the known
+best and explores around it before anything else.
 
 The pick is saved in the persistent cache (``tuning/cache.py``) under the layout's hash and under
-the hash of each re-blocked variant (with that block's best), so ``stbench.attention(...,
-backend='auto')`` finds it through ``tuning.picks.cached_best`` (at the tuned block) or
-``cached_pick`` (at the layout's own block).
+the hash of each re-blocked variant (with that block's best), per mode, so
+``stbench.attention`` finds it for the layout at any block (``tuning.picks``: the overall best,
+maybe at another block, else the best at the layout's own block).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import torch
 
 from stbench import backends, layouts, results
 from stbench.problems import Problem
-from stbench.tuning import cache, check, exhaustive, local
+from stbench.tuning import cache, check, exhaustive, local, seeds as known_starts
 from stbench.tuning.measure import BenchSettings, Candidate, make_row, measure
 from stbench.tuning.precompile import COMPILED_BACKENDS, Job
 
@@ -68,9 +71,12 @@ class TuneResult:
     rows: tuple = ()
 
 
+def _fwd_keys(config: dict) -> dict:
+    return {k: v for k, v in config.items() if not k.startswith(BWD_PREFIXES)}
+
+
 def _fwd_relevant(config: dict) -> str:
-    return json.dumps({k: v for k, v in config.items() if not k.startswith(BWD_PREFIXES)},
-                      sort_keys=True)
+    return json.dumps(_fwd_keys(config), sort_keys=True)
 
 
 def candidate_space(problem: Problem, layout, backend: str, blocks=layouts.ALLOWED_BLOCKS,
@@ -103,7 +109,7 @@ def with_forward(cands, forward):
     forward kernel is then tuned once, in 'fwd', and the search spends its budget on the
     backward's tiles). ``cands`` unchanged when none is at that block."""
     block, config = forward
-    fwd_keys = {k: v for k, v in config.items() if not k.startswith(BWD_PREFIXES)}
+    fwd_keys = _fwd_keys(config)
     out, seen = [], set()
     for c in cands:
         if c.block != block:
@@ -136,7 +142,7 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
          cache_path=None, save: bool = True, rows_path=None, seed: int = 0, layout=None,
          inputs=None, reference=None, blocks=layouts.ALLOWED_BLOCKS,
          max_evals: int | None = None, forward: dict | None = None,
-         precompiler=None, configs=None) -> TuneResult:
+         precompiler=None, configs=None, seeds: dict | None = None) -> TuneResult:
     """Tune ``problem`` over ``backend_names`` (default: every registered backend that runs
     here). Writes candidate rows to ``rows_path`` (JSONL) if given, and the pick to the cache
     (``cache_path``, default the user's) unless ``save=False``. ``max_evals`` caps the
@@ -146,7 +152,9 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
     ``tuning.precompile.Precompiler`` that compiles each batch of candidates the strategy is
     about to evaluate side by side first; its workers rebuild the layout from ``problem``, so
     pass it only when ``layout`` is ``problem.build_layout()`` (or None). ``configs``: measure
-    these configurations (dicts; {} is the default) of each backend instead of its space."""
+    these configurations (dicts; {} is the default) of each backend instead of its space.
+    ``seeds``: {backend: [(block, config)]} to start each search from (evaluated first);
+    None: the best known ones (``tuning.seeds.known_configs``); {}: none."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r}: use one of {', '.join(STRATEGIES)}")
     if objective not in OBJECTIVES:
@@ -204,7 +212,9 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
 
         prepare = (_compile_ahead(precompiler, problem, memo)
                    if precompiler is not None and name in COMPILED_BACKENDS else None)
-        STRATEGIES[strategy](cands, evaluate, seed=seed, budget=max_evals, prepare=prepare)
+        known = _known(problem, layout, name, cands, seeds, cache_path, configs)
+        STRATEGIES[strategy](cands, evaluate, seed=seed, budget=max_evals, prepare=prepare,
+                             known=known)
         evaluated += len(memo)
         scored.extend(v for v in memo.values() if math.isfinite(v[0]))
     scored.sort(key=lambda x: x[0])
@@ -242,6 +252,16 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
     if save and best is not None:
         save_result(result, layout, layout_of_block, cache_path)
     return result
+
+
+def _known(problem, layout, name, cands, seeds, cache_path, configs) -> list[int]:
+    """Indices of ``cands`` to evaluate first: the given or best known configurations."""
+    if configs is not None:
+        return []
+    known = (seeds.get(name, []) if seeds is not None
+             else known_starts.known_configs(problem, layout, name, cache_path=cache_path))
+    # a 'fwd' search holds one candidate per forward setting (backward keys at the default)
+    return known_starts.indices(cands, known, _fwd_keys if problem.mode == "fwd" else dict)
 
 
 def _job(problem: Problem, c: Candidate) -> Job:

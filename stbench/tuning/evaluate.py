@@ -2,7 +2,8 @@
 lookup time.
 
 Per problem: the dense reference and inputs are built once; the exhaustive search and the cheap
-strategy run over the same space (same backends, blocks, configs); the exhaustive best and the
+strategy (seeded with the best known configurations unless ``seeded=False``, capped at
+``max_evals`` per backend if given) run over the same space (same backends, blocks, configs); the exhaustive best and the
 pick are then re-timed side by side with the full timer budget (``FINAL_SETTINGS``), alternating
 ``RETIME_ROUNDS`` times (median of the medians), and ``ratio = pick_ms / best_ms`` (target
 <= 1.03; exactly 1.0 when the pick is the exhaustive best itself). Tuning time is the
@@ -43,7 +44,7 @@ def _retime(problem, pick, variants_layout, inputs, device):
 
 
 def evaluate_problem(problem, backend_names, *, device, strategy="local", cache_path=None,
-                     seed=0) -> dict:
+                     seed=0, max_evals=None, seeded=True) -> dict:
     device = torch.device(device)
     try:
         layout = problem.build_layout()
@@ -56,14 +57,17 @@ def evaluate_problem(problem, backend_names, *, device, strategy="local", cache_
     ref = check.Reference(q, k, v, layout, problem.head_dim ** -0.5, problem.mode,
                           seed=problem.seed)
     common = dict(device=device, layout=layout, inputs=inputs, reference=ref, seed=seed)
-    ex = autotune.tune(problem, backend_names, strategy="exhaustive", save=False, **common)
+    ex = autotune.tune(problem, backend_names, strategy="exhaustive", save=False, seeds={},
+                       **common)
     cheap = autotune.tune(problem, backend_names, strategy=strategy, save=True,
-                          cache_path=cache_path, **common)
+                          cache_path=cache_path, max_evals=max_evals,
+                          seeds=None if seeded else {}, **common)
     rec = {
         "schema": EVAL_SCHEMA, "version": EVAL_VERSION, "env": environment.collect().to_dict(),
         "problem": problem.label(), "layout": problem.layout.name, "n_ctx": problem.n_ctx,
         "batch": problem.batch, "heads": problem.heads, "head_dim": problem.head_dim,
         "dtype": problem.dtype, "mode": problem.mode, "strategy": strategy,
+        "seeded": seeded, "max_evals": max_evals,
         "backends": list(backend_names or []),
         "candidates": ex.candidates, "exhaustive_evaluated": ex.evaluated,
         "exhaustive_s": ex.seconds, "tune_evaluated": cheap.evaluated, "tune_s": cheap.seconds,
@@ -108,14 +112,15 @@ def evaluate_problem(problem, backend_names, *, device, strategy="local", cache_
 
 
 def evaluate(problems, backend_names, *, device, out_dir, strategy="local", cache_path=None,
-             seed=0) -> list[dict]:
+             seed=0, max_evals=None, seeded=True) -> list[dict]:
     """Evaluate every problem, appending each record to ``out_dir/tune_eval.jsonl``."""
     out = Path(out_dir) / EVAL_FILE
     out.parent.mkdir(parents=True, exist_ok=True)
     recs = []
     for p in problems:
         rec = evaluate_problem(p, backend_names, device=device, strategy=strategy,
-                               cache_path=cache_path, seed=seed)
+                               cache_path=cache_path, seed=seed, max_evals=max_evals,
+                               seeded=seeded)
         with out.open("a", encoding="utf-8") as f:
             f.write(json.dumps(cache.json_safe(rec), sort_keys=True) + "\n")
         recs.append(rec)

@@ -3,13 +3,19 @@
 Candidates are points in a discrete space whose coordinates are the layout block and the
 backend's config keys (``coords(c)``). Algorithm:
 
+    known    = candidates known to be good (``known``: the tuner passes the best known
+               configurations, tuning/autotune.py), evaluated first
+    current  = descend(the best known)                       (when there are known ones)
     starts   = the first candidate of each block (a backend lists its default config first)
                + the first candidate of each value of a string-valued key (a kernel variant:
                  one-knob steps cannot cross between variants whose other knobs differ)
                + ``random_starts`` others drawn with a seeded RNG
-    current  = the best start
-    repeat:  evaluate every unevaluated candidate that differs from ``current`` in exactly one
-             coordinate; move to the best if it improves, else stop
+    if the best start beats current: current = descend(the best start)
+    descend(c): repeat: evaluate every unevaluated candidate that differs from c in exactly
+             one coordinate; move to the best if it improves, else stop
+
+Under a budget the known candidates and their neighbourhood come first, so a search seeded
+with the known best reaches it (and what lies one knob away) within a few evaluations.
 
 ``prepare(cands)``, when given, is called with each batch of candidates about to be evaluated
 (the starts, then each round's unevaluated neighbours, cut to the budget left) before any of
@@ -63,10 +69,11 @@ def start_indices(cands: Sequence, seed: int = 0, random_starts: int = RANDOM_ST
 
 def search(candidates: Sequence, evaluate: Callable[[object], float], *, seed: int = 0,
            random_starts: int = RANDOM_STARTS, max_rounds: int = 8, budget: int | None = None,
-           prepare: Callable[[list], None] | None = None):
+           prepare: Callable[[list], None] | None = None, known: Sequence[int] = ()):
     """The best candidate found (lowest finite score) or None; ``evaluate`` as in exhaustive.
     ``budget`` caps the evaluations (None: no cap): once spent, an unevaluated candidate
-    scores infinity, so the search keeps the best it has measured. ``prepare``: see above."""
+    scores infinity, so the search keeps the best it has measured. ``prepare``: see above.
+    ``known``: indices of candidates to start from first."""
     if not candidates:
         return None
     cands = list(candidates)
@@ -88,19 +95,29 @@ def search(candidates: Sequence, evaluate: Callable[[object], float], *, seed: i
             scores[i] = evaluate(cands[i])
         return scores[i]
 
+    def descend(current: int) -> int:
+        for _ in range(max_rounds):
+            here = coords(cands[current])
+            neigh = [i for i in range(len(cands))
+                     if i != current and differs_in_one(here, coords(cands[i]))]
+            if not neigh:
+                break
+            prepare_batch(neigh)
+            best = min(neigh, key=score)
+            if score(best) < score(current):
+                current = best
+            else:
+                break
+        return current
+
+    current = None
+    known = [i for i in dict.fromkeys(known) if 0 <= i < len(cands)]
+    if known:
+        prepare_batch(known)
+        current = descend(min(known, key=score))
     starts = start_indices(cands, seed, random_starts)
     prepare_batch(starts)
-    current = min(starts, key=score)
-    for _ in range(max_rounds):
-        here = coords(cands[current])
-        neigh = [i for i in range(len(cands))
-                 if i != current and differs_in_one(here, coords(cands[i]))]
-        if not neigh:
-            break
-        prepare_batch(neigh)
-        best = min(neigh, key=score)
-        if score(best) < score(current):
-            current = best
-        else:
-            break
+    best_start = min(starts, key=score)
+    if current is None or score(best_start) < score(current):
+        current = descend(best_start)
     return cands[current] if math.isfinite(score(current)) else None

@@ -243,7 +243,7 @@ def test_the_tune_command_hands_the_tuner_a_precompiler_and_closes_it():
 
     args = argparse.Namespace(device="cpu", precompile_workers=2, backends=None,
                               strategy="local", objective="time", memory_budget=None,
-                              cache=None, rows=None)
+                              cache=None, rows=None, max_evals=None, no_seeds=False)
     assert tune_cmd._tune_one(FakeAutotune, _problem(64), args) == "result"
     assert isinstance(seen[0], Precompiler) and seen[0].workers == 2
     assert seen[0]._pool is None  # closed (it never started: the fake tuner ran nothing)
