@@ -53,6 +53,12 @@ def validate_inputs(q, k, v, layout, scale) -> float:
             "(self-attention over one sequence)"
         )
     b, h, n, d = q.shape
+    if (h, n) != (layout.heads, layout.n_ctx) and (n, h) == (layout.heads, layout.n_ctx):
+        raise ValueError(
+            f"q has shape {tuple(q.shape)}, which reads as [B, N, H, D] for this layout (N = "
+            f"{layout.n_ctx}, H = {layout.heads}): the axes look swapped; stbench takes "
+            "[B, H, N, D]: pass q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)"
+        )
     if n != layout.n_ctx:
         raise ValueError(
             f"q has N={n} tokens but layout.n_ctx={layout.n_ctx}: build the layout for n_ctx={n}"

@@ -2,7 +2,9 @@
 returns, each writing one PNG and returning its path.
 
 - ``time_vs_n``: median time vs N, log-log, one panel per layout, one line per backend / peer,
-  the fitted exponent a of time ~ N^a in the legend (least squares on log-log, all N measured);
+  the fitted exponent a of time ~ N^a in the legend (least squares on log-log, all N measured)
+  where the line has at least ``MIN_FIT_POINTS`` distinct N, marked "1 rep" when a point was
+  timed once;
 - ``memory_vs_n``: measured footprint (peak during the call + inputs + plan) vs N per backend,
   the analytic kernel model (``stbench.memory.kernel_memory_bytes``' formula) and the dense
   reference's materialised memory (``dense_memory_bytes``), with the GPU's capacity when known;
@@ -24,6 +26,10 @@ import pandas as pd  # noqa: E402
 MODE_TITLES = {"fwd": "forward", "fwd+bwd": "forward + backward"}
 LSE_ITEMSIZE = 4  # fp32 row statistics (LSE, delta), as in stbench.memory
 DPI = 110
+# Distinct N a time exponent is fitted on: through two or three noisy points the slope follows
+# the noise and the fixed per-call overhead of small N (a CPU run gave "N^-4.80" from two),
+# not the scaling; four points spanning 8x in N at least show a trend.
+MIN_FIT_POINTS = 4
 
 
 def backend_colors(df: pd.DataFrame) -> dict:
@@ -46,13 +52,24 @@ def _file_mode(mode: str) -> str:
     return mode.replace("+", "_")
 
 
-def fit_exponent(ns, ms) -> float | None:
-    """a in ms ~ N^a by least squares on log-log (None with fewer than two distinct N)."""
+def fit_exponent(ns, ms, min_points: int = MIN_FIT_POINTS) -> float | None:
+    """a in ms ~ N^a by least squares on log-log (None with fewer than ``min_points`` distinct
+    N: see MIN_FIT_POINTS)."""
     ns, ms = np.asarray(ns, dtype=float), np.asarray(ms, dtype=float)
     ok = (ns > 0) & (ms > 0)
-    if len(set(ns[ok])) < 2:
+    if len(set(ns[ok])) < max(2, min_points):
         return None
     return float(np.polyfit(np.log(ns[ok]), np.log(ms[ok]), 1)[0])
+
+
+def exponent_label(backend: str, ns, ms, reps) -> str:
+    """The legend entry of a time-vs-N line: the backend and its fitted exponent, where there
+    are enough points (``fit_exponent``), marked '1 rep' when a point was timed once."""
+    a = fit_exponent(ns, ms)
+    if a is None:
+        return backend
+    once = ", 1 rep" if any(r == 1 for r in reps) else ""
+    return f"{backend} (N^{a:.2f}{once})"
 
 
 def _grid(n: int):
@@ -87,8 +104,7 @@ def time_vs_n(df: pd.DataFrame, mode: str, out_dir) -> Path | None:
         sub = ok[ok["layout"] == lay]
         for backend, g in sub.groupby("backend", sort=True):
             g = g.sort_values("n_ctx")
-            a = fit_exponent(g.n_ctx, g.median_ms)
-            label = backend + (f" (N^{a:.2f})" if a is not None else "")
+            label = exponent_label(backend, g.n_ctx, g.median_ms, g.reps)
             ax.plot(g.n_ctx, g.median_ms, marker="o", label=label, color=colors[backend])
         _log_axes(ax, 2)
         ax.set_xlabel("sequence length N (tokens)")

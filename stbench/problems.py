@@ -1,4 +1,4 @@
-"""The standard problems of TARGETS.md as data: named layout specs and frozen problems.
+"""The standard problems as data: named layout specs and frozen problems.
 
 Standard problem: bf16, H = 8, D = 64, B x N = 65,536 tokens, N = 1024 .. 65536, causal, stride
 ``l = max(128, 2^round(log2(sqrt(N))))``, block 128. Layout specs (``LAYOUT_SPECS``):
@@ -38,7 +38,7 @@ STANDARD_BLOCK = 128  # FlexAttention's default block: apples to apples
 STANDARD_NS = tuple(2**k for k in range(10, 17))  # 1024 .. 65536
 PAPER_STRIDE = 128
 PAPER_C = 32  # the paper's c = vertsize * block for 'fixed'
-FIXED_MIN_STRIDE = 512  # TARGETS.md: the standard 'fixed' uses stride max(l, 512)
+FIXED_MIN_STRIDE = 512  # the standard 'fixed' uses stride max(l, 512)
 DTYPES = {
     "float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16,
     "float16": torch.float16,
@@ -46,7 +46,7 @@ DTYPES = {
 
 
 def stride_for(n_ctx: int) -> int:
-    """TARGETS.md's stride rule: l = max(128, 2^round(log2(sqrt(N))))."""
+    """The standard stride rule: l = max(128, 2^round(log2(sqrt(N))))."""
     return max(128, 2 ** round(math.log2(math.sqrt(n_ctx))))
 
 
@@ -132,6 +132,13 @@ BUILDERS = {
 }
 
 
+def builder_params(builder: str) -> list[str]:
+    """The parameters a spec may set for ``builder`` (all but n, block and heads)."""
+    import inspect
+
+    return list(inspect.signature(BUILDERS[builder]).parameters)[3:]
+
+
 @dataclass(frozen=True)
 class LayoutSpec:
     """A named layout recipe: ``builder`` from ``BUILDERS`` with ``params`` (name, value) pairs;
@@ -149,6 +156,14 @@ class LayoutSpec:
             raise ValueError(
                 f"layout {self.name!r}: builder={self.builder!r} is unknown: use one of "
                 f"{', '.join(BUILDERS)}"
+            )
+        accepted = builder_params(self.builder)
+        unknown = sorted(k for k, _ in self.params if k not in accepted)
+        if unknown:
+            raise ValueError(
+                f"layout {self.name!r}: builder {self.builder!r} has no parameter "
+                f"{', '.join(unknown)}: it takes {', '.join(accepted) or 'none'} (N, block and "
+                "heads come from the grid)"
             )
         if self.reblock is not None and self.reblock not in layouts.ALLOWED_BLOCKS:
             raise ValueError(f"layout {self.name!r}: reblock={self.reblock!r} must be one of "
@@ -227,7 +242,7 @@ def layout_spec(name: str) -> LayoutSpec:
     except KeyError:
         raise ValueError(
             f"layout {name!r} is not a known spec: use one of {', '.join(LAYOUT_SPECS)} or "
-            "define it in a [layouts.NAME] table of the sweep's TOML file"
+            "define it in a [layout.NAME] table of the sweep's TOML file"
         ) from None
 
 
@@ -286,7 +301,7 @@ def batch_for(n_ctx: int, tokens: int = STANDARD_TOKENS) -> int:
 
 def standard_problem(layout_name: str, n_ctx: int, mode: str = "fwd",
                      dtype: str = STANDARD_DTYPE) -> Problem:
-    """TARGETS.md's standard problem at ``n_ctx`` over the named spec (bf16, H = 8, D = 64,
+    """The standard problem at ``n_ctx`` over the named spec (bf16, H = 8, D = 64,
     B = 65536 // N), built at the largest block that fits when its own does not."""
     spec = replace(layout_spec(layout_name), fit_block=True)
     return Problem(spec, n_ctx, batch_for(n_ctx), dtype=dtype, mode=mode)
@@ -294,7 +309,7 @@ def standard_problem(layout_name: str, n_ctx: int, mode: str = "fwd",
 
 def standard_problems(ns=STANDARD_NS, layout_names=STANDARD_LAYOUTS, modes=("fwd", "fwd+bwd"),
                       dtype=STANDARD_DTYPE) -> list[Problem]:
-    """TARGETS.md's standard problems (block layouts at block 128)."""
+    """The standard problems (block layouts at block 128)."""
     return [
         Problem(layout_spec(name), n, batch_for(n), dtype=dtype, mode=mode)
         for n in ns for name in layout_names for mode in modes

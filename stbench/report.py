@@ -4,7 +4,9 @@
 ``DIR/tune_eval.jsonl`` (the autotuner against exhaustive search) and ``DIR/manifest.json``
 (stbench.manifest), and writes into ``DIR`` (or ``--out``):
 
-- ``REPORT.md``: what ran (the manifest); the environment; row counts by backend and status;
+- ``REPORT.md``: what ran (the manifest); a banner when the times are not kernel timings (no
+  GPU in the run's environment, or Triton under its interpreter) and how many rows were timed
+  with a single repetition; the environment; row counts by backend and status;
   per mode, median time per (layout, N) and backend; our fastest backend against the fastest
   peer per (layout, N), and each backend's speedup over the fastest peer (over the dense
   reference when the run has no peer rows, e.g. on a CPU, and saying so); the autotuner's
@@ -50,6 +52,45 @@ def load(folder) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
     df = df.sort_values("timestamp", kind="stable").drop_duplicates("key", keep="last")
     return (df[df.kind == "sweep"].reset_index(drop=True),
             df[df.kind == "tune"].reset_index(drop=True), evals)
+
+
+def timing_caveat(envs, reps=()) -> list[str]:
+    """Sentences saying what the times are not, from the rows' environments and repetition
+    counts: measured on a CPU (no GPU in the environment) or with Triton under its interpreter,
+    they are not kernel timings; rows timed once are one sample, not a median. Empty when
+    neither applies."""
+    envs = [e for e in envs if isinstance(e, dict)]
+    where = []
+    if any(not e.get("gpu") for e in envs):
+        where.append("on a CPU")
+    if any(e.get("triton_interpret") for e in envs):
+        where.append("under Triton's interpreter")
+    lines = []
+    if where:
+        lines.append(f"Measured {' and '.join(where)}: not kernel timings. These times show that "
+                     "the code runs and agrees with the dense reference; a GPU run measures the "
+                     "kernels (docs/gpu.md).")
+    reps = [r for r in reps if r is not None and not pd.isna(r)]
+    once = sum(1 for r in reps if r == 1)
+    if once:
+        lines.append(f"{once} of {len(reps)} timed rows were measured with a single repetition: "
+                     "their times are one sample, not a median.")
+    return lines
+
+
+def _banner(lines: list[str]) -> list[str]:
+    """Sentences as one Markdown block quote (and a blank line), or nothing."""
+    return ["\n>\n".join(f"> **{x}**" if i == 0 else f"> {x}" for i, x in enumerate(lines)),
+            ""] if lines else []
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per sweep row: mode, layout, N, backend, block, status, median ms, TFLOP/s, peak
+    bytes and repetitions (``stbench report DIR --format``)."""
+    cols = ["mode", "layout", "n_ctx", "backend", "block", "status", "median_ms", "tflops",
+            "peak_bytes", "reps"]
+    out = df[cols].astype({c: "Int64" for c in ("n_ctx", "block", "peak_bytes", "reps")})
+    return out.sort_values(["mode", "layout", "n_ctx", "backend"]).reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- markdown
@@ -231,6 +272,7 @@ def write_report(folder, out_dir=None) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     if df.empty:  # only the tuner's evaluation against exhaustive search
         text = ["# stbench report", "", *manifest_lines(folder_manifest(folder)),
+                *_banner(timing_caveat([e.get("env") for e in evals])),
                 "## Environment", "",
                 md_table(pd.DataFrame([e.get("env", {}) for e in evals[:1]]).T
                          .rename_axis("field")),
@@ -251,6 +293,7 @@ def write_report(folder, out_dir=None) -> Path:
     m = folder_manifest(folder)
     compare = m.compare if m is not None else {}
     md = ["# stbench report", "", *manifest_lines(m)]
+    md += _banner(timing_caveat(df["env"], df.loc[df.status == "ok", "reps"]))
     md += [f"Rows: {len(df)} sweep rows ({(df.status == 'ok').sum()} ok), {len(tune)} tuning "
            f"candidates. Times are medians over repetitions (ms); TFLOP/s use the allowed-pair "
            "FLOPs shared by all backends.", ""]
@@ -287,7 +330,11 @@ def write_report(folder, out_dir=None) -> Path:
         md += ["## Autotuner against exhaustive search", "", md_table(et)]
     md += ["## Failures", "", md_table(failure_table(df))]
     md += ["## Unsupported combinations", "", md_table(unsupported_table(df))]
-    md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
+    md += ["## Plots", "", f"The exponent a of time ~ N^a in a legend is a least-squares fit on "
+           f"log-log, given only where a line has at least {plots.MIN_FIT_POINTS} distinct N "
+           "(fewer points fit the noise and the fixed overhead of small N, not the scaling); "
+           "'1 rep' marks a line with a point timed once.", ""]
+    md += [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     path = out_dir / REPORT_FILE
     path.write_text("\n".join(md), encoding="utf-8")
     return path

@@ -1,4 +1,4 @@
-"""``st_mix``: the standard problem's mixed heads (TARGETS.md): even heads local(l), odd heads
+"""``st_mix``: the standard problem's mixed heads: even heads local(l), odd heads
 strided(l) (with its transpose)."""
 
 from __future__ import annotations

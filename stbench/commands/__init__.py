@@ -15,6 +15,47 @@ def csv_list(text: str) -> list[str]:
     return [t for t in text.split(",") if t]
 
 
+def positive_ints(text: str) -> list[int]:
+    """A comma-separated list of positive integers (``4096,16384``), for argparse ``type=``:
+    argparse names the option in its message."""
+    import argparse
+
+    try:
+        out = [int(t) for t in csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers: write e.g. "
+                                         "4096,16384") from None
+    if not out or min(out) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 4096,16384")
+    return out
+
+
+def torch_device(text: str) -> str:
+    """A torch device name (``cpu``, ``cuda``, ``cuda:1``) that exists here, for argparse
+    ``type=``."""
+    import argparse
+
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device: use cpu, cuda or "
+                                         "cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: there is no CUDA GPU here: use cpu")
+    return text
+
+
+def out_folder(option: str, path) -> None:
+    """Refuse an output folder that names an existing file (ValueError naming ``option``)."""
+    import os
+
+    if path is not None and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{option} {path} is a file, not a folder: name a new or existing "
+                         "folder")
+
+
 def json_value(text: str):
     """A command-line JSON value (``null``, ``{"BLOCK_M": 64}``), for argparse ``type=``."""
     import argparse

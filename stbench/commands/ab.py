@@ -105,22 +105,24 @@ def cmd_ab(args) -> int:
 
 
 def _run(args, device, settings, entries, head, base, notes) -> int:
-    from rich.console import Console
-
     from stbench import environment
+    from stbench.commands.tables import console, say
     from stbench.regress import ab, output
 
-    console = Console(stderr=False, width=args.width)
+    # the table on stdout; with another --format than table, the other lines go to stderr
+    human = console(stderr=args.format != "table", width=args.width)
     t0 = time.time()
-    with console.status("A/B...") as status:
+    with human.status("A/B...") as status:
         results = ab.run_ab(entries, head, base, device, settings,
                             progress=lambda s: status.update(f"A/B {s}"))
     head_label = head.label if args.head_dir else "head (this tree's kernels)"
-    output.print_ab(results, console, head_label, base.label, settings)
+    output.print_ab(results, console(width=args.width), head_label, base.label, settings,
+                    args.format)
+    say(human, f"verdicts: {output.counts(results)}")
     for n in notes:
-        console.print(f"note: {n}", highlight=False)
-    console.print(f"{len(entries)} problems x {settings.rounds} rounds in "
-                  f"{time.time() - t0:.1f} s", highlight=False)
+        say(human, f"note: {n}")
+    say(human, f"{len(entries)} problems x {settings.rounds} rounds in "
+        f"{time.time() - t0:.1f} s")
     env = environment.collect()
     if args.json:
         from stbench.regress.baseline import manifest

@@ -23,11 +23,11 @@ import argparse
 import json
 import math
 import os
-import sys
 import zlib
 from dataclasses import asdict, dataclass
 
-from stbench.commands import json_value
+from stbench.commands import json_value, torch_device
+from stbench.commands.tables import Column, Rows, add_format_option, console, emit, say
 
 DEFAULTS = {"n_ctx": 256, "heads": 2, "batch": 1, "head_dim": 32, "block": 16}
 PLAIN_REFERENCE_BYTES = 64 * 2**20  # use the plain fp64 reference when B*H*N*N*8 fits
@@ -145,43 +145,82 @@ def run_checks(backend_names, dtypes, n_ctx, heads, batch, head_dim, block, seed
 
 
 # ------------------------------------------------------------------------------ CLI
-def _fmt(x):
-    return "-" if x is None else f"{x:.2e}"
+def _err(x) -> str:
+    return f"{x:.2e}"
 
 
-def print_table(rows, console) -> None:
-    from rich import box
-    from rich.table import Table
+def _tolerance(row: dict) -> str | None:
+    if row["fwd_tol"] is None:
+        return None
+    return f"{row['fwd_tol']:.1e}/" + ("-" if row["grad_tol"] is None else f"{row['grad_tol']:.1e}")
 
-    table = Table(title="stbench check: backends against the dense reference (float64)",
-                  caption="ok: err <= 2 * err(dense in that dtype) + floor (stbench.accuracy); "
-                  "grad: the worst of dq, dk, dv relative to its tolerance; tolerance: fwd / "
-                  "grad", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("backend", "layout", "dtype", "fwd err", "grad err", "tolerance", "ok"):
-        table.add_column(col, justify="right" if "err" in col or "tol" in col else "left",
-                         no_wrap=col != "layout", overflow="fold")
-    skipped = {}
-    for r in rows:
-        if r.status == "unsupported":
-            skipped.setdefault((r.backend, r.message), []).append(f"{r.layout}/{r.dtype}")
-            continue
-        mark = {"ok": "[green]ok[/]", "incorrect": "[red]FAIL[/]"}.get(r.status, "[red]ERROR[/]")
-        tol = "-" if r.fwd_tol is None else f"{r.fwd_tol:.1e}/" + (
-            "-" if r.grad_tol is None else f"{r.grad_tol:.1e}")
-        table.add_row(r.backend, r.layout, r.dtype, _fmt(r.fwd_err), _fmt(r.grad_err), tol,
-                      mark)
-    console.print(table)
+
+STATUS_MARKS = {"ok": "ok", "incorrect": "FAIL", "error": "ERROR"}
+CHECK_COLUMNS = (
+    Column("backend"), Column("layout"), Column("dtype"),
+    *(Column(k, shown=False) for k in ("n_ctx", "heads", "block")),
+    Column("fwd_err", "fwd err", _err, right=True), Column("grad_err", "grad err", _err,
+                                                           right=True),
+    Column("tolerance", right=True),
+    *(Column(k, shown=False) for k in ("fwd_tol", "grad_tol")),
+    Column("status", "ok", lambda s: STATUS_MARKS.get(s, s),
+           style=lambda s: "green" if s == "ok" else "red"),
+    Column("message", shown=False),
+)
+
+
+def check_table(rows, skipped_rows: bool = False) -> Rows:
+    """The checked rows (the skipped ones too with ``skipped_rows``) as a table; notes: each
+    error message once, with the rows it stopped, and the skipped backends with the reason."""
+    shown = [dict(asdict(r), tolerance=_tolerance(asdict(r))) for r in rows
+             if skipped_rows or r.status != "unsupported"]
+    errors, skipped = {}, {}
     for r in rows:
         if r.status == "error":
-            console.print(f"[red]error[/] {r.backend} {r.layout} {r.dtype}: {r.message}",
-                          markup=True, highlight=False)
-    for (backend, why), where in skipped.items():
-        console.print(f"skipped {backend} on {len(where)} layout/dtype pairs: {why}",
-                      markup=False, highlight=False)
+            errors.setdefault(r.message, []).append(
+                "/".join(x for x in (r.backend, r.layout, r.dtype) if x != "-"))
+        elif r.status == "unsupported":
+            skipped.setdefault((r.backend, r.message), []).append(f"{r.layout}/{r.dtype}")
+    notes = [f"error on {', '.join(where)}: {msg}" for msg, where in errors.items()]
+    notes += [f"skipped {backend} on {len(where)} layout/dtype pairs: {why}"
+              for (backend, why), where in skipped.items()]
+    return Rows("stbench check: backends against the dense reference (float64)", CHECK_COLUMNS,
+                tuple(shown), caption="ok: err <= 2 * err(dense in that dtype) + floor "
+                "(stbench.accuracy); grad: the worst of dq, dk, dv relative to its tolerance; "
+                "tolerance: fwd / grad", notes=tuple(notes))
 
 
 def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _options(args, torch, backends) -> tuple[list, list[str]]:
+    """(dtypes, backend names) of the command line; ValueError names a bad option."""
+    from stbench.layouts import ALLOWED_BLOCKS, cases
+
+    dtypes = []
+    for d in _csv(args.dtypes):
+        if d not in DTYPE_NAMES:
+            raise ValueError(f"--dtypes: unknown dtype {d!r}: choose from {', '.join(DTYPE_NAMES)}")
+        dtypes.append(getattr(torch, d))
+    if args.backends:
+        names = _csv(args.backends)
+        for n in names:
+            backends.info(n)  # UnknownBackend lists the registered ones
+    else:
+        names = backends.names()
+    for opt in ("n_ctx", "heads", "batch", "head_dim"):
+        if getattr(args, opt) <= 0:
+            raise ValueError(f"--{opt.replace('_', '-')} must be a positive integer")
+    if args.block not in ALLOWED_BLOCKS:
+        raise ValueError(f"--block {args.block}: use one of {', '.join(map(str, ALLOWED_BLOCKS))}")
+    if args.n_ctx % args.block:
+        raise ValueError(f"--n-ctx {args.n_ctx} is not a multiple of --block {args.block}: "
+                         f"use e.g. --n-ctx {args.n_ctx // args.block * args.block or args.block}")
+    unknown = sorted(set(_csv(args.layouts) if args.layouts else ()) - set(cases.CASES))
+    if unknown:
+        raise ValueError(f"--layouts: unknown {unknown}: choose from {', '.join(cases.CASES)}")
+    return dtypes, names
 
 
 def cmd_check(args) -> int:
@@ -190,49 +229,28 @@ def cmd_check(args) -> int:
     if not torch.cuda.is_available():
         # before any Triton kernel module is imported: Triton runs on the CPU only interpreted
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from rich.console import Console
-
     from stbench import backends
-    from stbench.layouts import cases
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        dtypes = []
-        for d in _csv(args.dtypes):
-            if d not in DTYPE_NAMES:
-                raise ValueError(f"--dtypes: unknown dtype {d!r}: choose from "
-                                 f"{', '.join(DTYPE_NAMES)}")
-            dtypes.append(getattr(torch, d))
-        if args.backends:
-            names = _csv(args.backends)
-            for n in names:
-                backends.info(n)  # UnknownBackend lists the registered ones
-        else:
-            names = backends.names()
-        for opt in ("n_ctx", "heads", "batch", "head_dim"):
-            if getattr(args, opt) <= 0:
-                raise ValueError(f"--{opt.replace('_', '-')} must be a positive integer")
-        only = set(_csv(args.layouts)) if args.layouts else None
-        unknown = sorted((only or set()) - set(cases.CASES))
-        if unknown:
-            raise ValueError(f"--layouts: unknown {unknown}: choose from "
-                             f"{', '.join(cases.CASES)}")
-    except ValueError as exc:
-        print(f"stbench check: {exc}", file=sys.stderr)
-        return 2
-    console = Console(stderr=args.json, width=args.width)
-    with console.status("checking...") as status:
+    dtypes, names = _options(args, torch, backends)
+    # --json: rows as JSON lines on stdout, the table on stderr; --format: the table on stdout
+    # in that format, the summary on stderr (stdout holds only the table)
+    human = console(stderr=args.json or args.format != "table", width=args.width)
+    only = set(_csv(args.layouts)) if args.layouts else None
+    with human.status("checking...") as status:
         rows = run_checks(names, dtypes, args.n_ctx, args.heads, args.batch, args.head_dim,
                           args.block, args.seed, device, only,
                           progress=lambda s: status.update(f"checking {s}"), config=args.config)
-    print_table(rows, console)
+    fmt = "table" if args.json else args.format
+    emit(check_table(rows, skipped_rows=fmt in ("csv", "json")), fmt, args.width,
+         stderr=args.json)
     if args.json:
         for r in rows:
             print(json.dumps(asdict(r)))
     failed = [r for r in rows if r.status in ("incorrect", "error")]
     checked = sum(r.status != "unsupported" for r in rows)
-    console.print(f"{checked - len(failed)} of {checked} checks passed"
-                  + (f", {len(failed)} FAILED" if failed else ""), highlight=False)
+    say(human, f"{checked - len(failed)} of {checked} checks passed"
+        + (f", {len(failed)} FAILED" if failed else ""))
     return 1 if failed else 0
 
 
@@ -267,8 +285,9 @@ def register(subparsers) -> None:
     p.add_argument("--config", type=json_value, default=None,
                    help="a backend config (JSON) every checked backend runs (default: each "
                    "one's own); meant for one backend: --backends triton")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    p.add_argument("--device", type=torch_device, default=None,
+                   help="torch device (default: cuda if present)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per row on stdout at the end (table to stderr)")
-    p.add_argument("--width", type=int, default=None, help="console width (default: terminal)")
+    add_format_option(p)
     p.set_defaults(func=cmd_check)

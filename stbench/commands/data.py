@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from stbench.commands.tables import Column, Rows, add_format_option, emit
+
 
 def _names(text: str) -> list[str]:
     from stbench.reference import data
@@ -23,42 +25,33 @@ def _names(text: str) -> list[str]:
 
 
 def _prepare(args) -> int:
-    from rich.console import Console
-
     from stbench.reference import data
 
-    console = Console()
-    try:
-        manifest = data.prepare(args.out, _names(args.datasets))
-    except (data.DataMissing, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+    # DataMissing and ValueError reach the CLI's handler: one line, exit code 2
+    manifest = data.prepare(args.out, _names(args.datasets))
     for name, entry in manifest["datasets"].items():
         for split, s in entry["splits"].items():
-            console.print(f"{name:14s} {split:10s} {str(tuple(s['shape'])):22s} {s['file']}")
-    console.print(f"wrote {args.out}/{data.MANIFEST}")
+            print(f"{name:14s} {split:10s} {str(tuple(s['shape'])):22s} {s['file']}")
+    print(f"wrote {args.out}/{data.MANIFEST}")
     return 0
 
 
 def _info(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from stbench.reference import data
 
-    console = Console()
-    table = Table(title="datasets" + (f" in {args.data_dir}" if args.data_dir else " (installed)"))
-    for col in ("dataset", "kind", "status", "train", "validation", "test", "licence"):
-        table.add_column(col)
+    rows = []
     for name, meta in data.DATASETS.items():
+        row = dict(dataset=name, kind=meta.kind, licence=meta.licence)
         try:
             splits = data.load(name, args.data_dir, verify=False)
-            shapes = [str(tuple(splits[s].shape)) for s in data.SPLITS]
-            status = "ok"
+            row.update(status="ok", **{s: list(splits[s].shape) for s in data.SPLITS})
         except (data.DataMissing, data.DataError) as exc:
-            shapes, status = ["-"] * 3, str(exc)
-        table.add_row(name, meta.kind, status, *shapes, meta.licence)
-    console.print(table)
+            row["status"] = str(exc)
+        rows.append(row)
+    emit(Rows("datasets" + (f" in {args.data_dir}" if args.data_dir else " (installed)"),
+              (Column("dataset"), Column("kind"), Column("status"),
+               *(Column(s, fmt=lambda x: str(tuple(x))) for s in data.SPLITS),
+               Column("licence")), tuple(rows)), args.format, args.width)
     return 0
 
 
@@ -76,5 +69,6 @@ def register(subparsers) -> None:
     inf = sub.add_parser("info", help="list datasets, their splits and whether they are present")
     inf.add_argument("--data-dir", default=None,
                      help="a prepared folder (default: the installed sources)")
+    add_format_option(inf)
     inf.set_defaults(func=_info)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

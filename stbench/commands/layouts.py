@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import sys
 from typing import Callable
 
-from rich.console import Console
-from rich.table import Table
-
-from stbench.commands import fail
+from stbench.commands import csv_list, fail, out_folder
+from stbench.commands.tables import Column, Rows, add_format_option, emit
 
 # Generators of stbench.layouts a user builds by name, in listing order (absent ones skipped).
 GENERATOR_NAMES = (
@@ -126,62 +125,65 @@ def picture_layout(name: str, n_ctx: int, block: int, params: dict, built: list[
         if not built:
             return None
         print(f"note: block {block} does not build ({exc}); pictures at block "
-              f"{built[0]['block']}")
+              f"{built[0]['block']}", file=sys.stderr)
         return built[0]["layout"]
 
 
 # ------------------------------------------------------------------------------ commands
 def cmd_list(args) -> int:
-    table = Table(title="stbench.layouts generators (stbench layouts show NAME --help)")
-    for col in ("name", "parameters (besides n_ctx, block)", "what it is"):
-        table.add_column(col)
+    rows = []
     for name, fn in generators().items():
         params = ", ".join(
             p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
             for p in generator_params(fn)
         )
-        doc = first_sentence(inspect.getdoc(fn) or "")
-        table.add_row(name, params, doc)
-    Console(width=args.width).print(table)
+        rows.append(dict(name=name, parameters=params,
+                         description=first_sentence(inspect.getdoc(fn) or "")))
+    emit(Rows("stbench.layouts generators (stbench layouts show NAME --help)",
+              (Column("name"), Column("parameters", "parameters (besides n_ctx, block)"),
+               Column("description", "what it is")), tuple(rows)), args.format, args.width)
     return 0
+
+
+def _yes(flag) -> str:
+    return "yes (strided transpose)" if flag else ""
+
+
+def _human_bytes(x) -> str:
+    from stbench.memory import human_bytes
+
+    return human_bytes(x)
+
+
+DENSITY_COLUMNS = (
+    Column("block", right=True), Column("nnz", right=True),
+    Column("block_density", "block density", lambda x: f"{x:.4g}", right=True),
+    Column("token_density", "token density", lambda x: f"{x:.4g}", right=True),
+    Column("partial_blocks", "partial blocks", right=True),
+    Column("plan_bytes", "plan bytes", _human_bytes, right=True),
+    Column("permuted", fmt=_yes), Column("error"),
+)
 
 
 def cmd_show(args) -> int:
     from stbench.layouts.pictures import save_layout_pictures, save_query_picture
-    from stbench.memory import human_bytes
 
+    out_folder("--out", args.out)
     params = layout_params(args)
     try:
         rows = density_rows(args.name, args.n_ctx, params, args.blocks)
-    except (ValueError, TypeError) as exc:
-        print(f"stbench layouts show: {exc}")
-        return 2
-    console = Console(width=args.width)
+    except TypeError as exc:  # a parameter of the wrong type, e.g. --param window=abc
+        raise ValueError(f"layout {args.name!r}: {exc}") from None
     built = [r for r in rows if "error" not in r]
     given = ", ".join(f"{k}={v}" for k, v in params.items())
-    table = Table(title=f"{args.name}({given}) at N={args.n_ctx}")
-    for col in ("block", "nnz", "block density", "token density", "partial blocks",
-                "plan bytes", "note"):
-        table.add_column(col, justify="right" if col != "note" else "left")
-    for r in rows:
-        if "error" in r:
-            table.add_row(str(r["block"]), "-", "-", "-", "-", "-", r["error"])
-            continue
-        table.add_row(
-            str(r["block"]), str(r["nnz"]), f"{r['block_density']:.4g}",
-            f"{r['token_density']:.4g}", str(r["partial_blocks"]), human_bytes(r["plan_bytes"]),
-            "permuted (strided transpose)" if r["permuted"] else "",
-        )
-    if args.json:
-        print(json.dumps([{k: v for k, v in r.items() if k != "layout"} for r in rows], indent=1))
-    else:
-        console.print(table)
+    emit(Rows(f"{args.name}({given}) at N={args.n_ctx}", DENSITY_COLUMNS,
+              tuple({k: v for k, v in r.items() if k != "layout"} for r in rows)),
+         args.format, args.width)
     if args.out is None:
         return 0 if built else 1
     lay = picture_layout(args.name, args.n_ctx, args.block, params, built)
     if lay is None:
-        print(f"stbench layouts show: no block size builds {args.name!r}; no pictures written")
-        return 1
+        return fail("layouts show", f"no block size builds {args.name!r}; no pictures written")
     paths = save_layout_pictures(lay, args.out, per_head=not args.no_per_head)
     width = args.width_tokens or params.get("stride") or params.get("window")
     if isinstance(width, int) and not 0 < width <= lay.n_ctx:
@@ -191,13 +193,30 @@ def cmd_show(args) -> int:
         width if isinstance(width, int) else None,
     ))
     for p in paths:
-        print(f"wrote {p}")
+        print(f"wrote {p}", file=sys.stderr)
     return 0
 
 
-BENCH_HEADER = ("layout", "block", "nnz", "patterns", "plan entries", "gen s", "hash s", "plan s",
-                "plan MB", "layout MB", "peak MB")
 MB = 1e6
+
+
+def _mb(digits: int):
+    return lambda x: f"{x / MB:.{digits}f}"
+
+
+BENCH_COLUMNS = (
+    Column("layout"), Column("block", right=True),
+    Column("nnz", fmt=lambda x: f"{x:,}", right=True),
+    Column("patterns", right=True),
+    Column("plan_entries", "plan entries", lambda x: f"{x:,}", right=True),
+    Column("gen_s", "gen s", lambda x: f"{x:.2f}", right=True),
+    Column("hash_s", "hash s", lambda x: f"{x:.2f}", right=True),
+    Column("plan_s", "plan s", lambda x: f"{x:.2f}", right=True),
+    Column("plan_bytes", "plan MB", _mb(1), right=True),
+    Column("layout_bytes", "layout MB", _mb(1), right=True),
+    Column("peak_rss_bytes", "peak MB", _mb(0), right=True),
+    Column("error"),
+)
 
 
 def cmd_bench(args) -> int:
@@ -209,26 +228,16 @@ def cmd_bench(args) -> int:
     unknown = [n for n in args.layouts if n not in gens]
     if unknown:
         return fail("layouts bench", f"unknown layouts {unknown}: choose from {', '.join(gens)}")
-    table = Table(title=f"layouts and plans at N={args.n_ctx}, H={args.heads}, "
-                  f"stride {args.stride} (median of {args.repeat})")
-    for col in BENCH_HEADER:
-        table.add_column(col, justify="left" if col == "layout" else "right")
-    failed = 0
+    rows = []
     for row in plan_bench.run(args.layouts, args.n_ctx, args.blocks, args.stride, args.heads,
                               args.repeat):
         with open(args.out, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        if row["status"] != "ok":
-            failed += 1
-            table.add_row(row["layout"], str(row["block"]), row["error"], *[""] * 8)
-            continue
-        table.add_row(row["layout"], str(row["block"]), f"{row['nnz']:,}", str(row["patterns"]),
-                      f"{row['plan_entries']:,}", f"{row['gen_s']:.2f}", f"{row['hash_s']:.2f}",
-                      f"{row['plan_s']:.2f}", f"{row['plan_bytes'] / MB:.1f}",
-                      f"{row['layout_bytes'] / MB:.1f}", f"{row['peak_rss_bytes'] / MB:.0f}")
-    Console(width=args.width).print(table)
-    print(f"rows appended to {args.out}")
-    return 1 if failed else 0
+        rows.append(row)
+    emit(Rows(f"layouts and plans at N={args.n_ctx}, H={args.heads}, stride {args.stride} "
+              f"(median of {args.repeat})", BENCH_COLUMNS, tuple(rows)), args.format, args.width)
+    print(f"rows appended to {args.out}", file=sys.stderr)
+    return 1 if any(r["status"] != "ok" for r in rows) else 0
 
 
 # ------------------------------------------------------------------------------ parser
@@ -250,7 +259,7 @@ def register(subparsers) -> None:
     )
     sub = p.add_subparsers(title="actions", metavar="ACTION")
     lst = sub.add_parser("list", help="the generators and their parameters, one line each")
-    lst.add_argument("--width", type=int, default=None, help="console width (default: terminal)")
+    add_format_option(lst)
     lst.set_defaults(func=cmd_list)
 
     show = sub.add_parser(
@@ -285,8 +294,7 @@ def register(subparsers) -> None:
                       help="tokens per row in the allowed-keys picture (default: the stride)")
     show.add_argument("--no-per-head", action="store_true",
                       help="write only the overview picture, not one PNG per head")
-    show.add_argument("--json", action="store_true", help="print the table as JSON instead")
-    show.add_argument("--width", type=int, default=None, help="console width (default: terminal)")
+    add_format_option(show, json_alias=True)
     show.set_defaults(func=cmd_show)
 
     bench = sub.add_parser(
@@ -297,7 +305,7 @@ def register(subparsers) -> None:
         "to --out (stbench.plan_bench).",
     )
     bench.add_argument("--out", required=True, help="JSONL file the rows are appended to")
-    bench.add_argument("--layouts", type=lambda s: [x for x in s.split(",") if x],
+    bench.add_argument("--layouts", type=csv_list,
                        default=["fixed", "merged_strided"],
                        help="comma-separated generators (default: fixed,merged_strided)")
     bench.add_argument("--n-ctx", type=int, default=1 << 20, help="sequence length N (2^20)")
@@ -307,6 +315,6 @@ def register(subparsers) -> None:
     bench.add_argument("--blocks", type=_blocks, default=[16, 128],
                        help="block sizes, comma-separated (default: 16,128)")
     bench.add_argument("--repeat", type=int, default=3, help="builds per configuration (median)")
-    bench.add_argument("--width", type=int, default=None, help="console width (default: terminal)")
+    add_format_option(bench)
     bench.set_defaults(func=cmd_bench)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])

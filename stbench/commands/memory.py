@@ -10,15 +10,15 @@ import argparse
 import json
 import math
 
-from rich.console import Console
-from rich.table import Table
+from stbench.commands import positive_ints
+from stbench.commands.tables import Column, Rows, add_format_option, emit
 
 DEFAULT_N = (1024, 4096, 16384, 65536)
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 
 
 def standard_stride(n_ctx: int) -> int:
-    """TARGETS.md's stride for the standard problem: max(128, 2^round(log2(sqrt(N))))."""
+    """The standard problem's stride (stbench.problems): max(128, 2^round(log2(sqrt(N))))."""
     return max(128, 2 ** round(math.log2(math.sqrt(n_ctx))))
 
 
@@ -35,39 +35,50 @@ def seed_table_rows() -> list[dict]:
     return rows
 
 
+def _bytes(x) -> str:
+    from stbench.memory import human_bytes
+
+    return human_bytes(x) if x else "-"
+
+
 def cmd_seed_table(args) -> int:
     from stbench.memory import (
         PAPER_HEADS, PAPER_LAYERS, SEED_BLOCKS, SEED_PATTERNS, SEED_ROWS, SEED_STRIDE,
-        human_bytes,
     )
 
     rows = seed_table_rows()
-    if args.json:
+    if args.format == "json":  # the rows as stbench.memory gives them (sparse as a dict)
         print(json.dumps(rows, indent=1))
         return 0
-    table = Table(
-        title=f"Attention memory of a {PAPER_LAYERS}-layer, {PAPER_HEADS}-head model, float32 "
-        "weights (Child et al. 2019)",
+    flat = []
+    for spec, r in zip(SEED_ROWS, rows):
+        star_s = "*" if spec.stored_rounding == "nearest" else ""
+        star_r = "*" if spec.recomputed_rounding == "nearest" else ""
+        flat.append(dict(
+            data=r["label"], n_ctx=r["n_ctx"], stored=r["stored"],
+            stored_model=r["stored_model"] + star_s, recomputed=r["recomputed"] or None,
+            recomputed_model=r["recomputed_model"] + star_r, lse_bytes=r["lse_bytes"],
+            **{f"{p}@{b}": r["sparse"][f"{p}@{b}"] for p in SEED_PATTERNS for b in SEED_BLOCKS},
+        ))
+    columns = (
+        Column("data"), Column("n_ctx", "N", right=True),
+        Column("stored", "stored paper", right=True),
+        Column("stored_model", "stored model", right=True),
+        Column("recomputed", "recomp. paper", right=True),
+        Column("recomputed_model", "recomp. model", right=True),
+        *(Column(f"{p}@{b}", f"{p} b{b}", _bytes, right=True)
+          for p in SEED_PATTERNS for b in SEED_BLOCKS),
+        Column("lse_bytes", "flash", _bytes, right=True),
+    )
+    emit(Rows(
+        f"Attention memory of a {PAPER_LAYERS}-layer, {PAPER_HEADS}-head model, float32 "
+        "weights (Child et al. 2019)", columns, tuple(flat),
         caption="paper: as printed; model: N^2*H*L*4 bytes stored, N^2*H*4 recomputed, read to "
         "4 significant figures and cut to the printed digits (* rounded to nearest, as the "
         "paper printed it). Sparse columns: non-empty blocks x b^2 x 4 B x 64 layers, "
         f"l={SEED_STRIDE}; strided = local(l) or (q-k)%l==0; fixed c=32. flash: LSE only, "
         "N*H*4 B per layer. -: block does not divide N.",
-    )
-    cols = ["data", "N", "stored paper", "stored model", "recomp. paper", "recomp. model"]
-    cols += [f"{p} b{b}" for p in SEED_PATTERNS for b in SEED_BLOCKS] + ["flash"]
-    for c in cols:
-        table.add_column(c, justify="left" if c == "data" else "right")
-    for spec, r in zip(SEED_ROWS, rows):
-        star_s = "*" if spec.stored_rounding == "nearest" else ""
-        star_r = "*" if spec.recomputed_rounding == "nearest" else ""
-        sparse = [r["sparse"][f"{p}@{b}"] for p in SEED_PATTERNS for b in SEED_BLOCKS]
-        table.add_row(
-            r["label"], str(r["n_ctx"]), r["stored"], r["stored_model"] + star_s,
-            r["recomputed"] or "-", r["recomputed_model"] + star_r,
-            *[human_bytes(v) if v else "-" for v in sparse], human_bytes(r["lse_bytes"]),
-        )
-    Console(width=args.width).print(table)
+    ), args.format, args.width)
     return 0
 
 
@@ -128,51 +139,29 @@ COLUMNS = (  # (key, header)
 
 
 def cmd_memory(args) -> int:
-    from stbench.memory import human_bytes
-
     if args.seed_table:
         return cmd_seed_table(args)
     rows = memory_rows(args)
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
     title = (f"Attention memory: H={args.heads}, L={args.layers} layers, {args.dtype}; one call: "
              f"B={args.batch}, D={args.head_dim}")
     if args.layout:
         title += f"; layout {args.layout} at block {args.block}"
-    table = Table(
-        title=title,
-        caption="stored: weights of all layers kept for backward; recomputed: one layer's; "
-        "flash: LSE only (all layers); kernel / ref: peak of one attention call incl. q,k,v,o "
-        "and grads (stbench/memory.py).",
-    )
-    keys = [(k, h) for k, h in COLUMNS if args.layout or not k.startswith(("sparse", "kernel"))]
-    table.add_column("N", justify="right")
+    columns = [Column("n_ctx", "N", right=True)]
     if args.layout:
-        table.add_column("layout")
-    for _, h in keys:
-        table.add_column(h, justify="right")
-    for r in rows:
-        cells = [str(r["n_ctx"])]
-        if args.layout:
-            cells.append(r.get("layout") or f"error: {r['layout_error']}")
-        cells += [human_bytes(r[k]) if k in r else "-" for k, _ in keys]
-        table.add_row(*cells)
-    Console(width=args.width).print(table)
+        columns += [Column("layout"), Column("layout_error", "error")]
+    columns += [Column(k, h, _bytes, right=True) for k, h in COLUMNS
+                if args.layout or not k.startswith(("sparse", "kernel"))]
+    if args.format == "json":  # every field of the rows, as stbench.memory gives them
+        print(json.dumps(rows, indent=1))
+    else:
+        emit(Rows(title, tuple(columns), tuple(rows), caption=(
+            "stored: weights of all layers kept for backward; recomputed: one layer's; flash: LSE "
+            "only (all layers); kernel / ref: peak of one attention call incl. q,k,v,o and grads "
+            "(stbench/memory.py).")), args.format, args.width)
     return 1 if any("layout_error" in r for r in rows) else 0
 
 
 # ------------------------------------------------------------------------------ parser
-def _ints(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give integers separated by commas")
-    if not out or min(out) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1024,4096")
-    return out
-
-
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -195,7 +184,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed-table", action="store_true",
                    help="the paper's table (64 layers, 4 heads) with block-sparse columns; "
                    "ignores the other model options")
-    p.add_argument("--n-ctx", type=_ints, default=list(DEFAULT_N),
+    p.add_argument("--n-ctx", type=positive_ints, default=list(DEFAULT_N),
                    help="sequence lengths, comma-separated (default: 1024,4096,16384,65536)")
     p.add_argument("--heads", type=_positive, default=8,
                    help="attention heads H (default: %(default)s)")
@@ -216,6 +205,5 @@ def register(subparsers) -> None:
                    help="batch B of one attention call (default: %(default)s)")
     p.add_argument("--head-dim", type=_positive, default=64,
                    help="head dim D of one call (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the rows as JSON")
-    p.add_argument("--width", type=int, default=None, help="console width (default: terminal)")
+    add_format_option(p, json_alias=True)
     p.set_defaults(func=cmd_memory)

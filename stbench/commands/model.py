@@ -158,9 +158,10 @@ def _sample(args) -> int:
 
 def _parity(args) -> int:
     import torch
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    from stbench.commands.tables import console
     from stbench.reference import bpd, data, model, train
 
     device = _device(args.device)
@@ -183,11 +184,11 @@ def _parity(args) -> int:
         table.add_column(col)
     for r in rows:
         if r.error:
-            table.add_row(r.backend, "-", "-", "-", f"unavailable: {r.error}")
+            table.add_row(r.backend, "-", "-", "-", f"unavailable: {escape(r.error)}")
             continue
         ok = "reference" if r.ok is None else ("yes" if r.ok else "NO")
         table.add_row(r.backend, f"{r.bpd:.6f}", f"{r.bpd_diff:.2e}", f"{r.grad_cos:.6f}", ok)
-    Console().print(table)
+    console().print(table)
     if args.json:
         print(json.dumps({"bpd": {r.backend: r.bpd for r in rows if r.bpd is not None}}))
     return 1 if any(r.ok is False for r in rows) else 0

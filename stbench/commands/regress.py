@@ -24,10 +24,13 @@ PROG = "stbench regress"
 
 def regress(entries, side, device, settings, baseline_path, *, update: bool, runs: int,
             console, argv=None, json_path=None, markdown_path=None, sizes=None,
-            progress=None) -> int:
+            progress=None, fmt: str = "table", table_console=None) -> int:
     """Measure ``runs`` times and judge against the baseline (or write it with ``update``);
-    returns the exit code. Raises baseline.BaselineError for a missing or foreign baseline."""
+    returns the exit code. Raises baseline.BaselineError for a missing or foreign baseline.
+    The verdict table goes to ``table_console`` (default ``console``) in ``fmt``, the other
+    lines to ``console``."""
     from stbench import environment
+    from stbench.commands.tables import say
     from stbench.regress import baseline, gate, output, stats
 
     env = environment.collect()
@@ -36,18 +39,17 @@ def regress(entries, side, device, settings, baseline_path, *, update: bool, run
         run = gate.measure_run(entries, side, device, settings, sizes, progress=progress)
         why = gate.baseline_refusal(run)
         if why is not None:
-            console.print(f"{PROG}: baseline not written: {why}", highlight=False)
+            say(console, f"{PROG}: baseline not written: {why}")
             return 1
         header = dict(env=env.to_dict(), manifest=baseline.manifest(argv, t0, time.time(), env),
                       settings=settings.to_dict(), references=run.references)
         path = baseline.write(baseline_path, output.finite(header),
                               [output.finite(m.to_dict()) for m in run.entries])
         ok = sum(m.status == "ok" for m in run.entries)
-        console.print(f"wrote {path}: {ok} of {len(run.entries)} entries measured, "
-                      f"{settings.passes} passes, {run.duration_s:.1f} s "
-                      f"(checks {run.check_s:.1f} s)", highlight=False)
+        say(console, f"wrote {path}: {ok} of {len(run.entries)} entries measured, "
+            f"{settings.passes} passes, {run.duration_s:.1f} s (checks {run.check_s:.1f} s)")
         for line in run.skipped_references:
-            console.print(f"reference skipped: {line}", highlight=False)
+            say(console, f"reference skipped: {line}")
         return 0
     base = baseline.read(baseline_path)
     baseline.check_gpu(base, env.to_dict())
@@ -69,25 +71,24 @@ def regress(entries, side, device, settings, baseline_path, *, update: bool, run
         failing = [r for r in results if r.verdict in stats.FAILING]
         worst = max((r for r in results if r.ratio is not None), key=lambda r: r.ratio,
                     default=None)
-        console.print(
+        say(console,
             f"run {i + 1}/{runs}: {output.counts(results)}; drift "
             f"{'-' if d is None else f'{100 * (d - 1):+.1f}%'}; largest ratio "
             f"{'-' if worst is None else f'{worst.ratio:.3f} ({worst.label()})'}; "
-            f"{run.duration_s:.1f} s", highlight=False)
+            f"{run.duration_s:.1f} s")
         for r in failing:
             why = (f"ratio {output.fmt_ratio(r.ratio)} > 1 + {output.fmt_pct(r.threshold)}"
                    if r.verdict == stats.SLOWER else r.reason)
-            console.print(f"  [red]{r.verdict}[/]: {r.label()}: {why}", highlight=False)
+            say(console, f"  {r.verdict}: {r.label()}: {why}", style="red")
     title = f"stbench regress against {base_path_label(base)}"
     caption = (f"ratio: (time / reference unit) now over the baseline's, median of "
                f"{settings.passes} passes; threshold max({settings.floor:.1%}, "
                f"{settings.k:g} x noise)")
-    output.print_gate(all_runs[-1], console, title, caption)
+    output.print_gate(all_runs[-1], table_console or console, title, caption, fmt)
     for n in notes[1:]:
-        console.print(f"note: {n}", highlight=False)
+        say(console, f"note: {n}")
     failed_runs = sum(any(r.verdict in stats.FAILING for r in run) for run in all_runs)
-    console.print(f"{failed_runs} of {runs} runs raised an alarm; {time.time() - t0:.1f} s",
-                  highlight=False)
+    say(console, f"{failed_runs} of {runs} runs raised an alarm; {time.time() - t0:.1f} s")
     if json_path:
         output.write_json(json_path, output.finite(dict(
             env=env.to_dict(), manifest=baseline.manifest(argv, t0, time.time(), env),
@@ -134,13 +135,14 @@ def cmd_regress(args) -> int:
     except (options.OptionError, trees.TreeError, ValueError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    from rich.console import Console
+    from stbench.commands.tables import console as make_console
 
-    console = Console(width=args.width)
+    console = make_console(stderr=args.format != "table", width=args.width)
     try:
         with console.status("regress...") as status:
             return regress(entries, side, device, settings, path, update=args.update_baseline,
                            runs=args.runs, console=console, argv=sys.argv[1:],
+                           fmt=args.format, table_console=make_console(width=args.width),
                            json_path=args.json, markdown_path=args.markdown,
                            progress=lambda s: status.update(f"regress: {s}"))
     except (baseline.BaselineError, trees.TreeError) as exc:

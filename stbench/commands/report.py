@@ -6,11 +6,14 @@ every ``reports/<suite>/<gpu>/`` folder) from the parser and the committed files
     stbench report out/std --out out/std-report
     stbench report --readme                  # rewrites README.md's generated sections
     stbench report --readme --check          # exit 1 if they are not what the files give
+    stbench report out/quick --format csv    # also one line per sweep row on stdout
 """
 
 from __future__ import annotations
 
 import argparse
+
+from stbench.commands.tables import FORMATS, Column, Rows, console, emit, say
 
 
 def register(subparsers) -> None:
@@ -27,37 +30,55 @@ def register(subparsers) -> None:
                    help="with --readme: the folder of <suite>/<gpu>/ results (default reports)")
     p.add_argument("--check", action="store_true",
                    help="with --readme: change nothing, exit 1 if a section is out of date")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="with DIR: also print one line per sweep row (mode, layout, N, backend, "
+                   "block, status, median ms, TFLOP/s, peak bytes, repetitions) on stdout as a "
+                   "table, markdown, csv or json")
+    p.add_argument("--width", type=int, default=None,
+                   help="console width of --format table (default: the terminal's; unlimited "
+                   "when piped)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from rich.console import Console
+    from stbench import readme, report
 
-    from stbench import manifest, readme
-    from stbench.report import write_report
-    from stbench.results import ResultsError
-
-    console = Console(stderr=True)
+    con = console(stderr=True)
     if (args.dir is None) == (args.readme is None):
-        console.print("[red]error:[/red] give a results folder DIR, or --readme (not both)")
-        return 2
-    try:
-        if args.readme is not None:
-            if args.check:
-                stale = readme.stale_sections(args.readme, args.reports)
-                if stale:
-                    console.print(f"{args.readme}: out of date: {', '.join(stale)} (run "
-                                  "`stbench report --readme`)")
-                    return 1
-                console.print(f"{args.readme}: up to date")
-                return 0
-            changed = readme.write(args.readme, args.reports)
-            console.print(f"{args.readme}: " + (f"rewrote {', '.join(changed)}" if changed
-                                                else "already up to date"))
+        raise ValueError("give a results folder DIR, or --readme (not both)")
+    if args.readme is not None:
+        if args.check:
+            stale = readme.stale_sections(args.readme, args.reports)
+            if stale:
+                say(con, f"{args.readme}: out of date: {', '.join(stale)} (run "
+                    "`stbench report --readme`)")
+                return 1
+            say(con, f"{args.readme}: up to date")
             return 0
-        path = write_report(args.dir, args.out)
-    except (ResultsError, manifest.ManifestError, readme.ReadmeError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
-    console.print(f"wrote {path} and its plots")
+        changed = readme.write(args.readme, args.reports)
+        say(con, f"{args.readme}: " + (f"rewrote {', '.join(changed)}" if changed
+                                        else "already up to date"))
+        return 0
+    path = report.write_report(args.dir, args.out)
+    say(con, f"wrote {path} and its plots")
+    if args.format:
+        df = report.load(args.dir)[0]
+        caveat = report.timing_caveat(df["env"], df.loc[df.status == "ok", "reps"])
+        table = report.summary_table(df).astype(object)
+        emit(Rows(f"sweep rows of {args.dir}", SUMMARY_COLUMNS,
+                  tuple(table.where(table.notna(), None).to_dict("records")),
+                  notes=tuple(caveat)), args.format, args.width)
     return 0
+
+
+def _g(digits: int):
+    return lambda x: f"{x:.{digits}g}"
+
+
+SUMMARY_COLUMNS = (
+    Column("mode"), Column("layout"), Column("n_ctx", "N", right=True), Column("backend"),
+    Column("block", right=True), Column("status"),
+    Column("median_ms", "median ms", _g(4), right=True),
+    Column("tflops", "TFLOP/s", _g(3), right=True),
+    Column("peak_bytes", "peak bytes", right=True), Column("reps", right=True),
+)

@@ -12,7 +12,8 @@ import argparse
 import shlex
 import time
 
-from stbench.commands import csv_list
+from stbench.commands import csv_list, out_folder, positive_ints, torch_device
+from stbench.commands.tables import Column, Rows, add_format_option, console, emit, say
 
 
 def register(subparsers) -> None:
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
                    "sweep (regression check after a kernel change); other rows as usual")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop cleanly before starting a row past this budget (then --resume)")
-    p.add_argument("--ns", type=lambda s: [int(x) for x in csv_list(s)], default=None,
+    p.add_argument("--ns", type=positive_ints, default=None,
                    help="override N values, comma-separated")
     p.add_argument("--layouts", type=csv_list, default=None, help="override layouts, comma-separated")
     p.add_argument("--backends", type=csv_list, default=None,
@@ -47,64 +48,70 @@ def register(subparsers) -> None:
     p.add_argument("--precompile-workers", type=int, default=None,
                    help="processes that compile kernels ahead of timing (0: off; default: the "
                    "config's precompile_workers)")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--device", type=torch_device, default=None,
+                   help="cuda or cpu (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true",
                    help="print the grid (rows, and which layouts exist at which block) and exit")
+    add_format_option(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from rich.console import Console
-
     from stbench import manifest
     from stbench.sweep import SweepConfig, SweepError, run_sweep
 
-    console = Console(stderr=True)
-    try:
-        cfg = SweepConfig.preset(args.preset) if args.preset else SweepConfig.from_toml(args.config)
-        cfg = cfg.with_overrides(ns=args.ns, layouts=args.layouts, backends=args.backends,
-                                 modes=args.modes, precompile_workers=args.precompile_workers)
-        if args.max_minutes is not None and args.max_minutes <= 0:
-            raise SweepError("--max-minutes must be positive")
-        if args.dry_run:
-            return _dry_run(cfg, console)
-        started = time.time()
-        counts = run_sweep(cfg, args.out, resume=args.resume, isolate=args.isolate,
-                           tune=args.tune, max_minutes=args.max_minutes, device=args.device,
-                           progress=not args.no_progress, picks_path=args.picks)
-        manifest.write_for_run(args.out, shlex.join(["stbench", *args.argv]), started,
-                               time.time(), description=f"stbench sweep {cfg.name}"
-                               + (" (stopped at --max-minutes)" if counts["stopped"] else ""))
-    except (SweepError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
+    con = console(stderr=True)
+    cfg = SweepConfig.preset(args.preset) if args.preset else SweepConfig.from_toml(args.config)
+    cfg = cfg.with_overrides(ns=args.ns, layouts=args.layouts, backends=args.backends,
+                             modes=args.modes, precompile_workers=args.precompile_workers)
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise SweepError("--max-minutes must be positive")
+    if args.dry_run:
+        return _dry_run(cfg, args)
+    out_folder("--out", args.out)
+    started = time.time()
+    counts = run_sweep(cfg, args.out, resume=args.resume, isolate=args.isolate,
+                       tune=args.tune, max_minutes=args.max_minutes, device=args.device,
+                       progress=not args.no_progress, picks_path=args.picks)
+    manifest.write_for_run(args.out, shlex.join(["stbench", *args.argv]), started,
+                           time.time(), description=f"stbench sweep {cfg.name}"
+                           + (" (stopped at --max-minutes)" if counts["stopped"] else ""))
     stopped = counts.pop("stopped")
     skipped = counts.pop("skipped")
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no new rows"
-    console.print(f"sweep {cfg.name}: {summary}; {skipped} already measured; rows in "
-                  f"{args.out}/results.jsonl")
+    say(con, f"sweep {cfg.name}: {summary}; {skipped} already measured; rows in "
+        f"{args.out}/results.jsonl")
     if stopped:
-        console.print("[yellow]stopped at --max-minutes; rerun with --resume to continue[/yellow]")
+        say(con, "stopped at --max-minutes; rerun with --resume to continue", style="yellow")
     return 0
 
 
-def _dry_run(cfg, console) -> int:
+def _density(x) -> str:
+    return f"{x:.4f}"
+
+
+def _dry_run(cfg, args) -> int:
     """The grid's size and each (layout, N)'s block (or why it does not exist)."""
     from stbench.sweep import plan_groups
 
     groups = plan_groups(cfg)
-    console.print(f"sweep {cfg.name}: {len(groups)} groups (N x layout x dtype), "
-                  f"{sum(len(g.items) for g in groups)} rows (x modes {list(cfg.modes)} "
-                  f"x backends {list(cfg.backends)})")
+    rows = []
     for g in groups:
-        spec = cfg.spec(g.layout)
+        row = dict(layout=g.layout, n_ctx=g.n, batch=cfg.batch_for(g.n), dtype=g.dtype)
         try:
-            lay = spec.build(g.n, cfg.heads)
-            what = (f"block {lay.block}, block density {lay.block_density:.4f}, "
-                    f"token density {lay.token_density:.4f}")
+            lay = cfg.spec(g.layout).build(g.n, cfg.heads)
+            row.update(block=lay.block, block_density=lay.block_density,
+                       token_density=lay.token_density)
         except ValueError as exc:
-            what = f"does not exist: {exc}"
-        console.print(f"  {g.layout:12s} N={g.n:<6d} B={cfg.batch_for(g.n):<4d} {what}",
-                      soft_wrap=True)
+            row["error"] = f"does not exist: {exc}"
+        rows.append(row)
+    emit(Rows(f"sweep {cfg.name}: {len(groups)} groups (N x layout x dtype), "
+              f"{sum(len(g.items) for g in groups)} rows (x modes {list(cfg.modes)} x backends "
+              f"{list(cfg.backends)})",
+              (Column("layout"), Column("n_ctx", "N", right=True),
+               Column("batch", "B", right=True), Column("dtype"), Column("block", right=True),
+               Column("block_density", "block density", _density, right=True),
+               Column("token_density", "token density", _density, right=True), Column("error")),
+              tuple(rows)), args.format, args.width)
     return 0

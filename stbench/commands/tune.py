@@ -8,6 +8,11 @@ measure the tuner against exhaustive search.
     stbench tune --list                                             # what the cache holds
     stbench tune --layout causal --n-ctx 65536 --backends triton --rows ab.jsonl \\
         --configs null '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'   # these, side by side
+
+``--configs`` measures exactly the configurations given (JSON; null: the backend's default) of
+each backend, each checked against the dense reference first and then timed with the sweep's
+timer, prints them side by side and appends one row per (backend, config) to ``--rows`` (the
+result schema; failures are rows); it caches nothing unless ``--cache`` is given.
     stbench tune --export-picks reports/standard/h200 reports/standard-picks/h200 --gpu h200
 
 The search starts from the best known configurations of each backend (``--no-seeds``: without
@@ -30,7 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from stbench.commands import csv_list, json_value
+from stbench.commands import csv_list, json_value, out_folder, positive_ints, torch_device
+from stbench.commands.tables import Column, Rows, add_format_option, console, emit, say
 
 
 def register(subparsers) -> None:
@@ -54,7 +60,8 @@ def register(subparsers) -> None:
                    help="cache file (default: $STBENCH_CACHE_DIR/tune.json or "
                    "~/.cache/stbench/tune.json)")
     p.add_argument("--rows", default=None, help="append every candidate's row to this JSONL")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", type=torch_device, default=None,
+                   help="cpu or cuda (default: cuda if present)")
     p.add_argument("--precompile-workers", type=int, default=0,
                    help="processes that compile each batch of candidates side by side before "
                    "it is timed (0: compile on first call)")
@@ -73,7 +80,7 @@ def register(subparsers) -> None:
                    "JSONL files, and exit")
     p.add_argument("--gpu", default=None,
                    help="with --export-picks: the GPU model whose rows count (e.g. h200)")
-    p.add_argument("--ns", type=lambda s: [int(x) for x in csv_list(s)], default=[4096, 16384],
+    p.add_argument("--ns", type=positive_ints, default=[4096, 16384],
                    help="N values for --evaluate (default 4096,16384)")
     p.add_argument("--layouts", type=csv_list,
                    default=["causal", "local", "strided", "fixed", "st_mix"],
@@ -84,74 +91,95 @@ def register(subparsers) -> None:
                    "of tuning; not cached unless --cache is given")
     p.add_argument("--block", type=int, default=None,
                    help="with --configs: re-block the layout to this block first (exact)")
+    add_format_option(p)
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from rich.console import Console
+def _ms(x) -> str:
+    return f"{x:.4g}"
 
+
+def _config(c) -> str:
+    return json.dumps(c, sort_keys=True)
+
+
+PICK_COLUMNS = (Column("backend"), Column("block", right=True), Column("config", fmt=_config),
+                Column("median_ms", "median ms", _ms, right=True))
+
+
+def run(args) -> int:
     from stbench import problems
     from stbench.tuning import autotune, cache
 
-    console = Console(stderr=True)
+    con = console(stderr=True)
+    if args.max_evals is not None and args.max_evals < 1:
+        raise ValueError(f"--max-evals {args.max_evals}: use a positive count")
+    if args.export_picks:
+        return _export(args, con)
     if args.list:
-        data = cache.load(args.cache)
-        for e in data["entries"].values():
-            console.print(f"N={e.get('n_ctx')} H={e.get('heads')} B={e['batch']} "
-                          f"D={e.get('head_dim')} {e.get('dtype')} {e.get('mode')} "
-                          f"layout {e['layout_hash'][:10]} "
-                          f"(block {e.get('layout_block')}): {e['backend']} block {e['block']} "
-                          f"{json.dumps(e['config'])} {e.get('median_ms')} ms")
-        console.print(f"{len(data['entries'])} entries in {args.cache or cache.default_path()}")
-        return 0
-    try:
-        if args.max_evals is not None and args.max_evals < 1:
-            raise ValueError(f"--max-evals {args.max_evals}: use a positive count")
-        if args.export_picks:
-            return _export(args, console)
-        if args.evaluate:
-            from stbench.tuning import evaluate
-
-            if not args.out:
-                raise ValueError("--evaluate needs --out DIR")
-            probs = [problems.Problem(_spec(name), n,
-                                      args.batch or problems.batch_for(n), args.heads,
-                                      args.head_dim, args.dtype, args.mode)
-                     for n in args.ns for name in args.layouts]
-            from pathlib import Path
-
-            recs = evaluate.evaluate(probs, args.backends, device=args.device or _dev(),
-                                     out_dir=args.out, strategy=args.strategy,
-                                     cache_path=args.cache or Path(args.out) / "tune.json",
-                                     max_evals=args.max_evals, seeded=not args.no_seeds)
-            for r in recs:
-                if r.get("ratio") is None:
-                    console.print(f"{r['problem']}: {r.get('status')}")
-                    continue
-                console.print(f"{r['problem']}: pick/best = {r['ratio']:.3f}, tune "
-                              f"{r['tune_s']:.1f} s (exhaustive {r['exhaustive_s']:.1f} s), "
-                              f"cached lookup {r['lookup_warm_ms']:.3f} ms")
-            return 0
-        prob = problems.Problem(_spec(args.layout), args.n_ctx,
-                                args.batch or problems.batch_for(args.n_ctx), args.heads,
-                                args.head_dim, args.dtype, args.mode)
-        if args.configs is not None:
-            return _compare(autotune, prob, args, console)
-        if args.block is not None:
-            raise ValueError("--block goes with --configs (tuning searches every block itself)")
-        res = _tune_one(autotune, prob, args)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        return 2
-    console.print(f"{prob.label()}: {res.evaluated} of {res.candidates} candidates evaluated in "
-                  f"{res.seconds:.1f} s")
-    for name, p in res.per_backend.items():
-        console.print(f"  {name}: block {p.block} {json.dumps(p.config)} {p.median_ms:.4g} ms")
+        return _list(cache, args)
+    if args.evaluate:
+        return _evaluate(args)
+    prob = problems.Problem(_spec(args.layout), args.n_ctx,
+                            args.batch or problems.batch_for(args.n_ctx), args.heads,
+                            args.head_dim, args.dtype, args.mode)
+    if args.configs is not None:
+        return _compare(autotune, prob, args, con)
+    if args.block is not None:
+        raise ValueError("--block goes with --configs (tuning searches every block itself)")
+    res = _tune_one(autotune, prob, args)
+    say(con, f"{prob.label()}: {res.evaluated} of {res.candidates} candidates evaluated in "
+        f"{res.seconds:.1f} s")
+    emit(Rows(f"{prob.label()}: each backend's best", PICK_COLUMNS,
+              tuple(vars(p) for p in res.per_backend.values())), args.format, args.width)
     if res.best is None:
-        console.print("[yellow]no valid candidate[/yellow]")
+        say(con, "no valid candidate", style="yellow")
         return 1
-    console.print(f"pick: {res.best.backend} block {res.best.block} {json.dumps(res.best.config)}"
-                  f" ({res.best.median_ms:.4g} ms), cached in {args.cache or cache.default_path()}")
+    say(con, f"pick: {res.best.backend} block {res.best.block} {json.dumps(res.best.config)}"
+        f" ({res.best.median_ms:.4g} ms), cached in {args.cache or cache.default_path()}")
+    return 0
+
+
+def _list(cache, args) -> int:
+    """``--list``: the cache's entries, one row each."""
+    data = cache.load(args.cache)
+    rows = [dict(e, layout_hash=e["layout_hash"][:10]) for e in data["entries"].values()]
+    keys = ("n_ctx", "heads", "batch", "head_dim", "dtype", "mode", "layout_hash",
+            "layout_block", "backend", "block", "config", "median_ms")
+    headers = {"n_ctx": "N", "heads": "H", "batch": "B", "head_dim": "D", "layout_hash": "layout",
+               "layout_block": "layout block", "median_ms": "median ms"}
+    fmts = {"config": _config, "median_ms": _ms}
+    emit(Rows(f"{len(rows)} entries in {args.cache or cache.default_path()}",
+              tuple(Column(k, headers.get(k), fmts.get(k, str)) for k in keys), tuple(rows)),
+         args.format, args.width)
+    return 0
+
+
+def _evaluate(args) -> int:
+    """``--evaluate``: the tuner against exhaustive search, one row per problem."""
+    from pathlib import Path
+
+    from stbench import problems
+    from stbench.tuning import evaluate
+
+    if not args.out:
+        raise ValueError("--evaluate needs --out DIR")
+    out_folder("--out", args.out)
+    probs = [problems.Problem(_spec(name), n, args.batch or problems.batch_for(n), args.heads,
+                              args.head_dim, args.dtype, args.mode)
+             for n in args.ns for name in args.layouts]
+    recs = evaluate.evaluate(probs, args.backends, device=args.device or _dev(),
+                             out_dir=args.out, strategy=args.strategy,
+                             cache_path=args.cache or Path(args.out) / "tune.json",
+                             max_evals=args.max_evals, seeded=not args.no_seeds)
+    f3, f1 = (lambda x: f"{x:.3f}"), (lambda x: f"{x:.1f}")
+    emit(Rows("the tuner against exhaustive search",
+              (Column("problem"), Column("status"),
+               Column("ratio", "pick / best", f3, right=True),
+               Column("tune_s", "tune s", f1, right=True),
+               Column("exhaustive_s", "exhaustive s", f1, right=True),
+               Column("lookup_warm_ms", "cached lookup ms", f3, right=True)), tuple(recs)),
+         args.format, args.width)
     return 0
 
 
@@ -173,7 +201,17 @@ def _tune_one(autotune, prob, args):
             pre.close()
 
 
-def _export(args, console) -> int:
+COMPARE_COLUMNS = (
+    Column("backend"), Column("config", fmt=_config), Column("status"),
+    Column("median_ms", "median ms", _ms, right=True),
+    Column("p20_ms", "p20 ms", _ms, right=True), Column("p80_ms", "p80 ms", _ms, right=True),
+    Column("tflops", "TFLOP/s", lambda x: f"{x:.1f}", right=True),
+    Column("err", fmt=lambda x: f"{x:.2e}", right=True),
+    Column("tol", fmt=lambda x: f"{x:.2e}", right=True), Column("check"), Column("error"),
+)
+
+
+def _export(args, con) -> int:
     """``--export-picks``: the shipped picks file of ``--gpu`` from the given results."""
     from stbench.tuning import export, shipped
 
@@ -184,16 +222,15 @@ def _export(args, console) -> int:
     data, notes = export.export_picks(args.export_picks, args.gpu, command)
     path = export.write(data, args.out or shipped.path_for(args.gpu))
     for note in notes:
-        console.print(note, highlight=False, markup=False)
-    console.print(f"{len(data['problems'])} problems, "
-                  f"{sum(len(p['picks']) for p in data['problems'])} picks written to {path}",
-                  highlight=False, markup=False)
+        say(con, note)
+    say(con, f"{len(data['problems'])} problems, "
+        f"{sum(len(p['picks']) for p in data['problems'])} picks written to {path}")
     return 0 if data["problems"] else 1
 
 
-def _compare(autotune, prob, args, console) -> int:
+def _compare(autotune, prob, args, con) -> int:
     """``--configs``: each backend at each given config, checked then timed; 1 if none is ok."""
-    from rich.table import Table
+    from dataclasses import asdict
 
     from stbench import results
     from stbench.tuning.measure import BenchSettings
@@ -212,19 +249,11 @@ def _compare(autotune, prob, args, console) -> int:
     last = {}
     for row in res.rows:  # the re-timed rows come last and replace the search's
         last[(row.backend, row.block, json.dumps(row.config, sort_keys=True))] = row
-    table = Table(title=f"{prob.label()} at block {block}")
-    for col in ("backend", "config", "status", "median ms (p20-p80)", "TFLOP/s", "err / tol"):
-        table.add_column(col)
-    for (backend, _, cfg), r in last.items():
-        ms = (f"{r.median_ms:.4g} ({r.p20_ms:.4g}-{r.p80_ms:.4g})" if r.median_ms is not None
-              else (r.error or "")[:80])
-        err = f"{r.err:.2e} / {r.tol:.2e}" if r.err is not None and r.tol else (r.check or "")
-        table.add_row(backend, cfg, r.status, ms,
-                      f"{r.tflops:.1f}" if r.tflops is not None else "-", err)
-    console.print(table)
+    emit(Rows(f"{prob.label()} at block {block}", COMPARE_COLUMNS,
+              tuple(asdict(r) for r in last.values())), args.format, args.width)
     if args.rows:
         results.append_rows(args.rows, list(last.values()))
-        console.print(f"{len(last)} rows appended to {args.rows}")
+        say(con, f"{len(last)} rows appended to {args.rows}")
     return 0 if any(r.status == "ok" for r in last.values()) else 1
 
 

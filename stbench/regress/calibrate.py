@@ -1,8 +1,8 @@
 """Reference kernels timed beside the kernels under test, so that ``stbench regress`` can take
 the machine's drift out of a comparison with a baseline measured on another day.
 
-    matmul     a bf16 matrix product M x M x M (tensor-core bound; TARGETS.md's ceiling run
-               uses 8192^3, 709 TFLOP/s on the H200)
+    matmul     a bf16 matrix product M x M x M (tensor-core bound; at 8192^3 it
+               reaches 709 TFLOP/s on the H200)
     copy       a device-to-device copy of COPY bytes (memory bound; 4.24 TB/s there)
     sdpa_fwd   the peer SDPA (FlashAttention) on the causal standard problem at N_SDPA, forward
     sdpa_fwd+bwd  the same, forward and backward

@@ -7,6 +7,7 @@ import argparse
 import os
 
 from stbench.commands import csv_list
+from stbench.commands.tables import FORMATS
 from stbench.tuning.measure import BenchSettings
 
 from .sample import CHECK_ROWS
@@ -42,7 +43,12 @@ def add_common(p: argparse.ArgumentParser, bench: BenchSettings) -> None:
     p.add_argument("--markdown", metavar="FILE", default=None,
                    help="write a Markdown summary (for a pull-request comment)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if present)")
-    p.add_argument("--width", type=int, default=None, help="console width (default: terminal)")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="the verdict table on stdout: a table (never wrapped when piped), "
+                   "markdown, csv or json (the other lines go to stderr unless table)")
+    p.add_argument("--width", type=int, default=None,
+                   help="console width of the table (default: the terminal's; unlimited when "
+                   "piped)")
 
 
 def device_of(args):

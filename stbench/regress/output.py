@@ -40,19 +40,17 @@ def _ordered(results: Sequence) -> list:
     return sorted(results, key=lambda r: rank[r.verdict])
 
 
-def _rich_table(results: Sequence, columns, right, row_of, title: str, caption: str, console):
-    """A rich table of ``results``, one row each (``row_of``), the verdict cell coloured."""
-    from rich import box
-    from rich.table import Table
+def _emit(results: Sequence, columns, right, row_of, title: str, caption: str, console,
+          fmt: str) -> None:
+    """``results``, one row each (``row_of``), as a table (the verdict cell coloured) or in
+    another ``--format`` (stbench.commands.tables)."""
+    from stbench.commands.tables import Column, Rows, emit
 
-    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in columns:
-        table.add_column(col, justify="right" if col in right else "left", overflow="fold")
-    for r in results:
-        row = row_of(r)
-        row[columns.index("verdict")] = f"[{COLOURS[r.verdict]}]{r.verdict}[/]"
-        table.add_row(*row)
-    console.print(table)
+    cols = tuple(Column(c, right=c in right,
+                        style=(lambda v: COLOURS.get(v)) if c == "verdict" else None)
+                 for c in columns)
+    emit(Rows(title, cols, tuple(dict(zip(columns, row_of(r))) for r in results),
+              caption=caption), fmt, con=console)
 
 
 def _markdown_table(results: Sequence, columns, row_of) -> list[str]:
@@ -78,13 +76,13 @@ def ab_row(r) -> list[str]:
 AB_RIGHT = ("block", "N", "B", "head ms", "base ms", "head/base")
 
 
-def print_ab(results: Sequence, console, head: str, base: str, settings) -> None:
+def print_ab(results: Sequence, console, head: str, base: str, settings,
+             fmt: str = "table") -> None:
     caption = (f"ratio: median over {settings.rounds} rounds of t_head / t_base, interval: "
                f"{settings.confidence:.0%} bootstrap of that median; slower: ratio > "
                f"{1 + settings.threshold:.3f} and interval above 1")
-    _rich_table(results, AB_COLUMNS, AB_RIGHT, ab_row, f"stbench ab: {head} against {base}",
-                caption, console)
-    console.print(f"verdicts: {counts(results)}", highlight=False)
+    _emit(results, AB_COLUMNS, AB_RIGHT, ab_row, f"stbench ab: {head} against {base}", caption,
+          console, fmt)
 
 
 def ab_markdown(results: Sequence, head: str, base: str, settings) -> str:
@@ -114,8 +112,8 @@ def gate_row(r) -> list[str]:
 GATE_RIGHT = ("N", "ms", "baseline ms", "ratio", "threshold", "noise")
 
 
-def print_gate(results: Sequence, console, title: str, caption: str) -> None:
-    _rich_table(results, GATE_COLUMNS, GATE_RIGHT, gate_row, title, caption, console)
+def print_gate(results: Sequence, console, title: str, caption: str, fmt: str = "table") -> None:
+    _emit(results, GATE_COLUMNS, GATE_RIGHT, gate_row, title, caption, console, fmt)
 
 
 def gate_markdown(runs: Sequence[Sequence], title: str, notes: Sequence[str]) -> str:

@@ -1,6 +1,7 @@
 """The regression problem set, shared by ``stbench regress``, ``stbench ab`` (its default) and the
 pytest-benchmark module: every kernel backend x representative layouts x a few N x fwd /
-fwd+bwd, on TARGETS.md's standard problem (bf16, H = 8, D = 64, B x N = 65,536 tokens).
+fwd+bwd, on the standard problem of stbench.problems (bf16, H = 8, D = 64, B x N = 65,536
+tokens).
 
 Layouts (``stbench.problems`` specs): ``causal`` and ``fixed`` at block 128 (real work),
 ``local`` at block 128 and ``st_mix`` at the largest block its strided heads allow (very

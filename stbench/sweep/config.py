@@ -94,8 +94,11 @@ class SweepConfig:
                 builder = t.pop("builder", name)
                 block = t.pop("block", d.get("block", STANDARD_BLOCK))
                 reblock = t.pop("reblock", None)
-                specs.append(LayoutSpec(name, builder, block, tuple(sorted(t.items())),
-                                        reblock=reblock))
+                try:
+                    specs.append(LayoutSpec(name, builder, block, tuple(sorted(t.items())),
+                                            reblock=reblock))
+                except ValueError as exc:
+                    raise SweepError(f"{where}: [layout.{name}]: {exc}") from None
             else:
                 s = layout_spec(name)
                 if "block" in d:

@@ -172,7 +172,7 @@ def test_dkv_transposed(variant, dtype, gen):
 @pytest.mark.parametrize("dtype", ("bfloat16", "float16", "float32"))
 @pytest.mark.parametrize("name", ("causal", "local", "strided", "fixed", "st_mix"))
 def test_standard_problem_every_dtype(name, dtype):
-    """TARGETS.md's standard problem itself at N = 4096 (B = 16, H = 8, D = 64, the layout at
+    """The standard problem itself at N = 4096 (B = 16, H = 8, D = 64, the layout at
     its block 128, the backend's default config), forward and gradients on fresh inputs,
     judged as the sweep judges a row: sampled query rows of batch element 0 against the
     float64 dense reference, tolerance from the same-dtype reference's own error."""

@@ -48,7 +48,9 @@ def test_layouts_show_json_reports_unbuildable_blocks(capsys):
 )
 def test_layouts_show_errors_name_the_fix(argv, message, capsys):
     assert main(["layouts", "show", *argv]) == 2
-    assert message in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("stbench layouts show: error: ")
+    assert len(err.splitlines()) == 1
 
 
 def test_memory_seed_table(capsys):

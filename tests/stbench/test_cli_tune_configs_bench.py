@@ -24,7 +24,7 @@ def test_tune_configs_measures_each_against_dense_into_result_rows(tmp_path, cap
     assert dense and all(r.status == "ok" and r.median_ms > 0 for r in dense)
     for line in rows_path.read_text().splitlines():
         assert "status" in json.loads(line) and "ok" not in json.loads(line)
-    assert "local N=256" in out.err and not (tmp_path / "tune.json").exists()
+    assert "local N=256" in out.out and not (tmp_path / "tune.json").exists()
 
 
 def test_tune_configs_bad_input_is_one_line(capsys):

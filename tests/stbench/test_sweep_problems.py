@@ -1,4 +1,4 @@
-"""The standard problems as data: the stride rule, the layouts' densities of TARGETS.md and
+"""The standard problems as data: the stride rule, the layouts' standard densities and
 DESIGN.md, fit_block, reblock and st_mix's heads."""
 
 from dataclasses import replace
@@ -21,7 +21,7 @@ def test_stride_rule(n, l):
 def test_standard_block_densities_at_65536_match_targets(name, density):
     lay = problems.layout_spec(name).build(65536, 8)
     assert lay.block == 128 and lay.name == name
-    assert lay.block_density == pytest.approx(density, rel=0.03)  # TARGETS.md gives 2-3 digits
+    assert lay.block_density == pytest.approx(density, rel=0.03)  # given to 2-3 digits
 
 
 @pytest.mark.parametrize("name, density", [("paper_fixed", 0.13), ("paper_fixed_128", 0.505)])
