@@ -23,7 +23,7 @@ FlexAttention user would run that head; the two gathers are part of the measured
 
 BLOCK_SIZE is the layout's block (FlexAttention's default is 128; smaller blocks are allowed as
 BLOCK_SIZE=(b, b), with the forward tiles BLOCK_M = BLOCK_N = b unless the config says
-otherwise). Its backward does not compile below 128 (TARGETS.md), so when q, k or v need
+otherwise). Its backward does not compile below 128 (torch 2.11 on the H200), so when q, k or v need
 gradients a layout at a smaller block is re-blocked exactly to 128 first, as a FlexAttention
 user has to (``config={"block": b}`` forces a block). ``config``: the keys of
 FlexAttention's kernel_options (``BLOCK_M``, ``BLOCK_N``, ``num_warps``, ``num_stages``, ...,
@@ -38,7 +38,7 @@ uncompiled one (``compiled=False``) to check the BlockMask and the mask_mod. Emp
 zeros (FlexAttention's rule).
 
 ``flex_block_mask_from_predicate`` builds the BlockMask the way a user with a token predicate
-would (``create_block_mask``), the baseline of TARGETS.md item 3.
+would (``create_block_mask``), the baseline of the paper-mask comparison (the `paper` preset).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ SLOT_EMPTY, SLOT_FULL, SLOT_DIAG, SLOT_PARTIAL0 = 0, 1, 2, 3
 MAX_TABLE_BYTES = 2**31  # refuse layouts whose block table (P nb^2 entries) would be larger
 BLOCK_MASK_CACHE_SIZE = 16
 RECOMPILE_LIMIT = 256  # dynamo recompilations allowed (one per layout / block / shape family)
-# FlexAttention's backward does not compile with sparse blocks below 128 (TARGETS.md, torch
+# FlexAttention's backward does not compile with sparse blocks below 128 (torch
 # 2.11 on the H200): when gradients are needed, smaller layouts are re-blocked exactly to it.
 MIN_BACKWARD_BLOCK = 128
 

@@ -7,7 +7,7 @@ other layout is refused. q, k, v [B, H, N, D] -> out [B, H, N, D]; causal and fu
 no empty rows, so nothing special happens there.
 
 On CUDA with fp16/bf16 it pins FlashAttention (``SDPBackend.FLASH_ATTENTION``, D <= 256 and
-D % 8 == 0), the peer TARGETS.md measures; otherwise PyTorch picks its default kernel. Memory:
+D % 8 == 0), the peer the standard problem measures; otherwise PyTorch picks its default kernel. Memory:
 whatever the chosen kernel uses (FlashAttention: O(B H N) beyond inputs and outputs).
 """
 
