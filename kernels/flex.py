@@ -335,8 +335,8 @@ class _Permute(torch.autograd.Function):
     ``inverse``. Its backward is the inverse gather, not the scatter-add autograd derives for
     torch.gather (atomics over an index expanded across D). torch.gather measured faster than
     an index_select over rows: the strided forward at N = 2048..8192, B x N = 65536, H = 8,
-    D = 64 took 0.59-0.61 ms with gather (reports/standard_run1/) and 1.40-1.42 ms with
-    index_select (reports/standard/, same problems), on one H200."""
+    D = 64 took 0.59-0.61 ms with gather (reports/standard_run1/ at the git tag reports-archive)
+    and 1.40-1.42 ms with index_select (reports/standard/h200/, same problems), on one H200."""
 
     @staticmethod
     def forward(ctx, x, index, inverse):

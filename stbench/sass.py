@@ -3,7 +3,7 @@ generated code (``stbench sass``): registers/thread, spills, shared memory, warp
 instruction counts, and the instructions of one step of each kernel's main (FULL tile) loop.
 
 Each row is one @triton.jit kernel (kernels/triton/forward.py, backward.py) at a configuration
-the autotuner picked at N = 65536, bf16, head dim 64 (reports/standard/results.jsonl), with the
+the autotuner picked at N = 65536, bf16, head dim 64 (reports/standard/h200/results.jsonl), with the
 constexprs the launchers pass for that layout (UNIT = min(layout block, tile sides),
 G = tile minor / UNIT, HAS_PERM for strided / st_mix). FULL, CAUSAL and MASKED tiles are three
 constexpr-specialised loops inside ONE kernel, so each row covers all three.

@@ -98,7 +98,8 @@ def _largest_divisor_tile(n_ctx: int, want: int) -> int:
 
 # Below this block density the standard layouts are latency-bound (1-3 tiles per query tile):
 # 64-row tiles with 4 warps and 3 stages measured best there, 128 x 64 with 8 warps and 3 stages
-# on causal / fixed (H200, N = 65536, bf16: reports/triton/triton_vs_flex_n65536.jsonl).
+# on causal / fixed (H200, N = 65536, bf16: reports/triton/triton_vs_flex_n65536.jsonl at the
+# git tag reports-archive).
 SPARSE_BLOCK_DENSITY = 0.05
 
 

@@ -3,7 +3,7 @@
     stbench sweep --preset quick --out out/quick
     stbench sweep --preset standard --out out/std --isolate --tune --max-minutes 8
     stbench sweep --config my_grid.toml --out out/mine --resume
-    stbench sweep --preset standard --out out/again --picks reports/standard/results.jsonl
+    stbench sweep --preset standard --out out/again --picks reports/standard/h200/results.jsonl
 """
 
 from __future__ import annotations

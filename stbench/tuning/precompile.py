@@ -4,7 +4,7 @@ A backend compiles on its first call with a new configuration: Triton JIT-compil
 (kernel, constexprs, argument specialisation), CuPy runs NVRTC per kernel variant,
 FlexAttention runs TorchInductor per layout and shape. Each takes one CPU core for seconds; the
 tuned standard sweep spent 9.4 of its 15.4 minutes there, one compilation after another
-(reports/standard). All three keep what they compile on disk, keyed by what determines the
+(reports/standard/h200). All three keep what they compile on disk, keyed by what determines the
 binary (Triton: ``TRITON_CACHE_DIR``, default ``~/.triton/cache``; CuPy: ``CUPY_CACHE_DIR``,
 default ``~/.cupy/kernel_cache``; TorchInductor: its FX-graph, AOTAutograd and Triton caches under
 ``TORCHINDUCTOR_CACHE_DIR``). So a pool of worker processes that makes each call once — the same
