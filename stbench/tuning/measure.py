@@ -75,7 +75,7 @@ def make_row(problem: Problem, layout, backend: str, status: str, block: int | N
         batch=problem.batch, heads=problem.heads, n_ctx=problem.n_ctx,
         head_dim=problem.head_dim, dtype=problem.dtype, mode=problem.mode,
         layout=problem.layout.name, backend=backend, status=status,
-        env=environment.collect().to_dict(), timestamp=results.now(),
+        env=environment.collect().to_dict(), timestamp=results.now(), host=environment.host_id(),
         **lf, **kw,
     )
 
