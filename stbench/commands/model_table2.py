@@ -29,7 +29,8 @@ sharded. Under ``--out``:
     table2.md      the table, the verdicts on the paper's ordering, beside the paper's numbers
     curves.png     validation bpb and training loss against step and against wall-clock time
 
-On GPUs (about 40 min of one H200 with the defaults; K GPUs take about 1/K of it):
+On GPUs (about 30 min of one H200 with the defaults, estimated from the step times in
+reports/model/h200/table2; K GPUs take about 1/K of it; docs/scale-out.md):
 
     stbench model table2 --out reports/model/h200/table2 --data-dir DATA --devices all
 
