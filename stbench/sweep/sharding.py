@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stbench import backends, distributed, layouts, results, timing
-from stbench.sweep.config import (TUNE_CACHE, SweepConfig, SweepError, item_key, plan_groups)
+from stbench.sweep.config import TUNE_CACHE, SweepConfig, SweepError, item_key, plan_groups
 from stbench.sweep.runner import run_sweep
 from stbench.tuning import cache
 from stbench.tuning.precompile import COMPILED_BACKENDS
@@ -69,8 +69,8 @@ DEFAULT_TUNE_EVALS = 20  # candidates a tuned row measures when tune_max_evals i
 
 @dataclass(frozen=True)
 class Unit:
-    """Rows of one (N, layout, dtype, backend) still to run: ``items`` (mode, backend) with
-    their item keys, and the cost model's seconds."""
+    """Rows of one (N, layout, dtype, backend) still to run (``keys``: their item keys, one
+    per mode) and the cost model's seconds for them."""
 
     n: int
     layout: str
