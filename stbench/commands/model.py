@@ -76,13 +76,14 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _progress():
+def _progress(enabled: bool = True):
+    """A progress bar (drawn only when ``enabled``: rank 0 of several)."""
     from rich.progress import (
         BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
     )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn())
+                    TimeRemainingColumn(), disable=not enabled)
 
 
 def _launched_elsewhere(args) -> int | None:
@@ -97,8 +98,6 @@ def _launched_elsewhere(args) -> int | None:
 
 
 def _train(args) -> int:
-    from contextlib import nullcontext
-
     from stbench import distributed
     from stbench.reference import data, model, train
 
@@ -114,7 +113,7 @@ def _train(args) -> int:
     splits = data.load(tcfg.dataset, args.data_dir)
     device = None if args.device == "auto" else args.device
     with distributed.process_group(device) as ranks:
-        with _progress() if ranks.is_main else nullcontext() as progress:
+        with _progress(ranks.is_main) as progress:
             last = train.train(cfg, tcfg, splits, args.out, ranks.device, args.resume, progress,
                                time_limit_s=60 * args.minutes if args.minutes else None,
                                ranks=ranks, micro_batch=args.micro_batch)
@@ -136,9 +135,8 @@ def _eval(args) -> int:
         splits = data.load(_dataset_for(args, m.cfg, state), args.data_dir)
         seqs = train.sequences_for(m.cfg, splits[args.split])
         total = seqs.num_batches(args.batch_size)
-        with _progress() as progress:
-            task = progress.add_task(f"eval {args.split}", total=args.max_batches or total,
-                                     visible=ranks.is_main)
+        with _progress(ranks.is_main) as progress:
+            task = progress.add_task(f"eval {args.split}", total=args.max_batches or total)
             res = bpd.evaluate(m, seqs, args.batch_size, device,
                                dtype=bpd.parse_dtype(args.dtype), max_batches=args.max_batches,
                                on_batch=lambda i, n: progress.update(task, completed=i),
