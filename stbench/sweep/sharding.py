@@ -12,8 +12,9 @@ ranks talk through gloo, a few Python objects between long stretches of measurin
    into ``DIR/results.jsonl`` (a rank that died loses nothing it had written);
 3. rank 0 plans: the rows not yet in ``DIR/results.jsonl`` are cut into units, the modes of one
    (N, layout, dtype, backend) -- one unit, so that a 'fwd+bwd' row is tuned from its 'fwd'
-   pick as in a single process -- each costed by ``row_cost``, and dealt largest first to the
-   rank with the least work so far (``balance``); the plan is broadcast;
+   pick as in a single process -- each costed by ``row_cost`` (on rank 0's device: the ranks
+   are taken to have the same GPU model and packages), and dealt largest first to the rank
+   with the least work so far (``balance``); the plan is broadcast;
 4. each rank runs its share with ``runner.run_sweep(only=...)`` into its own shard folder
    ``DIR/shards/rank-R/`` (results.jsonl, tune.jsonl, tune.json, .work/), the runner's resume,
    isolation, precompiling and time budget unchanged; its rows carry its device and host;
@@ -45,7 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stbench import backends, distributed, layouts, results, timing
-from stbench.sweep.config import TUNE_CACHE, SweepConfig, SweepError, item_key, plan_groups
+from stbench.sweep.config import (TUNE_CACHE, SweepConfig, SweepError, item_key, plan_groups,
+                                  use_interpreter_if_no_gpu)
 from stbench.sweep.runner import run_sweep
 from stbench.tuning import cache
 from stbench.tuning.precompile import COMPILED_BACKENDS
@@ -115,6 +117,7 @@ def row_cost(cfg: SweepConfig, prob, layout, backend: str, device, tune: bool) -
 
 def plan_units(cfg: SweepConfig, done: set, device, tune: bool) -> list[Unit]:
     """The grid's rows not in ``done`` (item keys) as units, in the grid's order."""
+    use_interpreter_if_no_gpu(cfg)  # before a backend is first imported to cost its rows
     units = []
     for g in plan_groups(cfg):
         try:
