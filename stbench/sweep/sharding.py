@@ -40,6 +40,7 @@ them (at least one); its isolation workers and precompile workers run on the ran
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -178,8 +179,9 @@ def _fsync(path: Path) -> None:
 
 
 def _append_new(path: Path, rows: list, order: dict) -> int:
-    """Append the rows whose identity is not in ``path`` yet: one per identity, the latest by
-    timestamp, in ``order`` (item key -> position); flushed to disk. Returns how many."""
+    """Append the rows whose identity (``_identity``) is not in ``path`` yet: one per identity,
+    the latest by timestamp, in ``order`` (item key -> position); flushed to disk. Returns how
+    many."""
     have = {_identity(r) for r in results.read_rows(path)} if path.exists() else set()
     new: dict = {}
     for row in rows:
@@ -194,8 +196,9 @@ def _append_new(path: Path, rows: list, order: dict) -> int:
 
 
 def _identity(row) -> str:
-    """A sweep row's problem; a tuning candidate's problem, configuration and block."""
-    return row.key() if row.kind == "sweep" else f"{row.key()}|block={row.block}"
+    """A sweep row's problem; a tuning candidate row itself (the tuner measures some
+    candidates twice, and every measurement is kept)."""
+    return row.key() if row.kind == "sweep" else json.dumps(row.to_dict(), sort_keys=True)
 
 
 def merge_shards(cfg: SweepConfig, out_dir, ranks: distributed.Ranks) -> int:

@@ -79,10 +79,16 @@ def test_merge_brings_shard_rows_in_once_and_removes_the_shards(tmp_path):
         d = sharding.shard_dir(out, rank)
         d.mkdir(parents=True)
         (d / "results.jsonl").write_text("\n".join(part) + "\n" + part[0][:40])  # a cut line
+    candidate = {**json.loads(rows[0]), "kind": "tune", "config": {"BLOCK_M": 64}}
+    twice = [dict(candidate, timestamp=t) for t in ("2026-01-01T00:00:00+00:00",
+                                                    "2026-01-01T00:00:09+00:00")]
+    (sharding.shard_dir(out, 3) / "tune.jsonl").write_text(
+        "".join(json.dumps(c) + "\n" for c in twice))  # the tuner measured it twice
     with pytest.warns(UserWarning, match="partial last line"):
         added = sharding.merge_shards(cfg, out, distributed.Ranks())
     assert added == len(rows) - 2
     assert sorted(_keys(out / "results.jsonl")) == sorted(_keys(ref / "results.jsonl"))
+    assert len(results.read_rows(out / "tune.jsonl")) == 2  # every measurement is kept
     assert not (out / "shards").exists()
     assert sharding.merge_shards(cfg, out, distributed.Ranks()) == 0  # nothing left to merge
 
