@@ -219,6 +219,14 @@ def without_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
+def launch_if_asked(devices: str | None, argv: list[str]) -> int | None:
+    """``--devices SPEC`` outside torchrun: run ``stbench ARGV`` (without ``--devices``) under
+    torchrun and return its exit code; None when this process is to do the work."""
+    if not devices or launched():
+        return None
+    return launch(device_count(devices), without_option(argv, "--devices"))
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """Run ``python -m stbench ARGV`` in ``nproc`` processes on this host under torchrun and
     return the exit code (1 when a process failed; torchrun prints which and why)."""

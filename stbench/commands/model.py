@@ -86,22 +86,11 @@ def _progress(enabled: bool = True):
                     TimeRemainingColumn(), disable=not enabled)
 
 
-def _launched_elsewhere(args) -> int | None:
-    """With ``--devices`` outside torchrun: run this command under torchrun and return its exit
-    code; None when this process is to do the work."""
-    from stbench import distributed
-
-    if args.devices and not distributed.launched():
-        return distributed.launch(distributed.device_count(args.devices),
-                                  distributed.without_option(args.argv, "--devices"))
-    return None
-
-
 def _train(args) -> int:
     from stbench import distributed
     from stbench.reference import data, model, train
 
-    if (code := _launched_elsewhere(args)) is not None:
+    if (code := distributed.launch_if_asked(args.devices, args.argv)) is not None:
         return code
     cfg = model.preset(args.preset, **_overrides(args.set))
     tcfg = train.TrainConfig(
@@ -126,7 +115,7 @@ def _eval(args) -> int:
     from stbench import distributed
     from stbench.reference import bpd, data, train
 
-    if (code := _launched_elsewhere(args)) is not None:
+    if (code := distributed.launch_if_asked(args.devices, args.argv)) is not None:
         return code
     with distributed.process_group(None if args.device == "auto" else args.device) as ranks:
         device = ranks.device

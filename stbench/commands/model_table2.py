@@ -273,9 +273,8 @@ def run(args) -> int:
 
     if args.smoke:
         smoke_settings(args)
-    if args.devices and not distributed.launched():
-        return distributed.launch(distributed.device_count(args.devices),
-                                  distributed.without_option(args.argv, "--devices"))
+    if (code := distributed.launch_if_asked(args.devices, args.argv)) is not None:
+        return code
     out = Path(args.out)
     grid = _grid(args.lr_grid)
     patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]

@@ -79,9 +79,8 @@ def run(args) -> int:
             raise SweepError("--max-minutes must be positive")
         if args.dry_run:
             return _dry_run(cfg, console, args)
-        if args.devices and not distributed.launched():
-            return distributed.launch(distributed.device_count(args.devices),
-                                      distributed.without_option(args.argv, "--devices"))
+        if (code := distributed.launch_if_asked(args.devices, args.argv)) is not None:
+            return code
         started, world_size, command = time.time(), 1, ["stbench", *args.argv]
         options = dict(resume=args.resume, isolate=args.isolate, tune=args.tune,
                        max_minutes=args.max_minutes, device=args.device,
