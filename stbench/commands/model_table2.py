@@ -34,7 +34,9 @@ reports/model/h200/table2; K GPUs take about 1/K of it; docs/scale-out.md):
 
     stbench model table2 --out reports/model/h200/table2 --data-dir DATA --devices all
 
-``--smoke`` runs the same path on the CPU in seconds (pydoc fixture, a tiny model, N = 256,
+``--resume`` adds patterns to a folder run with the same settings (one pattern per command where
+commands are time-limited) and rewrites the table from every row. ``--smoke`` runs the same
+path on the CPU in seconds (pydoc fixture, a tiny model, N = 256,
 two learning rates, dense backend) to prove it before GPU time is spent on it.
 """
 
@@ -53,6 +55,8 @@ LR_GRID = (2.5e-4, 5e-4, 1e-3, 2e-3)
 FLAT_REL = 0.01  # convergence: validation bpb within 1 % ...
 FLAT_TAIL = 0.2  # ... over the last 20 % of the steps
 CURVE_POINTS = 20  # validation evaluations per final run
+SETTINGS = ("n_ctx", "stride", "block", "steps", "batch_size", "lr_grid", "lr_steps",
+            "warmup_frac", "backend", "dtype", "seed", "smoke")  # equal for every pattern
 NO_WORSE_REL = 0.01  # "sparse no worse than dense": within 1 % of dense's bits per byte
 SMOKE_EVAL_BATCHES = 2  # --smoke evaluates on the first 2 batches only (the CPU is slow)
 
@@ -87,6 +91,10 @@ def register(actions) -> argparse.ArgumentParser:
     p.add_argument("--devices", default=None, metavar="all|K",
                    help="train each run data-parallel on K processes (all: every GPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and data order")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the patterns already in OUT/table2.jsonl (same settings), run the "
+                   "rest of --patterns and rewrite the table from every row (one pattern per "
+                   "command where commands are time-limited)")
     p.add_argument("--smoke", action="store_true", help="tiny CPU run of the whole path")
     return p
 
@@ -266,6 +274,30 @@ def _grid(text: str) -> tuple[float, ...]:
     return grid
 
 
+def _settings(args) -> dict:
+    return {k: getattr(args, k) for k in SETTINGS}
+
+
+def _earlier_rows(args, out: Path, patterns: list[str]) -> tuple[list[dict], list[str]]:
+    """(rows kept from ``out/table2.jsonl``, patterns still to run); ValueError for a folder
+    that holds results without ``--resume``, a pattern cut short, or other settings."""
+    table = out / "table2.jsonl"
+    rows = [json.loads(x) for x in table.read_text().splitlines()] if table.exists() else []
+    done = {r["pattern"] for r in rows}
+    cut = [p for p in patterns if (out / p).exists() and p not in done]
+    if (rows or cut) and not args.resume:
+        raise ValueError(f"--out {out} already holds results ({', '.join(sorted(done) + cut)}):"
+                         " choose a fresh folder, or --resume to add patterns")
+    if cut:
+        raise ValueError(f"--out {out}: {', '.join(cut)} did not finish; remove "
+                         f"{', '.join(str(out / p) for p in cut)} to run it again")
+    other = [r["pattern"] for r in rows if r.get("settings") != _settings(args)]
+    if other:
+        raise ValueError(f"--out {out}: {', '.join(other)} ran with other settings "
+                         f"({', '.join(SETTINGS)} must match for a fair table)")
+    return rows, [p for p in patterns if p not in done]
+
+
 def run(args) -> int:
     """Train and evaluate each pattern into ``--out``; ValueError for bad options."""
     from stbench import distributed, environment
@@ -281,13 +313,8 @@ def run(args) -> int:
     unknown = sorted(set(patterns) - set(PATTERNS))
     if unknown or not patterns:
         raise ValueError(f"--patterns: unknown {unknown}; choose from {','.join(PATTERNS)}")
-    used = [p for p in patterns if (out / p).exists()] + (
-        ["table2.jsonl"] if (out / "table2.jsonl").exists() else [])
-    if used:
-        raise ValueError(f"--out {out} already holds results ({', '.join(used)}): choose a "
-                         "fresh folder")
+    rows, patterns = _earlier_rows(args, out, patterns)
     splits = data.load("pydoc" if args.smoke else "wiki", args.data_dir)
-    rows = []
     with distributed.process_group(None if args.device == "auto" else args.device) as ranks:
         env = environment.collect().to_dict()
         for pattern in patterns:
@@ -295,7 +322,8 @@ def run(args) -> int:
             row = run_pattern(args, pattern, splits, out, ranks, grid)
             if not ranks.is_main:
                 continue
-            row.update(env=env, smoke=args.smoke, wall_s=time.perf_counter() - t)
+            row.update(env=env, smoke=args.smoke, wall_s=time.perf_counter() - t,
+                       settings=_settings(args))
             rows.append(row)
             with open(out / "table2.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -303,6 +331,7 @@ def run(args) -> int:
                   f"{row['s_per_iter_median']} s/iter  converged {row['converged']}", flush=True)
     if not ranks.is_main:
         return 0
+    rows.sort(key=lambda r: PATTERNS.index(r["pattern"]))
     write_table(rows, out, grid)
     plot_curves(rows, out)
     print((out / "table2.md").read_text())

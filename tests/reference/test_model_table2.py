@@ -1,8 +1,8 @@
 """``stbench model table2`` (the paper's Table 2, fairly, for the GPU) runs end to end on the
 CPU with --smoke: per pattern a learning-rate trial per grid value, the final run at the best,
 evaluated on the validation and test splits, the convergence rule applied, all landing in the
-JSONL, the table (with its verdicts) and the plot; a second run into the same folder is refused
-with one line."""
+JSONL, the table (with its verdicts) and the plot; --resume adds patterns run with the same
+settings; a second run into the same folder is refused with one line."""
 
 import json
 
@@ -19,7 +19,11 @@ def test_flatness_is_the_relative_spread_over_the_last_fifth():
 
 
 def test_table2_smoke(tmp_path, capsys):
-    assert main(["model", "table2", "--smoke", "--out", str(tmp_path)]) == 0
+    smoke = ["model", "table2", "--smoke", "--out", str(tmp_path)]
+    assert main(smoke + ["--patterns", "dense,fixed"]) == 0
+    first = (tmp_path / "table2.jsonl").read_text()
+    assert main(smoke + ["--resume"]) == 0  # adds strided, keeps dense and fixed
+    assert (tmp_path / "table2.jsonl").read_text().startswith(first)
     rows = [json.loads(x) for x in (tmp_path / "table2.jsonl").read_text().splitlines()]
     assert [r["pattern"] for r in rows] == ["dense", "fixed", "strided"]
     for r in rows:
@@ -38,6 +42,8 @@ def test_table2_smoke(tmp_path, capsys):
     assert "converged by the rule" in table
     assert (tmp_path / "curves.png").stat().st_size > 1000
     capsys.readouterr()
-    assert main(["model", "table2", "--smoke", "--out", str(tmp_path)]) == 2  # never mixes runs
+    assert main(smoke) == 2  # never mixes runs
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "fresh folder" in err[0]
+    assert main(smoke + ["--resume", "--seed", "1"]) == 2  # a fair table has one setting
+    assert "other settings" in capsys.readouterr().err
