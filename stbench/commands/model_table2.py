@@ -36,8 +36,8 @@ reports/model/h200/table2; K GPUs take about 1/K of it; docs/scale-out.md):
 
 ``--resume`` adds patterns to a folder run with the same settings (one pattern per command where
 commands are time-limited) and rewrites the table from every row. ``--smoke`` runs the same
-path on the CPU in seconds (pydoc fixture, a tiny model, N = 256,
-two learning rates, dense backend) to prove it before GPU time is spent on it.
+path on the CPU in seconds (pydoc fixture, a tiny model, N = 256, two learning rates, dense
+backend) to prove it before GPU time is spent on it.
 """
 
 from __future__ import annotations
