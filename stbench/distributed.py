@@ -14,8 +14,9 @@ measuring, which gloo's CPU transport suits). NVLink multicast (NVLS) is never t
 kept.
 
 ``launch(nproc, argv)`` starts ``python -m stbench ARGV`` on ``nproc`` local processes through
-torchrun's own entry point (``--standalone``: a rendezvous on this host with a free port); it is
-what ``stbench sweep --devices`` and ``stbench model train --devices`` call.
+torchrun's own entry point (``--standalone``: a rendezvous on this host with a free port);
+``launch_if_asked`` is the ``--devices all|K`` option of ``stbench sweep`` and ``stbench model
+train|eval|table2``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from datetime import timedelta
 import torch
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")  # what torchrun sets for every process
-DEFAULT_TIMEOUT_S = 1800  # torch's default for a collective to wait for the slowest rank
+DEFAULT_TIMEOUT_S = 1800  # how long a collective waits for the slowest rank (gloo's default)
 
 
 class DistributedError(ValueError):
