@@ -70,6 +70,7 @@ TILE_CANDIDATES = (64, 32)  # square forward tiles tried below the sparse block
 SLOT_EMPTY, SLOT_FULL, SLOT_DIAG, SLOT_PARTIAL0 = 0, 1, 2, 3
 MAX_TABLE_BYTES = 2**31  # refuse layouts whose block table (P nb^2 entries) would be larger
 BLOCK_MASK_CACHE_SIZE = 16
+STRUCTURE_DEPTH = 4  # FlexLayout -> BlockMask -> mask_mod closure -> tensors
 RECOMPILE_LIMIT = 256  # dynamo recompilations allowed (one per layout / block / shape family)
 # FlexAttention's backward does not compile with sparse blocks below 128 (torch
 # 2.11 on the H200): when gradients are needed, smaller layouts are re-blocked exactly to it.
@@ -319,6 +320,48 @@ def build_flex_layout(layout: Layout, device) -> FlexLayout:
     return FlexLayout(block_mask, compiled_block_mask, gather, scatter, slots)
 
 
+def call_layout(layout: Layout, block: int | None, needs_grad: bool) -> Layout:
+    """The layout a call runs: re-blocked exactly to ``block`` (config), or to 128 when the
+    backward runs on a smaller block; LayoutError names a bad block."""
+    if block is None and needs_grad and layout.block < MIN_BACKWARD_BLOCK:
+        block = MIN_BACKWARD_BLOCK
+    if block is not None and block != layout.block:
+        layout = layout.reblock(int(block))
+    return layout
+
+
+def tensor_bytes(*objs) -> int:
+    """Bytes of the distinct tensor storages held by ``objs`` (tensors, or objects whose
+    attributes, or whose functions' closures, hold them: a BlockMask and its mask_mod)."""
+    seen: dict[int, int] = {}
+
+    def visit(x, depth: int) -> None:
+        if isinstance(x, torch.Tensor):
+            storage = x.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        elif depth and callable(x) and getattr(x, "__closure__", None):
+            for cell in x.__closure__:
+                visit(cell.cell_contents, depth - 1)
+        elif depth and hasattr(x, "__dict__"):
+            for v in vars(x).values():
+                visit(v, depth - 1)
+        elif depth and isinstance(x, (tuple, list)):
+            for v in x:
+                visit(v, depth - 1)
+
+    for obj in objs:
+        visit(obj, STRUCTURE_DEPTH)
+    return sum(seen.values())
+
+
+def structure_bytes(layout: Layout, device, config=None, grad: bool = False) -> int:
+    """Bytes FlexAttention keeps for ``layout`` between calls (the backend interface's optional
+    ``structure_bytes``): both BlockMasks' kv and q index lists, their mask_mods' tables and
+    the per-head gathers, at the block a call with ``config`` (and gradients: ``grad``) runs."""
+    lay = call_layout(layout, dict(config or {}).get("block"), grad)
+    return tensor_bytes(flex_layout(lay, device))
+
+
 @functools.lru_cache(maxsize=BLOCK_MASK_CACHE_SIZE)
 def _flex_layout_cached(layout: Layout, device: str) -> FlexLayout:
     return build_flex_layout(layout, device)
@@ -365,12 +408,8 @@ def flex_forward(q, k, v, layout: Layout, scale: float, config=None, compiled: b
     (slow, forward only on the CPU: for tests). ``kernel_backend``: FlexAttention's
     ``kernel_options["BACKEND"]`` ('FLASH' for the ``flex_flash`` peer; None: its default)."""
     config = dict(config or {})
-    block = config.pop("block", None)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if block is None and needs_grad and layout.block < MIN_BACKWARD_BLOCK:
-        block = MIN_BACKWARD_BLOCK
-    if block is not None and block != layout.block:
-        layout = layout.reblock(int(block))  # exact; LayoutError names a bad block
+    layout = call_layout(layout, config.pop("block", None), needs_grad)
     unknown = {key for key in config if key.removeprefix("fwd_").removeprefix("bwd_")
                not in KERNEL_OPTION_KEYS}
     if unknown:

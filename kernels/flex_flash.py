@@ -71,3 +71,10 @@ def attention(q, k, v, layout: Layout, scale: float, config: dict | None = None)
     if why is not None:
         raise BackendUnavailable(f"backend 'flex_flash' cannot run this layout: {why}")
     return flex.flex_forward(q, k, v, layout, scale, compiled=True, kernel_backend=KERNEL_BACKEND)
+
+
+def structure_bytes(layout: Layout, device, config: dict | None = None,
+                    grad: bool = False) -> int:
+    """As ``flex.structure_bytes`` (the same BlockMask), at the block this backend runs."""
+    lay = fa4.sparse_layout("flex_flash", layout, dict(config or {}), grad)
+    return flex.structure_bytes(lay, device, None, grad)

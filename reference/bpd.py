@@ -6,7 +6,9 @@ weights of ``data.Batch`` (1 for every counted byte / real sub-pixel, 0 elsewher
     bpd = sum_t w_t * CE_t / (ln 2 * sum_t w_t),   CE_t = -log softmax(logits_t)[target_t]
 
 Per byte for text, per sub-pixel for images. ``evaluate`` sums it over a whole split (every
-target exactly once, see data.TextSequences.eval_batches) in float64.
+target exactly once, see data.TextSequences.eval_batches) in float64; with ``ranks`` (torchrun)
+rank r evaluates batches r, r + K, r + 2K, ... of the K ranks and the sums are all-reduced, so
+every rank gets the whole split's value.
 
 Parity: the same weights and the same batch, run with each backend; the bits per dim and the
 gradient of every parameter are compared with the dense reference's. Accepted when
@@ -71,9 +73,11 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model, sequences, batch_size: int, device="cpu", backend: str | None = None,
-             dtype=torch.float32, max_batches: int | None = None, on_batch=None) -> EvalResult:
+             dtype=torch.float32, max_batches: int | None = None, on_batch=None,
+             ranks=None) -> EvalResult:
     """Bits per dim over ``sequences`` (data.TextSequences / ImageSequences), every target once
-    (``max_batches`` truncates, for quick looks only). ``on_batch(i, n)`` reports progress."""
+    (``max_batches`` truncates, for quick looks only). ``on_batch(i, n)`` reports progress.
+    ``ranks``: a ``stbench.distributed.Ranks`` to shard the batches over (module doc)."""
     was_training = model.training
     model.eval()
     nll, count, n = 0.0, 0.0, 0
@@ -81,6 +85,8 @@ def evaluate(model, sequences, batch_size: int, device="cpu", backend: str | Non
         for i, batch in enumerate(sequences.eval_batches(batch_size)):
             if max_batches is not None and i >= max_batches:
                 break
+            if ranks is not None and i % ranks.world_size != ranks.rank:
+                continue
             batch = batch.to(device)
             with autocast(device, dtype):
                 logits = model(batch.inputs, backend=backend)
@@ -90,7 +96,11 @@ def evaluate(model, sequences, batch_size: int, device="cpu", backend: str | Non
                 on_batch(i + 1, n)
     finally:
         model.train(was_training)
-    return EvalResult(nll / (max(count, 1.0) * LN2), nll, int(count), n)
+    if ranks is not None:
+        from stbench.distributed import all_reduce_sum
+
+        nll, count, n = all_reduce_sum([nll, count, n], ranks)
+    return EvalResult(nll / (max(count, 1.0) * LN2), nll, int(count), int(n))
 
 
 @dataclass(frozen=True)

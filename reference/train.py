@@ -7,6 +7,12 @@ memory) and saves ``<out>/checkpoint.pt``; ``resume=True`` continues from that c
 optimiser, data and dropout generators, step; from scratch when there is none), appending to the
 same log.
 
+Under torchrun (``ranks``: ``stbench.distributed.init``) it trains data-parallel
+(``reference/parallel.py``: DistributedDataParallel, gradient accumulation in ``micro_batch``
+sequences, the same global batch for any number of ranks), evaluates the validation split
+sharded over the ranks, and rank 0 alone writes the log and the checkpoints; a checkpoint
+resumes on any number of ranks (the output folder must be one all ranks can read).
+
 Checkpoints are data, never code: a dict of tensors, numbers, strings and lists, written with
 ``torch.save`` and read with ``torch.load(..., weights_only=True)``, then validated (format,
 version, keys, model config) with errors that say what is wrong.
@@ -25,7 +31,8 @@ import numpy as np
 import torch
 
 from . import data as data_mod
-from .bpd import batch_bpd, evaluate, parse_dtype
+from . import parallel
+from .bpd import evaluate, parse_dtype
 from .model import ModelConfig, SparseTransformer
 
 CHECKPOINT_FORMAT = "stbench-sparse-transformer"
@@ -168,12 +175,16 @@ def model_from_checkpoint(path, backend: str = "dense",
 
 # ---------------------------------------------------------------------------- training
 class JsonlLog:
-    """Append-only JSONL log; each record gets a wall-clock ``time`` (Unix seconds)."""
+    """Append-only JSONL log; each record gets a wall-clock ``time`` (Unix seconds). A log of a
+    rank other than 0 (``enabled=False``) writes nothing."""
 
-    def __init__(self, path):
+    def __init__(self, path, enabled: bool = True):
         self.path = Path(path)
+        self.enabled = enabled
 
     def write(self, **record) -> None:
+        if not self.enabled:
+            return
         record = {"time": round(time.time(), 3), **record}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -181,17 +192,23 @@ class JsonlLog:
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, splits: dict, out_dir, device="cpu",
           resume: bool = False, progress=None, stop_after: int | None = None,
-          time_limit_s: float | None = None) -> dict:
+          time_limit_s: float | None = None, ranks=None, micro_batch: int | None = None) -> dict:
     """Train on ``splits['train']``, evaluate on ``splits['validation']``; returns the last
     validation record. ``progress``: an optional rich Progress (one task is added).
     ``stop_after``: leave after that many steps, saving a checkpoint (a time budget, or an
     interruption in tests); the schedule still runs to ``cfg.steps`` when resumed.
-    ``time_limit_s``: likewise leave once this many seconds of this call have passed."""
+    ``time_limit_s``: likewise leave once this many seconds of this call have passed (the
+    ranks leave together). ``ranks``: this process's ``stbench.distributed.Ranks`` (None: one
+    process); ``micro_batch``: sequences per forward pass on a rank (None: all of its share)."""
+    from stbench.distributed import Ranks, barrier
+
+    ranks = ranks or Ranks(device=str(device))
+    parallel.local_batch(cfg.batch_size, ranks.world_size, micro_batch)  # refuse a bad split
     t_start = time.perf_counter()
     device = torch.device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt, log = out / "checkpoint.pt", JsonlLog(out / "log.jsonl")
+    ckpt, log = out / "checkpoint.pt", JsonlLog(out / "log.jsonl", enabled=ranks.is_main)
     dtype = parse_dtype(cfg.dtype)
     data_rng = torch.Generator().manual_seed(cfg.seed)
     start = 0
@@ -210,8 +227,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, splits: dict, out_dir, devic
         torch.manual_seed(cfg.seed)
         model = SparseTransformer(model_cfg, backend=cfg.backend).to(device)
         optimizer = make_optimizer(model, cfg)
+    net = parallel.wrap(model, ranks, cfg.seed)
     log.write(event="start", step=start, model_config=model_cfg.to_dict(), train_config=asdict(cfg),
-              device=str(device), params=model.num_params(), torch=torch.__version__)
+              device=str(device), params=model.num_params(), torch=torch.__version__,
+              world_size=ranks.world_size, micro_batch=micro_batch)
     train_seq = sequences_for(model_cfg, splits["train"])
     val_seq = sequences_for(model_cfg, splits["validation"])
     task = progress.add_task("train", total=cfg.steps, completed=start) if progress else None
@@ -223,10 +242,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, splits: dict, out_dir, devic
     for step in range(start, cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
-        batch = train_seq.sample(cfg.batch_size, data_rng).to(device)
-        loss = batch_bpd(model, batch, dtype=dtype)  # bits per dim of this batch
+        batch = train_seq.sample(cfg.batch_size, data_rng)  # the global batch, on the CPU
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = parallel.train_step(net, batch, ranks, micro_batch, device, dtype)  # its bpd
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         tokens += batch.inputs.numel()
@@ -236,29 +254,31 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, splits: dict, out_dir, devic
                 torch.cuda.synchronize(device)
             now = time.perf_counter()
             mem, mem_kind = peak_memory(device)
-            log.write(event="train", step=done, loss_bpd=float(loss.detach()), lr=lr_at(step, cfg),
+            log.write(event="train", step=done, loss_bpd=loss, lr=lr_at(step, cfg),
                       grad_norm=float(gnorm), tokens_per_s=tokens / (now - t_last),
                       s_per_iter=(now - t_last) / (tokens / batch.inputs.numel()),
                       peak_mem_bytes=mem, peak_mem_kind=mem_kind)
             t_last, tokens = now, 0
-        stopping = (stop_after is not None and done >= stop_after) or (
-            time_limit_s is not None and time.perf_counter() - t_start > time_limit_s)
-        if stopping and not (done % cfg.eval_every == 0 or done == cfg.steps):
+        stopping = (stop_after is not None and done >= stop_after) or parallel.any_rank(
+            time_limit_s is not None and time.perf_counter() - t_start > time_limit_s, ranks)
+        if stopping and not (done % cfg.eval_every == 0 or done == cfg.steps) and ranks.is_main:
             save_checkpoint(ckpt, model, optimizer, cfg, done, data_rng)
         if done % cfg.eval_every == 0 or done == cfg.steps:
             res = evaluate(model, val_seq, cfg.eval_batch_size, device, dtype=dtype,
-                           max_batches=cfg.eval_batches)
+                           max_batches=cfg.eval_batches, ranks=ranks)
             last_eval = {"event": "eval", "step": done, "split": "validation", "bpd": res.bpd,
                          "targets": res.targets, "full": cfg.eval_batches is None}
             log.write(**last_eval)
-            save_checkpoint(ckpt, model, optimizer, cfg, done, data_rng)
+            if ranks.is_main:
+                save_checkpoint(ckpt, model, optimizer, cfg, done, data_rng)
             t_last = time.perf_counter()  # evaluation time is not training throughput
         if task is not None:
             progress.update(task, completed=done,
-                            description=f"train bpd {float(loss.detach()):.3f}" +
+                            description=f"train bpd {loss:.3f}" +
                             (f" val {last_eval['bpd']:.3f}" if last_eval else ""))
         if stopping:
             break
+    barrier(ranks)  # rank 0's last checkpoint is on disk before any rank reads it
     return last_eval
 
 

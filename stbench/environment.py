@@ -1,6 +1,10 @@
 """The environment a measurement was taken in: GPU, driver, CUDA, library versions, git sha.
 
-Every result row and every tuning-cache key carries it. No hostname or user name is recorded.
+Every result row and every tuning-cache key carries it. No hostname or user name is recorded:
+a row names its machine by ``host_id``, a digest of the hostname (it tells the hosts of a
+multi-node run apart; run ``host_id`` on a machine to recognise its rows). The GPU is the
+process's current CUDA device (the rank's own under torchrun, once it has called
+``torch.cuda.set_device``).
 Versions are read from package metadata, never by importing the package (importing triton here
 would fix its mode before ``TRITON_INTERPRET`` can be set); subprocesses use fixed argv lists.
 """
@@ -8,8 +12,10 @@ would fix its mode before ``TRITON_INTERPRET`` can be set); subprocesses use fix
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import platform
+import socket
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +23,7 @@ from pathlib import Path
 import torch
 
 SUBPROCESS_TIMEOUT_S = 5
+HOST_ID_HEX = 10  # hex digits of the hostname digest in ``host_id``
 # Distribution names under which CuPy is installed (wheels are per CUDA major version).
 CUPY_DISTRIBUTIONS = ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy")
 
@@ -39,6 +46,12 @@ class Environment:
     def to_dict(self) -> dict:
         return asdict(self)
 
+
+@functools.lru_cache(maxsize=1)
+def host_id() -> str:
+    """This machine's name in result rows: ``host-`` and a BLAKE2b digest of its hostname."""
+    digest = hashlib.blake2b(socket.gethostname().encode(), digest_size=8).hexdigest()
+    return f"host-{digest[:HOST_ID_HEX]}"
 
 
 def _dist_version(*names: str) -> str | None:
@@ -79,10 +92,11 @@ def _versions() -> dict:
     import os
 
     cuda_ok = torch.cuda.is_available()
+    index = torch.cuda.current_device() if cuda_ok else None
     return dict(
-        gpu=torch.cuda.get_device_name(0) if cuda_ok else None,
+        gpu=torch.cuda.get_device_name(index) if cuda_ok else None,
         gpu_count=torch.cuda.device_count() if cuda_ok else 0,
-        gpu_memory_bytes=torch.cuda.get_device_properties(0).total_memory if cuda_ok else None,
+        gpu_memory_bytes=torch.cuda.get_device_properties(index).total_memory if cuda_ok else None,
         driver=_driver_version() if cuda_ok else None,
         cuda=torch.version.cuda,
         torch=torch.__version__,

@@ -66,13 +66,24 @@ def attention(q, k, v, layout, scale: float, config: dict | None = None, compile
     if unknown:
         raise ValueError(f"config keys {sorted(unknown)} are unknown to backend 'flex_predicate':"
                          f" use eager_mask or {', '.join(flex.KERNEL_OPTION_KEYS)}")
-    block = layout.block
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if needs_grad and block < flex.MIN_BACKWARD_BLOCK:
-        block = flex.MIN_BACKWARD_BLOCK
+    block = _mask_block(layout, needs_grad)
     if block < flex.DEFAULT_BLOCK:  # the forward kernel's tiles must divide the sparse block
         options.setdefault("BLOCK_M", block)
         options.setdefault("BLOCK_N", block)
     mask = _block_mask(layout.name, layout.n_ctx, block, str(q.device), not eager)
     return flex.flex_with_block_mask(q, k, v, mask, scale, kernel_options=options or None,
                                      compiled=compiled)
+
+
+def _mask_block(layout, grad: bool) -> int:
+    """The BlockMask's block: the layout's, raised to 128 for a backward."""
+    return max(layout.block, flex.MIN_BACKWARD_BLOCK) if grad else layout.block
+
+
+def structure_bytes(layout, device, config: dict | None = None, grad: bool = False) -> int:
+    """Bytes of the BlockMask ``create_block_mask`` built for the layout's rule (kept between
+    calls), as a call with ``config`` (and gradients: ``grad``) on ``device`` uses it."""
+    eager = bool(dict(config or {}).get("eager_mask", False))
+    return flex.tensor_bytes(_block_mask(layout.name, layout.n_ctx, _mask_block(layout, grad),
+                                         str(device), not eager))

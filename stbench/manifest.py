@@ -9,6 +9,7 @@ Every folder ``reports/<suite>/<gpu>/`` holds one run (the current one for that 
      "commit": "90e973a...",            # the code that was measured
      "date": "2026-11-28T15:20:41+00:00",  # when the run started (UTC, ISO 8601)
      "duration_s": 516.0, "rows": 350,
+     "world_size": 2,                   # processes (GPUs) the run was sharded over
      "environment": {"gpu": "NVIDIA H200", "torch": "2.11.0+cu130", ...},
      "results": ["results.jsonl"],      # files of result rows (stbench.results) in this folder
      "parts": [...],                    # optional: a run made of several commands
@@ -58,6 +59,7 @@ class Manifest:
     compare: dict = field(default_factory=dict)  # {"ours": [...], "against": [...]}
     plots: tuple[str, ...] = ()
     notes: str = ""
+    world_size: int | None = None  # processes the run was sharded over (None: not recorded)
 
     def to_dict(self) -> dict:
         d = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION}
@@ -132,6 +134,7 @@ def from_dict(d, where: str = "manifest") -> Manifest:
     _check_date(body["date"], where)
     _check_number(body, "duration_s", (int, float), where)
     _check_number(body, "rows", int, where)
+    _check_number(body, "world_size", int, where)
     for key in ("environment", "compare"):
         if not isinstance(body.get(key, {}), dict):
             raise ManifestError(f"{where}: {key} must be a JSON object")
@@ -193,13 +196,14 @@ def _as_datetime(t) -> datetime:
     return datetime.fromtimestamp(float(t), tz=timezone.utc)
 
 
-def write_for_run(out_dir, command: str, started, finished, description: str | None = None
-                  ) -> Path:
+def write_for_run(out_dir, command: str, started, finished, description: str | None = None,
+                  world_size: int | None = None) -> Path:
     """Write the manifest of a run that just finished in this process into ``out_dir``.
 
     ``command``: the command line as run (a string); ``started`` / ``finished``: datetimes or
-    ``time.time()`` values. Counts the sweep rows of ``out_dir``'s result files and records this
-    process's environment (its git sha is the measured code). Returns the manifest's path.
+    ``time.time()`` values; ``world_size``: the processes a sharded run used. Counts the sweep
+    rows of ``out_dir``'s result files and records this process's environment (its git sha is
+    the measured code). Returns the manifest's path.
     """
     from stbench import environment, results
 
@@ -213,6 +217,6 @@ def write_for_run(out_dir, command: str, started, finished, description: str | N
         command=command, commit=env.get("git_sha"), date=start.isoformat(timespec="seconds"),
         duration_s=round((end - start).total_seconds(), 1), rows=rows, environment=env,
         results=tuple(p.name for p in files),
-        plots=tuple(sorted(p.name for p in out_dir.glob("*.png"))),
+        plots=tuple(sorted(p.name for p in out_dir.glob("*.png"))), world_size=world_size,
     )
     return write(out_dir, m)

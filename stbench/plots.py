@@ -8,7 +8,15 @@ returns, each writing one PNG and returning its path.
 - ``memory_vs_n``: measured footprint (peak during the call + inputs + plan) vs N per backend,
   the analytic kernel model (``stbench.memory.kernel_memory_bytes``' formula) and the dense
   reference's materialised memory (``dense_memory_bytes``), with the GPU's capacity when known;
-- ``tflops_vs_density``: TFLOP/s (shared numerator: allowed pairs) vs token density.
+- ``tflops_vs_density``: TFLOP/s (shared numerator: allowed pairs) vs token density;
+- ``scaling_vs_n``: for a run at one fixed batch (the ``fixed_batch`` preset), time and extra
+  memory against N, log-log, per mode: each backend's median time and its extra memory
+  (``workspace_bytes``: the peak beyond inputs, outputs and gradients) as solid lines, its
+  per-layout structures (``structure_bytes``: our plan, FlexAttention's BlockMask) dashed, each
+  with the slope a of y ~ N^a fitted when it has ``MIN_FIT_POINTS`` points, beside the analytic
+  dense curves: the materialised attention's extra memory (``memory.dense_memory_bytes``) and
+  dense causal attention's FLOPs at the GPU's measured bf16 matmul rate (``DENSE_TFLOPS``), the
+  least time a dense kernel could take.
 """
 
 from __future__ import annotations
@@ -30,6 +38,9 @@ DPI = 110
 # the noise and the fixed per-call overhead of small N (a CPU run gave "N^-4.80" from two),
 # not the scaling; four points spanning 8x in N at least show a trend.
 MIN_FIT_POINTS = 4
+MIN_SCALING_POINTS = 3  # scaling_vs_n draws only when some backend has this many N
+# bf16 matmul rate per GPU model (TFLOP/s), 8192^3, measured (stbench/regress/calibrate.py)
+DENSE_TFLOPS = {"NVIDIA H200": 709.0}
 
 
 def backend_colors(df: pd.DataFrame) -> dict:
@@ -215,3 +226,109 @@ def tflops_vs_density(df: pd.DataFrame, out_dir) -> Path | None:
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- fixed batch
+def fixed_batch(df: pd.DataFrame) -> bool:
+    """True for rows at one batch, problem shape and dtype whose ok rows reach
+    ``MIN_SCALING_POINTS`` values of N for some backend (what ``scaling_vs_n`` needs)."""
+    ok = df[(df.status == "ok") & df.median_ms.notna()]
+    if ok.empty or any(df[c].nunique() > 1 for c in ("batch", "heads", "head_dim", "dtype")):
+        return False
+    return int(ok.groupby(["backend", "mode"]).n_ctx.nunique().max()) >= MIN_SCALING_POINTS
+
+
+def _slope_label(name: str, ns, ys) -> str:
+    a = fit_exponent(ns, ys, MIN_FIT_POINTS)
+    return name + (f" (N^{a:.2f})" if a is not None else "")
+
+
+def dense_curves(row, ns) -> tuple[list, list]:
+    """(seconds, extra bytes) of dense causal attention at each N of ``ns`` for ``row``'s
+    batch, heads, head dim, dtype and mode: its FLOPs at ``DENSE_TFLOPS`` of the row's GPU
+    (None where the GPU is not in the table) and the materialised attention's memory beyond
+    inputs and outputs (``memory.dense_memory_bytes``)."""
+    import torch
+
+    from stbench import memory, timing
+
+    rate = DENSE_TFLOPS.get((row["env"] or {}).get("gpu"))
+    factor = timing.FWD_BWD_FACTOR if row["mode"] == "fwd+bwd" else 1.0
+    per_pair = timing.FLOPS_PER_PAIR_PER_DIM * row["batch"] * row["head_dim"] * factor
+    secs = [per_pair * row["heads"] * n * (n + 1) / 2 / (rate * 1e12) if rate else None
+            for n in ns]
+    extra = [memory.dense_memory_bytes(int(n), int(row["heads"]), int(row["batch"]),
+                                       getattr(torch, row["dtype"]), row["mode"])
+             for n in ns]
+    return secs, extra
+
+
+def scaling_vs_n(df: pd.DataFrame, out_dir) -> Path | None:
+    """Time and extra memory against N at a fixed batch (module doc); None when the rows are
+    not such a run (``fixed_batch``)."""
+    if not fixed_batch(df):
+        return None
+    ok = df[(df.status == "ok") & df.median_ms.notna()]
+    modes = [m for m in MODE_TITLES if m in set(ok["mode"])]
+    colors = backend_colors(df)
+    fig, axes = plt.subplots(2, len(modes), figsize=(6.2 * len(modes), 8.6), squeeze=False)
+    for col, mode in enumerate(modes):
+        sub = ok[ok["mode"] == mode].sort_values("n_ctx")
+        t_ax, m_ax = axes[0][col], axes[1][col]
+        for backend, g in sub.groupby("backend", sort=True):
+            c = colors[backend]
+            t_ax.plot(g.n_ctx, g.median_ms, "o-", color=c,
+                      label=_slope_label(backend, g.n_ctx, g.median_ms))
+            w = g[g.workspace_bytes.notna()]
+            if not w.empty:
+                m_ax.plot(w.n_ctx, w.workspace_bytes / 2**20, "o-", color=c,
+                          label=_slope_label(f"{backend} extra", w.n_ctx, w.workspace_bytes))
+            s = g[g.structure_bytes.notna()] if "structure_bytes" in g else g.iloc[:0]
+            if not s.empty:
+                m_ax.plot(s.n_ctx, s.structure_bytes / 2**20, "s--", color=c, alpha=0.7,
+                          label=_slope_label(f"{backend} structures", s.n_ctx,
+                                             s.structure_bytes))
+        ns = sorted(set(sub.n_ctx))
+        secs, extra = dense_curves(sub.iloc[0], ns)
+        if any(x is not None for x in secs):
+            t_ax.plot(ns, [x * 1e3 if x else np.nan for x in secs], "k:",
+                      label="dense causal at the GPU's matmul rate (N^2)")
+        if any(x is not None for x in extra):
+            m_ax.plot(ns, [x / 2**20 if x else np.nan for x in extra], "r:",
+                      label="dense, materialised (N^2)")
+        for ax, ylabel in ((t_ax, "median time (ms)"), (m_ax, "memory (MiB)")):
+            _log_axes(ax, 2)
+            ax.set_xlabel("sequence length N (tokens)")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        t_ax.set_title(f"time, {MODE_TITLES[mode]}")
+        m_ax.set_title(f"extra memory (solid) and structures (dashed), {MODE_TITLES[mode]}")
+    batch = int(ok["batch"].iloc[0])
+    fig.suptitle(f"Against N at a fixed batch B = {batch} ({_problem_text(ok)}, "
+                 f"{', '.join(dict.fromkeys(ok['layout']))})")
+    fig.tight_layout()
+    path = Path(out_dir) / "scaling_vs_n.png"
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def slope_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (mode, backend) of a fixed-batch run: the fitted exponents of time, extra memory and
+    structures against N (NaN with fewer than ``MIN_FIT_POINTS`` N), and the N range."""
+    if not fixed_batch(df):
+        return pd.DataFrame()
+    ok = df[(df.status == "ok") & df.median_ms.notna()]
+    recs = []
+    for (mode, backend), g in ok.groupby(["mode", "backend"], sort=True):
+        def slope(col):
+            v = g[g[col].notna()] if col in g else g.iloc[:0]
+            a = fit_exponent(v.n_ctx, v[col], MIN_FIT_POINTS) if not v.empty else None
+            return np.nan if a is None else a
+
+        recs.append({"mode": mode, "backend": backend, "N from": int(g.n_ctx.min()),
+                     "N to": int(g.n_ctx.max()), "time slope": slope("median_ms"),
+                     "extra memory slope": slope("workspace_bytes"),
+                     "structures slope": slope("structure_bytes")})
+    return pd.DataFrame(recs).set_index(["mode", "backend"])

@@ -12,7 +12,10 @@
   reference when the run has no peer rows, e.g. on a CPU, and saying so); the autotuner's
   chosen configs and why candidates were rejected; the tuner against exhaustive search;
   failures with reasons;
-- the plots of ``stbench.plots`` (time vs N, memory vs N, TFLOP/s vs density).
+- the plots of ``stbench.plots`` (time vs N, memory vs N, TFLOP/s vs density) and, for a run at
+  one fixed batch (the ``fixed_batch`` preset), time and extra memory against N with fitted
+  slopes beside the analytic dense curves, and a table of those slopes; a run sharded over
+  several devices or hosts gets a table of rows per host and device.
 
 "Ours" are the registry's backends that are neither peers nor the reference; "peers" are those
 it marks ``peer`` (``stbench.backends``). When a (kind, backend, layout, N, B, H, D, dtype,
@@ -117,6 +120,16 @@ def environment_table(df: pd.DataFrame) -> pd.DataFrame:
     envs = {json.dumps(e, sort_keys=True) for e in df["env"]}
     recs = [json.loads(e) for e in sorted(envs)]
     return pd.DataFrame(recs).T.rename(columns=lambda i: f"env {i + 1}").rename_axis("field")
+
+
+def device_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows per (host, device) when a run used more than one (a sharded sweep); else empty."""
+    if "device" not in df or df.device.isna().all():
+        return pd.DataFrame()
+    where = df[["host", "device"]].fillna("—")
+    if len(where.drop_duplicates()) < 2:
+        return pd.DataFrame()
+    return where.value_counts().rename("rows").sort_index().to_frame()
 
 
 def status_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -288,6 +301,7 @@ def write_report(folder, out_dir=None) -> Path:
         pngs += [plots.time_vs_n(df, mode, out_dir), plots.memory_vs_n(df, mode, out_dir,
                                                                        gpu_bytes)]
     pngs.append(plots.tflops_vs_density(df, out_dir))
+    pngs.append(plots.scaling_vs_n(df, out_dir))
     pngs = [p for p in pngs if p is not None]
 
     m = folder_manifest(folder)
@@ -298,6 +312,9 @@ def write_report(folder, out_dir=None) -> Path:
            f"candidates. Times are medians over repetitions (ms); TFLOP/s use the allowed-pair "
            "FLOPs shared by all backends.", ""]
     md += ["## Environment", "", md_table(environment_table(df))]
+    dt = device_table(df)
+    if not dt.empty:
+        md += ["## Rows by host and device", "", md_table(dt)]
     md += ["## Rows by backend and status", "", md_table(status_table(df))]
     for mode in modes:
         title = plots.MODE_TITLES.get(mode, mode)
@@ -319,6 +336,14 @@ def write_report(folder, out_dir=None) -> Path:
                    "median time / the backend's.", ""]
         if base is not None:
             md += [md_table(sp, ".2f")]
+    st = plots.slope_table(df)
+    if not st.empty:
+        md += ["## Scaling with N at a fixed batch", "",
+               f"Fitted exponent a of y ~ N^a (least squares on log-log, at least "
+               f"{plots.MIN_FIT_POINTS} N): time, extra memory (the peak beyond inputs, "
+               "outputs and gradients) and the per-layout structures kept between calls (our "
+               "plan, FlexAttention's BlockMask). Dense attention's time and materialised "
+               "memory grow as N^2 at a fixed batch.", "", md_table(st, ".2f")]
     tt = tuned_table(df)
     if not tt.empty:
         md += ["## Autotuner's choices", "", md_table(tt)]

@@ -66,9 +66,14 @@ class ResultRow:
     inputs_bytes: int | None = None  # q, k, v (and dO for fwd+bwd)
     workspace_bytes: int | None = None  # peak minus outputs (and gradients)
     plan_bytes: int | None = None  # the layout's device plan
+    # the backend's per-layout structures kept between calls: our device plan for our backends,
+    # FlexAttention's BlockMask (index lists and mask tables) for its peers; None: not reported
+    structure_bytes: int | None = None
     # bookkeeping
     kind: str = "sweep"
     tuned: bool = False  # the config was picked by the autotuner
+    device: str | None = None  # where it ran: "cuda:1", "cpu" (None in rows before it was kept)
+    host: str | None = None  # which machine (environment.host_id: a digest, not the hostname)
     env: dict = field(default_factory=dict)
     timestamp: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -113,10 +118,11 @@ _REQUIRED = {
     n for n, f in _FIELDS.items() if f.default is MISSING and f.default_factory is MISSING
 }
 _INT = ("batch", "heads", "n_ctx", "head_dim", "block", "nnz", "reps", "peak_bytes",
-        "inputs_bytes", "workspace_bytes", "plan_bytes", "schema_version")
+        "inputs_bytes", "workspace_bytes", "plan_bytes", "structure_bytes", "schema_version")
 _FLOAT = ("token_density", "block_density", "err", "tol", "median_ms", "p20_ms", "p80_ms",
           "prepare_ms", "tflops", "block_tflops")
 _STR = ("dtype", "mode", "layout", "backend", "status", "kind")
+_OPTIONAL_STR = ("device", "host")
 
 
 def row_from_dict(d: dict, where: str = "row") -> ResultRow:
@@ -146,6 +152,10 @@ def row_from_dict(d: dict, where: str = "row") -> ResultRow:
     for name in _STR:
         if name in d and not isinstance(d[name], str):
             raise ResultsError(f"{where}: {name}={d[name]!r} must be a string")
+    for name in _OPTIONAL_STR:
+        v = d.get(name)
+        if v is not None and not isinstance(v, str):
+            raise ResultsError(f"{where}: {name}={v!r} must be a string or null")
     for name in ("config", "env"):
         if name in d and not isinstance(d[name], dict):
             raise ResultsError(f"{where}: {name} must be a JSON object")

@@ -1,6 +1,8 @@
 """``stbench model``: train, evaluate, sample and check the Sparse Transformer reference model.
 
     stbench model train  --preset tiny --out runs/tiny [--dataset pydoc] [--steps 200] [--resume]
+    stbench model train  --preset text-8k --out runs/t8k --devices all [--micro-batch 2]
+    torchrun --nproc-per-node 8 -m stbench model train --preset text-8k --out runs/t8k
     stbench model eval   --checkpoint runs/tiny/checkpoint.pt [--split test] [--backend triton]
     stbench model sample --checkpoint runs/tiny/checkpoint.pt --out runs/tiny/samples
     stbench model parity --preset tiny --backends dense,triton [--dtype bf16] [--json]
@@ -10,6 +12,10 @@ Datasets come from the installed sources, or from a folder written by ``stbench 
 (``--data-dir``). ``--set key=value`` replaces a field of the preset's ModelConfig
 (``--set attention=fixed --set layers=4``). ``parity --json`` ends with one line
 ``{"bpd": {backend: value, ...}}``; its exit code is 1 when a backend misses the tolerance.
+
+Under torchrun (or with ``--devices all|K``, which starts it) ``train`` runs data-parallel, one
+GPU per process, with the same global ``--batch-size`` for any number of processes
+(reference/parallel.py), and ``eval`` shards the split over the processes.
 """
 
 from __future__ import annotations
@@ -70,18 +76,22 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _progress():
+def _progress(enabled: bool = True):
+    """A progress bar (drawn only when ``enabled``: rank 0 of several)."""
     from rich.progress import (
         BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn,
     )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn())
+                    TimeRemainingColumn(), disable=not enabled)
 
 
 def _train(args) -> int:
+    from stbench import distributed
     from stbench.reference import data, model, train
 
+    if (code := distributed.launch_if_asked(args.devices, args.argv)) is not None:
+        return code
     cfg = model.preset(args.preset, **_overrides(args.set))
     tcfg = train.TrainConfig(
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
@@ -90,27 +100,38 @@ def _train(args) -> int:
         dataset=_dataset_for(args, cfg),
     )
     splits = data.load(tcfg.dataset, args.data_dir)
-    with _progress() as progress:
-        last = train.train(cfg, tcfg, splits, args.out, _device(args.device), args.resume, progress,
-                           time_limit_s=60 * args.minutes if args.minutes else None)
-    print(json.dumps(last))
+    device = None if args.device == "auto" else args.device
+    with distributed.process_group(device) as ranks:
+        with _progress(ranks.is_main) as progress:
+            last = train.train(cfg, tcfg, splits, args.out, ranks.device, args.resume, progress,
+                               time_limit_s=60 * args.minutes if args.minutes else None,
+                               ranks=ranks, micro_batch=args.micro_batch)
+    if ranks.is_main:
+        print(json.dumps(last))
     return 0
 
 
 def _eval(args) -> int:
+    from stbench import distributed
     from stbench.reference import bpd, data, train
 
-    device = _device(args.device)
-    m, state = train.model_from_checkpoint(args.checkpoint, args.backend, device)
-    args.preset = None
-    splits = data.load(_dataset_for(args, m.cfg, state), args.data_dir)
-    seqs = train.sequences_for(m.cfg, splits[args.split])
-    total = seqs.num_batches(args.batch_size)
-    with _progress() as progress:
-        task = progress.add_task(f"eval {args.split}", total=args.max_batches or total)
-        res = bpd.evaluate(m, seqs, args.batch_size, device, dtype=bpd.parse_dtype(args.dtype),
-                           max_batches=args.max_batches,
-                           on_batch=lambda i, n: progress.update(task, completed=i))
+    if (code := distributed.launch_if_asked(args.devices, args.argv)) is not None:
+        return code
+    with distributed.process_group(None if args.device == "auto" else args.device) as ranks:
+        device = ranks.device
+        m, state = train.model_from_checkpoint(args.checkpoint, args.backend, device)
+        args.preset = None
+        splits = data.load(_dataset_for(args, m.cfg, state), args.data_dir)
+        seqs = train.sequences_for(m.cfg, splits[args.split])
+        total = seqs.num_batches(args.batch_size)
+        with _progress(ranks.is_main) as progress:
+            task = progress.add_task(f"eval {args.split}", total=args.max_batches or total)
+            res = bpd.evaluate(m, seqs, args.batch_size, device,
+                               dtype=bpd.parse_dtype(args.dtype), max_batches=args.max_batches,
+                               on_batch=lambda i, n: progress.update(task, completed=i),
+                               ranks=ranks)
+    if not ranks.is_main:
+        return 0
     record = {"event": "eval", "checkpoint": str(args.checkpoint), "step": state["step"],
               "split": args.split, "backend": args.backend, "dtype": args.dtype, "bpd": res.bpd,
               "targets": res.targets, "full": args.max_batches is None}
@@ -207,6 +228,11 @@ def _common(p, checkpoint: bool, backend: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _devices_option(p) -> None:
+    p.add_argument("--devices", default=None, metavar="all|K",
+                   help="run on K processes (all: every GPU) started with torchrun")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "model", help="train / eval / sample / parity of the Sparse Transformer",
@@ -230,6 +256,10 @@ def register(subparsers) -> None:
     t.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     t.add_argument("--minutes", type=float, default=None,
                    help="wall-clock cap: stop (evaluated and checkpointed) after this long")
+    t.add_argument("--micro-batch", type=int, default=None,
+                   help="sequences per forward pass on each process (gradient accumulation; "
+                   "default: the process's whole share of --batch-size)")
+    _devices_option(t)
     _common(t, checkpoint=False)
     t.set_defaults(func=_friendly(_train))
 
@@ -237,6 +267,7 @@ def register(subparsers) -> None:
     e.add_argument("--split", default="validation", choices=("validation", "test", "train"))
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--max-batches", type=int, default=None, help="truncate (quick looks only)")
+    _devices_option(e)
     _common(e, checkpoint=True)
     e.set_defaults(func=_friendly(_eval))
 

@@ -4,6 +4,12 @@
     stbench sweep --preset standard --out out/std --isolate --tune --max-minutes 8
     stbench sweep --config my_grid.toml --out out/mine --resume
     stbench sweep --preset standard --out out/again --picks reports/standard/h200/results.jsonl
+    stbench sweep --preset standard --out out/std --isolate --tune --devices all
+    torchrun --nproc-per-node 8 -m stbench sweep --preset standard --out out/std --tune
+
+``--devices all|K`` starts torchrun for you (K processes, one GPU each); under torchrun (several
+hosts too) the grid is split over the ranks by a cost model and merged into DIR/results.jsonl
+(stbench/sweep/sharding.py; docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -49,7 +55,11 @@ def register(subparsers) -> None:
                    help="processes that compile kernels ahead of timing (0: off; default: the "
                    "config's precompile_workers)")
     p.add_argument("--device", type=torch_device, default=None,
-                   help="cuda or cpu (default: cuda if available)")
+                   help="cuda or cpu (default: cuda if available; under torchrun each process "
+                   "takes cuda:LOCAL_RANK)")
+    p.add_argument("--devices", default=None, metavar="all|K",
+                   help="shard the sweep over K processes (all: every GPU) started with "
+                   "torchrun; with --dry-run: print each rank's share")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true",
                    help="print the grid (rows, and which layouts exist at which block) and exit")
@@ -58,8 +68,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from stbench import manifest
-    from stbench.sweep import SweepConfig, SweepError, run_sweep
+    from stbench import distributed, manifest
+    from stbench.sweep import SweepConfig, SweepError, run_sweep, sharding
 
     con = console(stderr=True)
     cfg = SweepConfig.preset(args.preset) if args.preset else SweepConfig.from_toml(args.config)
@@ -70,13 +80,26 @@ def run(args) -> int:
     if args.dry_run:
         return _dry_run(cfg, args)
     out_folder("--out", args.out)
-    started = time.time()
-    counts = run_sweep(cfg, args.out, resume=args.resume, isolate=args.isolate,
-                       tune=args.tune, max_minutes=args.max_minutes, device=args.device,
-                       progress=not args.no_progress, picks_path=args.picks)
-    manifest.write_for_run(args.out, shlex.join(["stbench", *args.argv]), started,
-                           time.time(), description=f"stbench sweep {cfg.name}"
-                           + (" (stopped at --max-minutes)" if counts["stopped"] else ""))
+    if (code := distributed.launch_if_asked(args.devices, args.argv)) is not None:
+        return code
+    started, world_size, command = time.time(), 1, ["stbench", *args.argv]
+    options = dict(resume=args.resume, isolate=args.isolate, tune=args.tune,
+                   max_minutes=args.max_minutes, device=args.device,
+                   progress=not args.no_progress, picks_path=args.picks)
+    if distributed.launched() or sharding.has_shards(args.out):
+        counts, ranks = sharding.run_sharded(cfg, args.out, say=lambda t: say(con, t), **options)
+        if not ranks.is_main:
+            return 0  # rank 0 writes the manifest and says what was done
+        world_size = ranks.world_size
+        if distributed.launched():  # the rerunnable command: this one under torchrun
+            command = ["torchrun", f"--nnodes={world_size // ranks.local_world_size}",
+                       f"--nproc-per-node={ranks.local_world_size}", "-m", *command]
+    else:
+        counts = run_sweep(cfg, args.out, **options)
+    manifest.write_for_run(args.out, shlex.join(command), started, time.time(),
+                           description=f"stbench sweep {cfg.name}"
+                           + (" (stopped at --max-minutes)" if counts["stopped"] else ""),
+                           world_size=world_size)
     stopped = counts.pop("stopped")
     skipped = counts.pop("skipped")
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no new rows"
@@ -92,8 +115,10 @@ def _density(x) -> str:
 
 
 def _dry_run(cfg, args) -> int:
-    """The grid's size and each (layout, N)'s block (or why it does not exist)."""
-    from stbench.sweep import plan_groups
+    """The grid's size and each (layout, N)'s block (or why it does not exist); with
+    ``--devices`` each rank's share."""
+    from stbench import distributed
+    from stbench.sweep import default_device, plan_groups, sharding
 
     groups = plan_groups(cfg)
     rows = []
@@ -114,4 +139,9 @@ def _dry_run(cfg, args) -> int:
                Column("block_density", "block density", _density, right=True),
                Column("token_density", "token density", _density, right=True), Column("error")),
               tuple(rows)), args.format, args.width)
+    if args.devices:
+        con = console(stderr=False)
+        for line in sharding.plan_text(cfg, distributed.device_count(args.devices),
+                                       args.device or default_device(), args.tune):
+            say(con, line)
     return 0

@@ -6,10 +6,12 @@ compared on the same tensors side by side, each row checked against the dense re
 it is timed; every failure is a row. ``--tune`` tunes each (problem, backend) first and
 measures the pick; ``--picks RESULTS.jsonl`` re-measures an earlier sweep's (block, config)
 instead (a regression check after a kernel change); ``--resume`` skips rows already written;
-``--isolate`` runs the rows in worker subprocesses, so that a crash or a hang becomes a row.
+``--isolate`` runs the rows in worker subprocesses, so that a crash or a hang becomes a row;
+under torchrun (or ``--devices``) the rows are sharded over the ranks, one GPU each.
 
-X
-ahead), ``runner`` (``run_sweep``), ``isolation`` (worker subprocesses).
+Modules: ``config`` (the grid, its groups, picks), ``group`` (one group row by row, and the
+first calls to compile ahead), ``runner`` (``run_sweep``), ``isolation`` (worker subprocesses),
+``sharding`` (``run_sharded``: over the ranks of a torchrun job, merged into one results file).
 """
 
 from stbench.sweep.config import (SweepConfig, SweepError, load_picks, pick_key,  # noqa: F401

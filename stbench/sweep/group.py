@@ -76,6 +76,7 @@ def run_group(cfg: SweepConfig, group: Group, out_dir: Path, *, device, tune: bo
                                        (picks or {}).get(pick_key(prob, backend)))
                 if ref is None and row.check == "skipped":
                     row = replace(row, check=f"skipped: {note}")
+        row = replace(row, device=str(device))
         results.append_rows(out, [row])
         if on_end:
             on_end(i, row)

@@ -74,7 +74,8 @@ def run_isolated(cfg, groups: list[Group], out_dir: Path, device, tune, deadline
         g, (mode, backend) = pending[index]
         prob = cfg.problem(g.n, g.layout, g.dtype, mode)
         status = "timeout" if outcome == "timeout" else "runtime_error"
-        row = make_row(prob, None, backend, status, block=prob.layout.block, error=detail)
+        row = make_row(prob, None, backend, status, block=prob.layout.block, error=detail,
+                       device=str(device))
         results.append_rows(out, [row])
         on_row(row)
         pending = pending[index + 1:]

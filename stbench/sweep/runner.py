@@ -29,10 +29,11 @@ def default_device() -> str:
 
 def run_sweep(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool = False,
               tune: bool = False, max_minutes: float | None = None, device: str | None = None,
-              progress: bool = True, picks_path=None) -> dict:
+              progress: bool = True, picks_path=None, only: frozenset | None = None) -> dict:
     """Run the grid into ``out_dir/results.jsonl``; returns counts {status: n, 'skipped': n,
     'stopped': bool}. ``picks_path``: an earlier results.jsonl whose (block, config) each
-    matching row re-measures (``load_picks``)."""
+    matching row re-measures (``load_picks``). ``only``: run just the rows with these item keys
+    (``config.item_key``; one rank's share of a sharded sweep, ``sweep.sharding``)."""
     out_dir = Path(out_dir)
     out = out_dir / results.RESULTS_FILE
     if out.exists() and out.stat().st_size and not resume:
@@ -43,14 +44,16 @@ def run_sweep(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool 
     use_interpreter_if_no_gpu(cfg)
     device = device or default_device()
     done = {r.key() for r in results.read_rows(out)} if out.exists() else set()
-    groups = []
+    groups, planned = [], 0
     for g in plan_groups(cfg):
-        items = tuple(it for it in g.items if item_key(cfg, g, *it) not in done)
+        mine = [it for it in g.items if only is None or item_key(cfg, g, *it) in only]
+        items = tuple(it for it in mine if item_key(cfg, g, *it) not in done)
+        planned += len(mine)
         if items:
             groups.append(Group(g.n, g.layout, g.dtype, items))
     total = sum(len(g.items) for g in groups)
     deadline = time.time() + 60 * max_minutes if max_minutes else None
-    counts = {"skipped": sum(len(g.items) for g in plan_groups(cfg)) - total, "stopped": False}
+    counts = {"skipped": planned - total, "stopped": False}
     bar = _Progress(total, f"sweep {cfg.name}", enabled=progress)
 
     def on_row(row):

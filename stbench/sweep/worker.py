@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from stbench.distributed import use_device
 from stbench.sweep.config import Group, SweepConfig, load_picks, use_interpreter_if_no_gpu
 from stbench.sweep.group import open_precompiler, run_group
 from stbench.sweep.isolation import BEGIN, END, STOP
@@ -30,6 +31,7 @@ def worker_main(task_path: str) -> int:
     task = json.loads(Path(task_path).read_text())
     cfg = SweepConfig.from_dict(task["config"])
     use_interpreter_if_no_gpu(cfg)
+    use_device(task["device"])
     groups = [Group(g["n"], g["layout"], g["dtype"], tuple(tuple(x) for x in g["items"]))
               for g in task["groups"]]
     fault = os.environ.get(FAULT_ENV, "")

@@ -75,7 +75,7 @@ def make_row(problem: Problem, layout, backend: str, status: str, block: int | N
         batch=problem.batch, heads=problem.heads, n_ctx=problem.n_ctx,
         head_dim=problem.head_dim, dtype=problem.dtype, mode=problem.mode,
         layout=problem.layout.name, backend=backend, status=status,
-        env=environment.collect().to_dict(), timestamp=results.now(),
+        env=environment.collect().to_dict(), timestamp=results.now(), host=environment.host_id(),
         **lf, **kw,
     )
 
@@ -90,6 +90,21 @@ def plan_bytes(layout, device) -> int | None:
         return None
     return sum(v.numel() * v.element_size() for v in vars(plan).values()
                if isinstance(v, torch.Tensor))
+
+
+def structure_bytes(module, backend: str, layout, device, config, grad: bool,
+                    plan: int | None) -> int | None:
+    """Bytes of the per-layout structures ``backend`` keeps between calls: the module's own
+    ``structure_bytes(layout, device, config, grad)`` where it has one (FlexAttention's
+    BlockMask), else for our backends the device plan they all consume (``plan``), else None."""
+    fn = getattr(module, "structure_bytes", None)
+    if fn is not None:
+        try:
+            return int(fn(layout, device, config, grad))
+        except Exception:  # noqa: BLE001 - informative only
+            return None
+    info = backends.info(backend)
+    return None if info.peer or info.reference else plan
 
 
 @dataclass(frozen=True)
@@ -180,5 +195,7 @@ def measure(problem: Problem, layout, backend: str, config: dict | None, *, inpu
         median_ms=t.median_ms, p20_ms=t.p20_ms, p80_ms=t.p80_ms, reps=t.reps,
         tflops=timing.tflops(flops, t.median_ms), block_tflops=timing.tflops(bflops, t.median_ms),
         peak_bytes=peak, workspace_bytes=None if peak is None else max(0, peak - out_bytes),
+        structure_bytes=structure_bytes(module, backend, layout, q.device, config,
+                                        problem.mode == "fwd+bwd", row["plan_bytes"]),
     )
     return make_row(problem, layout, backend, "ok", **row)

@@ -48,6 +48,7 @@ from pathlib import Path
 import torch
 
 from stbench import backends
+from stbench.distributed import use_device
 from stbench.problems import Problem
 from stbench.tuning.measure import closure
 
@@ -215,6 +216,7 @@ def run_chain(chain: list[Job], device: str) -> list[Outcome]:
     """Make the jobs' first calls in order until one succeeds; free this worker's tensors
     after."""
     out = []
+    use_device(device)
     try:
         for job in chain:
             t0 = time.perf_counter()
