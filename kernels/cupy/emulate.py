@@ -17,6 +17,7 @@ import functools
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -30,7 +31,27 @@ from .compile import Variant, read_source
 
 EMU_SWAP = (("st_intrinsics.cuh", "st_cpu_emu.cuh"), ("st_wgmma_ptx.cuh", "st_wgmma_emu.cuh"))
 CXX = os.environ.get("CXX", "g++")
-BUILD_DIR = Path(tempfile.gettempdir()) / "stbench_cupy_emu"
+PRIVATE_MODE = 0o700  # the built libraries are loaded into this process: only their owner writes
+
+
+@functools.lru_cache(maxsize=1)
+def build_dir() -> Path:
+    """Where built libraries are cached: ``$STBENCH_CACHE_DIR/cupy_emu``, else
+    ``~/.cache/stbench/cupy_emu`` (never a fixed path in the shared temp directory), used only
+    when it is a real folder (not a link) owned by this user, and made mode 0700; otherwise a
+    fresh private ``tempfile.mkdtemp()`` for this process."""
+    root = os.environ.get("STBENCH_CACHE_DIR")
+    path = (Path(root) if root else Path.home() / ".cache" / "stbench") / "cupy_emu"
+    try:
+        path.mkdir(mode=PRIVATE_MODE, parents=True, exist_ok=True)
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            if stat.S_IMODE(st.st_mode) != PRIVATE_MODE:
+                os.chmod(path, PRIVATE_MODE)
+            return path
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="stbench_cupy_emu_"))
 
 
 def available() -> str | None:
@@ -57,10 +78,10 @@ def _build(label: str, src: str, defines) -> ctypes.CDLL:
     flags = ["-std=c++20", "-O1", "-shared", "-fPIC", "-w"]
     flags += [f"-D{d}" for d in defines]
     key = hashlib.blake2b((src + " ".join(flags)).encode(), digest_size=12).hexdigest()
-    BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    lib = BUILD_DIR / f"{label}_{key}.so"
+    folder = build_dir()
+    lib = folder / f"{label}_{key}.so"
     if not lib.exists():
-        cpp = BUILD_DIR / f"{label}_{key}.cpp"
+        cpp = folder / f"{label}_{key}.cpp"
         cpp.write_text(src)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         res = subprocess.run([CXX, *flags, "-x", "c++", str(cpp), "-o", str(tmp)],

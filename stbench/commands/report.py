@@ -25,6 +25,8 @@ def register(subparsers) -> None:
                    help="regenerate the generated sections of FILE (default README.md)")
     p.add_argument("--reports", default="reports",
                    help="with --readme: the folder of <suite>/<gpu>/ results (default reports)")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip unreadable lines of the JSONL files, with a warning naming each")
     p.add_argument("--check", action="store_true",
                    help="with --readme: change nothing, exit 1 if a section is out of date")
     p.set_defaults(func=run)
@@ -55,7 +57,7 @@ def run(args) -> int:
             console.print(f"{args.readme}: " + (f"rewrote {', '.join(changed)}" if changed
                                                 else "already up to date"))
             return 0
-        path = write_report(args.dir, args.out)
+        path = write_report(args.dir, args.out, skip_bad_lines=args.skip_bad_lines)
     except (ResultsError, manifest.ManifestError, readme.ReadmeError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2

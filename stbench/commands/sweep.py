@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     src.add_argument("--config", help="a TOML file with the same keys as the presets")
     p.add_argument("--out", required=True, help="output folder (the sweep writes only here)")
     p.add_argument("--resume", action="store_true", help="skip rows already in DIR/results.jsonl")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="with --resume: move unreadable lines of results.jsonl to "
+                   "results.jsonl.bad (a warning names each) and measure their rows again")
     p.add_argument("--isolate", action="store_true",
                    help="run each (N, layout, dtype) group in a worker subprocess; a crash or a "
                    "timeout becomes a row and a fresh worker continues")
@@ -72,7 +75,8 @@ def run(args) -> int:
         started = time.time()
         counts = run_sweep(cfg, args.out, resume=args.resume, isolate=args.isolate,
                            tune=args.tune, max_minutes=args.max_minutes, device=args.device,
-                           progress=not args.no_progress, picks_path=args.picks)
+                           progress=not args.no_progress, picks_path=args.picks,
+                           skip_bad_lines=args.skip_bad_lines)
         manifest.write_for_run(args.out, shlex.join(["stbench", *args.argv]), started,
                                time.time(), description=f"stbench sweep {cfg.name}"
                                + (" (stopped at --max-minutes)" if counts["stopped"] else ""))
