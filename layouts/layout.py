@@ -47,12 +47,10 @@ from .blockmasks import (  # noqa: F401  (re-exported: other modules import them
     tril_mask,
 )
 from .blocksize import change_block
+from .errors import LayoutError
+from .size import check_size
 
 ALLOWED_BLOCKS = (16, 32, 64, 128)
-
-
-class LayoutError(ValueError):
-    """A layout parameter is invalid; the message names the parameter and the fix."""
 
 
 def check_block(block: int, n_ctx: int | None = None) -> None:
@@ -536,6 +534,8 @@ class Layout:
         check_block(block, self.n_ctx)
         if block == self.block:
             return self
+        split = max(1, self.block // block) ** 2  # a block splits into at most this many
+        check_size(f"{self.name} at block {block}", self.pat_q.numel() * split)
         # work on the distinct patterns only (one head each), then give every head its pattern
         patterns = [self.pattern(p) for p in range(self.n_patterns)]
         one = Layout.from_patterns(self.n_ctx, self.n_patterns, self.block, self.name, patterns,

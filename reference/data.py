@@ -17,7 +17,9 @@ Datasets (``DATASETS``), each with fixed, deterministic train / validation / tes
 
 ``prepare(out_dir)`` writes every split as ``<dataset>_<split>.npy`` (uint8) plus
 ``manifest.json`` (schema version, shapes, SHA-256 of each file, source, licence), so a GPU
-machine with no network can be handed the folder; ``load(name, data_dir)`` reads and verifies
+machine with no network can be handed the folder. It checks every source first and builds in a
+staging folder beside ``out_dir``, moved into place (manifest last) only when complete: a missing
+source or a failure leaves no files without a manifest; ``load(name, data_dir)`` reads and verifies
 it, or builds the splits from the installed sources when ``data_dir`` is None.
 """
 
@@ -28,6 +30,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -205,23 +208,51 @@ def _sha256(path: Path) -> str:
 
 
 def prepare(out_dir: str | os.PathLike, names=("wiki", "fashion_mnist")) -> dict:
-    """Write the splits of datasets ``names`` under ``out_dir`` with a manifest; return it."""
+    """Write the splits of datasets ``names`` under ``out_dir`` with a manifest; return it. Every
+    source is checked before anything is written (DataMissing says how to install it); the files
+    are built in a staging folder and moved in only when all are written, the manifest last."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a folder: name a new or existing folder")
+    for name in names:
+        info(name)
+        why = available(name)
+        if why is not None:
+            raise DataMissing(why)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        manifest = _write_splits(staging, names)
+        if not out.exists():
+            staging.rename(out)
+            return manifest
+        (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the end
+        for path in staging.iterdir():
+            if path.name != MANIFEST:
+                os.replace(path, out / path.name)
+        os.replace(staging / MANIFEST, out / MANIFEST)
+        return manifest
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_splits(folder: Path, names) -> dict:
     manifest = {"schema_version": SCHEMA_VERSION, "datasets": {}}
     for name in names:
         meta = info(name)
         splits = _BUILDERS[name]()
         entry = {"kind": meta.kind, "source": meta.source, "licence": meta.licence, "splits": {}}
         for split, arr in splits.items():
-            path = out / f"{name}_{split}.npy"
+            path = folder / f"{name}_{split}.npy"
             np.save(path, np.ascontiguousarray(arr, dtype=np.uint8), allow_pickle=False)
             entry["splits"][split] = {
                 "file": path.name, "shape": list(arr.shape), "dtype": "uint8",
                 "sha256": _sha256(path),
             }
         manifest["datasets"][name] = entry
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

@@ -4,8 +4,10 @@
 split, evaluates bits per dim on the validation split every ``eval_every`` steps, appends one JSON
 object per event to ``<out>/log.jsonl`` (loss, bpd, learning rate, tokens per second, peak device
 memory) and saves ``<out>/checkpoint.pt``; ``resume=True`` continues from that checkpoint (model,
-optimiser, data and dropout generators, step; from scratch when there is none), appending to the
-same log.
+optimiser, data and dropout generators, step), appending to the same log after dropping the
+records past the checkpoint's step (a run killed after its last checkpoint wrote them; they are
+written again), so every step is logged once. With no checkpoint to resume from it says so on
+stderr and starts from step 0.
 
 Under torchrun (``ranks``: ``stbench.distributed.init``) it trains data-parallel
 (``reference/parallel.py``: DistributedDataParallel, gradient accumulation in ``micro_batch``
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -189,6 +192,29 @@ class JsonlLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def keep_until(self, step: int) -> None:
+        """Drop the records past ``step`` and a last line cut off mid-write (rewritten
+        atomically); other lines are kept as they are."""
+        if not self.enabled or not self.path.exists():
+            return
+        text = self.path.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        if not text.endswith("\n"):
+            lines = lines[:-1]  # cut off by a killed writer
+        kept = [line for line in lines if line.strip() and _step(line) <= step]
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+def _step(line: str) -> int:
+    """A log record's step (0 for a line that is not a record with one)."""
+    try:
+        step = json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return 0
+    return step if isinstance(step, int) else 0
+
 
 def train(model_cfg: ModelConfig, cfg: TrainConfig, splits: dict, out_dir, device="cpu",
           resume: bool = False, progress=None, stop_after: int | None = None,
@@ -207,6 +233,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, splits: dict, out_dir, devic
     t_start = time.perf_counter()
     device = torch.device(device)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: name a new or existing folder")
     out.mkdir(parents=True, exist_ok=True)
     ckpt, log = out / "checkpoint.pt", JsonlLog(out / "log.jsonl", enabled=ranks.is_main)
     dtype = parse_dtype(cfg.dtype)
@@ -224,10 +252,15 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, splits: dict, out_dir, devic
         torch.set_rng_state(state["torch_rng"])
         start = state["step"]
     else:
+        if resume and ranks.is_main:
+            print(f"stbench model train --resume: no checkpoint at {ckpt}; starting from step 0",
+                  file=sys.stderr)
         torch.manual_seed(cfg.seed)
         model = SparseTransformer(model_cfg, backend=cfg.backend).to(device)
         optimizer = make_optimizer(model, cfg)
     net = parallel.wrap(model, ranks, cfg.seed)
+    if resume:
+        log.keep_until(start)
     log.write(event="start", step=start, model_config=model_cfg.to_dict(), train_config=asdict(cfg),
               device=str(device), params=model.num_params(), torch=torch.__version__,
               world_size=ranks.world_size, micro_batch=micro_batch)

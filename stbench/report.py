@@ -38,9 +38,11 @@ FALLBACK_BASELINE = "dense"  # the speedup denominator of a run without peers (a
 ERROR_CHARS = 160
 
 
-def load(folder) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
-    """(sweep rows, tuning rows, item-5 records) of a results folder (or one JSONL file)."""
-    rows = results.read_folder(folder)
+def load(folder, skip_bad_lines: bool = False
+         ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict]]:
+    """(sweep rows, tuning rows, item-5 records) of a results folder (or one JSONL file);
+    ``skip_bad_lines``: skip unreadable lines with a warning (``results.read_rows``)."""
+    rows = results.read_folder(folder, skip_bad_lines=skip_bad_lines)
     evals = []
     eval_path = Path(folder) / "tune_eval.jsonl"
     if Path(folder).is_dir() and eval_path.exists():
@@ -276,9 +278,9 @@ def unsupported_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- the report
-def write_report(folder, out_dir=None) -> Path:
+def write_report(folder, out_dir=None, skip_bad_lines: bool = False) -> Path:
     """Write REPORT.md and the PNGs for the results in ``folder``; returns REPORT.md's path."""
-    df, tune, evals = load(folder)
+    df, tune, evals = load(folder, skip_bad_lines)
     out_dir = Path(out_dir) if out_dir is not None else Path(folder)
     if out_dir.is_file():
         out_dir = out_dir.parent

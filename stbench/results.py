@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -22,6 +23,9 @@ KINDS = ("sweep", "tune")  # a sweep row, or a tuning candidate
 RESULTS_FILE = "results.jsonl"  # a sweep's rows
 TUNE_FILE = "tune.jsonl"  # the tuner's candidate rows
 NOT_ROWS = ("tune_eval.jsonl",)  # JSONL files of a results folder in another schema
+CUT_SUFFIX = ".cut"  # <file>.cut: last lines cut off by a killed writer, moved out of the file
+BAD_SUFFIX = ".bad"  # <file>.bad: unreadable lines set aside by `sweep --resume --skip-bad-lines`
+SKIP_OPTION = "--skip-bad-lines"
 
 
 class ResultsError(ValueError):
@@ -166,46 +170,116 @@ def row_from_dict(d: dict, where: str = "row") -> ResultRow:
 
 
 def append_rows(path, rows) -> None:
-    """Append rows to a JSONL file (created with its folders), one write per row, flushed; a
-    partial last line left by a crash is closed first so that the file stays line-aligned."""
+    """Append rows to a JSONL file (created with its folders), one write per row, flushed. A
+    last line cut off by a crash is repaired first (``repair_cut_line``), never buried."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    needs_newline = False
-    if path.exists() and path.stat().st_size:
-        with path.open("rb") as f:
-            f.seek(-1, 2)
-            needs_newline = f.read(1) != b"\n"
+    repair_cut_line(path)
     with path.open("a", encoding="utf-8") as f:
-        if needs_newline:
-            f.write("\n")
         for row in rows:
             f.write(json.dumps(row.to_dict(), sort_keys=True, allow_nan=False) + "\n")
             f.flush()
 
 
-def read_rows(path, *, tolerate_partial_last_line: bool = True) -> list[ResultRow]:
-    """Read and validate a JSONL results file. A last line cut short by a crash (no newline, not
-    JSON) is skipped with a warning; anything else wrong raises ResultsError with file:line."""
+def repair_cut_line(path) -> None:
+    """Make ``path`` end with a newline, as before a crash. A last line without one is kept (its
+    newline added) when it is a whole row; otherwise it was cut off mid-write: it is moved to
+    ``<path>.cut`` and truncated away, with a warning naming both (its row, absent from the
+    file, is what ``--resume`` measures again)."""
     path = Path(path)
+    if not path.is_file() or not path.stat().st_size:
+        return
+    with path.open("rb+") as f:
+        f.seek(-1, 2)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        data = f.read()
+        start = data.rfind(b"\n") + 1  # the cut line's first byte
+        line = data.count(b"\n", 0, start) + 1
+        tail = data[start:]
+        if _parses_as_row(tail):
+            f.seek(0, 2)
+            f.write(b"\n")
+            return
+        aside = path.with_name(path.name + CUT_SUFFIX)
+        with aside.open("ab") as g:
+            g.write(tail + b"\n")
+        f.truncate(start)
+    warnings.warn(f"{path}:{line}: a line cut off mid-write ({len(tail)} bytes, "
+                  f"a killed writer) was moved to {aside}")
+
+
+def _parses_as_row(line: bytes) -> bool:
+    try:
+        row_from_dict(json.loads(line.decode("utf-8")))
+    except (UnicodeDecodeError, json.JSONDecodeError, ResultsError):
+        return False
+    return True
+
+
+def _scan(path: Path):
+    """(rows, unreadable lines [(line number, why)], the partial last line's number or None)."""
     if not path.exists():
         raise ResultsError(f"{path}: no such results file (run `stbench sweep --out DIR` first)")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    if not path.is_file():
+        raise ResultsError(f"{path} is not a file: give a results JSONL file or its folder")
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot read it ({exc.strerror}): check its permissions"
+                           ) from None
     lines = text.split("\n")
-    rows = []
+    rows, bad, partial = [], [], None
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            rows.append(row_from_dict(json.loads(line), f"{path}:{i}"))
         except json.JSONDecodeError as exc:
-            last = i == len(lines) and not text.endswith("\n")
-            if last and tolerate_partial_last_line:
-                warnings.warn(f"{path}:{i}: skipping a partial last line (a crash mid-write?)")
-                continue
-            raise ResultsError(f"{path}:{i}: not valid JSON ({exc.msg}); is this a JSONL "
-                               "results file written by stbench?") from None
-        rows.append(row_from_dict(obj, f"{path}:{i}"))
+            if i == len(lines) and not text.endswith("\n"):
+                partial = i  # a writer cut off (or still writing): not an error
+            else:
+                bad.append((i, f"not valid JSON ({exc.msg})"))
+        except ResultsError as exc:
+            bad.append((i, str(exc).removeprefix(f"{path}:{i}: ")))
+    return rows, bad, partial
+
+
+def read_rows(path, *, skip_bad_lines: bool = False) -> list[ResultRow]:
+    """Read and validate a JSONL results file. A last line cut short by a crash (no newline, not
+    JSON) is skipped with a warning; any other unreadable line raises ResultsError naming the
+    file, the line and the option; with ``skip_bad_lines`` it is skipped with a warning."""
+    path = Path(path)
+    rows, bad, partial = _scan(path)
+    if partial is not None:
+        warnings.warn(f"{path}:{partial}: skipping a partial last line (a crash mid-write?)")
+    for i, why in bad:
+        if not skip_bad_lines:
+            raise ResultsError(f"{path}:{i}: {why}: fix or delete line {i}, or pass "
+                               f"{SKIP_OPTION} to skip unreadable lines with a warning")
+        warnings.warn(f"{path}:{i}: skipping an unreadable line ({why})")
     return rows
+
+
+def set_bad_lines_aside(path) -> int:
+    """Move every unreadable line of ``path`` to ``<path>.bad`` (one warning per line, naming
+    it) and rewrite ``path`` without them (atomically); returns how many were moved."""
+    path = Path(path)
+    _, bad, _ = _scan(path)
+    if not bad:
+        return 0
+    numbers = {i for i, _ in bad}
+    lines = path.read_bytes().split(b"\n")
+    aside = path.with_name(path.name + BAD_SUFFIX)
+    with aside.open("ab") as g:
+        g.write(b"".join(lines[i - 1] + b"\n" for i in sorted(numbers)))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(b"\n".join(x for i, x in enumerate(lines, 1) if i not in numbers))
+    os.replace(tmp, path)
+    for i, why in bad:
+        warnings.warn(f"{path}:{i}: skipping an unreadable line ({why}); moved to {aside}")
+    return len(bad)
 
 
 def results_files(folder) -> list[Path]:
@@ -218,9 +292,9 @@ def results_files(folder) -> list[Path]:
     return sorted(p for p in folder.glob("*.jsonl") if p.name not in NOT_ROWS)
 
 
-def read_folder(folder) -> list[ResultRow]:
+def read_folder(folder, *, skip_bad_lines: bool = False) -> list[ResultRow]:
     """All rows of every ``*.jsonl`` in ``folder`` (or of one file)."""
     rows = []
     for p in results_files(folder):
-        rows.extend(read_rows(p))
+        rows.extend(read_rows(p, skip_bad_lines=skip_bad_lines))
     return rows

@@ -17,7 +17,9 @@ import functools
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,14 +35,27 @@ from .kernel_args import (
 
 EMU_SWAP = (("st_intrinsics.cuh", "st_cpu_emu.cuh"), ("st_wgmma_ptx.cuh", "st_wgmma_emu.cuh"))
 CXX = os.environ.get("CXX", "g++")
+PRIVATE_MODE = 0o700  # the built libraries are loaded into this process: only their owner writes
 
 
+@functools.lru_cache(maxsize=1)
 def build_dir() -> Path:
     """Where built libraries are cached: ``$STBENCH_CACHE_DIR/cupy_emu``, else
-    ``~/.cache/stbench/cupy_emu`` (the user's own, as the tuning cache; never a fixed path in the
-    shared temp directory)."""
+    ``~/.cache/stbench/cupy_emu`` (never a fixed path in the shared temp directory), used only
+    when it is a real folder (not a link) owned by this user, and made mode 0700; otherwise a
+    fresh private ``tempfile.mkdtemp()`` for this process."""
     root = os.environ.get("STBENCH_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "stbench") / "cupy_emu"
+    path = (Path(root) if root else Path.home() / ".cache" / "stbench") / "cupy_emu"
+    try:
+        path.mkdir(mode=PRIVATE_MODE, parents=True, exist_ok=True)
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid():
+            if stat.S_IMODE(st.st_mode) != PRIVATE_MODE:
+                os.chmod(path, PRIVATE_MODE)
+            return path
+    except OSError:
+        pass
+    return Path(tempfile.mkdtemp(prefix="stbench_cupy_emu_"))
 
 
 def available() -> str | None:
@@ -68,7 +83,6 @@ def _build(label: str, src: str, defines) -> ctypes.CDLL:
     flags += [f"-D{d}" for d in defines]
     key = hashlib.blake2b((src + " ".join(flags)).encode(), digest_size=12).hexdigest()
     folder = build_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     lib = folder / f"{label}_{key}.so"
     if not lib.exists():  # built under this process's own names, then moved in place at once
         cpp = folder / f"{label}_{key}.{os.getpid()}.cpp"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..layout import DIAG, FULL, Layout, LayoutError
+from ..size import band_blocks, check_size
 from ._build import (
     as_int_list,
     check_common,
@@ -150,6 +151,8 @@ def sliding_window(
     nb = n_ctx // block
     wb = _window_blocks(num_sliding_window_blocks, nb)
     w = wb // 2
+    check_size(f"sliding_window(n_ctx={n_ctx}, block={block}, num_sliding_window_blocks={wb})",
+               band_blocks(nb, -w, 0 if causal else w))
     d = torch.arange(0 if causal else -w, w + 1, dtype=torch.int64)
     kinds = torch.where((d == 0) & causal, DIAG, FULL).to(torch.int8)
     mids = torch.full((d.numel(),), -1, dtype=torch.int32)
@@ -176,9 +179,12 @@ def bigbird(
         if v > nb:
             raise LayoutError(f"{pname}={v} exceeds the {nb} blocks per row: lower it")
     gen = _rng(seed, generator, r > 0, "bigbird")
+    n_draw = heads if (different_layout_per_head and r > 0) else 1
+    check_size(f"bigbird(n_ctx={n_ctx}, block={block}, num_sliding_window_blocks={wb}, "
+               f"num_global_blocks={g}, num_random_blocks={r})",
+               n_draw * (band_blocks(nb, -(wb // 2), wb // 2) + (2 * g + r) * nb))
     wq, wk = _window_pairs(nb, wb // 2)
     gq, gk = _lines(nb, torch.arange(g, dtype=torch.int64), rows_too=True)
-    n_draw = heads if (different_layout_per_head and r > 0) else 1
     pairs = []
     for _ in range(n_draw):
         rq, rk = _random_pairs(nb, r, causal, gen) if r else (wq[:0], wk[:0])
@@ -202,6 +208,9 @@ def longformer(
     ends = (None if global_block_end_indices is None
             else as_int_list("global_block_end_indices", global_block_end_indices))
     cols = _global_ranges(nb, starts, ends)
+    check_size(f"longformer(n_ctx={n_ctx}, block={block}, num_sliding_window_blocks={wb}, "
+               f"{cols.numel()} global blocks)",
+               band_blocks(nb, -(wb // 2), wb // 2) + 2 * cols.numel() * nb)
     wq, wk = _window_pairs(nb, wb // 2)
     gq, gk = _lines(nb, cols, rows_too=True)
     name = fmt_name("longformer", w=wb, g=len(starts), causal=causal)
@@ -255,9 +264,14 @@ def variable(
     ends = (None if global_block_end_indices is None
             else as_int_list("global_block_end_indices", global_block_end_indices))
     gen = _rng(seed, generator, r > 0, "variable")
-    lq, lk = _local_windows(nb, sizes)
-    gq, gk = _lines(nb, _global_ranges(nb, starts, ends), rows_too=horizontal_global_attention)
+    cols = _global_ranges(nb, starts, ends)
     n_draw = heads if (different_layout_per_head and r > 0) else 1
+    lines = (2 if horizontal_global_attention else 1) * cols.numel()
+    check_size(f"variable(n_ctx={n_ctx}, block={block}, local_window_blocks={sizes}, "
+               f"{cols.numel()} global blocks, num_random_blocks={r})",
+               (min(max(sizes), nb) + lines) * nb + n_draw * r * nb)
+    lq, lk = _local_windows(nb, sizes)
+    gq, gk = _lines(nb, cols, rows_too=horizontal_global_attention)
     pairs = []
     for _ in range(n_draw):
         rq, rk = _random_pairs(nb, r, causal, gen) if r else (lq[:0], lk[:0])

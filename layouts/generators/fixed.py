@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..layout import DIAG, FULL, Layout, LayoutError
+from ..size import check_size, tri
 from ._build import check_common, check_int, fmt_name, ragged_rows, shared_layout
 
 
@@ -80,6 +81,11 @@ def fixed(
             f"num_verts={num_verts}, vertsize={vertsize}: lower one of them"
         )
     nb = n_ctx // block
+    chunks, rem = divmod(nb, s)  # per pattern: query block r holds (r // s) vertsize + r % s + 1
+    per_pattern = (s * vertsize * tri(chunks - 1) + chunks * tri(s) + rem * chunks * vertsize
+                   + tri(rem))
+    check_size(f"fixed(n_ctx={n_ctx}, block={block}, stride={stride}, num_verts={num_verts}, "
+               f"vertsize={vertsize})", num_verts * per_pattern)
     idx = torch.arange(s - 1, -1, -1, dtype=torch.int64).reshape(-1, vertsize)
     patterns = []
     for v in range(num_verts):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..layout import DIAG, FULL, Layout
+from ..size import band_blocks, check_size, tri
 from ._build import check_common, check_int, fmt_name, offset_layout, token_offset_layout
 
 
@@ -20,6 +21,7 @@ def causal(n_ctx: int, block: int = 64, heads: int = 1) -> Layout:
     diagonal blocks. nnz = heads * nb (nb + 1) / 2."""
     n_ctx, block, heads = check_common(n_ctx, block, heads)
     nb = n_ctx // block
+    check_size(f"causal(n_ctx={n_ctx}, block={block})", tri(nb))
     d = torch.arange(nb, dtype=torch.int64)
     kinds = torch.full((nb,), FULL, dtype=torch.int8)
     kinds[0] = DIAG
@@ -36,6 +38,8 @@ def local(n_ctx: int, block: int = 64, window: int = 128, heads: int = 1) -> Lay
     n_ctx, block, heads = check_common(n_ctx, block, heads)
     window = check_int("window", window, 1, ": the number of tokens each query may see")
     last = (window + block - 2) // block  # the largest block offset that can hold delta < window
+    check_size(f"local(n_ctx={n_ctx}, block={block}, window={window})",
+               band_blocks(n_ctx // block, 0, last))
     cand = torch.arange(last + 1, dtype=torch.int64)
 
     def pred(delta: torch.Tensor) -> torch.Tensor:

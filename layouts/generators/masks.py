@@ -13,16 +13,18 @@ from collections.abc import Callable
 import torch
 
 from ..layout import CHUNK_ELEMENTS, Layout, LayoutError, classify_blocks, dedup_masks
+from ..size import check_size
 from ._build import check_common, make_layout, pairs_layout, shared_layout
 
 
 class _BlockCollector:
-    """Accumulates the non-empty blocks of successive row chunks, sorted by (head, qb, kb)."""
+    """Accumulates the non-empty blocks of successive row chunks, sorted by (head, qb, kb);
+    the size guard is checked as they grow (``what``: the call, for its message)."""
 
-    def __init__(self, n_ctx: int, block: int):
-        self.n, self.b = n_ctx, block
+    def __init__(self, n_ctx: int, block: int, what: str):
+        self.n, self.b, self.what = n_ctx, block, what
         self.h, self.q, self.k, self.kinds, self.mids, self.tables = [], [], [], [], [], []
-        self.n_table = 0
+        self.n_table = self.n_blocks = 0
 
     def add(self, head: int, q_start: int, rows: torch.Tensor) -> None:
         """rows: bool [R, N], the mask of queries q_start .. q_start + R - 1 (block-aligned)."""
@@ -40,6 +42,8 @@ class _BlockCollector:
         self.mids.append(torch.where(mids >= 0, mids + self.n_table, mids))
         self.tables.append(table)
         self.n_table += table.shape[0]
+        self.n_blocks += qb.numel()
+        check_size(self.what, self.n_blocks, self.n_table * b * b)
 
     def layout(self, heads: int, name: str) -> Layout:
         """The collected blocks as one Layout, partial masks deduplicated across chunks."""
@@ -82,7 +86,7 @@ def from_token_mask(mask: torch.Tensor, block: int = 32, name: str = "token_mask
         raise LayoutError(f"mask has an empty dimension: shape {tuple(mask.shape)}")
     n_ctx, block, heads = check_common(n_ctx, block, heads)
     mask = mask.cpu()
-    col = _BlockCollector(n_ctx, block)
+    col = _BlockCollector(n_ctx, block, f"from_token_mask(n_ctx={n_ctx}, block={block})")
     step = _rows_per_chunk(n_ctx, block)
     for h in range(heads):
         for r0 in range(0, n_ctx, step):
@@ -145,7 +149,7 @@ def from_predicate(
         raise LayoutError(f"fn must be callable fn(q_idx, k_idx) -> bool tensor, got {fn!r}")
     per_head = _arity(fn) == 3
     name = name or f"predicate({getattr(fn, '__name__', 'fn')})"
-    col = _BlockCollector(n_ctx, block)
+    col = _BlockCollector(n_ctx, block, f"from_predicate(n_ctx={n_ctx}, block={block})")
     step = _rows_per_chunk(n_ctx, block)
     k_idx = torch.arange(n_ctx).unsqueeze(0)
     for h in range(heads if per_head else 1):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..layout import DIAG, FULL, Layout, LayoutError
+from ..size import PERM_BYTES, band_blocks, check_size, tri
 from ._build import check_common, check_int, fmt_name, shared_layout, token_offset_layout
 
 
@@ -44,6 +45,8 @@ def strided(n_ctx: int, block: int = 64, stride: int = 128, heads: int = 1) -> L
             "merged_strided, which has no such constraint"
         )
     cb = chunk // block  # blocks per chunk
+    check_size(f"strided(n_ctx={n_ctx}, block={block}, stride={stride})", stride * tri(cb),
+               extra_bytes=n_ctx * PERM_BYTES)
     # one chunk's causal block list, then shifted to each of the `stride` chunks
     counts = torch.arange(1, cb + 1)
     r = torch.repeat_interleave(torch.arange(cb), counts)
@@ -67,6 +70,8 @@ def merged_strided(n_ctx: int, block: int = 64, stride: int = 128, heads: int = 
     stride = check_int("stride", stride, 1)
     b = block
     local_last = (stride + b - 2) // b
+    check_size(f"merged_strided(n_ctx={n_ctx}, block={block}, stride={stride})",
+               merged_strided_blocks(n_ctx, block, stride))
     m = torch.arange(1, (n_ctx - 1) // stride + 1, dtype=torch.int64) * stride  # multiples of l
     # block offset d holds delta in [d*b - (b-1), d*b + (b-1)]: m lies in d = floor/ceil(m/b)
     lo = torch.div(m, b, rounding_mode="floor")
@@ -81,3 +86,15 @@ def merged_strided(n_ctx: int, block: int = 64, stride: int = 128, heads: int = 
         n_ctx, block, heads, fmt_name("merged_strided", l=stride), pred, cand,
         period=stride, periodic_from=stride,
     )
+
+
+def merged_strided_blocks(n_ctx: int, block: int, stride: int) -> int:
+    """An upper bound of merged_strided's blocks: the local band (offsets 0 .. ceil((l-1)/b))
+    plus, for each multiple j*l of the stride, the offsets floor(j*l/b) and ceil(j*l/b) (one
+    when b divides l), nb - d blocks each with d >= j*l/b - 1; capped by the causal pattern's
+    nb (nb + 1) / 2."""
+    nb = n_ctx // block
+    multiples = (n_ctx - 1) // stride
+    offsets_per_multiple = 1 if stride % block == 0 else 2
+    near = offsets_per_multiple * (multiples * (nb + 1) - stride * tri(multiples) // block)
+    return min(tri(nb), band_blocks(nb, 0, (stride + block - 2) // block) + max(near, 0))

@@ -28,6 +28,8 @@ def register(subparsers) -> None:
                    help="regenerate the generated sections of FILE (default README.md)")
     p.add_argument("--reports", default="reports",
                    help="with --readme: the folder of <suite>/<gpu>/ results (default reports)")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip unreadable lines of the JSONL files, with a warning naming each")
     p.add_argument("--check", action="store_true",
                    help="with --readme: change nothing, exit 1 if a section is out of date")
     p.add_argument("--format", choices=FORMATS, default=None,
@@ -59,10 +61,10 @@ def run(args) -> int:
         say(con, f"{args.readme}: " + (f"rewrote {', '.join(changed)}" if changed
                                         else "already up to date"))
         return 0
-    path = report.write_report(args.dir, args.out)
+    path = report.write_report(args.dir, args.out, skip_bad_lines=args.skip_bad_lines)
     say(con, f"wrote {path} and its plots")
     if args.format:
-        df = report.load(args.dir)[0]
+        df = report.load(args.dir, skip_bad_lines=args.skip_bad_lines)[0]
         caveat = report.timing_caveat(df["env"], df.loc[df.status == "ok", "reps"])
         table = report.summary_table(df).astype(object)
         emit(Rows(f"sweep rows of {args.dir}", SUMMARY_COLUMNS,

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
     src.add_argument("--config", help="a TOML file with the same keys as the presets")
     p.add_argument("--out", required=True, help="output folder (the sweep writes only here)")
     p.add_argument("--resume", action="store_true", help="skip rows already in DIR/results.jsonl")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="with --resume: move unreadable lines of results.jsonl to "
+                   "results.jsonl.bad (a warning names each) and measure their rows again")
     p.add_argument("--isolate", action="store_true",
                    help="run each (N, layout, dtype) group in a worker subprocess; a crash or a "
                    "timeout becomes a row and a fresh worker continues")
@@ -85,7 +88,8 @@ def run(args) -> int:
     started, world_size, command = time.time(), 1, ["stbench", *args.argv]
     options = dict(resume=args.resume, isolate=args.isolate, tune=args.tune,
                    max_minutes=args.max_minutes, device=args.device,
-                   progress=not args.no_progress, picks_path=args.picks)
+                   progress=not args.no_progress, picks_path=args.picks,
+                   skip_bad_lines=args.skip_bad_lines)
     if distributed.launched() or sharding.has_shards(args.out):
         counts, ranks = sharding.run_sharded(cfg, args.out, say=lambda t: say(con, t), **options)
         if not ranks.is_main:

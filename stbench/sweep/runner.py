@@ -6,7 +6,8 @@ row past ``max_minutes``, compiles kernels ahead of timing when the config has
 worker subprocesses (``sweep.isolation``), so that a row that crashes (illegal address) or
 hangs becomes a ``runtime_error`` or ``timeout`` row. Without ``isolate`` a hung kernel cannot
 be interrupted and a crash ends the sweep (``resume`` continues after the rows written). A sweep
-writes only under its output folder.
+writes only under its output folder and holds a lock on it: a second sweep on the same folder
+refuses, naming the first one's pid and host.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import torch
 
-from stbench import results
+from stbench import locks, results
 from stbench.sweep import isolation
-from stbench.sweep.config import (Group, SweepConfig, SweepError, item_key, load_picks,
+from stbench.sweep.config import (WORK_DIR, Group, SweepConfig, SweepError, item_key, load_picks,
                                   plan_groups, use_interpreter_if_no_gpu)
 from stbench.sweep.group import open_precompiler, run_group
+
+LOCK_FILE = "sweep.lock"  # under OUT/WORK_DIR: one sweep per output folder
 
 
 def default_device() -> str:
@@ -29,21 +32,54 @@ def default_device() -> str:
 
 def run_sweep(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool = False,
               tune: bool = False, max_minutes: float | None = None, device: str | None = None,
-              progress: bool = True, picks_path=None, only: frozenset | None = None) -> dict:
+              progress: bool = True, picks_path=None, only: frozenset | None = None,
+              skip_bad_lines: bool = False) -> dict:
     """Run the grid into ``out_dir/results.jsonl``; returns counts {status: n, 'skipped': n,
     'stopped': bool}. ``picks_path``: an earlier results.jsonl whose (block, config) each
     matching row re-measures (``load_picks``). ``only``: run just the rows with these item keys
-    (``config.item_key``; one rank's share of a sharded sweep, ``sweep.sharding``)."""
+    (``config.item_key``; one rank's share of a sharded sweep, ``sweep.sharding``). The sweep
+    holds ``lock_output`` throughout; ``resume`` first repairs a last line cut off by a killed
+    sweep (``results.repair_cut_line``) and with ``skip_bad_lines`` sets unreadable lines aside
+    (``results.set_bad_lines_aside``), measuring their rows again."""
     out_dir = Path(out_dir)
+    with lock_output(out_dir):
+        return _run_locked(cfg, out_dir, resume, isolate, tune, max_minutes, device, progress,
+                           picks_path, only, skip_bad_lines)
+
+
+def lock_output(out_dir: Path) -> locks.FileLock:
+    """Create ``out_dir`` and lock it for this sweep (``OUT/.work/sweep.lock``, released when the
+    sweep ends or its process dies); SweepError names the live holder."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SweepError(f"--out {out_dir} is a file, not a folder: choose a folder path (it is "
+                         "created if absent)")
+    try:
+        (out_dir / WORK_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SweepError(f"--out {out_dir}: cannot create it ({exc.strerror}): choose a folder "
+                         "you can write") from None
+    try:
+        return locks.acquire(out_dir / WORK_DIR / LOCK_FILE)
+    except locks.LockBusy as exc:
+        raise SweepError(f"--out {out_dir} is in use by another sweep ({exc.holder}): wait for "
+                         "it to finish, or choose another --out") from None
+
+
+def _run_locked(cfg, out_dir, resume, isolate, tune, max_minutes, device, progress, picks_path,
+                only, skip_bad_lines) -> dict:
     out = out_dir / results.RESULTS_FILE
     if out.exists() and out.stat().st_size and not resume:
         raise SweepError(f"{out} already has rows: pass --resume to continue that sweep, or "
                          "choose another --out")
     picks = load_picks(picks_path) if picks_path else None
-    out_dir.mkdir(parents=True, exist_ok=True)
     use_interpreter_if_no_gpu(cfg)
     device = device or default_device()
-    done = {r.key() for r in results.read_rows(out)} if out.exists() else set()
+    done = set()
+    if out.exists():
+        results.repair_cut_line(out)
+        if skip_bad_lines:
+            results.set_bad_lines_aside(out)
+        done = {r.key() for r in results.read_rows(out)}
     groups, planned = [], 0
     for g in plan_groups(cfg):
         mine = [it for it in g.items if only is None or item_key(cfg, g, *it) in only]

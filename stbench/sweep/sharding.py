@@ -40,6 +40,7 @@ them (at least one); its isolation workers and precompile workers run on the ran
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -49,7 +50,7 @@ from pathlib import Path
 from stbench import backends, distributed, layouts, results, timing
 from stbench.sweep.config import (TUNE_CACHE, SweepConfig, SweepError, item_key, plan_groups,
                                   use_interpreter_if_no_gpu)
-from stbench.sweep.runner import run_sweep
+from stbench.sweep.runner import lock_output, run_sweep
 from stbench.tuning import cache
 from stbench.tuning.precompile import COMPILED_BACKENDS
 
@@ -248,15 +249,26 @@ def rank_config(cfg: SweepConfig, ranks: distributed.Ranks) -> SweepConfig:
 
 def run_sharded(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool = False,
                 tune: bool = False, max_minutes: float | None = None, device: str | None = None,
-                progress: bool = True, picks_path=None,
+                progress: bool = True, picks_path=None, skip_bad_lines: bool = False,
                 say=None) -> tuple[dict, distributed.Ranks]:
     """The sweep over this torchrun job's ranks (a single process outside torchrun, which then
     only merges what shards a sharded run left); see the module doc. Returns (counts as
     ``run_sweep``'s, summed over the ranks on rank 0, this rank's elsewhere; this rank's place).
-    ``say(text)``: rank 0's plan, one line per rank."""
+    ``say(text)``: rank 0's plan, one line per rank. Rank 0 holds the output folder's lock
+    (``runner.lock_output``) throughout; each rank's shard folder is locked by its own
+    ``run_sweep``."""
     out = Path(out_dir)
-    with distributed.process_group(device, backend="gloo", timeout_s=WAIT_FOR_RANKS_S) as ranks:
-        refusal = distributed.broadcast(_refusal(out, resume) if ranks.is_main else None, ranks)
+    with (distributed.process_group(device, backend="gloo", timeout_s=WAIT_FOR_RANKS_S) as ranks,
+          contextlib.ExitStack() as held):
+        refusal = None
+        if ranks.is_main:
+            refusal = _refusal(out, resume)
+            if refusal is None:
+                try:
+                    held.enter_context(lock_output(out))
+                except SweepError as exc:
+                    refusal = str(exc)
+        refusal = distributed.broadcast(refusal, ranks)
         if refusal:
             raise SweepError(refusal)
         out.mkdir(parents=True, exist_ok=True)
@@ -264,7 +276,12 @@ def run_sharded(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: boo
         plan = None
         if ranks.is_main:
             target = out / results.RESULTS_FILE
-            done = {r.key() for r in results.read_rows(target)} if target.exists() else set()
+            done = set()
+            if target.exists():
+                results.repair_cut_line(target)
+                if skip_bad_lines:
+                    results.set_bad_lines_aside(target)
+                done = {r.key() for r in results.read_rows(target)}
             shares = plan_shares(cfg, done, ranks.world_size, ranks.device, tune)
             grid = sum(len(g.items) for g in plan_groups(cfg))
             plan = (shares, grid - sum(len(keys) for keys, _ in shares))
@@ -277,7 +294,7 @@ def run_sharded(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: boo
             counts = run_sweep(rank_config(cfg, ranks), shard_dir(out, ranks.rank),
                                resume=True, isolate=isolate, tune=tune, max_minutes=max_minutes,
                                device=ranks.device, progress=progress and ranks.is_main,
-                               picks_path=picks_path, only=mine)
+                               picks_path=picks_path, only=mine, skip_bad_lines=skip_bad_lines)
         counts.pop("skipped", None)
         every = distributed.gather(counts, ranks)
         merge_shards(cfg, out, ranks)

@@ -13,8 +13,10 @@ Format::
 KEY joins the environment fields (GPU, driver, CUDA, torch, triton, cupy versions, interpreter),
 the layout's content hash (which fixes N, H, block and the pattern), batch, head dim, dtype, mode
 and objective. Entries of other environments stay in the file and are ignored. A file that is
-not valid JSON or not in this format is reported with a warning, ignored, and rewritten on the
-next save; writes are atomic (temporary file + rename).
+not valid JSON or not in this format is reported with a warning and ignored; the next save moves
+it to ``tune.json.bad-<time>`` (named in a warning) before writing a new one. Saves hold a file
+lock around their read-modify-write (``stbench.locks``), so processes saving at once lose
+nothing, and are atomic (temporary file + rename).
 
 Lookups (``lookup``) go through an in-memory index rebuilt only when the file changes (its
 mtime and size), so a cached pick costs a dictionary access.
@@ -28,13 +30,15 @@ import math
 import os
 import tempfile
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
-from stbench import environment
+from stbench import environment, locks
 
 FORMAT = "stbench-tune-cache"
 VERSION = 1
 FILE_NAME = "tune.json"
+LOCK_TIMEOUT_S = 60  # a save holds the lock for milliseconds; longer means a stuck process
 
 
 def default_path() -> Path:
@@ -58,31 +62,41 @@ def _empty() -> dict:
     return {"format": FORMAT, "version": VERSION, "entries": {}}
 
 
-def load(path=None) -> dict:
-    """The cache's contents; an absent file is empty, a bad one is warned about and ignored."""
-    path = Path(path) if path is not None else default_path()
+class CacheError(ValueError):
+    """The cache cannot be written (a folder given as its path, no permission, held too long by
+    another process); the message names the path and the fix."""
+
+
+def _read(path: Path) -> tuple[dict, str | None]:
+    """(the cache's contents, None) or (an empty cache, why the file cannot be used)."""
     if not path.exists():
-        return _empty()
+        return _empty(), None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        warnings.warn(f"tuning cache {path} is unreadable ({exc}); ignoring it, it will be "
-                      "rewritten on the next save")
-        return _empty()
+        return _empty(), f"is unreadable ({exc})"
     if (not isinstance(data, dict) or data.get("format") != FORMAT
             or not isinstance(data.get("entries"), dict)):
-        warnings.warn(f"tuning cache {path} is not a {FORMAT} file; ignoring it, it will be "
-                      "rewritten on the next save")
-        return _empty()
+        return _empty(), f"is not a {FORMAT} file"
     if data.get("version") != VERSION:
-        warnings.warn(f"tuning cache {path} has version {data.get('version')!r}, this stbench "
-                      f"writes {VERSION}: ignoring it (stale), it will be rewritten")
-        return _empty()
+        return _empty(), (f"has version {data.get('version')!r}, this stbench writes {VERSION} "
+                          "(stale)")
     entries = {k: v for k, v in data["entries"].items() if _valid_entry(v)}
     if len(entries) != len(data["entries"]):
         warnings.warn(f"tuning cache {path}: ignoring {len(data['entries']) - len(entries)} "
                       "malformed entries")
-    return {"format": FORMAT, "version": VERSION, "entries": entries}
+    return {"format": FORMAT, "version": VERSION, "entries": entries}, None
+
+
+def load(path=None) -> dict:
+    """The cache's contents; an absent file is empty, a bad one is warned about and ignored (the
+    next save moves it to a backup)."""
+    path = Path(path) if path is not None else default_path()
+    data, problem = _read(path)
+    if problem:
+        warnings.warn(f"tuning cache {path} {problem}; ignoring it, it will be moved to a backup "
+                      "on the next save")
+    return data
 
 
 def _valid_entry(e) -> bool:
@@ -93,22 +107,52 @@ def _valid_entry(e) -> bool:
 
 
 def save_entry(entry: dict, path=None) -> Path:
-    """Add or replace one entry (read-modify-write, atomic)."""
+    """Add or replace one entry: read-modify-write under a file lock (no entry of a process
+    saving at the same time is lost), written atomically (temporary file + rename). A file that
+    cannot be used is first moved to ``<path>.bad-<time>``, with a warning naming it."""
     path = Path(path) if path is not None else default_path()
-    data = load(path)
-    key = entry_key(entry["env"], entry["layout_hash"], entry["batch"], entry["head_dim"],
-                    entry["dtype"], entry["mode"], entry["objective"])
-    data["entries"][key] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tune-", suffix=".json", dir=path.parent)
+    if path.is_dir():
+        raise CacheError(f"tuning cache path {path} is a folder: give a file path, e.g. "
+                         f"{path / FILE_NAME}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = locks.acquire(path.with_name(f".{path.name}.lock"), timeout_s=LOCK_TIMEOUT_S)
+    except locks.LockBusy as exc:
+        raise CacheError(f"tuning cache {path} stayed locked by {exc.holder} for "
+                         f"{LOCK_TIMEOUT_S} s: retry when it has finished") from None
+    except OSError as exc:
+        raise CacheError(f"tuning cache {path}: cannot write in {path.parent} ({exc.strerror}): "
+                         "choose another path (--cache, or STBENCH_CACHE_DIR)") from None
+    with lock:
+        data, problem = _read(path)
+        if problem:
+            backup = _move_aside(path)
+            warnings.warn(f"tuning cache {path} {problem}: moved it to {backup} and started a "
+                          "new cache")
+        key = entry_key(entry["env"], entry["layout_hash"], entry["batch"], entry["head_dim"],
+                        entry["dtype"], entry["mode"], entry["objective"])
+        data["entries"][key] = entry
+        fd, tmp = tempfile.mkstemp(prefix=".tune-", suffix=".json", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True, allow_nan=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename ``path`` to a free ``<path>.bad-<UTC time>[-n]`` and return the new path."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    backup = path.with_name(f"{path.name}.bad-{stamp}")
+    n = 1
+    while backup.exists():
+        backup = path.with_name(f"{path.name}.bad-{stamp}-{n}")
+        n += 1
+    os.replace(path, backup)
+    return backup
 
 
 @functools.lru_cache(maxsize=4)

@@ -204,7 +204,7 @@ def _entry(**kw):
 @pytest.mark.parametrize("content", ["{not json", '{"format": "other"}', "[1, 2]",
                                      '{"format": "stbench-tune-cache", "version": 0, '
                                      '"entries": {}}'])
-def test_corrupt_or_stale_cache_is_ignored_then_rewritten(tmp_path, content):
+def test_corrupt_or_stale_cache_is_ignored_then_moved_to_a_backup(tmp_path, content):
     path = tmp_path / "tune.json"
     path.write_text(content)
     with warnings.catch_warnings(record=True) as w:
@@ -212,11 +212,14 @@ def test_corrupt_or_stale_cache_is_ignored_then_rewritten(tmp_path, content):
         assert cache.load(path)["entries"] == {}
         assert cache.lookup("abc", 4, 64, "bfloat16", "fwd", path=path) is None
     assert any("ignoring it" in str(x.message) for x in w)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
         cache.save_entry(_entry(), path)
     data = json.loads(path.read_text())
     assert data["format"] == "stbench-tune-cache" and len(data["entries"]) == 1
+    (backup,) = [p for p in tmp_path.iterdir() if p.name != "tune.json"]
+    assert backup.read_text() == content  # nothing lost, and the warning says where it went
+    assert any(str(backup) in str(x.message) for x in w)
 
 
 def test_lookup_matches_env_and_nearest_batch(tmp_path):

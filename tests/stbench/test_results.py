@@ -73,7 +73,7 @@ def test_missing_file_says_how_to_make_one(tmp_path):
         results.read_rows(tmp_path / "nope.jsonl")
 
 
-def test_partial_last_line_is_skipped_and_then_closed(tmp_path):
+def test_partial_last_line_is_skipped_and_then_moved_aside(tmp_path):
     p = tmp_path / "r.jsonl"
     results.append_rows(p, [_row()])
     with p.open("a") as f:
@@ -82,10 +82,10 @@ def test_partial_last_line_is_skipped_and_then_closed(tmp_path):
         warnings.simplefilter("always")
         assert len(results.read_rows(p)) == 1
     assert any("partial last line" in str(x.message) for x in w)
-    results.append_rows(p, [_row(backend="sdpa")])  # closes the broken line first
-    with pytest.raises(results.ResultsError, match=":2: not valid JSON"):
-        results.read_rows(p)  # the broken line is now in the middle: an error, not hidden
-    assert p.read_text().count("\n") == 3
+    with pytest.warns(UserWarning, match="cut off mid-write"):
+        results.append_rows(p, [_row(backend="sdpa")])  # moves the broken line aside first
+    assert [r.backend for r in results.read_rows(p)] == ["dense", "sdpa"]
+    assert (tmp_path / "r.jsonl.cut").read_text() == '{"batch": 2, "hea\n'
 
 
 def test_read_folder_skips_other_schemas(tmp_path):
