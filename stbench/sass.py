@@ -29,6 +29,8 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from stbench.kernels.sass_loops import innermost_loops
+
 N, H, D = 65536, 8, 64
 TARGET = GPUTarget("cuda", 90, 32)
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
@@ -177,21 +179,8 @@ def first_step_length(sass: str) -> int | None:
     """Instructions in one step of the kernel's first (FULL tile) loop: of the loops (spans
     closed by a backward branch) that issue matrix products, the innermost ones (holding no
     other such span), the first by address."""
-    ins = [(int(a, 16), t) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    index = {a: i for i, (a, _) in enumerate(ins)}
-    spans = []
-    for i, (a, txt) in enumerate(ins):
-        m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", txt)
-        top = int(m.group(1), 16) if m else None
-        if top is not None and top < a and top in index and any(
-                re.search(r"\b(HGMMA|HMMA)\b", t) for _, t in ins[index[top]: i + 1]):
-            spans.append((index[top], i))
-    inner = [(lo, hi) for lo, hi in spans
-             if not any((lo, hi) != (a, b) and lo <= a and b <= hi for a, b in spans)]
-    if not inner:
-        return None
-    lo, hi = min(inner)
-    return hi - lo + 1
+    loops = innermost_loops(sass, ("HGMMA", "HMMA"))
+    return len(loops[0]) if loops else None
 
 
 def measure_row(fn, sig, cx, ints, warps, stages, tmp: str) -> tuple[str, list]:

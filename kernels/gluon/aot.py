@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..sass_loops import innermost_loops
 from .config import GluonConfig, config_space
 from .forward import BLOCK_M, BLOCK_N, CONSUMER_WARPS, MAX_REGS, _fwd_kernel, smem_layout
 
@@ -87,18 +88,8 @@ def _opcode(text: str) -> str:
 def matrix_loops(sass: str) -> list[tuple[int, Counter]]:
     """Innermost loops (spans closed by a backward branch) that issue HGMMA: (instructions,
     opcode counts) of one step each, in address order."""
-    ins = [(int(a, 16), t.strip()) for a, t in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
-    index = {a: i for i, (a, _) in enumerate(ins)}
-    spans = []
-    for i, (a, text) in enumerate(ins):
-        m = re.search(r"\bBRA\b.*?0x([0-9a-f]+)", text)
-        top = int(m.group(1), 16) if m else None
-        if top is not None and top < a and top in index and any(
-                "HGMMA" in t for _, t in ins[index[top]: i + 1]):
-            spans.append((index[top], i))
-    inner = sorted((lo, hi) for lo, hi in spans
-                   if not any((lo, hi) != (a, b) and lo <= a and b <= hi for a, b in spans))
-    return [(hi - lo + 1, Counter(_opcode(t) for _, t in ins[lo: hi + 1])) for lo, hi in inner]
+    return [(len(loop), Counter(_opcode(t) for t in loop))
+            for loop in innermost_loops(sass, ("HGMMA",))]
 
 
 def inspect(kernel) -> Build:

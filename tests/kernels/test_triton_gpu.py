@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dense_check import check_against_dense
 from stbench import accuracy, layouts
 from stbench.reference import dense
 
@@ -26,25 +27,8 @@ DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _run(layout, dtype, head_dim, gen, batch=2, config=None, grads=True):
-    shape = (batch, layout.heads, layout.n_ctx, head_dim)
-    base = [torch.randn(shape, generator=gen) for _ in range(4)]
-    q, k, v, do = (t.cuda() for t in base)
-    scale = head_dim**-0.5
-    l64 = [t.double().requires_grad_() for t in (q, k, v)]
-    r64 = dense.attention(*l64, layout, scale)
-    lt = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    rt = dense.attention(*lt, layout, scale)
-    ins = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-    out = triton_backend.attention(*ins, layout, scale, config)
-    ok, err, tol = accuracy.within(out, r64, rt, dtype)
-    assert ok, f"forward {err:.3g} > {tol:.3g}"
-    if grads:
-        r64.backward(do.double())
-        rt.backward(do.to(dtype))
-        out.backward(do.to(dtype))
-        for name, a, b, c in zip("qkv", ins, l64, lt):
-            ok, err, tol = accuracy.within(a.grad, b.grad, c.grad, dtype)
-            assert ok, f"d{name} {err:.3g} > {tol:.3g}"
+    check_against_dense(triton_backend.attention, layout, dtype, head_dim, gen, batch, config,
+                        grads)
 
 
 # the smoke tier (-m smoke): every layout family in bf16
