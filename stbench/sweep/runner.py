@@ -47,6 +47,17 @@ def run_sweep(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: bool 
                            picks_path, only, skip_bad_lines)
 
 
+def measured_keys(out: Path, skip_bad_lines: bool = False) -> set:
+    """The row keys ``out`` (a results.jsonl) already holds, after repairing a last line cut off
+    by a killed writer and, with ``skip_bad_lines``, setting unreadable lines aside."""
+    if not out.exists():
+        return set()
+    results.repair_cut_line(out)
+    if skip_bad_lines:
+        results.set_bad_lines_aside(out)
+    return {r.key() for r in results.read_rows(out)}
+
+
 def lock_output(out_dir: Path) -> locks.FileLock:
     """Create ``out_dir`` and lock it for this sweep (``OUT/.work/sweep.lock``, released when the
     sweep ends or its process dies); SweepError names the live holder."""
@@ -74,12 +85,7 @@ def _run_locked(cfg, out_dir, resume, isolate, tune, max_minutes, device, progre
     picks = load_picks(picks_path) if picks_path else None
     use_interpreter_if_no_gpu(cfg)
     device = device or default_device()
-    done = set()
-    if out.exists():
-        results.repair_cut_line(out)
-        if skip_bad_lines:
-            results.set_bad_lines_aside(out)
-        done = {r.key() for r in results.read_rows(out)}
+    done = measured_keys(out, skip_bad_lines)
     groups, planned = [], 0
     for g in plan_groups(cfg):
         mine = [it for it in g.items if only is None or item_key(cfg, g, *it) in only]

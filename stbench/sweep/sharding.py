@@ -50,7 +50,7 @@ from pathlib import Path
 from stbench import backends, distributed, layouts, results, timing
 from stbench.sweep.config import (TUNE_CACHE, SweepConfig, SweepError, item_key, plan_groups,
                                   use_interpreter_if_no_gpu)
-from stbench.sweep.runner import lock_output, run_sweep
+from stbench.sweep.runner import lock_output, measured_keys, run_sweep
 from stbench.tuning import cache
 from stbench.tuning.precompile import COMPILED_BACKENDS
 
@@ -275,13 +275,7 @@ def run_sharded(cfg: SweepConfig, out_dir, *, resume: bool = False, isolate: boo
         merge_shards(cfg, out, ranks)
         plan = None
         if ranks.is_main:
-            target = out / results.RESULTS_FILE
-            done = set()
-            if target.exists():
-                results.repair_cut_line(target)
-                if skip_bad_lines:
-                    results.set_bad_lines_aside(target)
-                done = {r.key() for r in results.read_rows(target)}
+            done = measured_keys(out / results.RESULTS_FILE, skip_bad_lines)
             shares = plan_shares(cfg, done, ranks.world_size, ranks.device, tune)
             grid = sum(len(g.items) for g in plan_groups(cfg))
             plan = (shares, grid - sum(len(keys) for keys, _ in shares))
