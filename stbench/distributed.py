@@ -234,6 +234,10 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed import run
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    # the processes import the installed stbench, never a source folder in the current
+    # directory (python -P; a checkout's stbench/ lacks the kernels, layouts and reference
+    # that the install maps into it)
+    os.environ.setdefault("PYTHONSAFEPATH", "1")
     try:
         run.main(["--standalone", f"--nproc-per-node={nproc}", "--module", "stbench", *argv])
     except ChildFailedError as exc:

@@ -56,8 +56,19 @@ class PlanMismatch(TreeError):
 
 
 def repo_root() -> Path:
-    """The checkout this stbench is imported from (an editable install's source folder)."""
-    return Path(__file__).resolve().parents[2]
+    """The checkout whose revisions and kernels a command reads by default: the source folder
+    of an editable install (the checkout this stbench is imported from), else the git checkout
+    holding the current directory (a regular install run from a checkout), else the current
+    directory."""
+    source = Path(__file__).resolve().parents[2]
+    if (source / KERNELS / "__init__.py").is_file():
+        return source
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
+                             text=True, timeout=GIT_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return Path.cwd()
+    return Path(top.stdout.strip()) if top.returncode == 0 else Path.cwd()
 
 
 def git(args: list[str], root: Path) -> subprocess.CompletedProcess:

@@ -91,7 +91,7 @@ def test_aot_build_sm90(cfg):
     from stbench.kernels.gluon.forward import SMEM_LIMIT
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "stbench.kernels.gluon.aot", "--json",
+    run = subprocess.run([sys.executable, "-P", "-m", "stbench.kernels.gluon.aot", "--json",
                           json.dumps(cfg), "64"], capture_output=True, text=True, env=env,
                          timeout=AOT_TIMEOUT_S)
     assert run.returncode == 0, run.stderr[-2000:]

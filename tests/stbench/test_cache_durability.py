@@ -38,7 +38,7 @@ def _entry(**kw):
 
 def test_saves_from_two_processes_at_once_are_all_kept(tmp_path):
     path, go = tmp_path / "tune.json", tmp_path / "go"
-    procs = [subprocess.Popen([sys.executable, "-c", SAVER, str(path), f"p{w}",
+    procs = [subprocess.Popen([sys.executable, "-P", "-c", SAVER, str(path), f"p{w}",
                                str(SAVES_PER_PROCESS), str(go), str(START_WAIT_S)])
              for w in range(PROCESSES)]
     go.touch()

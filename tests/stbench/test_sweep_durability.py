@@ -118,7 +118,7 @@ def test_a_sweep_killed_by_sigkill_resumes_and_reports(tmp_path):
     config.write_text(_config_text())
     out = tmp_path / "out"
     argv = ["sweep", "--config", str(config), "--out", str(out), "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-c", STALLING_SWEEP, *argv],
+    proc = subprocess.Popen([sys.executable, "-P", "-c", STALLING_SWEEP, *argv],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res = out / results.RESULTS_FILE
     deadline = time.time() + KILL_WAIT_S
