@@ -257,9 +257,9 @@ def cmd_check(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "check", help="every available backend against the dense reference on random layouts",
-        description="Check every backend against the dense reference: each layout generator "
-        "at a small N plus random token masks with empty rows (one with a token permutation), "
-        "forward and gradients, in each dtype, from seeded N(0, 1) inputs. A result in dtype T "
+        description="Check every backend against the dense reference on the shared "
+        "conformance layouts (stbench.layouts.cases: every generator family, partial blocks, a "
+        "token permutation, empty rows), forward and gradients, in each dtype, from seeded N(0, 1) inputs. A result in dtype T "
         "passes when err(out, ref64) <= 2 * err(ref_T, ref64) + floor[T] (stbench.accuracy). "
         "Backends that cannot run here are listed as skipped with the reason. Exit code 1 when "
         "any check fails.",
