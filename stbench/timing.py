@@ -3,7 +3,10 @@
 ``bench(fn)`` follows ``triton.testing.do_bench``: one untimed call, a runtime estimate from a few
 calls, a warm-up of ``warmup_ms``, then ``rep_ms`` worth of repetitions, each timed on its own
 (CUDA events around the call, the L2 cache flushed before it by writing a 256 MB buffer), and the
-median with the 20th / 80th percentiles. On the CPU (no CUDA device, or ``device='cpu'``) the same
+median with the 20th / 80th percentiles. ``hide_host=True`` measures device time only: each
+repetition's start event is queued behind a spin kernel that outlasts the call's host work
+(Python, checks, launches), so the kernels run back to back and host jitter never enters the
+interval; the kernel-regression gates time this way (a call's host overhead is not a kernel's). On the CPU (no CUDA device, or ``device='cpu'``) the same
 interface times with ``time.perf_counter`` and does not flush caches.
 
 Compilation and planning happen on a kernel's first call; ``time_prepare`` (or ``timed_call``)
@@ -30,6 +33,8 @@ FWD_BWD_FACTOR = 3.5  # forward 2 matmuls, backward 5 (dV, dP, dS->dQ, dK, recom
 FLOPS_PER_PAIR_PER_DIM = 4  # 2 multiply-adds (q.k and p*v) = 4 flops per (q, k) pair per dim
 L2_FLUSH_BYTES = 256 * 1024 * 1024  # larger than any GPU's L2 (H200: 60 MB), as do_bench does
 ESTIMATE_CALLS = 5  # calls used to estimate one call's runtime (do_bench uses 5)
+SPIN_CALIBRATION_CYCLES = 10_000_000  # about 5 ms at 2 GHz
+_SPIN_RATE: dict[int, float] = {}  # device index -> torch.cuda._sleep cycles per ms
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ def bench(
     max_reps: int = 10_000,
     grad_to_none: Sequence[torch.Tensor] | None = None,
     device=None,
+    hide_host: bool = False,
 ) -> Timing:
     """Time ``fn()`` (a zero-argument callable that launches the work).
 
@@ -95,7 +101,8 @@ def bench(
     ``warmup`` / ``rep``); the repetition count is ``clamp(rep_ms / estimate, min_reps,
     max_reps)``. grad_to_none: tensors whose ``.grad`` is reset before each repetition (a
     forward+backward closure must not accumulate gradients). device: where ``fn`` runs (default:
-    CUDA if available). Returns median, low and high quantiles in ms.
+    CUDA if available). hide_host: device time only (module docstring; CUDA only). Returns
+    median, low and high quantiles in ms.
     """
     _check_quantiles(quantiles)
     if warmup_ms < 0 or rep_ms <= 0:
@@ -103,7 +110,8 @@ def bench(
     if not 1 <= min_reps <= max_reps:
         raise ValueError(f"need 1 <= min_reps={min_reps} <= max_reps={max_reps}")
     if _use_cuda(device):
-        times = _bench_cuda(fn, warmup_ms, rep_ms, flush_l2, min_reps, max_reps, grad_to_none)
+        times = _bench_cuda(fn, warmup_ms, rep_ms, flush_l2, min_reps, max_reps, grad_to_none,
+                            hide_host)
         return summarize(times, quantiles, "cuda")
     times = _bench_cpu(fn, warmup_ms, rep_ms, min_reps, max_reps, grad_to_none)
     return summarize(times, quantiles, "cpu")
@@ -115,7 +123,30 @@ def _reset_grads(grad_to_none) -> None:
             t.grad = None
 
 
-def _bench_cuda(fn, warmup_ms, rep_ms, flush_l2, min_reps, max_reps, grad_to_none) -> list[float]:
+def spin_cycles_per_ms() -> float:
+    """GPU clock cycles of ``torch.cuda._sleep`` per millisecond on the current device,
+    measured once (a 1 M-cycle spin timed by CUDA events) and cached per device."""
+    index = torch.cuda.current_device()
+    rate = _SPIN_RATE.get(index)
+    if rate is None:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1000)  # load the spin kernel outside the measurement
+        start.record()
+        torch.cuda._sleep(SPIN_CALIBRATION_CYCLES)
+        end.record()
+        end.synchronize()
+        rate = _SPIN_RATE[index] = SPIN_CALIBRATION_CYCLES / max(start.elapsed_time(end), 1e-3)
+    return rate
+
+
+def host_hiding_spin(host_ms: Sequence[float]) -> int:
+    """Spin cycles that outlast a call whose host work took ``host_ms`` (a few samples, ms):
+    twice the slowest plus 50 us, so its launches are all queued before the spin ends."""
+    return int((2.0 * max(host_ms) + 0.05) * spin_cycles_per_ms())
+
+
+def _bench_cuda(fn, warmup_ms, rep_ms, flush_l2, min_reps, max_reps, grad_to_none,
+                hide_host=False) -> list[float]:
     sync = torch.cuda.synchronize
     _reset_grads(grad_to_none)
     fn()
@@ -129,11 +160,14 @@ def _bench_cuda(fn, warmup_ms, rep_ms, flush_l2, min_reps, max_reps, grad_to_non
             cache.zero_()
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    host_ms = []
     start.record()
     for _ in range(ESTIMATE_CALLS):
         _reset_grads(grad_to_none)
         flush()
+        t = time.perf_counter()
         fn()
+        host_ms.append((time.perf_counter() - t) * 1e3)
     end.record()
     sync()
     # The estimate includes the flush, as in do_bench: the counts below stay conservative.
@@ -145,9 +179,12 @@ def _bench_cuda(fn, warmup_ms, rep_ms, flush_l2, min_reps, max_reps, grad_to_non
         fn()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_repeat)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_repeat)]
+    spin = host_hiding_spin(host_ms) if hide_host else 0
     for i in range(n_repeat):
         _reset_grads(grad_to_none)
         flush()
+        if spin:
+            torch.cuda._sleep(spin)
         starts[i].record()
         fn()
         ends[i].record()
@@ -223,9 +260,9 @@ def host_device_split(fn: Callable[[], object], reps: int = 30,
         host.append((time.perf_counter() - t) * 1e3)
     sync()
     host_ms = _quantile(sorted(host), 0.5)
-    # spin 4x the slowest host call (at least 1 ms) at an assumed 2 GHz clock, so the whole
-    # call is queued before the spin ends
-    cycles = int(max(1.0, 4 * max(host)) * 2e6)
+    # spin 4x the slowest host call (at least 1 ms), so the whole call is queued before the
+    # spin ends
+    cycles = int(max(1.0, 4 * max(host)) * spin_cycles_per_ms())
     device = []
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     for _ in range(reps):

@@ -4,7 +4,7 @@ Runs where the hand-scheduled Hopper forward applies: CUDA tensors on an sm_90 G
 bfloat16, head dims 64 and 128, layouts at block 128 without a token permutation (every key
 tile one TMA box of consecutive rows). Elsewhere ``check_available`` / ``supports`` say why,
 and the Triton backend runs those problems. The backward reuses the Triton backend's kernels
-(kernels/gluon/op.py).
+with the backward fields of its config (kernels/gluon/config.py, kernels/gluon/op.py).
 """
 
 from __future__ import annotations
@@ -91,5 +91,4 @@ def prepare(layout, q: torch.Tensor, config: dict | None = None, backward: bool 
     from .op import prepare as prepare_op
 
     _check(q, layout)
-    resolve_config(q.shape[-1], config)
-    prepare_op(layout, q, backward)
+    prepare_op(layout, q, resolve_config(q.shape[-1], config), backward)

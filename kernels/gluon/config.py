@@ -4,7 +4,8 @@ A CTA owns 128 query rows (two consumer warpgroups of 64) and walks 128-key tile
 block each). What is tunable is the schedule: the depth of the K / V ring, whether the two
 consumers take turns to issue their products (ping-pong), where P waits for its P V product
 (registers or shared memory). The backward runs the Triton backend's kernels
-at that backend's default config (kernels/triton/config.py). Measurements: NOTES.md.
+(kernels/triton/backward.py) with the backward fields of a Triton KernelConfig, which this
+config carries under the same names (``BWD_KEYS``). Measurements: NOTES.md.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import itertools
 from dataclasses import asdict, dataclass, fields
 
 STAGES = (2, 3)
+# the Triton backward's fields (kernels/triton/config.py), passed to it as they are
+BWD_KEYS = ("BWD_BLOCK_M", "BWD_BLOCK_N", "bwd_warps", "bwd_stages", "DQ_BLOCK_N",
+            "DKV_BLOCK_M", "dq_atomic")
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,14 @@ class GluonConfig:
     # P_i as the A operand of P_i V_i: False: registers; True: a shared-memory slot (ptxas
     # keeps the register form's softmax behind the previous P V's wait: NOTES.md)
     p_smem: bool = True
+    # the backward (the Triton backend's kernels and fields; defaults: NOTES.md, "The backward")
+    BWD_BLOCK_M: int = 128
+    BWD_BLOCK_N: int = 128
+    bwd_warps: int = 8
+    bwd_stages: int = 2
+    DQ_BLOCK_N: int = 0
+    DKV_BLOCK_M: int = 0
+    dq_atomic: bool = False
 
     def __post_init__(self):
         if self.stages not in STAGES:
@@ -29,6 +41,10 @@ class GluonConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def backward_config(self) -> tuple:
+        """The Triton backward's fields, as sorted (key, value) pairs (hashable)."""
+        return tuple(sorted((k, getattr(self, k)) for k in BWD_KEYS))
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GluonConfig":

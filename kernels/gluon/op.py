@@ -1,5 +1,5 @@
-"""The Gluon forward with autograd: the backward runs the Triton backend's dQ and dK/dV kernels
-(kernels/triton/backward.py) at that backend's default config, from this forward's output and
+"""The Gluon forward with autograd: the backward runs the Triton backend's kernels
+(kernels/triton/backward.py) with the config's backward fields, from this forward's output and
 base-2 log-sum-exp (the same LSE2 the Triton forward saves)."""
 
 from __future__ import annotations
@@ -26,18 +26,19 @@ def _forward_plan(layout: Layout, device: str):
 
 
 @functools.lru_cache(maxsize=64)
-def _backward_plan(layout: Layout, head_dim: int, dtype: torch.dtype, device: str):
-    """(Triton KernelConfig, dQ tiles, dK/dV tiles) of the backward, cached."""
-    cfg = triton_backend.resolve_config(layout, head_dim, dtype, None)
+def _backward_plan(layout: Layout, head_dim: int, dtype: torch.dtype, device: str, bwd: tuple):
+    """(Triton KernelConfig, dQ tiles, dK/dV tiles) of the backward (``bwd``:
+    GluonConfig.backward_config()), cached."""
+    cfg = triton_backend.resolve_config(layout, head_dim, dtype, dict(bwd))
     _, _, tq, tk = triton_op.prepare(layout, cfg, device, backward_too=True)
     return cfg, tq, tk
 
 
-def prepare(layout: Layout, q: torch.Tensor, backward: bool = True) -> None:
+def prepare(layout: Layout, q: torch.Tensor, cfg: GluonConfig, backward: bool = True) -> None:
     """Build the plan and tile lists (cached) ahead of timing."""
     _forward_plan(layout, str(q.device))
     if backward:
-        _backward_plan(layout, q.shape[-1], q.dtype, str(q.device))
+        _backward_plan(layout, q.shape[-1], q.dtype, str(q.device), cfg.backward_config())
 
 
 class GluonAttention(torch.autograd.Function):
@@ -47,14 +48,14 @@ class GluonAttention(torch.autograd.Function):
         plan, tiles = _forward_plan(layout, str(q.device))
         out, lse2 = forward(q, k, v, plan, tiles, scale, cfg)
         ctx.save_for_backward(q, k, v, out, lse2)
-        ctx.layout, ctx.scale, ctx.plan = layout, scale, plan
+        ctx.layout, ctx.scale, ctx.plan, ctx.bwd = layout, scale, plan, cfg.backward_config()
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse2 = ctx.saved_tensors
         plan = ctx.plan
-        cfg, tq, tk = _backward_plan(ctx.layout, q.shape[-1], q.dtype, str(q.device))
+        cfg, tq, tk = _backward_plan(ctx.layout, q.shape[-1], q.dtype, str(q.device), ctx.bwd)
         dq, dk, dv = triton_backward(dout.contiguous(), q, k, v, out, lse2, plan, tq, tk,
                                      ctx.scale, cfg)
         return dq, dk, dv, None, None, None

@@ -36,7 +36,8 @@ interpret.apply()
 
 
 @triton.jit
-def _delta_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
+def _delta_kernel(O, DO, DELTA, LSE2, LSE_BWD, n_rows, HEAD_DIM: tl.constexpr,
+                  ROWS: tl.constexpr, WITH_LSE: tl.constexpr):
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     d = tl.arange(0, HEAD_DIM)
     ok = r < n_rows
@@ -44,6 +45,9 @@ def _delta_kernel(O, DO, DELTA, n_rows, HEAD_DIM: tl.constexpr, ROWS: tl.constex
     o = tl.load(O + off, mask=ok[:, None], other=0.0).to(tl.float32)
     do = tl.load(DO + off, mask=ok[:, None], other=0.0).to(tl.float32)
     tl.store(DELTA + r, tl.sum(o * do, 1), mask=ok)
+    if WITH_LSE:  # LSE_BWD as the dQ kernel writes it (empty rows: +inf, so p = 0)
+        lse = tl.load(LSE2 + r, mask=ok, other=0.0)
+        tl.store(LSE_BWD + r, tl.where(lse == float("-inf"), float("inf"), lse), mask=ok)
 
 
 @triton.jit
@@ -101,11 +105,11 @@ def _dq_kernel(
 
 @triton.jit
 def _dkdv_tile(
-    dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols, tmask, masks, perm, pp, N,
-    qk_scale2,
+    dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, DQACC, base, rbase, kpos, cols, tmask, masks, perm,
+    pp, N, qk_scale2,
     MODE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    KT: tl.constexpr,
+    KT: tl.constexpr, DQ_ATOMIC: tl.constexpr,
 ):
     """dK, dV contributions of one gathered query tile; MODE as in _dq_tile. KT: dk, dv are
     held transposed, [HEAD_DIM, BLOCK_N], and the scores as [BLOCK_M, BLOCK_N] (queries x
@@ -125,8 +129,11 @@ def _dkdv_tile(
         p = tl.math.exp2(s - lse[:, None])
         dv += tl.dot(tl.trans(do), p.to(do.dtype), input_precision=IN_PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=IN_PREC)
-        ds = p * (dp - delta[:, None])
-        dk += tl.dot(tl.trans(q), ds.to(q.dtype), input_precision=IN_PREC)
+        ds = (p * (dp - delta[:, None])).to(q.dtype)
+        dk += tl.dot(tl.trans(q), ds, input_precision=IN_PREC)
+        if DQ_ATOMIC:
+            _add_dq(DQACC, tl.dot(ds, k, input_precision=IN_PREC), base, qtok, ok, MODE,
+                    HEAD_DIM)
     else:
         st = tl.dot(k, tl.trans(q), input_precision=IN_PREC) * qk_scale2
         st = apply_mask(st, e, tmask, masks, kpos, qpos, ok, MODE, True, BLOCK_N, BLOCK_M,
@@ -134,20 +141,34 @@ def _dkdv_tile(
         pt = tl.math.exp2(st - lse[None, :])
         dv += tl.dot(pt.to(do.dtype), do, input_precision=IN_PREC)
         dpt = tl.dot(v, tl.trans(do), input_precision=IN_PREC)
-        dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(q.dtype), q, input_precision=IN_PREC)
+        dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+        dk += tl.dot(dst, q, input_precision=IN_PREC)
+        if DQ_ATOMIC:
+            _add_dq(DQACC, tl.dot(tl.trans(dst), k, input_precision=IN_PREC), base, qtok, ok,
+                    MODE, HEAD_DIM)
     return dk, dv
 
 
 @triton.jit
+def _add_dq(DQACC, dq, base, qtok, ok, MODE: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """dQ of the tile's query rows += dq ([rows, HEAD_DIM] fp32, unscaled) by atomic adds
+    (pads, ``ok`` False, skipped)."""
+    off = base + qtok[:, None] * HEAD_DIM + tl.arange(0, HEAD_DIM)[None, :]
+    if MODE == 0:
+        tl.atomic_add(DQACC + off, dq, sem="relaxed")
+    else:
+        tl.atomic_add(DQACC + off, dq, mask=ok[:, None], sem="relaxed")
+
+
+@triton.jit
 def _dkdv_kernel(
-    Q, K, V, DO, LSE_BWD, DELTA, DK, DV, DK_PREV, DV_PREV,
+    Q, K, V, DO, LSE_BWD, DELTA, DK, DV, DK_PREV, DV_PREV, DQACC,
     head_pattern, pattern_perm, perm,
     ptr, split, cols, tmask, masks,
     qk_scale2, scale, N, H, n_t,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIT: tl.constexpr, G: tl.constexpr, HAS_PERM: tl.constexpr, IN_PREC: tl.constexpr,
-    ACCUM: tl.constexpr, KT: tl.constexpr,
+    ACCUM: tl.constexpr, KT: tl.constexpr, DQ_ATOMIC: tl.constexpr,
 ):
     # program t: key tile of BLOCK_N positions
     t, bh, pat, pp, rbase, base, d, kpos, ktok = tile_prologue(
@@ -165,9 +186,10 @@ def _dkdv_kernel(
     bounds = tile_bounds(ptr, split, pat, t, n_t)
     for MODE in tl.static_range(3):  # FULL, CAUSAL, MASKED tiles: one specialised loop each
         for e in range(bounds[MODE], bounds[MODE + 1]):
-            dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, base, rbase, kpos, cols,
-                                tmask, masks, perm, pp, N, qk_scale2, MODE, HEAD_DIM, BLOCK_N,
-                                BLOCK_M, UNIT, G, HAS_PERM, IN_PREC, KT)
+            dk, dv = _dkdv_tile(dk, dv, k, v, e, Q, DO, LSE_BWD, DELTA, DQACC, base, rbase,
+                                kpos, cols, tmask, masks, perm, pp, N, qk_scale2, MODE,
+                                HEAD_DIM, BLOCK_N, BLOCK_M, UNIT, G, HAS_PERM, IN_PREC, KT,
+                                DQ_ATOMIC)
     dk = dk * scale
     if ACCUM:
         dk += tl.load(DK_PREV + out)
@@ -182,9 +204,22 @@ def delta_of(out, do) -> torch.Tensor:
     delta = torch.empty((B, H, N), device=out.device, dtype=torch.float32)
     n_rows = B * H * N
     _delta_kernel[(triton.cdiv(n_rows, DELTA_ROWS),)](
-        out, do, delta, n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS
+        out, do, delta, delta, delta, n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS, WITH_LSE=False
     )
     return delta
+
+
+def rows_of(out, do, lse2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(delta, LSE_BWD), fp32 [B, H, N] each, in one launch: delta = rowsum(dO * O) and lse2
+    with an empty row's -inf made +inf (what the dQ kernel stores for the dK/dV kernel)."""
+    B, H, N, D = out.shape
+    delta = torch.empty((B, H, N), device=out.device, dtype=torch.float32)
+    lse_bwd = torch.empty_like(delta)
+    n_rows = B * H * N
+    _delta_kernel[(triton.cdiv(n_rows, DELTA_ROWS),)](
+        out, do, delta, lse2, lse_bwd, n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS, WITH_LSE=True
+    )
+    return delta, lse_bwd
 
 
 def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, delta=None,
@@ -194,14 +229,20 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
     ``delta``: precomputed rowsum(dO * O) (default: the dQ kernel computes it for its own
     rows and stores it for the dK/dV kernel, launched after it on the same stream: two
     launches, not three); ``grad_dtype``: the gradients' dtype (default q's; fp32 for a first
-    part); ``prev``: fp32 (dq, dk, dv) of an earlier disjoint part to add."""
+    part); ``prev``: fp32 (dq, dk, dv) of an earlier disjoint part to add.
+    ``cfg.dq_atomic``: no dQ kernel; the dK/dV kernel adds each tile's dS K into an fp32 dQ by
+    atomic adds, after one launch that writes delta and LSE_BWD (``rows_of``)."""
     B, H, N, D = q.shape
-    delta_here = delta is None
-    if delta_here:
-        delta = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     gd = grad_dtype or q.dtype
-    lse_bwd = torch.empty_like(lse2)  # lse2 with +inf on empty rows (from the dQ kernel)
-    dq = torch.empty(q.shape, device=q.device, dtype=gd)
+    delta_here = delta is None and not cfg.dq_atomic
+    if cfg.dq_atomic:
+        delta, lse_bwd = rows_of(out, do, lse2)  # a given delta is the same rowsum
+        dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
+    else:
+        if delta_here:
+            delta = torch.empty((B, H, N), device=q.device, dtype=torch.float32)
+        lse_bwd = torch.empty_like(lse2)  # lse2 with +inf on empty rows (from the dQ kernel)
+        dq = torch.empty(q.shape, device=q.device, dtype=gd)
     dk = torch.empty(q.shape, device=q.device, dtype=gd)
     dv = torch.empty(q.shape, device=q.device, dtype=gd)
     dq_p, dk_p, dv_p = prev if prev is not None else (dq, dk, dv)
@@ -211,22 +252,28 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
     common = dict(HAS_PERM=has_perm, IN_PREC=cfg.in_prec(q.dtype), ACCUM=prev is not None,
                   num_warps=cfg.bwd_warps, num_stages=cfg.bwd_stages)
     tq = tiles_q
-    _dq_kernel[(tq.n_tiles, B * H)](
-        q, k, v, out, do, lse2, delta, lse_bwd, dq, dq_p,
-        plan.head_pattern, plan.pattern_perm, perm,
-        tq.ptr, tq.split, tq.cols, tq.tmask, tq.masks,
-        scale * LOG2E, scale, N, H, tq.n_tiles,
-        HEAD_DIM=D, BLOCK_M=tq.tile_major, BLOCK_N=tq.tile_minor,
-        UNIT=tq.unit, G=tq.tile_minor // tq.unit, DELTA_HERE=delta_here, **common,
-    )
+    if not cfg.dq_atomic:
+        _dq_kernel[(tq.n_tiles, B * H)](
+            q, k, v, out, do, lse2, delta, lse_bwd, dq, dq_p,
+            plan.head_pattern, plan.pattern_perm, perm,
+            tq.ptr, tq.split, tq.cols, tq.tmask, tq.masks,
+            scale * LOG2E, scale, N, H, tq.n_tiles,
+            HEAD_DIM=D, BLOCK_M=tq.tile_major, BLOCK_N=tq.tile_minor,
+            UNIT=tq.unit, G=tq.tile_minor // tq.unit, DELTA_HERE=delta_here, **common,
+        )
     tk = tiles_k
     _dkdv_kernel[(tk.n_tiles, B * H)](
-        q, k, v, do, lse_bwd, delta, dk, dv, dk_p, dv_p,
+        q, k, v, do, lse_bwd, delta, dk, dv, dk_p, dv_p, dq,
         plan.head_pattern, plan.pattern_perm, perm,
         tk.ptr, tk.split, tk.cols, tk.tmask,
         tk.masks_swapped if kt else tk.masks,
         scale * LOG2E, scale, N, H, tk.n_tiles,
         HEAD_DIM=D, BLOCK_N=tk.tile_major, BLOCK_M=tk.tile_minor,
-        UNIT=tk.unit, G=tk.tile_minor // tk.unit, KT=kt, **common,
+        UNIT=tk.unit, G=tk.tile_minor // tk.unit, KT=kt, DQ_ATOMIC=cfg.dq_atomic, **common,
     )
+    if cfg.dq_atomic:
+        dq = dq.mul_(scale)
+        if prev is not None:
+            dq += prev[0]
+        dq = dq.to(gd)
     return dq, dk, dv

@@ -44,6 +44,9 @@ class KernelConfig:
     # needs 64 rows a warpgroup) rather than mma.sync. None: transposed exactly there
     # (16-bit, key tile < 64; ``dkv_transposed_for``), where it measured faster (H200)
     dkv_transposed: bool | None = None
+    # dQ without its own kernel: the dK/dV kernel adds each tile's dS K into an fp32 dQ by
+    # atomic adds (P recomputed once, not twice; dQ's summation order then varies run to run)
+    dq_atomic: bool = False
 
     def __post_init__(self):
         if self.fwd_loads not in FWD_LOADS:
@@ -203,10 +206,14 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     )
     tma = (c for c in tma if head_dim <= 64 and dtype != torch.float32
            and tma_tiles_fit(layout, c.BLOCK_M, c.BLOCK_N))
+    # dQ by atomic adds, on the default and the largest backward tiles (one launch and one
+    # recomputation of P fewer; on causal and fixed at N = 65536 0.6-5% slower: NOTES.md)
+    atomic = (KernelConfig(**{**default.as_dict(), "dq_atomic": True, **extra})
+              for extra in ({}, {"BWD_BLOCK_M": 128, "BWD_BLOCK_N": 128, "bwd_warps": 8}))
     split = ()
     if default.split_union:  # the unsplit form too (the tuner measures what the split buys)
         split = (KernelConfig(**{**default.as_dict(), "split_union": False}),)
-    for cfg in itertools.chain(split, fwd, bwd, asym, tma):
+    for cfg in itertools.chain(split, fwd, bwd, asym, atomic, tma):
         if cfg not in seen and _ok(cfg, layout.n_ctx, head_dim, dtype):
             seen.add(cfg)
             out.append(cfg.as_dict())

@@ -53,6 +53,7 @@ def regress(entries, side, device, settings, baseline_path, *, update: bool, run
         return 0
     base = baseline.read(baseline_path)
     baseline.check_gpu(base, env.to_dict())
+    baseline.check_timer(base, settings.to_dict()["bench"])
     notes = [f"baseline {base_path_label(base)}"]
     notes += [f"environment changed: {d}" for d in baseline.env_differences(base.env,
                                                                              env.to_dict())]

@@ -8,11 +8,6 @@ measure the tuner against exhaustive search.
     stbench tune --list                                             # what the cache holds
     stbench tune --layout causal --n-ctx 65536 --backends triton --rows ab.jsonl \\
         --configs null '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'   # these, side by side
-
-``--configs`` measures exactly the configurations given (JSON; null: the backend's default) of
-each backend, each checked against the dense reference first and then timed with the sweep's
-timer, prints them side by side and appends one row per (backend, config) to ``--rows`` (the
-result schema; failures are rows); it caches nothing unless ``--cache`` is given.
     stbench tune --export-picks reports/standard/h200 reports/standard-picks/h200 --gpu h200
 
 The search starts from the best known configurations of each backend (``--no-seeds``: without

@@ -146,6 +146,19 @@ def env_differences(baseline_env: dict, env: dict) -> list[str]:
             if baseline_env.get(k) != env.get(k)]
 
 
+def check_timer(baseline: Baseline, bench: dict) -> None:
+    """BaselineError when the baseline's timer differs from this run's (``hide_host``: device
+    time only, or the call's host work included): their times are not comparable."""
+    def timer(b: dict) -> str:
+        return "device time" if b.get("hide_host", False) else "host work included"
+
+    then, now = timer(baseline.settings.get("bench", {})), timer(bench)
+    if then != now:
+        raise BaselineError(
+            f"{baseline.path}: timed with {then}, this run times with {now}: write a new "
+            "baseline with --update-baseline")
+
+
 def check_gpu(baseline: Baseline, env: dict) -> None:
     """BaselineError when the baseline was measured on another GPU model."""
     if baseline.env.get("gpu") != env.get("gpu"):

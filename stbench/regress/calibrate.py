@@ -90,7 +90,8 @@ def time_reference(ref: Reference, device, settings: BenchSettings) -> float | N
     try:
         t = timing.bench(ref.run, warmup_ms=settings.warmup_ms, rep_ms=settings.rep_ms,
                          flush_l2=settings.flush_l2, min_reps=settings.min_reps,
-                         grad_to_none=list(ref.grads) or None, device=device)
+                         grad_to_none=list(ref.grads) or None, device=device,
+                         hide_host=settings.hide_host)
     except Exception:  # noqa: BLE001 - a failing reference drops out of the unit
         return None
     finally:

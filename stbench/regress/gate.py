@@ -34,7 +34,7 @@ from .sample import (
     CHECK_ROWS, Outcome, check_side, make_inputs, make_reference, time_side,
 )
 
-GATE_BENCH = BenchSettings(warmup_ms=10, rep_ms=25)
+GATE_BENCH = BenchSettings(warmup_ms=10, rep_ms=25, hide_host=True)  # device time
 DEFAULT_PASSES = 3
 DEFAULT_FLOOR = 0.03
 DEFAULT_K = 3.0

@@ -68,7 +68,7 @@ def bench_settings(args) -> BenchSettings:
         raise OptionError(f"--warmup-ms {args.warmup_ms} must be >= 0")
     if not args.rep_ms > 0:
         raise OptionError(f"--rep-ms {args.rep_ms} must be > 0")
-    return BenchSettings(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms)
+    return BenchSettings(warmup_ms=args.warmup_ms, rep_ms=args.rep_ms, hide_host=True)
 
 
 def check_rows(args) -> int | None:

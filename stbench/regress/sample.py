@@ -117,7 +117,7 @@ def time_side(module, problem: Problem, layout, inputs: Inputs, device,
     try:
         t = timing.bench(run, warmup_ms=settings.warmup_ms, rep_ms=settings.rep_ms,
                          flush_l2=settings.flush_l2, min_reps=settings.min_reps,
-                         grad_to_none=grads, device=device)
+                         grad_to_none=grads, device=device, hide_host=settings.hide_host)
     except Exception as exc:  # noqa: BLE001
         return Outcome(classify_exception(exc), error=f"bench: {one_line(exc)}")
     finally:

@@ -42,7 +42,7 @@ OBJECTIVES = ("time", "memory", "time_under_budget")
 TUNE_SETTINGS = BenchSettings(warmup_ms=10, rep_ms=40)  # per candidate while searching
 FINAL_SETTINGS = BenchSettings(warmup_ms=25, rep_ms=100, check=False)  # re-timing the best
 REFINE_TOP = 3
-BWD_PREFIXES = ("bwd", "BWD")
+BWD_PREFIXES = ("bwd", "BWD", "DQ_", "DKV_", "dq_", "dkv_")  # backward-only config keys
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class BenchSettings:
     flush_l2: bool = True
     check: bool = True
     min_reps: int = 3
+    hide_host: bool = False  # device time only (timing.bench): the regression gates' timer
 
 
 def classify_exception(exc: BaseException) -> str:

@@ -8,12 +8,18 @@ shared numerator of stbench.timing), peak memory, the layout and its block, the 
     pytest -m benchmark tests/benchmarks --benchmark-compare \\
         --benchmark-compare-fail=median:5%                                 # against the last
 
+``STBENCH_KERNELS_DIR=PATH`` times another kernel tree (a checkout, or its kernels folder;
+``stbench regress --kernels-dir``'s loader) instead of the installed kernels: a planted fault
+(``python -m stbench.regress.plant``) against a save of the installed ones.
+
 Marked ``gpu`` (skipped without CUDA, with the reason) and pytest-benchmark's ``benchmark``
 (run it without xdist: the plugin does not time under ``-n``). The same-run gate with drift
 taken out is ``stbench regress``; this module is for users of pytest-benchmark's own tooling.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -28,13 +34,37 @@ pytestmark = [pytest.mark.gpu, pytest.mark.benchmark(group="kernels")]
 ENTRIES = regress_entries()
 
 
+def _resolved_config(module, backend: str, layout, prob, device) -> dict | str:
+    """The configuration the backend runs when given none (its default, or its shipped pick),
+    as a dict; "backend default" for the peers, which take no configuration."""
+    if backend == "triton":
+        return module.resolve_config(layout, prob.head_dim, prob.torch_dtype, None).as_dict()
+    if backend == "gluon":
+        return module.resolve_config(prob.head_dim, None).as_dict()
+    if backend == "cupy":
+        cap = torch.cuda.get_device_capability(device)
+        return module.resolve_config(None, layout.block, prob.head_dim, prob.torch_dtype, cap)
+    return "backend default"
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    """The side under test: the installed kernels, or the tree of ``STBENCH_KERNELS_DIR``."""
+    from stbench.regress import trees
+
+    path = os.environ.get("STBENCH_KERNELS_DIR")
+    side = trees.KernelTree.from_dir(path) if path else trees.InstalledKernels()
+    yield side
+    side.close()
+
+
 @pytest.fixture(scope="module")
 def flush_buffer():
     return torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=lambda e: e.key.replace("|", "-"))
-def test_kernel(entry, benchmark, flush_buffer):
+def test_kernel(entry, benchmark, flush_buffer, kernels):
     pytest.importorskip("pytest_benchmark")
     from stbench import backends, timing
     from stbench.regress.devclock import DeviceClock
@@ -45,7 +75,7 @@ def test_kernel(entry, benchmark, flush_buffer):
 
     device, prob = torch.device("cuda"), entry.problem
     try:
-        module = backends.load(entry.backend)
+        module = kernels.module(entry.backend)
     except backends.BackendUnavailable as exc:
         pytest.skip(str(exc))
     layout = prob.build_layout()
@@ -76,5 +106,5 @@ def test_kernel(entry, benchmark, flush_buffer):
         backend=entry.backend, layout=prob.layout.name, block=layout.block,
         block_density=layout.block_density, n_ctx=prob.n_ctx, batch=prob.batch,
         heads=prob.heads, head_dim=prob.head_dim, dtype=prob.dtype, mode=prob.mode,
-        config={}, tflops=timing.tflops(flops, median_ms), peak_bytes=timing.peak_memory(run),
+        config=_resolved_config(module, entry.backend, layout, prob, device), tflops=timing.tflops(flops, median_ms), peak_bytes=timing.peak_memory(run),
         err=outcome.err, tol=outcome.tol, timer="cuda events")

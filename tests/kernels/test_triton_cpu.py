@@ -58,8 +58,12 @@ def _check(layout: Layout, gen, device, config=None, batch=1, head_dim=32, dtype
         # dK/dV held as [D, keys] (scores as queries x keys), under 128- and 16-query tiles
         dict(BWD_BLOCK_M=64, BWD_BLOCK_N=32, DKV_BLOCK_M=128, dkv_transposed=True),
         dict(BWD_BLOCK_M=16, BWD_BLOCK_N=32, dkv_transposed=True),
+        # dQ by atomic adds from the dK/dV kernel, in both dK/dV orientations
+        dict(BWD_BLOCK_M=64, BWD_BLOCK_N=32, DKV_BLOCK_M=128, dq_atomic=True),
+        dict(BWD_BLOCK_M=16, BWD_BLOCK_N=32, dkv_transposed=True, dq_atomic=True),
     ],
-    ids=["tall", "wide", "asym_bwd", "dkv_tall", "dkv_transposed", "dkv_transposed_16"],
+    ids=["tall", "wide", "asym_bwd", "dkv_tall", "dkv_transposed", "dkv_transposed_16",
+         "dq_atomic", "dq_atomic_transposed"],
 )
 def test_tiles_decoupled_from_block(config, gen, device):
     """Block 32 partial / empty blocks under tiles both finer and coarser than the block."""
@@ -78,8 +82,8 @@ def test_random_token_mask_empty_rows(gen, device):
 
 
 @pytest.mark.parametrize(
-    "config", [None, dict(dkv_transposed=True, BWD_BLOCK_N=16)],
-    ids=["default", "dkv_transposed"],
+    "config", [None, dict(dkv_transposed=True, BWD_BLOCK_N=16), dict(dq_atomic=True)],
+    ids=["default", "dkv_transposed", "dq_atomic"],
 )
 def test_mixed_permuted_and_plain_heads(config, gen, device):
     """st_mix: head 0 local (identity), head 1 strided (permuted)."""
@@ -189,6 +193,7 @@ def test_split_union_exact(n_ctx, block, stride, gen, device):
     tm_a, tm_b = local.token_mask(), stride_part.token_mask()
     assert torch.equal(tm_a | tm_b, layout.token_mask()) and not (tm_a & tm_b).any()
     _check(layout, gen, device, dict(SMALL, split_union=True))
+    _check(layout, gen, device, dict(SMALL, split_union=True, dq_atomic=True))  # parts add dQ
     space = triton_backend.config_space(layout, 32, torch.float32)
     assert space[0]["split_union"] and not space[1]["split_union"]
 

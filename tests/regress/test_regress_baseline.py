@@ -58,6 +58,17 @@ def test_gpu_must_match_and_changes_are_listed(tmp_path):
     assert any(d.startswith("torch: baseline 2.11, here 2.12") for d in diffs)
 
 
+def test_a_baseline_timed_another_way_is_refused_with_the_fix(tmp_path):
+    header = {**HEADER, "settings": {"bench": {"hide_host": True}}}
+    b = baseline.read(baseline.write(tmp_path / "b.jsonl", header, []))
+    baseline.check_timer(b, {"hide_host": True})
+    with pytest.raises(baseline.BaselineError, match="device time.*--update-baseline"):
+        baseline.check_timer(b, {"hide_host": False})
+    old = baseline.read(baseline.write(tmp_path / "old.jsonl", HEADER, []))  # no bench settings
+    with pytest.raises(baseline.BaselineError, match="host work included"):
+        baseline.check_timer(old, {"hide_host": True})
+
+
 def test_gpu_slug_and_default_path():
     assert baseline.gpu_slug("NVIDIA H200") == "h200"
     assert baseline.gpu_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"

@@ -50,11 +50,11 @@ def _cost(opt):
 
 
 def _unseeded_need(cands, cost, opt) -> int:
-    """Evaluations the unseeded local search (no cap) makes up to and including the optimum."""
+    """Evaluations the unseeded local search (no cap) makes up to and including the optimum;
+    one more than all it makes where it never reaches it (stuck in a local minimum)."""
     calls = []
-    best = local.search(cands, lambda c: calls.append(c) or cost(c.block, c.config))
-    assert best == opt
-    return calls.index(opt) + 1
+    local.search(cands, lambda c: calls.append(c) or cost(c.block, c.config))
+    return calls.index(opt) + 1 if opt in calls else len(calls) + 1
 
 
 def test_local_search_from_the_known_pick_reaches_the_optimum_in_budget(space):

@@ -88,6 +88,31 @@ def test_bench_cuda_events_and_peak_memory():
     assert timing.time_prepare(lambda: a @ a) > 0
 
 
+def test_host_hiding_spin_outlasts_twice_the_slowest_host_call(monkeypatch):
+    monkeypatch.setattr(timing, "spin_cycles_per_ms", lambda: 2e6)  # a 2 GHz spin
+    assert timing.host_hiding_spin([0.1, 0.3, 0.2]) == int((2 * 0.3 + 0.05) * 2e6)
+    assert timing.host_hiding_spin([0.0]) == int(0.05 * 2e6)  # never shorter than 50 us
+
+
+@pytest.mark.gpu
+@pytest.mark.smoke
+def test_bench_hide_host_leaves_host_work_out_of_the_interval():
+    """A call that sleeps 2 ms on the host before one short kernel: the plain timer counts the
+    sleep (the GPU idles inside the interval), hide_host only the kernel."""
+    import time as _time
+
+    a = torch.randn(256, 256, device="cuda")
+
+    def host_bound():
+        _time.sleep(0.002)
+        return a + 1
+
+    plain = timing.bench(host_bound, warmup_ms=5, rep_ms=20, flush_l2=False)
+    hidden = timing.bench(host_bound, warmup_ms=5, rep_ms=20, flush_l2=False, hide_host=True)
+    assert plain.median_ms > 1.5 and hidden.median_ms < 0.5
+    assert timing.spin_cycles_per_ms() > 1e5  # a GPU clock of over 100 MHz
+
+
 @pytest.mark.gpu
 def test_host_device_split_separates_host_work_from_kernels():
     """A call that spends 3 ms on the host before one short kernel: host_ms sees the 3 ms,
