@@ -207,7 +207,7 @@ def config_space(layout, head_dim: int, dtype: torch.dtype) -> list[dict]:
     tma = (c for c in tma if head_dim <= 64 and dtype != torch.float32
            and tma_tiles_fit(layout, c.BLOCK_M, c.BLOCK_N))
     # dQ by atomic adds, on the default and the largest backward tiles (one launch and one
-    # recomputation of P fewer; on causal and fixed at N = 65536 0.6-5% slower: NOTES.md)
+    # recomputation of P fewer; on causal and fixed at N = 65536 0.6% and 2.4% slower: NOTES.md)
     atomic = (KernelConfig(**{**default.as_dict(), "dq_atomic": True, **extra})
               for extra in ({}, {"BWD_BLOCK_M": 128, "BWD_BLOCK_N": 128, "bwd_warps": 8}))
     split = ()
