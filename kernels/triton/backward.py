@@ -16,9 +16,13 @@ From the saved base-2 log-sum-exp LSE2 the probabilities are recomputed, never s
     the same sums held as dK^T, dV^T [D, key tile]:
         p = exp2(q k^T * ...);  dV^T += dO^T @ p;  ds = p * (dO v^T - delta);  dK^T += q^T @ ds
 
-Each output row is written by exactly one program: deterministic, no atomics. The strided
-permutation is folded into every gather and scatter as in the forward.
-Memory: delta and LSE_BWD (fp32, 2 * B*H*N*4 bytes) beyond the gradients; nothing N x N.
+Each output row is written by exactly one program: deterministic, no atomics. With
+``dq_atomic`` (KernelConfig) there is no dQ program: the dK/dV program also adds
+ds @ k ([query tile, D], from the ds^T it holds) into an fp32 dQ by atomic adds, after one
+launch (``rows_of``) that writes delta and LSE_BWD; dQ's summation order then depends on
+scheduling. The strided permutation is folded into every gather and scatter as in the forward.
+Memory: delta and LSE_BWD (fp32, 2 * B*H*N*4 bytes) beyond the gradients, and with
+``dq_atomic`` the fp32 dQ (B*H*N*D*4 bytes); nothing N x N.
 """
 
 from __future__ import annotations
