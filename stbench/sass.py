@@ -61,21 +61,22 @@ def dkdv_sig():
     s = dq_sig()
     for n in ("O", "DQ", "DQ_PREV"):  # LSE2 stays: the kernel before LSE_BWD read it
         del s[n]
-    s.update({n: "*bf16" for n in ("DK", "DV", "DK_PREV", "DV_PREV")})
+    s.update({n: "*bf16" for n in ("DK", "DV", "DK_PREV", "DV_PREV")}, DQACC="*fp32")
     return s
 
 
 def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=False,
-          transposed=False):
+          transposed=False, dq_atomic=False):
     """A row of a tile kernel: major / minor tile sides, the layout block, HAS_PERM; ``tma``:
     the forward's fwd_loads="tma" (host tensor descriptors over [B * H * N, D]);
-    ``transposed``: the dK/dV kernel's dkv_transposed (KT)."""
+    ``transposed``: the dK/dV kernel's dkv_transposed (KT); ``dq_atomic``: its dQ adds."""
     unit = min(block, major, minor)
     names = ("BLOCK_N", "BLOCK_M") if fn == "dkdv" else ("BLOCK_M", "BLOCK_N")
     cx = {"HEAD_DIM": D, names[0]: major, names[1]: minor, "UNIT": unit, "G": minor // unit,
           "HAS_PERM": perm, "IN_PREC": "tf32", flag: False}
     if fn == "dkdv":
         cx["KT"] = transposed
+        cx["DQ_ATOMIC"] = dq_atomic
     if fn == "dq":
         cx["DELTA_HERE"] = True  # the one-part backward: delta in the dQ kernel
     if fn == "fwd":
@@ -88,7 +89,8 @@ def tiled(name, fn, sig, major, minor, block, perm, warps, stages, flag, tma=Fal
     ints = {"N": N, "H": H, "n_t": N // major}
     cfg = (f"{major}x{minor} u{unit} G{minor // unit} perm{int(perm)} w{warps} s{stages}"
            + (" tma" if tma else "")
-           + (" transposed" if transposed else ""))
+           + (" transposed" if transposed else "")
+           + (" dq_atomic" if dq_atomic else ""))
     return name, fn, sig, cx, ints, warps, stages, cfg
 
 
@@ -103,10 +105,14 @@ def kernel_rows() -> list[tuple]:
         tiled("fwd causal/fixed", "fwd", fwd_sig(), 128, 64, 128, False, 8, 3, "MERGE", True),
         tiled("fwd local", "fwd", fwd_sig(), 64, 32, 32, False, 4, 3, "MERGE"),
         tiled("fwd strided/st_mix", "fwd", fwd_sig(), 64, 32, 64, True, 4, 2, "MERGE"),
-        ("delta", _delta_kernel, {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "n_rows": "i32"},
-         {"HEAD_DIM": D, "ROWS": DELTA_ROWS}, {"n_rows": H * N}, 4, 3, f"{DELTA_ROWS} rows w4 s3"),
+        ("delta", _delta_kernel, {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "LSE2": "*fp32",
+                                  "LSE_BWD": "*fp32", "n_rows": "i32"},
+         {"HEAD_DIM": D, "ROWS": DELTA_ROWS, "WITH_LSE": False}, {"n_rows": H * N}, 4, 3,
+         f"{DELTA_ROWS} rows w4 s3"),
         tiled("dq causal/fixed", "dq", dq_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
         tiled("dkdv causal/fixed", "dkdv", dkdv_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
+        tiled("dkdv causal/fixed", "dkdv", dkdv_sig(), 128, 128, 128, False, 8, 2, "ACCUM",
+              dq_atomic=True),
         tiled("dq local", "dq", dq_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
         tiled("dkdv local", "dkdv", dkdv_sig(), 64, 64, 32, False, 4, 2, "ACCUM"),
         tiled("dq st_mix", "dq", dq_sig(), 64, 64, 64, True, 4, 2, "ACCUM"),
