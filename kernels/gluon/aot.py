@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..sass_loops import innermost_loops
-from .config import GluonConfig, config_space
+from .config import GluonConfig, forward_variants
 from .forward import BLOCK_M, BLOCK_N, CONSUMER_WARPS, MAX_REGS, _fwd_kernel, smem_layout
 
 TARGET_ARCH = 90
@@ -124,9 +124,9 @@ def main(argv=None) -> None:
                           "counts": b.counts, "loops": [[n, c] for n, c in b.loops]}))
         return
     for head_dim in (64, 128):
-        for d in config_space(None, head_dim, torch.bfloat16):
-            b = inspect(compile_forward(GluonConfig(**d), head_dim))
-            print(f"D={head_dim} {d}: regs {b.regs} stack {b.stack} shared {b.shared} "
+        for cfg in forward_variants(head_dim):
+            b = inspect(compile_forward(cfg, head_dim))
+            print(f"D={head_dim} {cfg.as_dict()}: regs {b.regs} stack {b.stack} shared {b.shared} "
                   f"{b.counts}")
             for n, c in b.loops:
                 print(f"    loop step {n} instructions: {c}")

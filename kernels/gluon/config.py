@@ -78,13 +78,40 @@ def resolve_config(head_dim: int, config: dict | None) -> GluonConfig:
     return cfg
 
 
-def config_space(layout, head_dim: int, dtype) -> list[dict]:
-    """The default first (the tuner's local search starts there), then every ring depth x
-    ping-pong x P placement that fits."""
-    default = GluonConfig()
-    out = [default.as_dict()]
+# backward variants the tuner tries beside the default (the Triton backend's fields): the
+# Triton default's square 64 tiles, a 128 x 64 pair, its asymmetric tutorial tiles, dQ by
+# atomic adds (kernels/triton/config.py's space holds the same shapes)
+BWD_VARIANTS = (
+    {"BWD_BLOCK_M": 64, "BWD_BLOCK_N": 64, "bwd_warps": 4},
+    {"BWD_BLOCK_M": 64, "BWD_BLOCK_N": 128, "bwd_warps": 8},
+    {"BWD_BLOCK_M": 128, "BWD_BLOCK_N": 64, "bwd_warps": 8},
+    {"DQ_BLOCK_N": 32, "DKV_BLOCK_M": 32, "bwd_warps": 4},
+    {"dq_atomic": True},
+)
+
+
+def forward_variants(head_dim: int) -> list[GluonConfig]:
+    """The default first, then every ring depth x ping-pong x P placement that fits (each with
+    the default backward)."""
+    out = [GluonConfig()]
     for stages, pingpong, p_smem in itertools.product(STAGES, (True, False), (True, False)):
         cfg = GluonConfig(stages, pingpong, p_smem)
-        if cfg.as_dict() not in out and fits(cfg, head_dim) is None:
+        if cfg not in out and fits(cfg, head_dim) is None:
+            out.append(cfg)
+    return out
+
+
+def config_space(layout, head_dim: int, dtype) -> list[dict]:
+    """The forward variants (the default first: the tuner's local search starts there), then
+    the backward variants (``BWD_VARIANTS``, the default forward) whose tiles the Triton
+    backend accepts for ``layout``."""
+    from ..triton.config import KernelConfig, _ok
+
+    default = GluonConfig()
+    out = [cfg.as_dict() for cfg in forward_variants(head_dim)]
+    for variant in BWD_VARIANTS:
+        cfg = GluonConfig(**{**default.as_dict(), **variant})
+        bwd = KernelConfig(**dict(cfg.backward_config()))
+        if cfg.as_dict() not in out and _ok(bwd, layout.n_ctx, head_dim, dtype):
             out.append(cfg.as_dict())
     return out

@@ -17,6 +17,7 @@ from stbench.backends import BackendUnavailable
 
 gluon_backend = pytest.importorskip("stbench.kernels.gluon.backend")
 from stbench.kernels.gluon import config as gconfig  # noqa: E402
+from stbench.kernels.triton import config as triton_config  # noqa: E402
 
 AOT_TIMEOUT_S = 300  # one variant's build on a busy 2-core machine (about 20 s alone)
 
@@ -79,6 +80,14 @@ def test_config_space(head_dim):
     assert {c["stages"] for c in space} == {2, 3}
     assert {(c["pingpong"], c["p_smem"]) for c in space} == {(a, b) for a in (True, False)
                                                             for b in (True, False)}
+    # the backward's tiles vary with the default forward; each variant is a Triton config
+    default_fwd = {k: v for k, v in space[0].items() if k not in gconfig.BWD_KEYS}
+    bwd = [c for c in space if {k: c[k] for k in default_fwd} == default_fwd
+           and c != space[0]]
+    assert {(c["BWD_BLOCK_M"], c["BWD_BLOCK_N"]) for c in bwd} >= {(64, 64), (128, 128)}
+    assert any(c["dq_atomic"] for c in bwd)
+    for c in bwd:
+        triton_config.KernelConfig(**{k: c[k] for k in gconfig.BWD_KEYS})
 
 
 @pytest.mark.slow
