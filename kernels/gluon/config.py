@@ -1,11 +1,12 @@
-"""Tunables of the Gluon backend: one frozen forward config and the autotuner's space.
+"""Tunables of the Gluon backend: one frozen config and the autotuner's space.
 
 A CTA owns 128 query rows (two consumer warpgroups of 64) and walks 128-key tiles (one layout
-block each). What is tunable is the schedule: the depth of the K / V ring, whether the two
-consumers take turns to issue their products (ping-pong), where P waits for its P V product
-(registers or shared memory). The backward runs the Triton backend's kernels
+block each). What is tunable in the forward is the schedule: the depth of the K / V ring,
+whether the two consumers take turns to issue their products (ping-pong), where P waits for its
+P V product (registers or shared memory). The backward runs the Triton backend's kernels
 (kernels/triton/backward.py) with the backward fields of a Triton KernelConfig, which this
-config carries under the same names (``BWD_KEYS``). Measurements: NOTES.md.
+config carries under the same names (``BWD_KEYS``): tiles, warps, stages, atomic dQ.
+Measurements: NOTES.md.
 """
 
 from __future__ import annotations
