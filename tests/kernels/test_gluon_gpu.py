@@ -13,6 +13,7 @@ from stbench.backends import BackendUnavailable
 from stbench.layouts.cases import CASES
 
 gluon_backend = pytest.importorskip("stbench.kernels.gluon.backend")
+from stbench.kernels.gluon import config as gconfig  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -54,13 +55,23 @@ def test_layouts_dtypes(name, dtype, gen):
     _run(LAYOUTS[name](heads, gen), dtype, 64, gen)
 
 
-@pytest.mark.parametrize("cfg", gluon_backend.config_space(None, 64, torch.bfloat16)[1:],
-                         ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-def test_configs_in_space(cfg, gen):
-    """Every variant of the tuner's space, forward only, on causal and partial blocks with
-    empty rows."""
+@pytest.mark.parametrize("cfg", [c.as_dict() for c in gconfig.forward_variants(64)[1:]],
+                         ids=lambda c: "-".join(f"{k}{c[k]}" for k in ("stages", "pingpong",
+                                                                          "p_smem")))
+def test_forward_variants(cfg, gen):
+    """Every forward schedule of the tuner's space, forward only, on causal and partial blocks
+    with empty rows."""
     _run(LAYOUTS["causal"](2, gen), torch.bfloat16, 64, gen, config=cfg, grads=False)
     _run(LAYOUTS["random_blocks"](2, gen), torch.bfloat16, 64, gen, config=cfg, grads=False)
+
+
+@pytest.mark.parametrize("variant", gconfig.BWD_VARIANTS,
+                         ids=lambda v: "-".join(f"{k}{x}" for k, x in v.items()))
+def test_backward_variants(variant, gen):
+    """Every backward of the tuner's space, gradients against dense, on partial blocks with
+    empty rows and on a different pattern per head."""
+    _run(LAYOUTS["random_blocks"](2, gen), torch.bfloat16, 64, gen, config=variant)
+    _run(LAYOUTS["mixed"](1, gen), torch.bfloat16, 64, gen, config=variant)
 
 
 @pytest.mark.parametrize("cfg", ({}, {"p_smem": False, "stages": 3}), ids=str)
