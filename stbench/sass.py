@@ -107,7 +107,7 @@ def kernel_rows() -> list[tuple]:
         tiled("fwd strided/st_mix", "fwd", fwd_sig(), 64, 32, 64, True, 4, 2, "MERGE"),
         ("delta", _delta_kernel, {"O": "*bf16", "DO": "*bf16", "DELTA": "*fp32", "LSE2": "*fp32",
                                   "LSE_BWD": "*fp32", "n_rows": "i32"},
-         {"HEAD_DIM": D, "ROWS": DELTA_ROWS, "WITH_LSE": False}, {"n_rows": H * N}, 4, 3,
+         {"HEAD_DIM": D, "ROWS": DELTA_ROWS, "WITH_DELTA": True, "WITH_LSE": False}, {"n_rows": H * N}, 4, 3,
          f"{DELTA_ROWS} rows w4 s3"),
         tiled("dq causal/fixed", "dq", dq_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),
         tiled("dkdv causal/fixed", "dkdv", dkdv_sig(), 128, 128, 128, False, 8, 2, "ACCUM"),

@@ -6,8 +6,9 @@ calls, a warm-up of ``warmup_ms``, then ``rep_ms`` worth of repetitions, each ti
 median with the 20th / 80th percentiles. ``hide_host=True`` measures device time only: each
 repetition's start event is queued behind a spin kernel that outlasts the call's host work
 (Python, checks, launches), so the kernels run back to back and host jitter never enters the
-interval; the kernel-regression gates time this way (a call's host overhead is not a kernel's). On the CPU (no CUDA device, or ``device='cpu'``) the same
-interface times with ``time.perf_counter`` and does not flush caches.
+interval; the kernel-regression gates time this way (a call's host overhead is not a kernel's).
+On the CPU (no CUDA device, or ``device='cpu'``) the same interface times with
+``time.perf_counter`` and does not flush caches.
 
 Compilation and planning happen on a kernel's first call; ``time_prepare`` (or ``timed_call``)
 times that call on its own, reported as ``prepare_ms`` and never inside the kernel time.
@@ -125,7 +126,8 @@ def _reset_grads(grad_to_none) -> None:
 
 def spin_cycles_per_ms() -> float:
     """GPU clock cycles of ``torch.cuda._sleep`` per millisecond on the current device,
-    measured once (a 1 M-cycle spin timed by CUDA events) and cached per device."""
+    measured once (a ``SPIN_CALIBRATION_CYCLES`` spin timed by CUDA events) and cached per
+    device."""
     index = torch.cuda.current_device()
     rate = _SPIN_RATE.get(index)
     if rate is None:

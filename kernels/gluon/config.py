@@ -12,7 +12,7 @@ Measurements: NOTES.md.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 STAGES = (2, 3)
 # the Triton backward's fields (kernels/triton/config.py), passed to it as they are
@@ -111,7 +111,7 @@ def config_space(layout, head_dim: int, dtype) -> list[dict]:
     default = GluonConfig()
     out = [cfg.as_dict() for cfg in forward_variants(head_dim)]
     for variant in BWD_VARIANTS:
-        cfg = GluonConfig(**{**default.as_dict(), **variant})
+        cfg = replace(default, **variant)
         bwd = KernelConfig(**dict(cfg.backward_config()))
         if cfg.as_dict() not in out and _ok(bwd, layout.n_ctx, head_dim, dtype):
             out.append(cfg.as_dict())

@@ -41,14 +41,15 @@ interpret.apply()
 
 @triton.jit
 def _delta_kernel(O, DO, DELTA, LSE2, LSE_BWD, n_rows, HEAD_DIM: tl.constexpr,
-                  ROWS: tl.constexpr, WITH_LSE: tl.constexpr):
+                  ROWS: tl.constexpr, WITH_DELTA: tl.constexpr, WITH_LSE: tl.constexpr):
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    d = tl.arange(0, HEAD_DIM)
     ok = r < n_rows
-    off = r.to(tl.int64)[:, None] * HEAD_DIM + d[None, :]
-    o = tl.load(O + off, mask=ok[:, None], other=0.0).to(tl.float32)
-    do = tl.load(DO + off, mask=ok[:, None], other=0.0).to(tl.float32)
-    tl.store(DELTA + r, tl.sum(o * do, 1), mask=ok)
+    if WITH_DELTA:
+        d = tl.arange(0, HEAD_DIM)
+        off = r.to(tl.int64)[:, None] * HEAD_DIM + d[None, :]
+        o = tl.load(O + off, mask=ok[:, None], other=0.0).to(tl.float32)
+        do = tl.load(DO + off, mask=ok[:, None], other=0.0).to(tl.float32)
+        tl.store(DELTA + r, tl.sum(o * do, 1), mask=ok)
     if WITH_LSE:  # LSE_BWD as the dQ kernel writes it (empty rows: +inf, so p = 0)
         lse = tl.load(LSE2 + r, mask=ok, other=0.0)
         tl.store(LSE_BWD + r, tl.where(lse == float("-inf"), float("inf"), lse), mask=ok)
@@ -208,20 +209,25 @@ def delta_of(out, do) -> torch.Tensor:
     delta = torch.empty((B, H, N), device=out.device, dtype=torch.float32)
     n_rows = B * H * N
     _delta_kernel[(triton.cdiv(n_rows, DELTA_ROWS),)](
-        out, do, delta, delta, delta, n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS, WITH_LSE=False
+        out, do, delta, delta, delta, n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS, WITH_DELTA=True,
+        WITH_LSE=False
     )
     return delta
 
 
-def rows_of(out, do, lse2) -> tuple[torch.Tensor, torch.Tensor]:
-    """(delta, LSE_BWD), fp32 [B, H, N] each, in one launch: delta = rowsum(dO * O) and lse2
-    with an empty row's -inf made +inf (what the dQ kernel stores for the dK/dV kernel)."""
+def rows_of(out, do, lse2, delta=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(delta, LSE_BWD), fp32 [B, H, N] each, in one launch: delta = rowsum(dO * O) (unless
+    given: ``delta_of``'s, shared by the parts of a split layout) and lse2 with an empty row's
+    -inf made +inf (what the dQ kernel stores for the dK/dV kernel)."""
     B, H, N, D = out.shape
-    delta = torch.empty((B, H, N), device=out.device, dtype=torch.float32)
-    lse_bwd = torch.empty_like(delta)
+    with_delta = delta is None
+    if with_delta:
+        delta = torch.empty((B, H, N), device=out.device, dtype=torch.float32)
+    lse_bwd = torch.empty_like(lse2)
     n_rows = B * H * N
     _delta_kernel[(triton.cdiv(n_rows, DELTA_ROWS),)](
-        out, do, delta, lse2, lse_bwd, n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS, WITH_LSE=True
+        out, do, delta, lse2, lse_bwd, n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS,
+        WITH_DELTA=with_delta, WITH_LSE=True
     )
     return delta, lse_bwd
 
@@ -240,7 +246,7 @@ def backward(do, q, k, v, out, lse2, plan, tiles_q, tiles_k, scale: float, cfg, 
     gd = grad_dtype or q.dtype
     delta_here = delta is None and not cfg.dq_atomic
     if cfg.dq_atomic:
-        delta, lse_bwd = rows_of(out, do, lse2)  # a given delta is the same rowsum
+        delta, lse_bwd = rows_of(out, do, lse2, delta)
         dq = torch.zeros(q.shape, device=q.device, dtype=torch.float32)
     else:
         if delta_here:

@@ -56,13 +56,16 @@ def _layout(key: str) -> Layout:
 
 
 def prepare(layout: Layout, cfg: KernelConfig, device, backward_too: bool = True):
-    """Device plan and tile lists (cached) for ``layout`` under ``cfg``."""
+    """Device plan and tile lists (cached) for ``layout`` under ``cfg``: (plan, forward tiles,
+    dQ tiles or None (``dq_atomic``), dK/dV tiles); the backward's are None without
+    ``backward_too``."""
     cpu_plan = plan_for(layout, "cpu")
     plan = cpu_plan.to(device)
     tf = tiles_for(cpu_plan, cfg.BLOCK_M, cfg.BLOCK_N, False, device)
     if not backward_too:
         return plan, tf, None, None
-    tq = tiles_for(cpu_plan, *cfg.dq_tiles(), False, device)
+    # no dQ kernel with dq_atomic: the dK/dV kernel adds dQ, so no dQ tile lists
+    tq = None if cfg.dq_atomic else tiles_for(cpu_plan, *cfg.dq_tiles(), False, device)
     tk = tiles_for(cpu_plan, *cfg.dkv_tiles(), True, device)
     return plan, tf, tq, tk
 

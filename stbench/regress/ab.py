@@ -27,7 +27,8 @@ from .sample import (
     CHECK_ROWS, Outcome, check_side, make_inputs, make_reference, one_line, time_side,
 )
 
-AB_BENCH = BenchSettings(warmup_ms=10, rep_ms=40, hide_host=True)  # per side per round: ~50 ms of device time
+# per side per round: ~50 ms of device time
+AB_BENCH = BenchSettings(warmup_ms=10, rep_ms=40, hide_host=True)
 DEFAULT_ROUNDS = 5
 DEFAULT_THRESHOLD = 0.03  # a ratio beyond 1.03 (and an interval above 1) is "slower"
 

@@ -106,5 +106,6 @@ def test_kernel(entry, benchmark, flush_buffer, kernels):
         backend=entry.backend, layout=prob.layout.name, block=layout.block,
         block_density=layout.block_density, n_ctx=prob.n_ctx, batch=prob.batch,
         heads=prob.heads, head_dim=prob.head_dim, dtype=prob.dtype, mode=prob.mode,
-        config=_resolved_config(module, entry.backend, layout, prob, device), tflops=timing.tflops(flops, median_ms), peak_bytes=timing.peak_memory(run),
+        config=_resolved_config(module, entry.backend, layout, prob, device),
+        tflops=timing.tflops(flops, median_ms), peak_bytes=timing.peak_memory(run),
         err=outcome.err, tol=outcome.tol, timer="cuda events")
