@@ -29,11 +29,11 @@ just finished in this process (the sweep calls it at the end of a run).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
+
+from stbench.files import write_atomically
 
 SCHEMA = "stbench.manifest"
 SCHEMA_VERSION = 1
@@ -183,11 +183,7 @@ def write(folder, manifest: Manifest) -> Path:
     from_dict(json.loads(json.dumps(d)))  # the same checks as reading
     path = path_of(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(d, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_atomically(path, json.dumps(d, indent=2, sort_keys=False) + "\n")
 
 
 def _as_datetime(t) -> datetime:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
+
+from stbench.files import write_atomically
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "compile_error", "runtime_error", "incorrect", "unsupported", "timeout")
@@ -274,9 +275,7 @@ def set_bad_lines_aside(path) -> int:
     aside = path.with_name(path.name + BAD_SUFFIX)
     with aside.open("ab") as g:
         g.write(b"".join(lines[i - 1] + b"\n" for i in sorted(numbers)))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(b"\n".join(x for i, x in enumerate(lines, 1) if i not in numbers))
-    os.replace(tmp, path)
+    write_atomically(path, b"\n".join(x for i, x in enumerate(lines, 1) if i not in numbers))
     for i, why in bad:
         warnings.warn(f"{path}:{i}: skipping an unreadable line ({why}); moved to {aside}")
     return len(bad)

@@ -10,14 +10,13 @@ with its file and line. Written only by ``stbench regress --update-baseline``, a
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stbench import environment
+from stbench.files import write_atomically
 
 SCHEMA_VERSION = 1
 BASELINE_DIR = Path("reports") / "baselines"
@@ -79,15 +78,7 @@ def write(path, header: dict, entries: list[dict]) -> Path:
                         sort_keys=True, allow_nan=False)]
     lines += [json.dumps({"kind": "entry", **e}, sort_keys=True, allow_nan=False)
               for e in entries]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, "\n".join(lines) + "\n")
 
 
 def _need(obj: dict, keys, where: str) -> None:

@@ -28,12 +28,12 @@ import functools
 import json
 import math
 import os
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
 from stbench import environment, locks
+from stbench.files import write_atomically
 
 FORMAT = "stbench-tune-cache"
 VERSION = 1
@@ -132,14 +132,7 @@ def save_entry(entry: dict, path=None) -> Path:
         key = entry_key(entry["env"], entry["layout_hash"], entry["batch"], entry["head_dim"],
                         entry["dtype"], entry["mode"], entry["objective"])
         data["entries"][key] = entry
-        fd, tmp = tempfile.mkstemp(prefix=".tune-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True, allow_nan=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, json.dumps(data, indent=1, sort_keys=True, allow_nan=False))
     return path
 
 
