@@ -15,6 +15,7 @@ import functools
 import hashlib
 import importlib.metadata
 import platform
+import re
 import socket
 import subprocess
 from dataclasses import asdict, dataclass
@@ -48,6 +49,15 @@ class Environment:
 
 
 @functools.lru_cache(maxsize=1)
+def gpu_model(device_name: str | None) -> str | None:
+    """The GPU model as a folder- and file-friendly name: 'NVIDIA H200' -> 'h200',
+    'NVIDIA H100 80GB HBM3' -> 'h100-80gb-hbm3'; None for no name (no GPU) or nothing left."""
+    if not device_name:
+        return None
+    name = device_name.lower().removeprefix("nvidia").strip()
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or None
+
+
 def host_id() -> str:
     """This machine's name in result rows: ``host-`` and a BLAKE2b digest of its hostname."""
     digest = hashlib.blake2b(socket.gethostname().encode(), digest_size=8).hexdigest()

@@ -10,7 +10,6 @@ with its file and line. Written only by ``stbench regress --update-baseline``, a
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,7 @@ def gpu_slug(name: str | None) -> str:
     """A folder-friendly GPU model name: 'NVIDIA H200' -> 'h200'; no GPU -> 'cpu'."""
     if not name:
         return "cpu"
-    s = name.lower().removeprefix("nvidia").strip()
-    return re.sub(r"[^a-z0-9]+", "-", s).strip("-") or "gpu"
+    return environment.gpu_model(name) or "gpu"
 
 
 def default_path(gpu: str | None) -> Path:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import re
 import warnings
 from pathlib import Path
 
@@ -46,12 +45,7 @@ class ShippedPicksError(ValueError):
     """A shipped picks file is not valid; the message names the file and what is wrong."""
 
 
-def gpu_model(device_name: str | None) -> str | None:
-    """'NVIDIA H200' -> 'h200'; None for None (no GPU)."""
-    if not device_name:
-        return None
-    name = device_name.lower().removeprefix("nvidia").strip()
-    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or None
+gpu_model = environment.gpu_model  # 'NVIDIA H200' -> 'h200' (the picks files' names)
 
 
 def current_gpu() -> str | None:
