@@ -4,6 +4,8 @@
     stbench sanitize --backends cupy --tools memcheck,racecheck --out san/
     stbench sanitize --backends triton --head-dims 64 --layouts causal,strided \\
         --config '{"BWD_BLOCK_M": 64, "BWD_BLOCK_N": 32}'
+    stbench sanitize --backends gluon --tools memcheck,racecheck --head-dims 64,128 \\
+        --dtypes bfloat16 --block 128                                # gluon runs block 128 only
 
 The workload is ``stbench check`` (every layout family: blocks 16..128, the strided
 permutation, partial blocks, empty rows; forward and dq, dk, dv against the dense reference) at
@@ -12,7 +14,8 @@ caches, so the sanitizer does not watch the compilers), then under each tool wit
 ``--error-exitcode``; PYTORCH_NO_CUDA_MEMORY_CACHING=1 gives every tensor its own allocation, so
 an access past a tensor's end lies outside any allocation and memcheck reports it. Each run's
 output goes to ``--out`` (when given); the last lines say the sanitizer's error summary per run.
-Exit code 1 when a tool reports errors or a check fails.
+Exit code 1 when a tool reports errors, a check fails, or a run checked nothing (every case
+skipped for the backend: its log's "skipped" lines say why, e.g. gluon at a block other than 128).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ SANITIZER_GLOBS = ("/usr/local/cuda*/bin/compute-sanitizer",
 SANITIZER_ERROR_EXIT = 9  # the exit code compute-sanitizer returns when it found errors
 PRINT_LIMIT = 20  # errors printed per run
 SUMMARY = re.compile(r"ERROR SUMMARY: (\d+) error")
+CHECKS = re.compile(r"(\d+) of (\d+) checks passed")  # stbench check's last line
 DEFAULTS = {"n_ctx": 512, "heads": 2, "batch": 2, "dtypes": "bfloat16,float32"}
 
 
@@ -53,6 +57,9 @@ def register(subparsers) -> None:
     p.add_argument("--heads", type=int, default=DEFAULTS["heads"], help="attention heads H")
     p.add_argument("--batch", type=int, default=DEFAULTS["batch"], help="batch size B")
     p.add_argument("--layouts", default=None, help="comma-separated subset of check's layouts")
+    p.add_argument("--block", type=int, default=None,
+                   help="layout block of the workload (check's --block, default 16; gluon "
+                   "runs only 128)")
     p.add_argument("--config", type=json_value, default=None,
                    help="a backend config (JSON) to run instead of the default")
     p.add_argument("--out", default=None, help="folder for each run's output (NAME.log)")
@@ -69,6 +76,8 @@ def check_argv(args, head_dim: int) -> list[str]:
             "--batch", str(args.batch), "--head-dim", str(head_dim), "--width", "160"]
     if args.layouts:
         argv += ["--layouts", args.layouts]
+    if args.block is not None:
+        argv += ["--block", str(args.block)]
     if args.config is not None:
         argv += ["--config", json.dumps(args.config)]
     return argv
@@ -92,6 +101,13 @@ def errors_reported(output: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+def checks_run(output: str) -> int | None:
+    """How many checks ``stbench check`` ran (its "P of R checks passed" line), None when
+    absent."""
+    found = CHECKS.findall(output)
+    return int(found[-1][1]) if found else None
+
+
 def _validate(args) -> str | None:
     unknown = sorted(set(args.tools) - set(TOOLS))
     if unknown or not args.tools:
@@ -101,6 +117,13 @@ def _validate(args) -> str | None:
     for opt in ("n_ctx", "heads", "batch"):
         if getattr(args, opt) <= 0:
             return f"--{opt.replace('_', '-')} must be a positive integer"
+    if args.block is not None:
+        from stbench.layouts import ALLOWED_BLOCKS
+
+        if args.block not in ALLOWED_BLOCKS:
+            return f"--block {args.block}: use one of {', '.join(map(str, ALLOWED_BLOCKS))}"
+        if args.n_ctx % args.block:
+            return f"--n-ctx {args.n_ctx} is not a multiple of --block {args.block}"
     from stbench import backends
 
     for name in args.backends:
@@ -135,9 +158,13 @@ def run(args) -> int:
         if out is not None:
             (out / f"{name}.log").write_text(text)
         errors = errors_reported(text)
-        ok = proc.returncode == 0 and not errors
+        idle = checks_run(text) == 0  # every case skipped: no kernel ran under the tool
+        ok = proc.returncode == 0 and not errors and not idle
         failed |= not ok
         what = "" if errors is None else f", {errors} sanitizer errors"
+        if idle:
+            what += (", no check ran (every case skipped for these backends: the log's "
+                     "'skipped' lines say why; gluon needs --block 128)")
         lines.append(f"{name}: exit code {proc.returncode}{what}: {'ok' if ok else 'FAILED'}")
         print(lines[-1], flush=True)
     if out is not None:

@@ -76,6 +76,8 @@ def test_profile_builds_one_ncu_command_around_its_workload(tmp_path, capsys):
     (["sanitize", "--backends", "triton", "--tools", "memchek"], "--tools memchek"),
     (["sanitize", "--backends", "nope"], "not registered"),
     (["sanitize", "--backends", "triton", "--head-dims", "0"], "--head-dims"),
+    (["sanitize", "--backends", "gluon", "--block", "100"], "--block 100"),
+    (["sanitize", "--backends", "gluon", "--block", "128", "--n-ctx", "320"], "--n-ctx 320"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(argv, says, tmp_path, capsys):
     argv = [str(tmp_path) if a == "EMPTY" else a for a in argv]
@@ -119,6 +121,32 @@ def test_sanitize_reads_the_sanitizers_error_summary(tmp_path, capsys):
     assert "checks passed" in (out / "warm_d16.log").read_text()
     assert sanitize.errors_reported("========= ERROR SUMMARY: 0 errors") == 0
     assert sanitize.errors_reported("no summary") is None
+
+
+def test_sanitize_passes_the_block_to_its_workload(capsys):
+    assert main(["sanitize", "--backends", "gluon", "--head-dims", "64", "--block", "128",
+                 "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and all("--block 128" in ln for ln in lines)
+
+
+def test_sanitize_fails_a_run_that_checked_nothing(tmp_path):
+    """Every case skipped (here: a block the backend does not run) is no evidence: FAILED."""
+    fake = tmp_path / "fake-sanitizer"
+    fake.write_text("#!/bin/sh\necho '0 of 0 checks passed'\n"
+                    "echo '========= ERROR SUMMARY: 0 errors'\nexit 0\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "san"
+    code = main(["sanitize", "--backends", "dense", "--dtypes", "float32", "--head-dims", "16",
+                 "--n-ctx", "128", "--batch", "1", "--layouts", "causal", "--block", "64",
+                 "--sanitizer", str(fake), "--out", str(out)])
+    assert code == 1
+    lines = (out / "SUMMARY.txt").read_text().splitlines()
+    assert lines[0] == "warm_d16: exit code 0: ok"
+    assert lines[1].startswith("memcheck_d16: exit code 0, 0 sanitizer errors, no check ran")
+    assert lines[1].endswith("FAILED")
+    assert sanitize.checks_run("7 of 8 checks passed, 1 FAILED") == 8
+    assert sanitize.checks_run("no summary") is None
 
 
 SASS = """
