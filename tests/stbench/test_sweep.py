@@ -189,3 +189,18 @@ def test_picks_re_measures_an_earlier_sweeps_configs(tmp_path, monkeypatch):
     assert not (tmp_path / "again" / "tune.jsonl").exists()  # nothing tuned
     with pytest.raises(SweepError, match="no such results file"):
         run_sweep(cfg, tmp_path / "x", picks_path=tmp_path / "missing.jsonl", progress=False)
+
+
+def test_hopper_preset_puts_our_hopper_kernels_beside_every_peer_at_block_128():
+    """The hopper grid: causal and fixed at N = 4096..65536, gluon and triton beside the
+    FlashAttention-4 peers and flex, every layout built at block 128 (gluon's only block)."""
+    from stbench.sweep.config import plan_groups, preset_names
+
+    assert "hopper" in preset_names()
+    cfg = SweepConfig.preset("hopper")
+    assert set(cfg.backends) == {"gluon", "triton", "fa4", "flex_flash", "flex"}
+    groups = plan_groups(cfg)
+    assert len(groups) * len(groups[0].items) == 100
+    for g in groups:
+        layout = cfg.spec(g.layout).build(g.n, cfg.heads)
+        assert layout.block == 128 and cfg.batch_for(g.n) * g.n == 65536
