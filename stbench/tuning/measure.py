@@ -184,8 +184,10 @@ def measure(problem: Problem, layout, backend: str, config: dict | None, *, inpu
         peak = timing.peak_memory(run, device)
     except Exception as exc:  # noqa: BLE001 - every failure is a row
         status = classify_exception(exc)
-        return make_row(problem, layout, backend, status, error=f"{stage}: {error_text(exc)}",
-                        **row)
+        # a refusal is its own one-line reason; anything else keeps the stage and the type
+        why = (str(exc) if isinstance(exc, backends.BackendUnavailable)
+               else f"{stage}: {error_text(exc)}")
+        return make_row(problem, layout, backend, status, error=why, **row)
     finally:
         for g in grads or ():
             g.grad = None

@@ -13,12 +13,16 @@ from stbench.sweep import SweepConfig, SweepError, run_sweep
 
 @pytest.fixture
 def broken_backend(monkeypatch):
-    """A backend that runs out of memory in fwd+bwd and fails otherwise."""
+    """A backend that refuses permuted layouts when called, runs out of memory in fwd+bwd and
+    fails otherwise."""
     mod = types.ModuleType("stbench_broken_backend")
     mod.check_available = lambda device, dtype: None
     mod.config_space = lambda layout, head_dim, dtype: [{}]
 
     def attention(q, k, v, layout, scale, config=None):
+        if layout.perms is not None:
+            raise backends.BackendUnavailable("backend 'broken' cannot run this layout: "
+                                              "it permutes tokens")
         if q.requires_grad:
             raise RuntimeError("CUDA out of memory (simulated)")
         raise RuntimeError("an illegal memory access was encountered (simulated)")
@@ -57,6 +61,9 @@ def test_quick_preset_end_to_end_with_failures_and_resume(tmp_path, broken_backe
     assert by[("causal", "fwd", "broken")].status == "runtime_error"
     assert "illegal memory access" in by[("causal", "fwd", "broken")].error
     assert by[("causal", "fwd+bwd", "broken")].status == "oom"
+    refused = by[("strided", "fwd", "broken")]  # refused at its first call: the reason alone
+    assert refused.status == "unsupported"
+    assert refused.error == "backend 'broken' cannot run this layout: it permutes tokens"
     assert all(r.env.get("torch") for r in rows)
     m = manifest.read(out)  # the run says what made it
     assert m.command.startswith("stbench sweep --preset quick") and m.rows == len(rows)
