@@ -48,7 +48,6 @@ class Environment:
         return asdict(self)
 
 
-@functools.lru_cache(maxsize=1)
 def gpu_model(device_name: str | None) -> str | None:
     """The GPU model as a folder- and file-friendly name: 'NVIDIA H200' -> 'h200',
     'NVIDIA H100 80GB HBM3' -> 'h100-80gb-hbm3'; None for no name (no GPU) or nothing left."""
@@ -58,6 +57,7 @@ def gpu_model(device_name: str | None) -> str | None:
     return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or None
 
 
+@functools.lru_cache(maxsize=1)
 def host_id() -> str:
     """This machine's name in result rows: ``host-`` and a BLAKE2b digest of its hostname."""
     digest = hashlib.blake2b(socket.gethostname().encode(), digest_size=8).hexdigest()
