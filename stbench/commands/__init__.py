@@ -30,6 +30,18 @@ def positive_ints(text: str) -> list[int]:
     return out
 
 
+def block_problem(n_ctx: int, block: int) -> str | None:
+    """Why ``--block`` (with ``--n-ctx``) cannot build the conformance layouts, else None."""
+    from stbench.layouts import ALLOWED_BLOCKS
+
+    if block not in ALLOWED_BLOCKS:
+        return f"--block {block}: use one of {', '.join(map(str, ALLOWED_BLOCKS))}"
+    if n_ctx % block:
+        return (f"--n-ctx {n_ctx} is not a multiple of --block {block}: "
+                f"use e.g. --n-ctx {n_ctx // block * block or block}")
+    return None
+
+
 def torch_device(text: str) -> str:
     """A torch device name (``cpu``, ``cuda``, ``cuda:1``) that exists here, for argparse
     ``type=``."""

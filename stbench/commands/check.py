@@ -26,7 +26,7 @@ import os
 import zlib
 from dataclasses import asdict, dataclass
 
-from stbench.commands import json_value, torch_device
+from stbench.commands import block_problem, json_value, torch_device
 from stbench.commands.tables import Column, Rows, add_format_option, console, emit, say
 
 DEFAULTS = {"n_ctx": 256, "heads": 2, "batch": 1, "head_dim": 32, "block": 16}
@@ -196,7 +196,7 @@ def _csv(text: str) -> list[str]:
 
 def _options(args, torch, backends) -> tuple[list, list[str]]:
     """(dtypes, backend names) of the command line; ValueError names a bad option."""
-    from stbench.layouts import ALLOWED_BLOCKS, cases
+    from stbench.layouts import cases
 
     dtypes = []
     for d in _csv(args.dtypes):
@@ -212,11 +212,9 @@ def _options(args, torch, backends) -> tuple[list, list[str]]:
     for opt in ("n_ctx", "heads", "batch", "head_dim"):
         if getattr(args, opt) <= 0:
             raise ValueError(f"--{opt.replace('_', '-')} must be a positive integer")
-    if args.block not in ALLOWED_BLOCKS:
-        raise ValueError(f"--block {args.block}: use one of {', '.join(map(str, ALLOWED_BLOCKS))}")
-    if args.n_ctx % args.block:
-        raise ValueError(f"--n-ctx {args.n_ctx} is not a multiple of --block {args.block}: "
-                         f"use e.g. --n-ctx {args.n_ctx // args.block * args.block or args.block}")
+    why = block_problem(args.n_ctx, args.block)
+    if why is not None:
+        raise ValueError(why)
     unknown = sorted(set(_csv(args.layouts) if args.layouts else ()) - set(cases.CASES))
     if unknown:
         raise ValueError(f"--layouts: unknown {unknown}: choose from {', '.join(cases.CASES)}")

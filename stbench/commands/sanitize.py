@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stbench.commands import csv_list, fail, find_tool, json_value
+from stbench.commands import block_problem, csv_list, fail, find_tool, json_value
 
 TOOLS = ("memcheck", "racecheck", "initcheck", "synccheck")
 SANITIZER_GLOBS = ("/usr/local/cuda*/bin/compute-sanitizer",
@@ -117,13 +117,8 @@ def _validate(args) -> str | None:
     for opt in ("n_ctx", "heads", "batch"):
         if getattr(args, opt) <= 0:
             return f"--{opt.replace('_', '-')} must be a positive integer"
-    if args.block is not None:
-        from stbench.layouts import ALLOWED_BLOCKS
-
-        if args.block not in ALLOWED_BLOCKS:
-            return f"--block {args.block}: use one of {', '.join(map(str, ALLOWED_BLOCKS))}"
-        if args.n_ctx % args.block:
-            return f"--n-ctx {args.n_ctx} is not a multiple of --block {args.block}"
+    if args.block is not None and (why := block_problem(args.n_ctx, args.block)):
+        return why
     from stbench import backends
 
     for name in args.backends:
