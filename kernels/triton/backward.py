@@ -205,29 +205,23 @@ def _dkdv_kernel(
 
 def delta_of(out, do) -> torch.Tensor:
     """delta = rowsum(dO * O), fp32 [B, H, N] (out, do contiguous [B, H, N, D])."""
-    B, H, N, D = out.shape
-    delta = torch.empty((B, H, N), device=out.device, dtype=torch.float32)
-    n_rows = B * H * N
-    _delta_kernel[(triton.cdiv(n_rows, DELTA_ROWS),)](
-        out, do, delta, delta, delta, n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS, WITH_DELTA=True,
-        WITH_LSE=False
-    )
-    return delta
+    return rows_of(out, do)[0]
 
 
-def rows_of(out, do, lse2, delta=None) -> tuple[torch.Tensor, torch.Tensor]:
+def rows_of(out, do, lse2=None, delta=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(delta, LSE_BWD), fp32 [B, H, N] each, in one launch: delta = rowsum(dO * O) (unless
-    given: ``delta_of``'s, shared by the parts of a split layout) and lse2 with an empty row's
-    -inf made +inf (what the dQ kernel stores for the dK/dV kernel)."""
+    given: ``delta_of``'s, shared by the parts of a split layout) and, when ``lse2`` is given,
+    lse2 with an empty row's -inf made +inf (what the dQ kernel stores for the dK/dV kernel;
+    else None)."""
     B, H, N, D = out.shape
     with_delta = delta is None
     if with_delta:
         delta = torch.empty((B, H, N), device=out.device, dtype=torch.float32)
-    lse_bwd = torch.empty_like(lse2)
+    lse_bwd = None if lse2 is None else torch.empty_like(lse2)
     n_rows = B * H * N
-    _delta_kernel[(triton.cdiv(n_rows, DELTA_ROWS),)](
-        out, do, delta, lse2, lse_bwd, n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS,
-        WITH_DELTA=with_delta, WITH_LSE=True
+    _delta_kernel[(triton.cdiv(n_rows, DELTA_ROWS),)](  # unused pointers: delta
+        out, do, delta, delta if lse2 is None else lse2, delta if lse_bwd is None else lse_bwd,
+        n_rows, HEAD_DIM=D, ROWS=DELTA_ROWS, WITH_DELTA=with_delta, WITH_LSE=lse2 is not None
     )
     return delta, lse_bwd
 
