@@ -1,9 +1,10 @@
-"""Ahead-of-time build of the Gluon forward for sm_90 on a machine without a GPU, and what its
+"""Ahead-of-time build of the Gluon kernels for sm_90 on a machine without a GPU, and what their
 SASS says: registers, spills, shared memory, and per loop of the kernel the instruction mix of
 one step (wgmma, MUFU.EX2, local-memory traffic).
 
     python -m stbench.kernels.gluon.aot                      # every variant of the tuner's space
-    python -m stbench.kernels.gluon.aot --json '{"stages": 3}' 64   # one variant, as JSON
+    python -m stbench.kernels.gluon.aot --json '{"stages": 3}' 64   # one forward, as JSON
+    python -m stbench.kernels.gluon.aot --backward 64        # the backward kernel, as JSON
 
 (TRITON_INTERPRET must be unset: Gluon does not compile under Triton's interpreter.)
 
@@ -24,11 +25,14 @@ from dataclasses import dataclass
 import torch
 
 from ..sass_loops import innermost_loops
+from .backward import STEP_M, _bwd_kernel
 from .config import GluonConfig, forward_variants
 from .forward import BLOCK_M, BLOCK_N, CONSUMER_WARPS, MAX_REGS, _fwd_kernel, smem_layout
 
 TARGET_ARCH = 90
 POINTERS = ("O", "LSE2", "head_pattern", "ptr", "split", "cols", "tmask", "masks")
+BWD_POINTERS = ("DK", "DV", "DQ", "LSE_BWD", "DELTA", "head_pattern", "ptr", "split", "cols",
+                "tmask", "masks")
 COUNTED = ("HGMMA", "MUFU", "LDL", "STL", "BAR", "STSM", "UTMALDG")
 
 
@@ -50,29 +54,48 @@ def _ty(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-def compile_forward(cfg: GluonConfig, head_dim: int = 64, dtype: torch.dtype = torch.bfloat16):
-    """The forward kernel of ``cfg`` compiled for sm_90 (a triton CompiledKernel)."""
+def _compile(fn, sig: dict, cx: dict, pointers: tuple):
+    """``fn`` compiled for sm_90 with the launcher's specialisation (pointers and N divisible
+    by 16)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
+    names = fn.arg_names
+    signature = {n: ("constexpr" if n in cx else sig[n]) for n in names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+             if n in pointers or n == "N"}
+    src = GluonASTSource(fn=fn, signature=signature, constexprs=cx, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", TARGET_ARCH, 32),
+                          options={"num_warps": CONSUMER_WARPS.value, "maxnreg": MAX_REGS})
+
+
+def _desc(rows: int, head_dim: int, dtype: torch.dtype) -> str:
+    return f"tensordesc<{_ty(dtype)}[{rows}, {head_dim}],{smem_layout(rows, head_dim, dtype)!r}>"
+
+
+def compile_forward(cfg: GluonConfig, head_dim: int = 64, dtype: torch.dtype = torch.bfloat16):
+    """The forward kernel of ``cfg`` compiled for sm_90 (a triton CompiledKernel)."""
     half = BLOCK_M // 2
-    t = _ty(dtype)
-    desc = lambda rows: (f"tensordesc<{t}[{rows}, {head_dim}],"  # noqa: E731
-                         f"{smem_layout(rows, head_dim, dtype)!r}>")
-    sig = {"qd": desc(half), "kd": desc(BLOCK_N.value), "vd": desc(BLOCK_N.value),
-           "O": f"*{t}", "LSE2": "*fp32", "masks": "*u8", "qk_scale2": "fp32",
-           "N": "i32", "H": "i32", "n_t": "i32"}
+    sig = {"qd": _desc(half, head_dim, dtype), "kd": _desc(BLOCK_N.value, head_dim, dtype),
+           "vd": _desc(BLOCK_N.value, head_dim, dtype), "O": f"*{_ty(dtype)}", "LSE2": "*fp32",
+           "masks": "*u8", "qk_scale2": "fp32", "N": "i32", "H": "i32", "n_t": "i32"}
     sig.update({n: "*i32" for n in POINTERS if n not in sig})
     cx = {"HEAD_DIM": head_dim, "STAGES": cfg.stages, "PINGPONG": cfg.pingpong,
           "P_SMEM": cfg.p_smem}
-    names = _fwd_kernel.arg_names
-    signature = {n: ("constexpr" if n in cx else sig[n]) for n in names}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
-             if n in POINTERS or n == "N"}
-    src = GluonASTSource(fn=_fwd_kernel, signature=signature, constexprs=cx, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", TARGET_ARCH, 32),
-                          options={"num_warps": CONSUMER_WARPS.value, "maxnreg": MAX_REGS})
+    return _compile(_fwd_kernel, sig, cx, POINTERS)
+
+
+def compile_backward(head_dim: int = 64, dtype: torch.dtype = torch.bfloat16, stages: int = 2):
+    """The backward kernel (backward.py) compiled for sm_90."""
+    t = _ty(dtype)
+    sig = {"kd": _desc(BLOCK_N.value, head_dim, dtype), "vd": _desc(BLOCK_N.value, head_dim, dtype),
+           "qd": _desc(STEP_M.value, head_dim, dtype), "dod": _desc(STEP_M.value, head_dim, dtype),
+           "DK": f"*{t}", "DV": f"*{t}", "DQ": "*fp32", "LSE_BWD": "*fp32", "DELTA": "*fp32",
+           "masks": "*u8", "qk_scale2": "fp32", "scale": "fp32", "N": "i32", "H": "i32",
+           "n_t": "i32"}
+    sig.update({n: "*i32" for n in BWD_POINTERS if n not in sig})
+    return _compile(_bwd_kernel, sig, {"HEAD_DIM": head_dim, "STAGES": stages}, BWD_POINTERS)
 
 
 def _tool(name: str) -> str:
@@ -117,9 +140,12 @@ def main(argv=None) -> None:
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--json"]:
-        head_dim = int(argv[2]) if len(argv) > 2 else 64
-        b = inspect(compile_forward(GluonConfig.from_dict(json.loads(argv[1])), head_dim))
+    if argv[:1] in (["--json"], ["--backward"]):
+        if argv[0] == "--json":
+            head_dim = int(argv[2]) if len(argv) > 2 else 64
+            b = inspect(compile_forward(GluonConfig.from_dict(json.loads(argv[1])), head_dim))
+        else:
+            b = inspect(compile_backward(int(argv[1]) if len(argv) > 1 else 64))
         print(json.dumps({"regs": b.regs, "stack": b.stack, "shared": b.shared,
                           "counts": b.counts, "loops": [[n, c] for n, c in b.loops]}))
         return

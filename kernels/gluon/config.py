@@ -3,10 +3,11 @@
 A CTA owns 128 query rows (two consumer warpgroups of 64) and walks 128-key tiles (one layout
 block each). What is tunable in the forward is the schedule: the depth of the K / V ring,
 whether the two consumers take turns to issue their products (ping-pong), where P waits for its
-P V product (registers or shared memory). The backward runs the Triton backend's kernels
-(kernels/triton/backward.py) with the backward fields of a Triton KernelConfig, which this
-config carries under the same names (``BWD_KEYS``): tiles, warps, stages, atomic dQ.
-Measurements: NOTES.md.
+P V product (registers or shared memory). The backward (``bwd_kernel``) is the Triton
+backend's kernels (kernels/triton/backward.py) with the backward fields of a Triton
+KernelConfig, which this config carries under the same names (``BWD_KEYS``): tiles, warps,
+stages, atomic dQ; or this backend's warp-specialised backward (``bwd_kernel="gluon"``,
+backward.py; D = 64). Measurements: NOTES.md.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
 STAGES = (2, 3)
+BWD_KERNELS = ("triton", "gluon")
 # the Triton backward's fields (kernels/triton/config.py), passed to it as they are
 BWD_KEYS = ("BWD_BLOCK_M", "BWD_BLOCK_N", "bwd_warps", "bwd_stages", "DQ_BLOCK_N",
             "DKV_BLOCK_M", "dq_atomic")
@@ -35,10 +37,16 @@ class GluonConfig:
     DQ_BLOCK_N: int = 0
     DKV_BLOCK_M: int = 0
     dq_atomic: bool = False
+    # which backward runs: the Triton backend's kernels with the fields above, or backward.py's
+    # warp-specialised kernel ("gluon", which ignores them)
+    bwd_kernel: str = "triton"
 
     def __post_init__(self):
         if self.stages not in STAGES:
             raise ValueError(f"stages={self.stages} is not supported: use one of {STAGES}")
+        if self.bwd_kernel not in BWD_KERNELS:
+            raise ValueError(f"bwd_kernel={self.bwd_kernel!r} is not a backward: use one of "
+                             f"{BWD_KERNELS}")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +70,11 @@ def fits(cfg: GluonConfig, head_dim: int) -> str | None:
     """None if ``cfg``'s shared memory fits at ``head_dim``, else why not."""
     from .forward import SMEM_LIMIT, shared_bytes
 
+    from .backward import HEAD_DIMS as BWD_HEAD_DIMS
+
+    if cfg.bwd_kernel == "gluon" and head_dim not in BWD_HEAD_DIMS:
+        return (f"bwd_kernel='gluon' is built for head_dim {BWD_HEAD_DIMS} (its accumulators "
+                f"spill at {head_dim}): use bwd_kernel='triton'")
     need = shared_bytes(cfg.stages, cfg.p_smem, head_dim)
     if need > SMEM_LIMIT:
         return (f"stages={cfg.stages}, p_smem={cfg.p_smem} need {need} bytes of shared memory "
@@ -88,6 +101,7 @@ BWD_VARIANTS = (
     {"BWD_BLOCK_M": 128, "BWD_BLOCK_N": 64, "bwd_warps": 8},
     {"DQ_BLOCK_N": 32, "DKV_BLOCK_M": 32, "bwd_warps": 4},
     {"dq_atomic": True},
+    {"bwd_kernel": "gluon"},
 )
 
 
@@ -104,8 +118,8 @@ def forward_variants(head_dim: int) -> list[GluonConfig]:
 
 def config_space(layout, head_dim: int, dtype) -> list[dict]:
     """The forward variants (the default first: the tuner's local search starts there), then
-    the backward variants (``BWD_VARIANTS``, the default forward) whose tiles the Triton
-    backend accepts for ``layout``."""
+    the backward variants (``BWD_VARIANTS``, the default forward) that fit ``head_dim`` and whose
+    tiles the Triton backend accepts for ``layout``."""
     from ..triton.config import KernelConfig, _ok
 
     default = GluonConfig()
@@ -113,6 +127,7 @@ def config_space(layout, head_dim: int, dtype) -> list[dict]:
     for variant in BWD_VARIANTS:
         cfg = replace(default, **variant)
         bwd = KernelConfig(**dict(cfg.backward_config()))
-        if cfg.as_dict() not in out and _ok(bwd, layout.n_ctx, head_dim, dtype):
+        if (cfg.as_dict() not in out and fits(cfg, head_dim) is None
+                and _ok(bwd, layout.n_ctx, head_dim, dtype)):
             out.append(cfg.as_dict())
     return out

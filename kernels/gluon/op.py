@@ -1,6 +1,7 @@
-"""The Gluon forward with autograd: the backward runs the Triton backend's kernels
-(kernels/triton/backward.py) with the config's backward fields, from this forward's output and
-base-2 log-sum-exp (the same LSE2 the Triton forward saves)."""
+"""The Gluon forward with autograd. The backward, from this forward's output and base-2
+log-sum-exp (the same LSE2 the Triton forward saves): the Triton backend's kernels
+(kernels/triton/backward.py) with the config's backward fields, or with ``bwd_kernel="gluon"``
+this backend's warp-specialised kernel (backward.py) over the 128 x 128 transposed tiles."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..triton import backend as triton_backend
 from ..triton import op as triton_op
 from ..triton.backward import backward as triton_backward
 from ..triton.tiles import tiles_for
+from .backward import backward as gluon_backward
 from .config import GluonConfig
 from .forward import BLOCK_M, BLOCK_N, forward
 
@@ -23,6 +25,12 @@ def _forward_plan(layout: Layout, device: str):
     """(device plan, its 128 x 128 forward tile lists), cached per layout and device."""
     cpu_plan = plan_for(layout, "cpu")
     return cpu_plan.to(device), tiles_for(cpu_plan, BLOCK_M, BLOCK_N.value, False, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _gluon_backward_tiles(layout: Layout, device: str):
+    """The 128 x 128 transposed tile lists of the gluon backward, cached."""
+    return tiles_for(plan_for(layout, "cpu"), BLOCK_N.value, BLOCK_N.value, True, device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -37,7 +45,9 @@ def _backward_plan(layout: Layout, head_dim: int, dtype: torch.dtype, device: st
 def prepare(layout: Layout, q: torch.Tensor, cfg: GluonConfig, backward: bool = True) -> None:
     """Build the plan and tile lists (cached) ahead of timing."""
     _forward_plan(layout, str(q.device))
-    if backward:
+    if backward and cfg.bwd_kernel == "gluon":
+        _gluon_backward_tiles(layout, str(q.device))
+    elif backward:
         _backward_plan(layout, q.shape[-1], q.dtype, str(q.device), cfg.backward_config())
 
 
@@ -49,12 +59,18 @@ class GluonAttention(torch.autograd.Function):
         out, lse2 = forward(q, k, v, plan, tiles, scale, cfg)
         ctx.save_for_backward(q, k, v, out, lse2)
         ctx.layout, ctx.scale, ctx.plan, ctx.bwd = layout, scale, plan, cfg.backward_config()
+        ctx.bwd_kernel = cfg.bwd_kernel
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse2 = ctx.saved_tensors
         plan = ctx.plan
+        if ctx.bwd_kernel == "gluon":
+            tiles = _gluon_backward_tiles(ctx.layout, str(q.device))
+            dq, dk, dv = gluon_backward(dout.contiguous(), q, k, v, out, lse2, plan, tiles,
+                                        ctx.scale)
+            return dq, dk, dv, None, None, None
         cfg, tq, tk = _backward_plan(ctx.layout, q.shape[-1], q.dtype, str(q.device), ctx.bwd)
         dq, dk, dv = triton_backward(dout.contiguous(), q, k, v, out, lse2, plan, tq, tk,
                                      ctx.scale, cfg)

@@ -60,6 +60,8 @@ def test_config_validation():
         gconfig.GluonConfig.from_dict({"BLOCK_M": 128})
     with pytest.raises(ValueError, match="stages=4"):
         gconfig.GluonConfig(stages=4)
+    with pytest.raises(ValueError, match="bwd_kernel='cuda'"):
+        gconfig.GluonConfig(bwd_kernel="cuda")
 
 
 def test_fit_and_resolve():
@@ -67,6 +69,9 @@ def test_fit_and_resolve():
     assert gconfig.resolve_config(128, {"stages": 3, "p_smem": False}).stages == 3
     with pytest.raises(ValueError, match="shared memory"):
         gconfig.resolve_config(128, {"stages": 3})  # K / V ring of 3 plus P slots at D = 128
+    assert gconfig.resolve_config(64, {"bwd_kernel": "gluon"}).bwd_kernel == "gluon"
+    with pytest.raises(ValueError, match="head_dim"):
+        gconfig.resolve_config(128, {"bwd_kernel": "gluon"})  # its accumulators spill at 128
 
 
 @pytest.mark.parametrize("head_dim", (64, 128))
@@ -81,11 +86,13 @@ def test_config_space(head_dim):
     assert {(c["pingpong"], c["p_smem"]) for c in space} == {(a, b) for a in (True, False)
                                                             for b in (True, False)}
     # the backward's tiles vary with the default forward; each variant is a Triton config
-    default_fwd = {k: v for k, v in space[0].items() if k not in gconfig.BWD_KEYS}
+    default_fwd = {k: v for k, v in space[0].items()
+                   if k not in gconfig.BWD_KEYS and k != "bwd_kernel"}
     bwd = [c for c in space if {k: c[k] for k in default_fwd} == default_fwd
            and c != space[0]]
     assert {(c["BWD_BLOCK_M"], c["BWD_BLOCK_N"]) for c in bwd} >= {(64, 64), (128, 128)}
     assert any(c["dq_atomic"] for c in bwd)
+    assert any(c["bwd_kernel"] == "gluon" for c in bwd) == (head_dim == 64)
     for c in bwd:
         triton_config.KernelConfig(**{k: c[k] for k in gconfig.BWD_KEYS})
 
@@ -111,3 +118,23 @@ def test_aot_build_sm90(cfg):
     assert full["HGMMA"] > 0 and full["STL"] == 0, f"spills in the FULL-tile loop: {full}"
     # 64 exponentials a thread a step (2 rows x 32 columns) and 2 for the rescale
     assert full["MUFU"] == 66, full
+
+
+@pytest.mark.slow
+def test_aot_build_backward_sm90():
+    """The warp-specialised backward builds for sm_90: wgmma and TMA in the SASS, shared memory
+    fits, and every step loop (three tile kinds x two consumers) keeps its values in registers,
+    issues wgmma and 32 exponentials a thread (64 keys x 64 queries over 128 threads)."""
+    from stbench.kernels.gluon.forward import SMEM_LIMIT
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-P", "-m", "stbench.kernels.gluon.aot", "--backward",
+                          "64"], capture_output=True, text=True, env=env, timeout=AOT_TIMEOUT_S)
+    assert run.returncode == 0, run.stderr[-2000:]
+    build = json.loads(run.stdout.strip().splitlines()[-1])
+    assert build["counts"]["UTMALDG"] > 0 and build["shared"] <= SMEM_LIMIT
+    steps = [c for _, c in build["loops"] if c["MUFU"] > 0]
+    assert len(steps) >= 6, build["loops"]
+    for c in steps:  # the MASKED loops reload two scalars spilled before the loop
+        assert c["STL"] == 0 and c["LDL"] <= 2, f"spills in a step loop: {c}"
+        assert c["HGMMA"] > 0 and c["MUFU"] == 32, c

@@ -74,6 +74,22 @@ def test_backward_variants(variant, gen):
     _run(LAYOUTS["mixed"](1, gen), torch.bfloat16, 64, gen, config=variant)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_gluon_backward_layouts(name, dtype, gen):
+    """The warp-specialised backward (bwd_kernel='gluon') on every kind of tile list: FULL,
+    CAUSAL and MASKED entries, empty query rows and key columns, a pattern per head."""
+    heads = 1 if name == "mixed" else 2
+    _run(LAYOUTS[name](heads, gen), dtype, 64, gen, config={"bwd_kernel": "gluon"})
+
+
+def test_gluon_backward_long_rows(gen):
+    """Long key columns (causal N = 8192, 64 steps for the first key tile) and B x H = 8 CTAs
+    a key tile: the two-slot dS^T exchange and the Q / dO ring over many phases."""
+    _run(layouts.causal(8192, block=128, heads=4), torch.bfloat16, 64, gen, batch=2,
+         config={"bwd_kernel": "gluon"})
+
+
 @pytest.mark.parametrize("cfg", ({}, {"p_smem": False, "stages": 3}), ids=str)
 def test_head_dim_128(cfg, gen):
     _run(LAYOUTS["random_blocks"](2, gen), torch.bfloat16, 128, gen, config=cfg)
@@ -93,6 +109,10 @@ def test_refusals(gen):
     q = torch.randn(1, 2, 1024, 32, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="head_dim"):
         gluon_backend.attention(q, q, q, layouts.causal(1024, block=128, heads=2), 0.2)
+    q128 = torch.randn(1, 2, 1024, 128, device="cuda", dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="bwd_kernel='gluon'"):
+        gluon_backend.attention(q128, q128, q128, layouts.causal(1024, block=128, heads=2), 0.1,
+                                {"bwd_kernel": "gluon"})
     q = torch.randn(1, 2, 1024, 64, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(BackendUnavailable, match="block 64"):
         gluon_backend.attention(q, q, q, layouts.causal(1024, block=64, heads=2), 0.2)

@@ -1,0 +1,236 @@
+"""Backward kernel in Gluon for Hopper (sm_90), warp-specialised: dK, dV, and dQ by atomic adds.
+
+One CTA per (key tile of BLOCK_N = 128 layout positions, batch x head), three partitions:
+
+    producer   1 warp     K, V of the tile once (128-row TMA boxes), then Q and dO of each step
+                          (64 query rows: half of a query block of the tile's transposed list)
+                          into a STAGES-deep ring (q_ready / do_ready by TMA transaction bytes;
+                          q_empty / do_empty, two arrivals: both consumers)
+    consumer w 4 warps    keys 64 w .. 64 w + 63 of the tile (w = 0: the default partition)
+
+Step i of a consumer covers queries Q_i = (i % 2) * 64 .. + 63 of entry e = start + i // 2 (the
+'MODE' loop of the entry's kind: FULL, CAUSAL, MASKED). With c = scale * LOG2E and the base-2
+LSE_BWD (+inf on an empty row, so p = 0 there) and delta = rowsum(dO * O) of ``rows_of``:
+
+    S^T  = K_w Q_i^T            [64, 64]   (SS wgmma, async)
+    dP^T = V_w dO_i^T           [64, 64]   (SS wgmma, async: runs while P^T is computed)
+    P^T  = exp2(S^T * c - LSE_BWD_i)       (disallowed pairs -> 0)
+    dV_w += P^T dO_i                       (RS wgmma, async)
+    dS^T = P^T * (dP^T - delta_i);  dK_w += dS^T Q_i   (RS wgmma, async)
+    dS^T -> shared slot i % 2 (each consumer its 64 keys); mbarrier ds_ready[i % 2] (2 arrivals)
+    consumer i % 2:  dQ_i += (dS^T)^T K     [64, D] over all 128 keys (SS wgmma, A the slot
+                     read transposed), added into an fp32 dQ by relaxed atomic adds
+The other consumer writes slot i % 2 again at step i + 2 only after the ds_ready wait of step
+i + 1, which needs this consumer's arrival after its dQ product finished: two slots suffice.
+dK *= scale at the end; the host scales dQ (and casts it) after the launch.
+
+Limits: 16-bit q, k, v contiguous [B, H, N, D], D = 64 (at 128 the accumulators spill); layout
+block 128, no token permutation (as the forward). Memory: delta and LSE_BWD (fp32 [B, H, N])
+and the fp32 dQ (B H N D); dQ's summation order depends on scheduling.
+"""
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
+)
+
+from ..triton.backward import rows_of
+from .forward import (
+    BLOCK_N, CONSUMER_REGS, CONSUMER_WARPS, LOG2E, MAX_REGS, PRODUCER_REGS, PRODUCER_WARPS,
+    _release, _tile_range, smem_layout,
+)
+
+HEAD_DIMS = (64,)  # what it builds without spills (NOTES.md); BLOCK_N: keys per CTA
+BLOCK_M = gl.constexpr(128)  # queries per tile-list entry (one layout block)
+STEP_M = gl.constexpr(64)  # queries per step: an entry is two steps
+WG_KEYS = gl.constexpr(64)  # keys per consumer
+
+
+@gluon.jit
+def _producer(kd, vd, qd, dod, k_smem, v_smem, q_smem, do_smem, kv_bar, q_ready, do_ready,
+              q_empty, do_empty, head_pattern, ptr, split, cols, N, H, n_t,
+              STAGES: gl.constexpr):
+    t, bh, start, _, _, end = _tile_range(head_pattern, ptr, split, N, H, n_t)
+    row0 = bh * N
+    mbarrier.expect(kv_bar, kd.block_type.nbytes + vd.block_type.nbytes)
+    tma.async_copy_global_to_shared(kd, [row0 + t * BLOCK_N, 0], kv_bar, k_smem)
+    tma.async_copy_global_to_shared(vd, [row0 + t * BLOCK_N, 0], kv_bar, v_smem)
+    for i in range(2 * (end - start)):
+        s = i % STAGES
+        free = ((i // STAGES) & 1) ^ 1
+        q0 = row0 + gl.load(cols + start + i // 2) * BLOCK_M + (i % 2) * STEP_M
+        mbarrier.wait(q_empty.index(s), free)
+        mbarrier.expect(q_ready.index(s), qd.block_type.nbytes)
+        tma.async_copy_global_to_shared(qd, [q0, 0], q_ready.index(s), q_smem.index(s))
+        mbarrier.wait(do_empty.index(s), free)
+        mbarrier.expect(do_ready.index(s), dod.block_type.nbytes)
+        tma.async_copy_global_to_shared(dod, [q0, 0], do_ready.index(s), do_smem.index(s))
+
+
+@gluon.jit
+def _mask_t(s, e, r_loc, c_loc, k0, q0, tmask, masks, MODE: gl.constexpr):
+    """Scores [keys, queries] of query block e with the disallowed pairs at -inf: CAUSAL keeps
+    query position >= key position; MASKED reads the uint8 [keys, queries] tile mask."""
+    if MODE == 1:
+        s = gl.where(c_loc[None, :] - r_loc[:, None] >= k0 - q0, s, float("-inf"))
+    elif MODE == 2:
+        off = gl.load(tmask + e).to(gl.int64) * (BLOCK_N * BLOCK_M)
+        keep = gl.load(masks + off + r_loc[:, None] * BLOCK_M + (q0 % BLOCK_M) + c_loc[None, :])
+        s = gl.where(keep != 0, s, float("-inf"))
+    return s
+
+
+@gluon.jit
+def _step(i, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready, q_empty,
+          do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d, k0, rbase, DQ,
+          LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG: gl.constexpr,
+          HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, MODE: gl.constexpr,
+          a_layout: gl.constexpr):
+    """Step i: queries (i % 2) * 64 .. + 63 of entry start + i // 2. dQ of the step's 64
+    queries over all 128 keys needs both consumers' dS^T halves: consumer i % 2 computes it."""
+    st = i % STAGES
+    ph = (i // STAGES) & 1
+    e = start + i // 2
+    q0 = gl.load(cols + e) * BLOCK_M + (i % 2) * STEP_M
+    q = q_smem.index(st)
+    do = do_smem.index(st)
+    mbarrier.wait(q_ready.index(st), ph)
+    s_t = warpgroup_mma(k_w, q.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    mbarrier.wait(do_ready.index(st), ph)
+    dp_t = warpgroup_mma(v_w, do.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s_t = warpgroup_mma_wait(1, deps=[s_t])
+    s_t = _mask_t(s_t, e, r_loc, c_loc, k0, q0, tmask, masks, MODE)
+    lse = gl.load(LSE_BWD + rbase + q0 + c_loc)
+    p_t = gl.exp2(s_t * qk_scale2 - lse[None, :])
+    dv = warpgroup_mma(gl.convert_layout(p_t.to(q.dtype), a_layout), do, dv, is_async=True)
+    dp_t = warpgroup_mma_wait(1, deps=[dp_t])
+    delta = gl.load(DELTA + rbase + q0 + c_loc)
+    ds16 = (p_t * (dp_t - delta[None, :])).to(q.dtype)
+    slot = ds_smem.index(i % 2)
+    slot.slice(WG * WG_KEYS, WG_KEYS).store(ds16)
+    fence_async_shared()
+    dk = warpgroup_mma(gl.convert_layout(ds16, a_layout), q, dk, is_async=True)
+    gl.thread_barrier()
+    mbarrier.arrive(ds_ready.index(i % 2))
+    mbarrier.wait(ds_ready.index(i % 2), (i // 2) & 1)
+    if i % 2 == WG:
+        dq = warpgroup_mma(slot.permute((1, 0)), k_smem, zero_o, use_acc=False, is_async=True)
+        dq = warpgroup_mma_wait(0, deps=[dq])
+        rows = rbase + q0 + ro
+        gl.atomic_add(DQ + rows[:, None] * HEAD_DIM + d[None, :], dq, sem="relaxed")
+    dv, dk = warpgroup_mma_wait(0, deps=[dv, dk])
+    _release(q_empty.index(st))
+    _release(do_empty.index(st))
+    return dk, dv
+
+
+@gluon.jit
+def _consumer(WG: gl.constexpr, k_smem, v_smem, q_smem, do_smem, ds_smem, kv_bar, q_ready,
+              do_ready, q_empty, do_empty, ds_ready, DK, DV, DQ, LSE_BWD, DELTA, head_pattern,
+              ptr, split, cols, tmask, masks, qk_scale2, scale, N, H, n_t,
+              HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[CONSUMER_WARPS, 1], instr_shape=[16, STEP_M, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[CONSUMER_WARPS, 1], instr_shape=[16, HEAD_DIM, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    t, bh, start, end_full, end_causal, end = _tile_range(head_pattern, ptr, split, N, H, n_t)
+    k_w = k_smem.slice(WG * WG_KEYS, WG_KEYS)
+    v_w = v_smem.slice(WG * WG_KEYS, WG_KEYS)
+    r_loc = WG * WG_KEYS + gl.arange(0, WG_KEYS, layout=gl.SliceLayout(1, s_layout))
+    c_loc = gl.arange(0, STEP_M, layout=gl.SliceLayout(0, s_layout))
+    ro = gl.arange(0, WG_KEYS, layout=gl.SliceLayout(1, o_layout))
+    d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+    k0 = t * BLOCK_N
+    rbase = bh.to(gl.int64) * N
+    dk = gl.zeros([WG_KEYS, HEAD_DIM], gl.float32, o_layout)
+    dv = gl.zeros([WG_KEYS, HEAD_DIM], gl.float32, o_layout)
+    zero_s = gl.zeros([WG_KEYS, STEP_M], gl.float32, s_layout)
+    zero_o = gl.zeros([WG_KEYS, HEAD_DIM], gl.float32, o_layout)
+    mbarrier.wait(kv_bar, 0)
+    for i in range(0, 2 * (end_full - start)):
+        dk, dv = _step(i, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
+                       q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
+                       k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
+                       HEAD_DIM, STAGES, 0, a_layout)
+    for i in range(2 * (end_full - start), 2 * (end_causal - start)):
+        dk, dv = _step(i, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
+                       q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
+                       k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
+                       HEAD_DIM, STAGES, 1, a_layout)
+    for i in range(2 * (end_causal - start), 2 * (end - start)):
+        dk, dv = _step(i, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
+                       q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
+                       k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
+                       HEAD_DIM, STAGES, 2, a_layout)
+    rows = rbase + k0 + WG * WG_KEYS + ro
+    off = rows[:, None] * HEAD_DIM + d[None, :]
+    gl.store(DK + off, (dk * scale).to(DK.dtype.element_ty))
+    gl.store(DV + off, dv.to(DV.dtype.element_ty))
+
+
+@gluon.jit
+def _bwd_kernel(kd, vd, qd, dod, DK, DV, DQ, LSE_BWD, DELTA, head_pattern, ptr, split, cols,
+                tmask, masks, qk_scale2, scale, N, H, n_t, HEAD_DIM: gl.constexpr,
+                STAGES: gl.constexpr):
+    dtype: gl.constexpr = qd.dtype
+    k_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], kd.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], vd.layout)
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES, STEP_M, HEAD_DIM], qd.layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES, STEP_M, HEAD_DIM], dod.layout)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, STEP_M], dtype)
+    ds_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, STEP_M], ds_layout)
+    bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    do_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    do_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
+    mbarrier.init(kv_bar, count=1)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(q_ready.index(s), count=1)
+        mbarrier.init(do_ready.index(s), count=1)
+        mbarrier.init(q_empty.index(s), count=2)
+        mbarrier.init(do_empty.index(s), count=2)
+    mbarrier.init(ds_ready.index(0), count=2)
+    mbarrier.init(ds_ready.index(1), count=2)
+    gl.warp_specialize([
+        (_consumer, (0, k_smem, v_smem, q_smem, do_smem, ds_smem, kv_bar, q_ready, do_ready,
+                     q_empty, do_empty, ds_ready, DK, DV, DQ, LSE_BWD, DELTA, head_pattern,
+                     ptr, split, cols, tmask, masks, qk_scale2, scale, N, H, n_t, HEAD_DIM,
+                     STAGES)),
+        (_consumer, (1, k_smem, v_smem, q_smem, do_smem, ds_smem, kv_bar, q_ready, do_ready,
+                     q_empty, do_empty, ds_ready, DK, DV, DQ, LSE_BWD, DELTA, head_pattern,
+                     ptr, split, cols, tmask, masks, qk_scale2, scale, N, H, n_t, HEAD_DIM,
+                     STAGES)),
+        (_producer, (kd, vd, qd, dod, k_smem, v_smem, q_smem, do_smem, kv_bar, q_ready,
+                     do_ready, q_empty, do_empty, head_pattern, ptr, split, cols, N, H, n_t,
+                     STAGES)),
+    ], [CONSUMER_WARPS, PRODUCER_WARPS], [CONSUMER_REGS, PRODUCER_REGS])
+
+
+def backward(do, q, k, v, out, lse2, plan, tiles_k, scale: float, stages: int = 2):
+    """(dq, dk, dv) from the forward's output and base-2 log-sum-exp ``lse2`` (fp32 [B, H, N]).
+    do, q, k, v, out: contiguous 16-bit [B, H, N, D] on the GPU; ``plan``: the device plan;
+    ``tiles_k``: its 128 x 128 transposed (key-major) tile lists on the same device."""
+    if (tiles_k.tile_major, tiles_k.tile_minor, tiles_k.transposed) != (128, 128, True):
+        raise ValueError("the gluon backward walks 128 x 128 transposed tile lists")
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    B, H, N, D = q.shape
+    delta, lse_bwd = rows_of(out, do, lse2)
+    dq = torch.zeros((B, H, N, D), device=q.device, dtype=torch.float32)
+    dk, dv = torch.empty_like(q), torch.empty_like(q)
+    rows = B * H * N
+    descs = [TensorDescriptor.from_tensor(t.view(rows, D), [r, D], smem_layout(r, D, t.dtype))
+             for t, r in ((k, 128), (v, 128), (q, 64), (do, 64))]
+    n_t = tiles_k.n_tiles
+    _bwd_kernel[(n_t, B * H)](
+        *descs, dk, dv, dq, lse_bwd, delta, plan.head_pattern, tiles_k.ptr, tiles_k.split,
+        tiles_k.cols, tiles_k.tmask, tiles_k.masks, scale * LOG2E, scale, N, H, n_t,
+        HEAD_DIM=D, STAGES=stages, num_warps=CONSUMER_WARPS.value, maxnreg=MAX_REGS)
+    return (dq * scale).to(q.dtype), dk, dv
