@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..sass_loops import innermost_loops
-from .backward import STEP_M, _bwd_kernel
+from .backward import STAGES as BWD_STAGES, STEP_M, _bwd_kernel
 from .config import GluonConfig, forward_variants
 from .forward import BLOCK_M, BLOCK_N, CONSUMER_WARPS, MAX_REGS, _fwd_kernel, smem_layout
 
@@ -86,7 +86,8 @@ def compile_forward(cfg: GluonConfig, head_dim: int = 64, dtype: torch.dtype = t
     return _compile(_fwd_kernel, sig, cx, POINTERS)
 
 
-def compile_backward(head_dim: int = 64, dtype: torch.dtype = torch.bfloat16, stages: int = 2):
+def compile_backward(head_dim: int = 64, dtype: torch.dtype = torch.bfloat16,
+                     stages: int = BWD_STAGES):
     """The backward kernel (backward.py) compiled for sm_90."""
     t = _ty(dtype)
     sig = {"kd": _desc(BLOCK_N.value, head_dim, dtype), "vd": _desc(BLOCK_N.value, head_dim, dtype),

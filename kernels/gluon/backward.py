@@ -47,6 +47,7 @@ HEAD_DIMS = (64,)  # what it builds without spills (NOTES.md); BLOCK_N: keys per
 BLOCK_M = gl.constexpr(128)  # queries per tile-list entry (one layout block)
 STEP_M = gl.constexpr(64)  # queries per step: an entry is two steps
 WG_KEYS = gl.constexpr(64)  # keys per consumer
+STAGES = 3  # Q / dO steps in flight (NOTES.md: 3 against 2, measured)
 
 
 @gluon.jit
@@ -84,24 +85,38 @@ def _mask_t(s, e, r_loc, c_loc, k0, q0, tmask, masks, MODE: gl.constexpr):
 
 
 @gluon.jit
-def _step(i, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready, q_empty,
-          do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d, k0, rbase, DQ,
-          LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG: gl.constexpr,
-          HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, MODE: gl.constexpr,
-          a_layout: gl.constexpr):
-    """Step i: queries (i % 2) * 64 .. + 63 of entry start + i // 2. dQ of the step's 64
-    queries over all 128 keys needs both consumers' dS^T halves: consumer i % 2 computes it."""
+def _issue(i, k_w, v_w, q_smem, do_smem, q_ready, do_ready, zero_s, STAGES: gl.constexpr):
+    """S^T = K_w Q_i^T and dP^T = V_w dO_i^T of step i, issued (asynchronous)."""
     st = i % STAGES
     ph = (i // STAGES) & 1
-    e = start + i // 2
-    q0 = gl.load(cols + e) * BLOCK_M + (i % 2) * STEP_M
+    mbarrier.wait(q_ready.index(st), ph)
+    s_t = warpgroup_mma(k_w, q_smem.index(st).permute((1, 0)), zero_s, use_acc=False,
+                        is_async=True)
+    mbarrier.wait(do_ready.index(st), ph)
+    dp_t = warpgroup_mma(v_w, do_smem.index(st).permute((1, 0)), zero_s, use_acc=False,
+                         is_async=True)
+    return s_t, dp_t
+
+
+@gluon.jit
+def _half(j, start, s_t, dp_t, q_smem, do_smem, ds_smem, q_empty, do_empty, ds_ready, dk, dv,
+          r_loc, c_loc, k0, rbase, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2,
+          WG: gl.constexpr, HALF: gl.constexpr, STAGES: gl.constexpr, MODE: gl.constexpr,
+          a_layout: gl.constexpr):
+    """Step i = 2 j + HALF (queries HALF * 64 .. + 63 of entry start + j) up to its dS^T:
+    S^T_i and dP^T_i are in flight; issues dV_i and dK_i (left in flight), stores this
+    consumer's dS^T half into slot HALF and arrives on ds_ready[HALF]. Returns (dk, dv, q0)."""
+    i = 2 * j + HALF
+    st = i % STAGES
+    e = start + j
+    q0 = gl.load(cols + e) * BLOCK_M + HALF * STEP_M
     q = q_smem.index(st)
     do = do_smem.index(st)
-    mbarrier.wait(q_ready.index(st), ph)
-    s_t = warpgroup_mma(k_w, q.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-    mbarrier.wait(do_ready.index(st), ph)
-    dp_t = warpgroup_mma(v_w, do.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s_t = warpgroup_mma_wait(1, deps=[s_t])
+    # dV_{i-1} and dK_{i-1} are done too: step i - 1's Q / dO slot is free
+    gl.thread_barrier()
+    mbarrier.arrive(q_empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
+    mbarrier.arrive(do_empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
     s_t = _mask_t(s_t, e, r_loc, c_loc, k0, q0, tmask, masks, MODE)
     lse = gl.load(LSE_BWD + rbase + q0 + c_loc)
     p_t = gl.exp2(s_t * qk_scale2 - lse[None, :])
@@ -109,22 +124,62 @@ def _step(i, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_read
     dp_t = warpgroup_mma_wait(1, deps=[dp_t])
     delta = gl.load(DELTA + rbase + q0 + c_loc)
     ds16 = (p_t * (dp_t - delta[None, :])).to(q.dtype)
-    slot = ds_smem.index(i % 2)
-    slot.slice(WG * WG_KEYS, WG_KEYS).store(ds16)
+    ds_smem.index(HALF).slice(WG * WG_KEYS, WG_KEYS).store(ds16)
     fence_async_shared()
     dk = warpgroup_mma(gl.convert_layout(ds16, a_layout), q, dk, is_async=True)
+    dv, dk = warpgroup_mma_wait(2, deps=[dv, dk])  # (no wait: both stay in flight)
     gl.thread_barrier()
-    mbarrier.arrive(ds_ready.index(i % 2))
-    mbarrier.wait(ds_ready.index(i % 2), (i // 2) & 1)
-    if i % 2 == WG:
-        dq = warpgroup_mma(slot.permute((1, 0)), k_smem, zero_o, use_acc=False, is_async=True)
+    mbarrier.arrive(ds_ready.index(HALF))
+    return dk, dv, q0
+
+
+@gluon.jit
+def _dq(j, k_smem, ds_smem, ds_ready, zero_o, HALF: gl.constexpr):
+    """dQ of step 2 j + HALF over all 128 keys once both dS^T halves are in slot HALF,
+    issued (asynchronous): (dS^T)^T K, [64, D]."""
+    mbarrier.wait(ds_ready.index(HALF), j & 1)
+    return warpgroup_mma(ds_smem.index(HALF).permute((1, 0)), k_smem, zero_o, use_acc=False,
+                         is_async=True)
+
+
+@gluon.jit
+def _add_dq(dq, q0, ro, d, rbase, DQ, HEAD_DIM: gl.constexpr):
+    """dQ[q0 .. q0 + 63] += dq (fp32, relaxed atomic adds)."""
+    rows = rbase + q0 + ro
+    gl.atomic_add(DQ + rows[:, None] * HEAD_DIM + d[None, :], dq, sem="relaxed")
+
+
+@gluon.jit
+def _entry(j, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready, q_empty,
+           do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d, k0, rbase, DQ,
+           LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG: gl.constexpr,
+           HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, MODE: gl.constexpr,
+           a_layout: gl.constexpr):
+    """Entry start + j: its two 64-query steps; step 1's S^T and dP^T are issued behind step
+    0's dV, dK (and dQ), before step 0's dQ wait and atomics. Nothing is in flight across
+    iterations (ptxas serialises every wgmma of a loop whose products stay in flight over its
+    back edge). Consumer HALF computes step HALF's dQ."""
+    s_t, dp_t = _issue(2 * j, k_w, v_w, q_smem, do_smem, q_ready, do_ready, zero_s, STAGES)
+    dk, dv, q0 = _half(j, start, s_t, dp_t, q_smem, do_smem, ds_smem, q_empty, do_empty,
+                       ds_ready, dk, dv, r_loc, c_loc, k0, rbase, LSE_BWD, DELTA, cols, tmask,
+                       masks, qk_scale2, WG, 0, STAGES, MODE, a_layout)
+    if WG == 0:
+        dq = _dq(j, k_smem, ds_smem, ds_ready, zero_o, 0)
+        s_t, dp_t = _issue(2 * j + 1, k_w, v_w, q_smem, do_smem, q_ready, do_ready, zero_s,
+                           STAGES)
+        dq = warpgroup_mma_wait(2, deps=[dq])
+        _add_dq(dq, q0, ro, d, rbase, DQ, HEAD_DIM)
+    else:
+        s_t, dp_t = _issue(2 * j + 1, k_w, v_w, q_smem, do_smem, q_ready, do_ready, zero_s,
+                           STAGES)
+    dk, dv, q0 = _half(j, start, s_t, dp_t, q_smem, do_smem, ds_smem, q_empty, do_empty,
+                       ds_ready, dk, dv, r_loc, c_loc, k0, rbase, LSE_BWD, DELTA, cols, tmask,
+                       masks, qk_scale2, WG, 1, STAGES, MODE, a_layout)
+    if WG == 1:
+        dq = _dq(j, k_smem, ds_smem, ds_ready, zero_o, 1)
         dq = warpgroup_mma_wait(0, deps=[dq])
-        rows = rbase + q0 + ro
-        gl.atomic_add(DQ + rows[:, None] * HEAD_DIM + d[None, :], dq, sem="relaxed")
-    dv, dk = warpgroup_mma_wait(0, deps=[dv, dk])
-    _release(q_empty.index(st))
-    _release(do_empty.index(st))
-    return dk, dv
+        _add_dq(dq, q0, ro, d, rbase, DQ, HEAD_DIM)
+    return warpgroup_mma_wait(0, deps=[dk, dv])
 
 
 @gluon.jit
@@ -151,21 +206,21 @@ def _consumer(WG: gl.constexpr, k_smem, v_smem, q_smem, do_smem, ds_smem, kv_bar
     zero_s = gl.zeros([WG_KEYS, STEP_M], gl.float32, s_layout)
     zero_o = gl.zeros([WG_KEYS, HEAD_DIM], gl.float32, o_layout)
     mbarrier.wait(kv_bar, 0)
-    for i in range(0, 2 * (end_full - start)):
-        dk, dv = _step(i, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
-                       q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
-                       k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
-                       HEAD_DIM, STAGES, 0, a_layout)
-    for i in range(2 * (end_full - start), 2 * (end_causal - start)):
-        dk, dv = _step(i, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
-                       q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
-                       k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
-                       HEAD_DIM, STAGES, 1, a_layout)
-    for i in range(2 * (end_causal - start), 2 * (end - start)):
-        dk, dv = _step(i, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
-                       q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
-                       k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
-                       HEAD_DIM, STAGES, 2, a_layout)
+    for j in range(0, end_full - start):
+        dk, dv = _entry(j, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
+                        q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
+                        k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
+                        HEAD_DIM, STAGES, 0, a_layout)
+    for j in range(end_full - start, end_causal - start):
+        dk, dv = _entry(j, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
+                        q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
+                        k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
+                        HEAD_DIM, STAGES, 1, a_layout)
+    for j in range(end_causal - start, end - start):
+        dk, dv = _entry(j, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
+                        q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
+                        k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
+                        HEAD_DIM, STAGES, 2, a_layout)
     rows = rbase + k0 + WG * WG_KEYS + ro
     off = rows[:, None] * HEAD_DIM + d[None, :]
     gl.store(DK + off, (dk * scale).to(DK.dtype.element_ty))
@@ -213,7 +268,7 @@ def _bwd_kernel(kd, vd, qd, dod, DK, DV, DQ, LSE_BWD, DELTA, head_pattern, ptr, 
     ], [CONSUMER_WARPS, PRODUCER_WARPS], [CONSUMER_REGS, PRODUCER_REGS])
 
 
-def backward(do, q, k, v, out, lse2, plan, tiles_k, scale: float, stages: int = 2):
+def backward(do, q, k, v, out, lse2, plan, tiles_k, scale: float, stages: int = STAGES):
     """(dq, dk, dv) from the forward's output and base-2 log-sum-exp ``lse2`` (fp32 [B, H, N]).
     do, q, k, v, out: contiguous 16-bit [B, H, N, D] on the GPU; ``plan``: the device plan;
     ``tiles_k``: its 128 x 128 transposed (key-major) tile lists on the same device."""

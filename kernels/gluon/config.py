@@ -3,11 +3,11 @@
 A CTA owns 128 query rows (two consumer warpgroups of 64) and walks 128-key tiles (one layout
 block each). What is tunable in the forward is the schedule: the depth of the K / V ring,
 whether the two consumers take turns to issue their products (ping-pong), where P waits for its
-P V product (registers or shared memory). The backward (``bwd_kernel``) is the Triton
-backend's kernels (kernels/triton/backward.py) with the backward fields of a Triton
-KernelConfig, which this config carries under the same names (``BWD_KEYS``): tiles, warps,
-stages, atomic dQ; or this backend's warp-specialised backward (``bwd_kernel="gluon"``,
-backward.py; D = 64). Measurements: NOTES.md.
+P V product (registers or shared memory). The backward (``bwd_kernel``) is this backend's
+warp-specialised kernel (``"gluon"``, backward.py; D = 64) or the Triton backend's kernels
+(``"triton"``, kernels/triton/backward.py) with the backward fields of a Triton KernelConfig,
+which this config carries under the same names (``BWD_KEYS``): tiles, warps, stages, atomic dQ.
+``"auto"`` (the default) is "gluon" where it builds, else "triton". Measurements: NOTES.md.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
 STAGES = (2, 3)
-BWD_KERNELS = ("triton", "gluon")
+BWD_KERNELS = ("auto", "gluon", "triton")
 # the Triton backward's fields (kernels/triton/config.py), passed to it as they are
 BWD_KEYS = ("BWD_BLOCK_M", "BWD_BLOCK_N", "bwd_warps", "bwd_stages", "DQ_BLOCK_N",
             "DKV_BLOCK_M", "dq_atomic")
@@ -37,9 +37,10 @@ class GluonConfig:
     DQ_BLOCK_N: int = 0
     DKV_BLOCK_M: int = 0
     dq_atomic: bool = False
-    # which backward runs: the Triton backend's kernels with the fields above, or backward.py's
-    # warp-specialised kernel ("gluon", which ignores them)
-    bwd_kernel: str = "triton"
+    # which backward runs: backward.py's warp-specialised kernel ("gluon", which ignores the
+    # fields above), the Triton backend's kernels with them ("triton"), or "auto": "gluon" at
+    # the head dims it builds for, else "triton" (resolve_config decides)
+    bwd_kernel: str = "auto"
 
     def __post_init__(self):
         if self.stages not in STAGES:
@@ -83,25 +84,31 @@ def fits(cfg: GluonConfig, head_dim: int) -> str | None:
 
 
 def resolve_config(head_dim: int, config: dict | None) -> GluonConfig:
-    """The default config overridden by the (partial) ``config`` dict; ValueError where the
-    result does not fit."""
+    """The default config overridden by the (partial) ``config`` dict, with ``bwd_kernel="auto"``
+    made concrete for ``head_dim``; ValueError where the result does not fit."""
+    from .backward import HEAD_DIMS as BWD_HEAD_DIMS
+
     cfg = GluonConfig.from_dict(config)
+    if cfg.bwd_kernel == "auto":
+        cfg = replace(cfg, bwd_kernel="gluon" if head_dim in BWD_HEAD_DIMS else "triton")
     why = fits(cfg, head_dim)
     if why is not None:
         raise ValueError(f"gluon config {cfg.as_dict()}: {why}")
     return cfg
 
 
-# backward variants the tuner tries beside the default (the Triton backend's fields): the
-# Triton default's square 64 tiles, a 128 x 64 pair, its asymmetric tutorial tiles, dQ by
-# atomic adds (kernels/triton/config.py's space holds the same shapes)
+# backward variants the tuner tries beside the default: this backend's kernel, the Triton
+# backend's at its 128 x 128 default fields, the Triton default's square 64 tiles, a 128 x 64
+# pair, its asymmetric tutorial tiles, dQ by atomic adds (kernels/triton/config.py's space
+# holds the same shapes)
 BWD_VARIANTS = (
-    {"BWD_BLOCK_M": 64, "BWD_BLOCK_N": 64, "bwd_warps": 4},
-    {"BWD_BLOCK_M": 64, "BWD_BLOCK_N": 128, "bwd_warps": 8},
-    {"BWD_BLOCK_M": 128, "BWD_BLOCK_N": 64, "bwd_warps": 8},
-    {"DQ_BLOCK_N": 32, "DKV_BLOCK_M": 32, "bwd_warps": 4},
-    {"dq_atomic": True},
     {"bwd_kernel": "gluon"},
+    {"bwd_kernel": "triton"},
+    {"bwd_kernel": "triton", "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 64, "bwd_warps": 4},
+    {"bwd_kernel": "triton", "BWD_BLOCK_M": 64, "BWD_BLOCK_N": 128, "bwd_warps": 8},
+    {"bwd_kernel": "triton", "BWD_BLOCK_M": 128, "BWD_BLOCK_N": 64, "bwd_warps": 8},
+    {"bwd_kernel": "triton", "DQ_BLOCK_N": 32, "DKV_BLOCK_M": 32, "bwd_warps": 4},
+    {"bwd_kernel": "triton", "dq_atomic": True},
 )
 
 
@@ -118,16 +125,19 @@ def forward_variants(head_dim: int) -> list[GluonConfig]:
 
 def config_space(layout, head_dim: int, dtype) -> list[dict]:
     """The forward variants (the default first: the tuner's local search starts there), then
-    the backward variants (``BWD_VARIANTS``, the default forward) that fit ``head_dim`` and whose
-    tiles the Triton backend accepts for ``layout``."""
+    the backward variants (``BWD_VARIANTS``, the default forward) that fit ``head_dim`` and, for
+    the Triton backward, whose tiles the Triton backend accepts for ``layout``; every config
+    resolved for ``head_dim`` (no "auto"), without repeats."""
     from ..triton.config import KernelConfig, _ok
 
-    default = GluonConfig()
-    out = [cfg.as_dict() for cfg in forward_variants(head_dim)]
+    out = [resolve_config(head_dim, cfg.as_dict()).as_dict()
+           for cfg in forward_variants(head_dim)]
     for variant in BWD_VARIANTS:
-        cfg = replace(default, **variant)
+        cfg = replace(GluonConfig(), **variant)
+        if fits(cfg, head_dim) is not None:
+            continue
         bwd = KernelConfig(**dict(cfg.backward_config()))
-        if (cfg.as_dict() not in out and fits(cfg, head_dim) is None
-                and _ok(bwd, layout.n_ctx, head_dim, dtype)):
+        if cfg.as_dict() not in out and (cfg.bwd_kernel == "gluon"
+                                         or _ok(bwd, layout.n_ctx, head_dim, dtype)):
             out.append(cfg.as_dict())
     return out
