@@ -8,20 +8,27 @@ One CTA per (key tile of BLOCK_N = 128 layout positions, batch x head), three pa
                           q_empty / do_empty, two arrivals: both consumers)
     consumer w 4 warps    keys 64 w .. 64 w + 63 of the tile (w = 0: the default partition)
 
-Step i of a consumer covers queries Q_i = (i % 2) * 64 .. + 63 of entry e = start + i // 2 (the
-'MODE' loop of the entry's kind: FULL, CAUSAL, MASKED). With c = scale * LOG2E and the base-2
-LSE_BWD (+inf on an empty row, so p = 0 there) and delta = rowsum(dO * O) of ``rows_of``:
+Step i = 2 j + h of a consumer covers queries Q_i = h * 64 .. + 63 of entry e = start + j (the
+'MODE' loop of the entry's kind: FULL, CAUSAL, MASKED; one iteration an entry, its two steps
+unrolled). With c = scale * LOG2E, the base-2 LSE_BWD (+inf on an empty row, so p = 0 there)
+and delta = rowsum(dO * O) of ``rows_of``:
 
     S^T  = K_w Q_i^T            [64, 64]   (SS wgmma, async)
     dP^T = V_w dO_i^T           [64, 64]   (SS wgmma, async: runs while P^T is computed)
     P^T  = exp2(S^T * c - LSE_BWD_i)       (disallowed pairs -> 0)
     dV_w += P^T dO_i                       (RS wgmma, async)
     dS^T = P^T * (dP^T - delta_i);  dK_w += dS^T Q_i   (RS wgmma, async)
-    dS^T -> shared slot i % 2 (each consumer its 64 keys); mbarrier ds_ready[i % 2] (2 arrivals)
-    consumer i % 2:  dQ_i += (dS^T)^T K     [64, D] over all 128 keys (SS wgmma, A the slot
-                     read transposed), added into an fp32 dQ by relaxed atomic adds
-The other consumer writes slot i % 2 again at step i + 2 only after the ds_ready wait of step
-i + 1, which needs this consumer's arrival after its dQ product finished: two slots suffice.
+    dS^T -> shared slot h (each consumer its 64 keys); mbarrier ds_ready[h] (2 arrivals)
+    consumer h:  dQ_i = (dS^T)^T K     [64, D] over all 128 keys (SS wgmma, A the slot read
+                 transposed), added into an fp32 dQ by relaxed atomic adds
+
+Schedule: step 1's S^T and dP^T are issued right behind step 0's dV, dK (and dQ), so the tensor
+cores run them during step 0's dQ wait and atomics; every product is waited for by the end of
+the entry (ptxas serialises the wgmma of a loop with products in flight over its back edge).
+Step i frees step i - 1's Q / dO slot once S^T_i is done (the products before it are then done
+too). Slot h is written again at the next entry's step h: by the other consumer only after its
+ds_ready wait of the step in between, which needs consumer h's arrival there, made after its
+dQ_i finished; so two dS^T slots suffice, and no consumer runs a ds_ready phase ahead.
 dK *= scale at the end; the host scales dQ (and casts it) after the launch.
 
 Limits: 16-bit q, k, v contiguous [B, H, N, D], D = 64 (at 128 the accumulators spill); layout
@@ -40,7 +47,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from ..triton.backward import rows_of
 from .forward import (
     BLOCK_N, CONSUMER_REGS, CONSUMER_WARPS, LOG2E, MAX_REGS, PRODUCER_REGS, PRODUCER_WARPS,
-    _release, _tile_range, smem_layout,
+    _tile_range, smem_layout,
 )
 
 HEAD_DIMS = (64,)  # what it builds without spills (NOTES.md); BLOCK_N: keys per CTA
