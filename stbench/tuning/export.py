@@ -8,10 +8,13 @@ or single JSONL files of result rows. Rule:
 
 - a row counts when it is a sweep row (``kind`` 'sweep') of one of our backends (not a peer, not
   the reference), ``status`` 'ok' with a median, measured on this GPU model, over a named layout
-  spec (``stbench.problems.LAYOUT_SPECS``), and it carries a tuned configuration (``tuned``, or
-  a non-empty ``config``: a pick re-measured with ``--picks``);
-- per problem (spec, N, H, B, D, dtype, mode) and backend the newest row wins (its timestamp;
-  kernels change, so the last measurement of a configuration is the one that stands);
+  spec (``stbench.problems.LAYOUT_SPECS``);
+- per problem (spec, N, H, B, D, dtype, mode) and backend, a row with a tuned configuration
+  (``tuned``, or a non-empty ``config``: a pick re-measured with ``--picks``) wins over one at
+  the backend's default (``config`` {}), which is the backend's pick only where it has no tuned
+  row (e.g. a backend whose defaults are its tuning, measured beside the others); among those,
+  the newest row wins (its timestamp; kernels change, so the last measurement of a
+  configuration is the one that stands);
 - a problem's picks are its backends' winners, fastest first;
 - its hashes are those of the spec built today at N and H, re-blocked to every block it takes;
   a row whose own layout hash is not among them measured another pattern and is left out.
@@ -30,8 +33,9 @@ from pathlib import Path
 from stbench import backends, layouts, manifest, problems, results
 from stbench.tuning import shipped
 
-RULE = ("newest ok tuned sweep row per (problem, backend) of our backends; picks fastest "
-        "first; hashes of the spec rebuilt at every block")
+RULE = ("newest ok sweep row per (problem, backend) of our backends, a tuned one before a "
+        "default configuration; picks fastest first; hashes of the spec rebuilt at every block")
+DEFAULT_LOST = "not tuned (a default configuration where the backend has a tuned row)"
 
 
 def source_files(source) -> list[Path]:
@@ -68,8 +72,6 @@ def _why_left_out(row, gpu: str) -> str | None:
         return "not an ok sweep row"
     if not _ours(row.backend):
         return "a peer or the reference"
-    if not (row.tuned or row.config):
-        return "not tuned (default configuration)"
     if shipped.gpu_model((row.env or {}).get("gpu")) != gpu:
         return f"measured on another GPU ({(row.env or {}).get('gpu')})"
     if row.layout not in problems.LAYOUT_SPECS:
@@ -87,7 +89,8 @@ def _shown(path: Path) -> str:
 
 def export_picks(sources, gpu: str, command: str = "") -> tuple[dict, list[str]]:
     """(shipped picks document for ``gpu``, notes on what was left out)."""
-    winners: dict = {}  # (problem key, backend) -> (timestamp, order, row, source)
+    winners: dict = {}  # (problem key, backend) -> (tuned, timestamp, order, row, source)
+    defaults: dict = {}  # (problem key, backend) -> default-configuration rows counted
     left_out: dict = {}
     files = []
     order = 0
@@ -103,11 +106,17 @@ def export_picks(sources, gpu: str, command: str = "") -> tuple[dict, list[str]]
                     continue
                 key = ((row.layout, row.n_ctx, row.heads, row.batch, row.head_dim, row.dtype,
                         row.mode), row.backend)
-                cand = (row.timestamp or "", order, row, _shown(path))
-                if key not in winners or cand[:2] > winners[key][:2]:
+                tuned = bool(row.tuned or row.config)
+                if not tuned:
+                    defaults[key] = defaults.get(key, 0) + 1
+                cand = (tuned, row.timestamp or "", order, row, _shown(path))
+                if key not in winners or cand[:3] > winners[key][:3]:
                     winners[key] = cand
+    lost = sum(n for key, n in defaults.items() if winners[key][0])
+    if lost:
+        left_out[DEFAULT_LOST] = lost
     by_problem: dict = {}
-    for (prob, _), (stamp, _, row, src) in winners.items():
+    for (prob, _), (_, stamp, _, row, src) in winners.items():
         hashes, name, density = pattern_hashes(row.layout, row.n_ctx, row.heads)
         if row.layout_hash is not None and row.layout_hash not in hashes.values():
             why = "its layout hash is not the spec's today (another pattern)"
@@ -123,7 +132,7 @@ def export_picks(sources, gpu: str, command: str = "") -> tuple[dict, list[str]]
                                "source": src, "timestamp": stamp})
     for entry in by_problem.values():
         entry["picks"].sort(key=lambda p: p["median_ms"])
-    device_names = sorted({w[2].env.get("gpu") for w in winners.values() if w[2].env})
+    device_names = sorted({w[3].env.get("gpu") for w in winners.values() if w[3].env})
     data = {
         "format": shipped.FORMAT, "version": shipped.VERSION, "gpu": gpu,
         "device_name": device_names[0] if len(device_names) == 1 else ", ".join(device_names),

@@ -109,6 +109,23 @@ def test_export_keeps_the_newest_tuned_row_of_our_backends_fastest_first(tmp_pat
         assert why in err
 
 
+def test_export_takes_a_default_only_where_the_backend_has_no_tuned_row(tmp_path, capsys):
+    """A backend measured only at its default (gluon beside the tuned triton in the hopper run)
+    is picked at its default ({}); a default of a backend with a tuned row is not."""
+    src = tmp_path / "results.jsonl"
+    results.append_rows(src, [
+        _row("gluon", ms=0.4, tuned=False, config={}, block=128),
+        _row(ms=0.6, config={"BLOCK_M": 64}),
+        _row(ms=0.3, tuned=False, config={}, stamp="2026-02-01T00:00:00+00:00"),  # newer
+    ])
+    out = tmp_path / "picks.json"
+    assert main(["tune", "--export-picks", str(src), "--gpu", "h200", "--out", str(out)]) == 0
+    assert "1 rows left out: not tuned" in capsys.readouterr().err
+    (prob,) = shipped.read(out)["problems"]
+    assert [(x["backend"], x["config"]) for x in prob["picks"]] == [
+        ("gluon", {}), ("triton", {"BLOCK_M": 64})]
+
+
 def test_export_needs_a_gpu_model(tmp_path, capsys):
     assert main(["tune", "--export-picks", str(tmp_path)]) == 2
     assert "--export-picks needs --gpu" in capsys.readouterr().err
