@@ -47,7 +47,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from ..triton.backward import rows_of
 from .forward import (
     BLOCK_N, CONSUMER_REGS, CONSUMER_WARPS, LOG2E, MAX_REGS, PRODUCER_REGS, PRODUCER_WARPS,
-    _tile_range, smem_layout,
+    _barriers, _tile_range, smem_layout,
 )
 
 HEAD_DIMS = (64,)  # what it builds without spills (NOTES.md); BLOCK_N: keys per CTA
@@ -245,21 +245,7 @@ def _bwd_kernel(kd, vd, qd, dod, DK, DV, DQ, LSE_BWD, DELTA, head_pattern, ptr, 
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, STEP_M, HEAD_DIM], dod.layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, STEP_M], dtype)
     ds_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, STEP_M], ds_layout)
-    bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
-    kv_bar = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
-    q_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
-    do_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
-    q_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
-    do_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
-    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
-    mbarrier.init(kv_bar, count=1)
-    for s in gl.static_range(STAGES):
-        mbarrier.init(q_ready.index(s), count=1)
-        mbarrier.init(do_ready.index(s), count=1)
-        mbarrier.init(q_empty.index(s), count=2)
-        mbarrier.init(do_empty.index(s), count=2)
-    mbarrier.init(ds_ready.index(0), count=2)
-    mbarrier.init(ds_ready.index(1), count=2)
+    kv_bar, q_ready, do_ready, q_empty, do_empty, ds_ready = _barriers(STAGES, 2)
     gl.warp_specialize([
         (_consumer, (0, k_smem, v_smem, q_smem, do_smem, ds_smem, kv_bar, q_ready, do_ready,
                      q_empty, do_empty, ds_ready, DK, DV, DQ, LSE_BWD, DELTA, head_pattern,

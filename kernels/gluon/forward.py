@@ -258,6 +258,31 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, 
 
 
 @gluon.jit
+def _barriers(STAGES: gl.constexpr, PAIR_COUNT: gl.constexpr):
+    """The mbarriers of a producer feeding two operands A, B to both consumers through a
+    STAGES-deep ring: (once, a_ready, b_ready, a_empty, b_empty, pair). ``once`` [1]: a load
+    made once (one arrival); a_ready / b_ready [STAGES, 1]: a slot filled (one arrival, with the
+    TMA's transaction bytes); a_empty / b_empty [STAGES, 1]: a slot released (two arrivals, one
+    a consumer); ``pair`` [2, 1]: two barriers between the consumers, PAIR_COUNT arrivals each."""
+    bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
+    once = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
+    a_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    b_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    a_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    b_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
+    pair = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
+    mbarrier.init(once, count=1)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(a_ready.index(s), count=1)
+        mbarrier.init(b_ready.index(s), count=1)
+        mbarrier.init(a_empty.index(s), count=2)
+        mbarrier.init(b_empty.index(s), count=2)
+    mbarrier.init(pair.index(0), count=PAIR_COUNT)
+    mbarrier.init(pair.index(1), count=PAIR_COUNT)
+    return once, a_ready, b_ready, a_empty, b_empty, pair
+
+
+@gluon.jit
 def _fwd_kernel(qd, kd, vd, O, LSE2, head_pattern, ptr, split, cols, tmask, masks, qk_scale2,
                 N, H, n_t, HEAD_DIM: gl.constexpr, STAGES: gl.constexpr,
                 PINGPONG: gl.constexpr, P_SMEM: gl.constexpr):
@@ -271,21 +296,7 @@ def _fwd_kernel(qd, kd, vd, O, LSE2, head_pattern, ptr, split, cols, tmask, mask
         p_smem = gl.allocate_shared_memory(dtype, [4, WG_ROWS, BLOCK_N], p_smem_layout)
     else:  # unused
         p_smem = gl.allocate_shared_memory(dtype, [4, 8, BLOCK_N], p_smem_layout)
-    bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], bar_layout)
-    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
-    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
-    k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
-    v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], bar_layout)
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
-    mbarrier.init(q_bar, count=1)
-    for s in gl.static_range(STAGES):
-        mbarrier.init(k_ready.index(s), count=1)
-        mbarrier.init(v_ready.index(s), count=1)
-        mbarrier.init(k_empty.index(s), count=2)
-        mbarrier.init(v_empty.index(s), count=2)
-    mbarrier.init(turn.index(0), count=1)
-    mbarrier.init(turn.index(1), count=1)
+    q_bar, k_ready, v_ready, k_empty, v_empty, turn = _barriers(STAGES, 1)
 
     gl.warp_specialize([
         (_consumer, (0, q_smem, k_smem, v_smem, p_smem, q_bar, k_ready, v_ready, k_empty,
