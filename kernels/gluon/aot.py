@@ -31,9 +31,8 @@ from .forward import BLOCK_M, BLOCK_N, CONSUMER_WARPS, MAX_REGS, _fwd_kernel, sm
 
 TARGET_ARCH = 90
 POINTERS = ("O", "LSE2", "head_pattern", "ptr", "split", "cols", "tmask", "masks")
-BWD_POINTERS = ("DK", "DV", "DQ", "LSE_BWD", "DELTA", "head_pattern", "ptr", "split", "cols",
-                "tmask", "masks")
-COUNTED = ("HGMMA", "MUFU", "LDL", "STL", "BAR", "STSM", "UTMALDG")
+BWD_POINTERS = ("DK", "DV", "head_pattern", "ptr", "split", "cols", "tmask", "masks")
+COUNTED = ("HGMMA", "MUFU", "LDL", "STL", "BAR", "STSM", "UTMALDG", "UTMAREDG", "REDG")
 
 
 @dataclass(frozen=True)
@@ -89,12 +88,19 @@ def compile_forward(cfg: GluonConfig, head_dim: int = 64, dtype: torch.dtype = t
 def compile_backward(head_dim: int = 64, dtype: torch.dtype = torch.bfloat16,
                      stages: int = BWD_STAGES):
     """The backward kernel (backward.py) compiled for sm_90."""
+    from triton.experimental.gluon import language as gl
+
     t = _ty(dtype)
+    rows = STEP_M.value
+    row = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)
+    dq_layout = gl.NVMMASharedLayout.get_default_for([rows, head_dim], gl.float32)
     sig = {"kd": _desc(BLOCK_N.value, head_dim, dtype), "vd": _desc(BLOCK_N.value, head_dim, dtype),
-           "qd": _desc(STEP_M.value, head_dim, dtype), "dod": _desc(STEP_M.value, head_dim, dtype),
-           "DK": f"*{t}", "DV": f"*{t}", "DQ": "*fp32", "LSE_BWD": "*fp32", "DELTA": "*fp32",
-           "masks": "*u8", "qk_scale2": "fp32", "scale": "fp32", "N": "i32", "H": "i32",
-           "n_t": "i32"}
+           "qd": _desc(rows, head_dim, dtype), "dod": _desc(rows, head_dim, dtype),
+           "lsed": f"tensordesc<fp32[{rows}],{row!r}>",
+           "deltad": f"tensordesc<fp32[{rows}],{row!r}>",
+           "dqd": f"tensordesc<fp32[{rows}, {head_dim}],{dq_layout!r}>",
+           "DK": f"*{t}", "DV": f"*{t}", "masks": "*u8", "qk_scale2": "fp32", "scale": "fp32",
+           "N": "i32", "H": "i32", "n_t": "i32"}
     sig.update({n: "*i32" for n in BWD_POINTERS if n not in sig})
     return _compile(_bwd_kernel, sig, {"HEAD_DIM": head_dim, "STAGES": stages}, BWD_POINTERS)
 

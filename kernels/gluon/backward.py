@@ -1,10 +1,11 @@
-"""Backward kernel in Gluon for Hopper (sm_90), warp-specialised: dK, dV, and dQ by atomic adds.
+"""Backward kernel in Gluon for Hopper (sm_90), warp-specialised: dK, dV, and dQ by TMA reduce-add.
 
 One CTA per (key tile of BLOCK_N = 128 layout positions, batch x head), three partitions:
 
-    producer   1 warp     K, V of the tile once (128-row TMA boxes), then Q and dO of each step
-                          (64 query rows: half of a query block of the tile's transposed list)
-                          into a STAGES-deep ring (q_ready / do_ready by TMA transaction bytes;
+    producer   1 warp     K, V of the tile once (128-row TMA boxes), then for each step Q and
+                          dO (64 query rows: half of a query block of the tile's transposed
+                          list) with the step's LSE_BWD and delta rows (64 floats each) into a
+                          STAGES-deep ring (q_ready / do_ready by TMA transaction bytes;
                           q_empty / do_empty, two arrivals: both consumers)
     consumer w 4 warps    keys 64 w .. 64 w + 63 of the tile (w = 0: the default partition)
 
@@ -20,15 +21,21 @@ and delta = rowsum(dO * O) of ``rows_of``:
     dS^T = P^T * (dP^T - delta_i);  dK_w += dS^T Q_i   (RS wgmma, async)
     dS^T -> shared slot h (each consumer its 64 keys); mbarrier ds_ready[h] (2 arrivals)
     consumer h:  dQ_i = (dS^T)^T K     [64, D] over all 128 keys (SS wgmma, A the slot read
-                 transposed), added into an fp32 dQ by relaxed atomic adds
+                 transposed), stored in shared memory and added into the fp32 dQ by a TMA
+                 reduce-add (cp.reduce.async.bulk.tensor), which runs on while the consumer
+                 goes on; its slot (two a consumer) is written again two entries later, after
+                 a wait for that reduction to have read it
+
+Nothing on a step's path waits on global memory: LSE_BWD and delta come through the ring, and
+the next entry's query block index is loaded an entry ahead.
 
 Schedule: step 1's S^T and dP^T are issued right behind step 0's dV, dK (and dQ), so the tensor
-cores run them during step 0's dQ wait and atomics; every product is waited for by the end of
+cores run them during step 0's dQ wait and store; every product is waited for by the end of
 the entry (ptxas serialises the wgmma of a loop with products in flight over its back edge).
-Step i frees step i - 1's Q / dO slot once S^T_i is done (the products before it are then done
-too). Slot h is written again at the next entry's step h: by the other consumer only after its
-ds_ready wait of the step in between, which needs consumer h's arrival there, made after its
-dQ_i finished; so two dS^T slots suffice, and no consumer runs a ds_ready phase ahead.
+Step i frees step i - 1's ring slot once S^T_i is done (the products before it are then done
+too). dS^T slot h is written again at the next entry's step h: by the other consumer only after
+its ds_ready wait of the step in between, which needs consumer h's arrival there, made after
+its dQ_i finished; so two dS^T slots suffice, and no consumer runs a ds_ready phase ahead.
 dK *= scale at the end; the host scales dQ (and casts it) after the launch.
 
 Limits: 16-bit q, k, v contiguous [B, H, N, D], D = 64 (at 128 the accumulators spill); layout
@@ -40,6 +47,8 @@ from __future__ import annotations
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton._C.libtriton import ir
+from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
@@ -57,10 +66,20 @@ WG_KEYS = gl.constexpr(64)  # keys per consumer
 STAGES = 3  # Q / dO steps in flight (NOTES.md: 3 against 2, measured)
 
 
+@builtin
+def _tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+    """Global box at ``coord`` += shared ``src`` by TMA (cp.reduce.async.bulk.tensor .add),
+    asynchronous: ``tma.store_wait`` waits for it to have read ``src``. (Gluon 3.6 wraps the
+    TMA copies, not this reduction; the op is its builder's.)"""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle,
+                                              coord, src.handle)
+
+
 @gluon.jit
-def _producer(kd, vd, qd, dod, k_smem, v_smem, q_smem, do_smem, kv_bar, q_ready, do_ready,
-              q_empty, do_empty, head_pattern, ptr, split, cols, N, H, n_t,
-              STAGES: gl.constexpr):
+def _producer(kd, vd, qd, dod, lsed, deltad, k_smem, v_smem, q_smem, do_smem, lse_smem,
+              delta_smem, kv_bar, q_ready, do_ready, q_empty, do_empty, head_pattern, ptr, split,
+              cols, N, H, n_t, STAGES: gl.constexpr):
     t, bh, start, _, _, end = _tile_range(head_pattern, ptr, split, N, H, n_t)
     row0 = bh * N
     mbarrier.expect(kv_bar, kd.block_type.nbytes + vd.block_type.nbytes)
@@ -71,11 +90,13 @@ def _producer(kd, vd, qd, dod, k_smem, v_smem, q_smem, do_smem, kv_bar, q_ready,
         free = ((i // STAGES) & 1) ^ 1
         q0 = row0 + gl.load(cols + start + i // 2) * BLOCK_M + (i % 2) * STEP_M
         mbarrier.wait(q_empty.index(s), free)
-        mbarrier.expect(q_ready.index(s), qd.block_type.nbytes)
+        mbarrier.expect(q_ready.index(s), qd.block_type.nbytes + lsed.block_type.nbytes)
         tma.async_copy_global_to_shared(qd, [q0, 0], q_ready.index(s), q_smem.index(s))
+        tma.async_copy_global_to_shared(lsed, [q0], q_ready.index(s), lse_smem.index(s))
         mbarrier.wait(do_empty.index(s), free)
-        mbarrier.expect(do_ready.index(s), dod.block_type.nbytes)
+        mbarrier.expect(do_ready.index(s), dod.block_type.nbytes + deltad.block_type.nbytes)
         tma.async_copy_global_to_shared(dod, [q0, 0], do_ready.index(s), do_smem.index(s))
+        tma.async_copy_global_to_shared(deltad, [q0], do_ready.index(s), delta_smem.index(s))
 
 
 @gluon.jit
@@ -106,8 +127,8 @@ def _issue(i, k_w, v_w, q_smem, do_smem, q_ready, do_ready, zero_s, STAGES: gl.c
 
 
 @gluon.jit
-def _half(j, start, s_t, dp_t, q_smem, do_smem, ds_smem, q_empty, do_empty, ds_ready, dk, dv,
-          r_loc, c_loc, k0, rbase, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2,
+def _half(j, start, qb, s_t, dp_t, q_smem, do_smem, ds_smem, q_empty, do_empty, ds_ready, dk,
+          dv, r_loc, c_loc, k0, lse_smem, delta_smem, tmask, masks, qk_scale2,
           WG: gl.constexpr, HALF: gl.constexpr, STAGES: gl.constexpr, MODE: gl.constexpr,
           a_layout: gl.constexpr):
     """Step i = 2 j + HALF (queries HALF * 64 .. + 63 of entry start + j) up to its dS^T:
@@ -116,7 +137,7 @@ def _half(j, start, s_t, dp_t, q_smem, do_smem, ds_smem, q_empty, do_empty, ds_r
     i = 2 * j + HALF
     st = i % STAGES
     e = start + j
-    q0 = gl.load(cols + e) * BLOCK_M + HALF * STEP_M
+    q0 = qb + HALF * STEP_M
     q = q_smem.index(st)
     do = do_smem.index(st)
     s_t = warpgroup_mma_wait(1, deps=[s_t])
@@ -125,11 +146,11 @@ def _half(j, start, s_t, dp_t, q_smem, do_smem, ds_smem, q_empty, do_empty, ds_r
     mbarrier.arrive(q_empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
     mbarrier.arrive(do_empty.index((i + STAGES - 1) % STAGES), pred=i > 0)
     s_t = _mask_t(s_t, e, r_loc, c_loc, k0, q0, tmask, masks, MODE)
-    lse = gl.load(LSE_BWD + rbase + q0 + c_loc)
+    lse = lse_smem.index(st).load(c_loc.type.layout)
     p_t = gl.exp2(s_t * qk_scale2 - lse[None, :])
     dv = warpgroup_mma(gl.convert_layout(p_t.to(q.dtype), a_layout), do, dv, is_async=True)
     dp_t = warpgroup_mma_wait(1, deps=[dp_t])
-    delta = gl.load(DELTA + rbase + q0 + c_loc)
+    delta = delta_smem.index(st).load(c_loc.type.layout)
     ds16 = (p_t * (dp_t - delta[None, :])).to(q.dtype)
     ds_smem.index(HALF).slice(WG * WG_KEYS, WG_KEYS).store(ds16)
     fence_async_shared()
@@ -150,49 +171,59 @@ def _dq(j, k_smem, ds_smem, ds_ready, zero_o, HALF: gl.constexpr):
 
 
 @gluon.jit
-def _add_dq(dq, q0, ro, d, rbase, DQ, HEAD_DIM: gl.constexpr):
-    """dQ[q0 .. q0 + 63] += dq (fp32, relaxed atomic adds)."""
-    rows = rbase + q0 + ro
-    gl.atomic_add(DQ + rows[:, None] * HEAD_DIM + d[None, :], dq, sem="relaxed")
+def _add_dq(j, dq, q0, row0, dqd, dq_smem, WG: gl.constexpr):
+    """dQ[q0 .. q0 + 63] += dq (fp32): into this consumer's shared slot j % 2 (free once the
+    reduction issued two entries ago has read it), then a TMA reduce-add into the global fp32 dQ."""
+    tma.store_wait(1)
+    gl.thread_barrier()
+    slot = dq_smem.index(2 * WG + j % 2)
+    slot.store(dq)
+    fence_async_shared()
+    gl.thread_barrier()
+    _tma_reduce_add(dqd, [row0 + q0, 0], slot)
 
 
 @gluon.jit
-def _entry(j, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready, q_empty,
-           do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d, k0, rbase, DQ,
-           LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG: gl.constexpr,
+def _entry(j, start, end, qb, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
+           q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, k0, dqd, dq_smem,
+           row0, lse_smem, delta_smem, cols, tmask, masks, qk_scale2, WG: gl.constexpr,
            HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, MODE: gl.constexpr,
            a_layout: gl.constexpr):
     """Entry start + j: its two 64-query steps; step 1's S^T and dP^T are issued behind step
-    0's dV, dK (and dQ), before step 0's dQ wait and atomics. Nothing is in flight across
+    0's dV, dK (and dQ), before step 0's dQ wait and store. Returns (dk, dv, the next entry's
+    first query row). Nothing is in flight across
     iterations (ptxas serialises every wgmma of a loop whose products stay in flight over its
     back edge). Consumer HALF computes step HALF's dQ."""
+    # the next entry's query block, loaded an entry ahead (its latency off the steps' path)
+    qb_next = gl.load(cols + gl.minimum(start + j + 1, end - 1)) * BLOCK_M
     s_t, dp_t = _issue(2 * j, k_w, v_w, q_smem, do_smem, q_ready, do_ready, zero_s, STAGES)
-    dk, dv, q0 = _half(j, start, s_t, dp_t, q_smem, do_smem, ds_smem, q_empty, do_empty,
-                       ds_ready, dk, dv, r_loc, c_loc, k0, rbase, LSE_BWD, DELTA, cols, tmask,
+    dk, dv, q0 = _half(j, start, qb, s_t, dp_t, q_smem, do_smem, ds_smem, q_empty, do_empty,
+                       ds_ready, dk, dv, r_loc, c_loc, k0, lse_smem, delta_smem, tmask,
                        masks, qk_scale2, WG, 0, STAGES, MODE, a_layout)
     if WG == 0:
         dq = _dq(j, k_smem, ds_smem, ds_ready, zero_o, 0)
         s_t, dp_t = _issue(2 * j + 1, k_w, v_w, q_smem, do_smem, q_ready, do_ready, zero_s,
                            STAGES)
         dq = warpgroup_mma_wait(2, deps=[dq])
-        _add_dq(dq, q0, ro, d, rbase, DQ, HEAD_DIM)
+        _add_dq(j, dq, q0, row0, dqd, dq_smem, WG)
     else:
         s_t, dp_t = _issue(2 * j + 1, k_w, v_w, q_smem, do_smem, q_ready, do_ready, zero_s,
                            STAGES)
-    dk, dv, q0 = _half(j, start, s_t, dp_t, q_smem, do_smem, ds_smem, q_empty, do_empty,
-                       ds_ready, dk, dv, r_loc, c_loc, k0, rbase, LSE_BWD, DELTA, cols, tmask,
+    dk, dv, q0 = _half(j, start, qb, s_t, dp_t, q_smem, do_smem, ds_smem, q_empty, do_empty,
+                       ds_ready, dk, dv, r_loc, c_loc, k0, lse_smem, delta_smem, tmask,
                        masks, qk_scale2, WG, 1, STAGES, MODE, a_layout)
     if WG == 1:
         dq = _dq(j, k_smem, ds_smem, ds_ready, zero_o, 1)
         dq = warpgroup_mma_wait(0, deps=[dq])
-        _add_dq(dq, q0, ro, d, rbase, DQ, HEAD_DIM)
-    return warpgroup_mma_wait(0, deps=[dk, dv])
+        _add_dq(j, dq, q0, row0, dqd, dq_smem, WG)
+    dk, dv = warpgroup_mma_wait(0, deps=[dk, dv])
+    return dk, dv, qb_next
 
 
 @gluon.jit
-def _consumer(WG: gl.constexpr, k_smem, v_smem, q_smem, do_smem, ds_smem, kv_bar, q_ready,
-              do_ready, q_empty, do_empty, ds_ready, DK, DV, DQ, LSE_BWD, DELTA, head_pattern,
-              ptr, split, cols, tmask, masks, qk_scale2, scale, N, H, n_t,
+def _consumer(WG: gl.constexpr, k_smem, v_smem, q_smem, do_smem, ds_smem, dq_smem, lse_smem,
+              delta_smem, kv_bar, q_ready, do_ready, q_empty, do_empty, ds_ready, DK, DV, dqd,
+              head_pattern, ptr, split, cols, tmask, masks, qk_scale2, scale, N, H, n_t,
               HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
         version=[3, 0], warps_per_cta=[CONSUMER_WARPS, 1], instr_shape=[16, STEP_M, 16])
@@ -204,38 +235,40 @@ def _consumer(WG: gl.constexpr, k_smem, v_smem, q_smem, do_smem, ds_smem, kv_bar
     v_w = v_smem.slice(WG * WG_KEYS, WG_KEYS)
     r_loc = WG * WG_KEYS + gl.arange(0, WG_KEYS, layout=gl.SliceLayout(1, s_layout))
     c_loc = gl.arange(0, STEP_M, layout=gl.SliceLayout(0, s_layout))
-    ro = gl.arange(0, WG_KEYS, layout=gl.SliceLayout(1, o_layout))
-    d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
     k0 = t * BLOCK_N
-    rbase = bh.to(gl.int64) * N
+    row0 = bh * N
     dk = gl.zeros([WG_KEYS, HEAD_DIM], gl.float32, o_layout)
     dv = gl.zeros([WG_KEYS, HEAD_DIM], gl.float32, o_layout)
     zero_s = gl.zeros([WG_KEYS, STEP_M], gl.float32, s_layout)
     zero_o = gl.zeros([WG_KEYS, HEAD_DIM], gl.float32, o_layout)
+    qb = gl.load(cols + start, mask=start < end, other=0) * BLOCK_M
     mbarrier.wait(kv_bar, 0)
     for j in range(0, end_full - start):
-        dk, dv = _entry(j, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
-                        q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
-                        k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
-                        HEAD_DIM, STAGES, 0, a_layout)
+        dk, dv, qb = _entry(j, start, end, qb, k_w, v_w, k_smem, q_smem, do_smem, ds_smem,
+                            q_ready, do_ready, q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o,
+                            r_loc, c_loc, k0, dqd, dq_smem, row0, lse_smem, delta_smem, cols,
+                            tmask, masks, qk_scale2, WG, HEAD_DIM, STAGES, 0, a_layout)
     for j in range(end_full - start, end_causal - start):
-        dk, dv = _entry(j, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
-                        q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
-                        k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
-                        HEAD_DIM, STAGES, 1, a_layout)
+        dk, dv, qb = _entry(j, start, end, qb, k_w, v_w, k_smem, q_smem, do_smem, ds_smem,
+                            q_ready, do_ready, q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o,
+                            r_loc, c_loc, k0, dqd, dq_smem, row0, lse_smem, delta_smem, cols,
+                            tmask, masks, qk_scale2, WG, HEAD_DIM, STAGES, 1, a_layout)
     for j in range(end_causal - start, end - start):
-        dk, dv = _entry(j, start, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_ready, do_ready,
-                        q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o, r_loc, c_loc, ro, d,
-                        k0, rbase, DQ, LSE_BWD, DELTA, cols, tmask, masks, qk_scale2, WG,
-                        HEAD_DIM, STAGES, 2, a_layout)
-    rows = rbase + k0 + WG * WG_KEYS + ro
+        dk, dv, qb = _entry(j, start, end, qb, k_w, v_w, k_smem, q_smem, do_smem, ds_smem,
+                            q_ready, do_ready, q_empty, do_empty, ds_ready, dk, dv, zero_s, zero_o,
+                            r_loc, c_loc, k0, dqd, dq_smem, row0, lse_smem, delta_smem, cols,
+                            tmask, masks, qk_scale2, WG, HEAD_DIM, STAGES, 2, a_layout)
+    tma.store_wait(0)  # the dQ reductions have read their shared slots
+    ro = gl.arange(0, WG_KEYS, layout=gl.SliceLayout(1, o_layout))
+    d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+    rows = bh.to(gl.int64) * N + k0 + WG * WG_KEYS + ro
     off = rows[:, None] * HEAD_DIM + d[None, :]
     gl.store(DK + off, (dk * scale).to(DK.dtype.element_ty))
     gl.store(DV + off, dv.to(DV.dtype.element_ty))
 
 
 @gluon.jit
-def _bwd_kernel(kd, vd, qd, dod, DK, DV, DQ, LSE_BWD, DELTA, head_pattern, ptr, split, cols,
+def _bwd_kernel(kd, vd, qd, dod, lsed, deltad, dqd, DK, DV, head_pattern, ptr, split, cols,
                 tmask, masks, qk_scale2, scale, N, H, n_t, HEAD_DIM: gl.constexpr,
                 STAGES: gl.constexpr):
     dtype: gl.constexpr = qd.dtype
@@ -243,21 +276,24 @@ def _bwd_kernel(kd, vd, qd, dod, DK, DV, DQ, LSE_BWD, DELTA, head_pattern, ptr, 
     v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], vd.layout)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, STEP_M, HEAD_DIM], qd.layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, STEP_M, HEAD_DIM], dod.layout)
+    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, STEP_M], lsed.layout)
+    delta_smem = gl.allocate_shared_memory(gl.float32, [STAGES, STEP_M], deltad.layout)
     ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, STEP_M], dtype)
     ds_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_N, STEP_M], ds_layout)
+    dq_smem = gl.allocate_shared_memory(gl.float32, [4, STEP_M, HEAD_DIM], dqd.layout)
     kv_bar, q_ready, do_ready, q_empty, do_empty, ds_ready = _barriers(STAGES, 2)
     gl.warp_specialize([
-        (_consumer, (0, k_smem, v_smem, q_smem, do_smem, ds_smem, kv_bar, q_ready, do_ready,
-                     q_empty, do_empty, ds_ready, DK, DV, DQ, LSE_BWD, DELTA, head_pattern,
-                     ptr, split, cols, tmask, masks, qk_scale2, scale, N, H, n_t, HEAD_DIM,
-                     STAGES)),
-        (_consumer, (1, k_smem, v_smem, q_smem, do_smem, ds_smem, kv_bar, q_ready, do_ready,
-                     q_empty, do_empty, ds_ready, DK, DV, DQ, LSE_BWD, DELTA, head_pattern,
-                     ptr, split, cols, tmask, masks, qk_scale2, scale, N, H, n_t, HEAD_DIM,
-                     STAGES)),
-        (_producer, (kd, vd, qd, dod, k_smem, v_smem, q_smem, do_smem, kv_bar, q_ready,
-                     do_ready, q_empty, do_empty, head_pattern, ptr, split, cols, N, H, n_t,
-                     STAGES)),
+        (_consumer, (0, k_smem, v_smem, q_smem, do_smem, ds_smem, dq_smem, lse_smem, delta_smem,
+                     kv_bar, q_ready, do_ready, q_empty, do_empty, ds_ready, DK, DV, dqd,
+                     head_pattern, ptr, split, cols, tmask, masks, qk_scale2, scale, N, H, n_t,
+                     HEAD_DIM, STAGES)),
+        (_consumer, (1, k_smem, v_smem, q_smem, do_smem, ds_smem, dq_smem, lse_smem, delta_smem,
+                     kv_bar, q_ready, do_ready, q_empty, do_empty, ds_ready, DK, DV, dqd,
+                     head_pattern, ptr, split, cols, tmask, masks, qk_scale2, scale, N, H, n_t,
+                     HEAD_DIM, STAGES)),
+        (_producer, (kd, vd, qd, dod, lsed, deltad, k_smem, v_smem, q_smem, do_smem, lse_smem,
+                     delta_smem, kv_bar, q_ready, do_ready, q_empty, do_empty, head_pattern,
+                     ptr, split, cols, N, H, n_t, STAGES)),
     ], [CONSUMER_WARPS, PRODUCER_WARPS], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -276,9 +312,14 @@ def backward(do, q, k, v, out, lse2, plan, tiles_k, scale: float, stages: int = 
     rows = B * H * N
     descs = [TensorDescriptor.from_tensor(t.view(rows, D), [r, D], smem_layout(r, D, t.dtype))
              for t, r in ((k, 128), (v, 128), (q, 64), (do, 64))]
+    row_layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)
+    descs += [TensorDescriptor.from_tensor(t.view(rows), [64], row_layout)
+              for t in (lse_bwd, delta)]
+    descs.append(TensorDescriptor.from_tensor(
+        dq.view(rows, D), [64, D], gl.NVMMASharedLayout.get_default_for([64, D], gl.float32)))
     n_t = tiles_k.n_tiles
     _bwd_kernel[(n_t, B * H)](
-        *descs, dk, dv, dq, lse_bwd, delta, plan.head_pattern, tiles_k.ptr, tiles_k.split,
+        *descs, dk, dv, plan.head_pattern, tiles_k.ptr, tiles_k.split,
         tiles_k.cols, tiles_k.tmask, tiles_k.masks, scale * LOG2E, scale, N, H, n_t,
         HEAD_DIM=D, STAGES=stages, num_warps=CONSUMER_WARPS.value, maxnreg=MAX_REGS)
     return (dq * scale).to(q.dtype), dk, dv

@@ -128,9 +128,10 @@ def test_aot_build_sm90(cfg):
 @pytest.mark.slow
 def test_aot_build_backward_sm90():
     """The warp-specialised backward builds for sm_90: wgmma and TMA in the SASS, shared memory
-    fits; each entry loop (three tile kinds x two consumers, consumer 0's first) issues wgmma and
-    64 exponentials a thread (two steps of 64 keys x 64 queries over 128 threads), and the FULL
-    loops, which carry most of the work, keep their values in registers."""
+    fits; each entry loop (three tile kinds x two consumers, consumer 0's first) issues wgmma,
+    64 exponentials a thread (two steps of 64 keys x 64 queries over 128 threads) and one TMA
+    reduce-add of dQ (no atomics), and the FULL loops, which carry most of the work, keep their
+    values in registers."""
     from stbench.kernels.gluon.forward import SMEM_LIMIT
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -143,5 +144,6 @@ def test_aot_build_backward_sm90():
     assert len(entries) == 6, build["loops"]
     for c in entries:
         assert c["HGMMA"] > 0 and c["MUFU"] == 64, c
+        assert c["UTMAREDG"] == 1 and c["REDG"] == 0, c
     for c in (entries[0], entries[3]):  # FULL; at most two scalars reloaded a step
         assert c["STL"] == 0 and c["LDL"] <= 2, f"spills in a FULL entry loop: {c}"
