@@ -190,10 +190,10 @@ def _entry(j, start, end, qb, k_w, v_w, k_smem, q_smem, do_smem, ds_smem, q_read
            HEAD_DIM: gl.constexpr, STAGES: gl.constexpr, MODE: gl.constexpr,
            a_layout: gl.constexpr):
     """Entry start + j: its two 64-query steps; step 1's S^T and dP^T are issued behind step
-    0's dV, dK (and dQ), before step 0's dQ wait and store. Returns (dk, dv, the next entry's
-    first query row). Nothing is in flight across
-    iterations (ptxas serialises every wgmma of a loop whose products stay in flight over its
-    back edge). Consumer HALF computes step HALF's dQ."""
+    0's dV, dK (and dQ), before step 0's dQ wait and store. Consumer h computes step h's dQ.
+    Nothing is in flight across iterations (ptxas serialises every wgmma of a loop whose
+    products stay in flight over its back edge). Returns (dk, dv, the next entry's first query
+    row, loaded an entry ahead)."""
     # the next entry's query block, loaded an entry ahead (its latency off the steps' path)
     qb_next = gl.load(cols + gl.minimum(start + j + 1, end - 1)) * BLOCK_M
     s_t, dp_t = _issue(2 * j, k_w, v_w, q_smem, do_smem, q_ready, do_ready, zero_s, STAGES)
