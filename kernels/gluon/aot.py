@@ -5,6 +5,7 @@ one step (wgmma, MUFU.EX2, local-memory traffic).
     python -m stbench.kernels.gluon.aot                      # every variant of the tuner's space
     python -m stbench.kernels.gluon.aot --json '{"stages": 3}' 64   # one forward, as JSON
     python -m stbench.kernels.gluon.aot --backward 64        # the backward kernel, as JSON
+    python -m stbench.kernels.gluon.aot --probe              # the warp_specialize probe (probe.py)
 
 (TRITON_INTERPRET must be unset: Gluon does not compile under Triton's interpreter.)
 
@@ -105,6 +106,27 @@ def compile_backward(head_dim: int = 64, dtype: torch.dtype = torch.bfloat16,
     return _compile(_bwd_kernel, sig, {"HEAD_DIM": head_dim, "STAGES": stages}, BWD_POINTERS)
 
 
+def compile_probe():
+    """The warp_specialize probe (probe.py) compiled for sm_90."""
+    from .probe import _probe_kernel
+
+    return _compile(_probe_kernel, {"out": "*i32", "n": "i32"}, {}, ("out",))
+
+
+def partition_state(kernel) -> dict:
+    """What the warp_specialize lowering leaves in ``kernel``'s SASS: its shared bytes, the
+    workers' byte reads of their partition index (LDS.U8) and the CTA-wide named-barrier-1
+    syncs that order them against the default warps' writes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kernel.asm["cubin"])
+        sass = subprocess.run([_tool("cuobjdump"), "--dump-sass", path], capture_output=True,
+                              text=True, check=True).stdout
+    return {"shared": kernel.metadata.shared, "byte_reads": len(re.findall(r"LDS\.U8", sass)),
+            "barrier_1_syncs": len(re.findall(r"BAR\.SYNC\.DEFER_BLOCKING 0x1 ;", sass))}
+
+
 def _tool(name: str) -> str:
     import triton
 
@@ -147,6 +169,9 @@ def main(argv=None) -> None:
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--probe"]:
+        print(json.dumps(partition_state(compile_probe())))
+        return
     if argv[:1] in (["--json"], ["--backward"]):
         if argv[0] == "--json":
             head_dim = int(argv[2]) if len(argv) > 2 else 64

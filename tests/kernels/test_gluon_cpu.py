@@ -126,6 +126,19 @@ def test_aot_build_sm90(cfg):
 
 
 @pytest.mark.slow
+def test_warp_specialize_probe_has_no_shared_memory_of_its_own():
+    """The racecheck control (probe.py) builds for sm_90 with only the warp_specialize
+    lowering's partition-state bytes in shared memory: the workers read their partition index
+    a byte at a time after the CTA-wide named barrier 1, as in the forward and backward."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-P", "-m", "stbench.kernels.gluon.aot", "--probe"],
+                         capture_output=True, text=True, env=env, timeout=AOT_TIMEOUT_S)
+    assert run.returncode == 0, run.stderr[-2000:]
+    state = json.loads(run.stdout.strip().splitlines()[-1])
+    assert state["shared"] <= 32 and state["byte_reads"] >= 1, state
+    assert state["barrier_1_syncs"] >= 2, state
+
+
 def test_aot_build_backward_sm90():
     """The warp-specialised backward builds for sm_90: wgmma and TMA in the SASS, shared memory
     fits; each entry loop (three tile kinds x two consumers, consumer 0's first) issues wgmma,

@@ -116,3 +116,11 @@ def test_refusals(gen):
     q = torch.randn(1, 2, 1024, 64, device="cuda", dtype=torch.bfloat16)
     with pytest.raises(BackendUnavailable, match="block 64"):
         gluon_backend.attention(q, q, q, layouts.causal(1024, block=64, heads=2), 0.2)
+
+
+def test_warp_specialize_probe(capsys):
+    """The racecheck control (probe.py): every partition of every CTA writes its own slice."""
+    from stbench.kernels.gluon import probe
+
+    probe.run()
+    assert "every partition wrote its slice" in capsys.readouterr().out
