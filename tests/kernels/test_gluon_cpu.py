@@ -139,6 +139,7 @@ def test_warp_specialize_probe_has_no_shared_memory_of_its_own():
     assert state["barrier_1_syncs"] >= 2, state
 
 
+@pytest.mark.slow
 def test_aot_build_backward_sm90():
     """The warp-specialised backward builds for sm_90: wgmma and TMA in the SASS, shared memory
     fits; each entry loop (three tile kinds x two consumers, consumer 0's first) issues wgmma,
