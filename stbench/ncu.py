@@ -1,6 +1,8 @@
 """Nsight Compute's raw pages (``NAME.raw.csv``, written by ``stbench profile``) as one markdown
 table: per kernel, its time, the DRAM bytes it moved, the tensor pipe's and the SMs' activity,
-occupancy (achieved / theoretical, and what limits it), and its top warp stalls.
+occupancy (achieved / theoretical, and what limits it), and its top warp stalls. With source
+pages (``NAME.source.csv``, ``stbench profile --source``): per kernel, the SASS instructions
+where the warps' stall samples fall, hottest first, with their top stall reasons.
 
     stbench profile --summary reports/profile/h200 > reports/profile/h200/SUMMARY.md
 
@@ -128,3 +130,73 @@ def table(folder: Path) -> str:
                 f"| {fmt(num(kern, 'launch__waves_per_multiprocessor'), '.2f')} "
                 f"| {top_stalls(kern)} |")
     return "\n".join(lines) + "\n"
+
+
+SAMPLES = "Warp Stall Sampling (All Samples)"
+STALL_COLUMN = "stall_"  # the source page's per-reason sample columns: stall_<reason>
+HOT = 12  # instructions listed per kernel
+
+
+def read_source(path: Path) -> dict[str, list[dict]]:
+    """One source page (``ncu --page source --print-source sass --csv``): {kernel name: rows},
+    a row per SASS instruction with its address, text, stall samples and the samples of each
+    stall reason (not-issued duplicates left out)."""
+    kernels: dict[str, list[dict]] = {}
+    rows, header = None, None
+    with path.open(newline="") as f:
+        for r in csv.reader(f):
+            if not r:
+                continue
+            if r[0] == "Kernel Name":
+                rows = kernels.setdefault(r[1] if len(r) > 1 else "?", [])
+                header = None
+            elif rows is not None and header is None:
+                header = r
+            elif rows is not None:
+                cells = dict(zip(header, r))
+                rows.append({
+                    "address": cells.get("Address", ""), "source": cells.get("Source", "").strip(),
+                    "samples": _count(cells.get(SAMPLES)),
+                    "stalls": {h[len(STALL_COLUMN):]: _count(v) for h, v in cells.items()
+                               if h.startswith(STALL_COLUMN) and "Not Issued" not in h}})
+    return kernels
+
+
+def _address(row: dict) -> int:
+    try:
+        return int(row["address"], 16)
+    except ValueError:
+        return 0
+
+
+def _count(text) -> float:
+    try:
+        return float(str(text).replace(",", ""))
+    except ValueError:
+        return 0.0
+
+
+def hot_instructions(folder: Path, top: int = HOT) -> str:
+    """Markdown: per profile and kernel of every ``*.source.csv`` in ``folder``, its ``top``
+    instructions by stall samples, with their share of the kernel's samples and their two
+    largest stall reasons."""
+    out = []
+    for path in sorted(folder.glob("*.source.csv")):
+        for name, rows in read_source(path).items():
+            total = sum(r["samples"] for r in rows)
+            if not total:
+                continue
+            base = min((_address(r) for r in rows), default=0)
+            out += [f"\n### {path.name.removesuffix('.source.csv')}: {name[:60]}\n",
+                    f"{len(rows)} instructions, {total:.0f} stall samples; offsets from the "
+                    "kernel's first instruction, as cuobjdump prints them.\n",
+                    "| offset | instruction | samples % | top stalls (samples %) |",
+                    "|---|---|---|---|"]
+            for r in sorted(rows, key=lambda r: -r["samples"])[:top]:
+                reasons = sorted(r["stalls"].items(), key=lambda kv: -kv[1])[:2]
+                why = ", ".join(f"{k} {100 * v / total:.1f}" for k, v in reasons
+                                if v >= total / 1000)
+                text = r["source"].replace("|", "\\|")[:70]
+                share = 100 * r["samples"] / total
+                out.append(f"| +{_address(r) - base:#x} | `{text}` | {share:.1f} | {why} |")
+    return "\n".join(out) + ("\n" if out else "")

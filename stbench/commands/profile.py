@@ -3,6 +3,8 @@
     stbench profile --backend triton --layout causal --n-ctx 65536 --mode fwd+bwd --out prof/
     stbench profile --backend cupy --layout st_mix --picks reports/standard/h200/results.jsonl \\
         --out prof/
+    stbench profile --backend gluon --layout causal --n-ctx 16384 --mode fwd+bwd --source \
+        --out prof/                                       # + stall samples per SASS instruction
     stbench profile --summary prof/ > prof/SUMMARY.md     # any machine: the table of the pages
 
 The problem is the standard one (bf16, H = 8, D = 64, B = 65536 // N) over ``--layout``. The
@@ -13,7 +15,11 @@ the output against the dense reference first (row-sampled beyond N = 16384), run
 cudaProfilerStop: with ``--profile-from-start off`` ncu profiles exactly the kernels of that one
 call. ncu runs with its clocks left alone (``--clock-control none``); under ``--out`` go
 NAME.ncu-rep, its raw and details pages as CSV, and SUMMARY.md (``stbench.ncu``) over every raw
-page in the folder. ``--workload`` runs only the profiled call in this process (what ncu starts).
+page in the folder. ``--source`` adds ncu's SourceCounters: the source page (NAME.source.csv, the
+SASS with each instruction's warp-stall samples) and, in SUMMARY.md, each kernel's hottest
+instructions at their cuobjdump offsets (`stbench sass`, `python -m stbench.kernels.gluon.aot`
+print the same SASS ahead of time). ``--workload`` runs only the profiled call in this process
+(what ncu starts).
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ def register(subparsers) -> None:
     p.add_argument("--warm", type=int, default=2, help="unprofiled calls before the profiled one")
     p.add_argument("--out", default=None, help="folder for the report and its pages")
     p.add_argument("--name", default=None, help="report name (default BACKEND_LAYOUT_N_MODE)")
+    p.add_argument("--source", action="store_true",
+                   help="also sample warp stalls per SASS instruction (ncu's SourceCounters): "
+                        "NAME.source.csv, and the hottest instructions in SUMMARY.md")
     p.add_argument("--ncu", default=None, help="the ncu executable (default: found on PATH)")
     p.add_argument("--dry-run", action="store_true", help="print the ncu command and exit")
     p.add_argument("--workload", action="store_true",
@@ -69,7 +78,7 @@ def run(args) -> int:
         if not folder.is_dir() or not any(folder.glob("*.raw.csv")):
             return fail("profile", f"--summary {folder}: no NAME.raw.csv pages there (write "
                         "them with stbench profile --out DIR)")
-        sys.stdout.write(ncu.table(folder))
+        sys.stdout.write(ncu.table(folder) + ncu.hot_instructions(folder))
         return 0
     if not args.backend:
         return fail("profile", "--backend is required (or --summary DIR)")
@@ -115,7 +124,7 @@ def _run_ncu(args) -> int:
     name = args.name or f"{args.backend}_{args.layout}_{args.n_ctx}_{args.mode.replace('+', '_')}"
     argv = [ncu or "ncu", "--clock-control", "none", "--profile-from-start", "off",
             "--target-processes", "all"]
-    for section in SECTIONS:
+    for section in SECTIONS + (("SourceCounters",) if args.source else ()):
         argv += ["--section", section]
     argv += ["-f", "-o", str(out / name), sys.executable, "-P", "-m", "stbench", "profile",
              "--workload", *_forwarded(args)]
@@ -130,13 +139,14 @@ def _run_ncu(args) -> int:
     if not report.exists():
         print(f"stbench profile: ncu wrote no report (exit code {code})", file=sys.stderr)
         return code or 1
-    for page in PAGES:
+    for page in PAGES + (("source",) if args.source else ()):
+        extra = ["--print-source", "sass"] if page == "source" else []
         with (out / f"{name}.{page}.csv").open("w") as f:
-            subprocess.run([ncu, "--import", str(report), "--csv", "--page", page], stdout=f,
-                           stderr=subprocess.STDOUT, check=False)
+            subprocess.run([ncu, "--import", str(report), "--csv", "--page", page, *extra],
+                           stdout=f, stderr=subprocess.STDOUT, check=False)
     from stbench import ncu as ncu_pages
 
-    (out / "SUMMARY.md").write_text(ncu_pages.table(out))
+    (out / "SUMMARY.md").write_text(ncu_pages.table(out) + ncu_pages.hot_instructions(out))
     print(f"profile {name}: {report}, pages and SUMMARY.md in {out}")
     return code
 

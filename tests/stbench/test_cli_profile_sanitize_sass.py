@@ -67,6 +67,39 @@ def test_profile_builds_one_ncu_command_around_its_workload(tmp_path, capsys):
     assert tail[tail.index("--mode") + 1] == "fwd+bwd" and '{"BLOCK_M":' in tail
 
 
+def test_profile_source_adds_the_per_instruction_stall_samples(tmp_path, capsys):
+    assert main(["profile", "--backend", "triton", "--layout", "causal", "--n-ctx", "4096",
+                 "--out", str(tmp_path), "--source", "--dry-run"]) == 0
+    argv = capsys.readouterr().out.split()
+    sections = [argv[i + 1] for i, a in enumerate(argv) if a == "--section"]
+    assert "SourceCounters" in sections and "WarpStateStats" in sections
+
+
+SOURCE_PAGE = "\n".join([  # two kernels of ncu's source page, as --csv prints them
+    '"Kernel Name","_bwd_kernel",',
+    '"Address","Source","Warp Stall Sampling (All Samples)","stall_barrier","stall_long_sb",'
+    '"stall_long_sb (Not Issued)"',
+    '"0x7f0000000100","  LDC R1, c[0x0][0x28]","10","0","10","10"',
+    '"0x7f0000000230","  @!P1 BRA 0x7f0000000100","60","5","55","55"',
+    '"0x7f0000000240","  NOP","30","30","0","0"',
+    '"Kernel Name","_other",',
+    '"Address","Source","Warp Stall Sampling (All Samples)","stall_barrier"',
+    '"0x10","  EXIT","0","0"',
+]) + "\n"
+
+
+def test_a_source_page_lists_each_kernels_hottest_instructions(tmp_path):
+    (tmp_path / "g.source.csv").write_text(SOURCE_PAGE)
+    pages = ncu.read_source(tmp_path / "g.source.csv")
+    assert list(pages) == ["_bwd_kernel", "_other"]
+    assert pages["_bwd_kernel"][1]["stalls"] == {"barrier": 5.0, "long_sb": 55.0}
+    md = ncu.hot_instructions(tmp_path, top=2).splitlines()
+    rows = [line for line in md if line.startswith("| +")]
+    assert rows == ["| +0x130 | `@!P1 BRA 0x7f0000000100` | 60.0 | long_sb 55.0, barrier 5.0 |",
+                    "| +0x140 | `NOP` | 30.0 | barrier 30.0 |"]
+    assert not any("_other" in line for line in md)  # no samples: not listed
+
+
 @pytest.mark.parametrize("argv, says", [
     (["profile", "--summary", "EMPTY"], "no NAME.raw.csv"),
     (["profile", "--layout", "causal"], "--backend is required"),
