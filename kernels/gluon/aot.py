@@ -117,14 +117,19 @@ def partition_state(kernel) -> dict:
     """What the warp_specialize lowering leaves in ``kernel``'s SASS: its shared bytes, the
     workers' byte reads of their partition index (LDS.U8) and the CTA-wide named-barrier-1
     syncs that order them against the default warps' writes."""
+    (sass,) = _cuobjdump(kernel, "--dump-sass")
+    return {"shared": kernel.metadata.shared, "byte_reads": len(re.findall(r"LDS\.U8", sass)),
+            "barrier_1_syncs": len(re.findall(r"BAR\.SYNC\.DEFER_BLOCKING 0x1 ;", sass))}
+
+
+def _cuobjdump(kernel, *options: str) -> list[str]:
+    """cuobjdump's output for each option (one run each) on ``kernel``'s cubin."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "k.cubin")
         with open(path, "wb") as f:
             f.write(kernel.asm["cubin"])
-        sass = subprocess.run([_tool("cuobjdump"), "--dump-sass", path], capture_output=True,
-                              text=True, check=True).stdout
-    return {"shared": kernel.metadata.shared, "byte_reads": len(re.findall(r"LDS\.U8", sass)),
-            "barrier_1_syncs": len(re.findall(r"BAR\.SYNC\.DEFER_BLOCKING 0x1 ;", sass))}
+        return [subprocess.run([_tool("cuobjdump"), option, path], capture_output=True,
+                               text=True, check=True).stdout for option in options]
 
 
 def _tool(name: str) -> str:
@@ -146,14 +151,7 @@ def matrix_loops(sass: str) -> list[tuple[int, Counter]]:
 
 def inspect(kernel) -> Build:
     """Registers, stack, shared memory and SASS counts of a compiled forward."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(kernel.asm["cubin"])
-        sass = subprocess.run([_tool("cuobjdump"), "--dump-sass", path], capture_output=True,
-                              text=True, check=True).stdout
-        res = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", path],
-                             capture_output=True, text=True, check=True).stdout
+    sass, res = _cuobjdump(kernel, "--dump-sass", "--dump-resource-usage")
     usage = {k: int(v) for k, v in re.findall(r"\b(REG|STACK):(\d+)", res)}
     ops = Counter(_opcode(t) for t in re.findall(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);", sass))
     loops = tuple((n, {k: c[k] for k in COUNTED}) for n, c in matrix_loops(sass))
