@@ -28,10 +28,12 @@ import torch
 from ..sass_loops import innermost_loops
 from .backward import STAGES as BWD_STAGES, STEP_M, _bwd_kernel
 from .config import GluonConfig, forward_variants
-from .forward import BLOCK_M, BLOCK_N, CONSUMER_WARPS, MAX_REGS, _fwd_kernel, smem_layout
+from .forward import (
+    BLOCK_N, CONSUMER_WARPS, MAX_REGS, MAX_REGS3, WG_ROWS, _fwd_kernel, smem_layout,
+)
 
 TARGET_ARCH = 90
-POINTERS = ("O", "LSE2", "head_pattern", "ptr", "split", "cols", "tmask", "masks")
+POINTERS = ("O", "LSE2", "head_pattern", "ptr", "split", "cols", "tmask", "masks", "kinds")
 BWD_POINTERS = ("DK", "DV", "head_pattern", "ptr", "split", "cols", "tmask", "masks")
 COUNTED = ("HGMMA", "MUFU", "LDL", "STL", "BAR", "STSM", "UTMALDG", "UTMAREDG", "REDG")
 
@@ -54,9 +56,9 @@ def _ty(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
-def _compile(fn, sig: dict, cx: dict, pointers: tuple):
+def _compile(fn, sig: dict, cx: dict, pointers: tuple, max_regs: int = MAX_REGS):
     """``fn`` compiled for sm_90 with the launcher's specialisation (pointers and N divisible
-    by 16)."""
+    by 16) and register cap ``max_regs``."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
@@ -67,7 +69,7 @@ def _compile(fn, sig: dict, cx: dict, pointers: tuple):
              if n in pointers or n == "N"}
     src = GluonASTSource(fn=fn, signature=signature, constexprs=cx, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", TARGET_ARCH, 32),
-                          options={"num_warps": CONSUMER_WARPS.value, "maxnreg": MAX_REGS})
+                          options={"num_warps": CONSUMER_WARPS.value, "maxnreg": max_regs})
 
 
 def _desc(rows: int, head_dim: int, dtype: torch.dtype) -> str:
@@ -76,14 +78,15 @@ def _desc(rows: int, head_dim: int, dtype: torch.dtype) -> str:
 
 def compile_forward(cfg: GluonConfig, head_dim: int = 64, dtype: torch.dtype = torch.bfloat16):
     """The forward kernel of ``cfg`` compiled for sm_90 (a triton CompiledKernel)."""
-    half = BLOCK_M // 2
-    sig = {"qd": _desc(half, head_dim, dtype), "kd": _desc(BLOCK_N.value, head_dim, dtype),
+    sig = {"qd": _desc(WG_ROWS, head_dim, dtype), "kd": _desc(BLOCK_N.value, head_dim, dtype),
            "vd": _desc(BLOCK_N.value, head_dim, dtype), "O": f"*{_ty(dtype)}", "LSE2": "*fp32",
-           "masks": "*u8", "qk_scale2": "fp32", "N": "i32", "H": "i32", "n_t": "i32"}
+           "masks": "*u8", "qk_scale2": "fp32", "N": "i32", "H": "i32", "n_t": "i32",
+           "n_e": "i32"}
     sig.update({n: "*i32" for n in POINTERS if n not in sig})
+    three = cfg.rows == 192
     cx = {"HEAD_DIM": head_dim, "STAGES": cfg.stages, "PINGPONG": cfg.pingpong,
-          "P_SMEM": cfg.p_smem}
-    return _compile(_fwd_kernel, sig, cx, POINTERS)
+          "P_SMEM": cfg.p_smem, "NUM_WG": 3 if three else 2}
+    return _compile(_fwd_kernel, sig, cx, POINTERS, MAX_REGS3 if three else MAX_REGS)
 
 
 def compile_backward(head_dim: int = 64, dtype: torch.dtype = torch.bfloat16,

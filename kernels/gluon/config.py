@@ -1,8 +1,9 @@
 """Tunables of the Gluon backend: one frozen config and the autotuner's space.
 
-A CTA owns 128 query rows (two consumer warpgroups of 64) and walks 128-key tiles (one layout
+A CTA owns 128 query rows (two consumer warpgroups of 64; 192 and three with ``rows=192``, at
+D = 64, not yet measured and so not in the tuner's space) and walks 128-key tiles (one layout
 block each). What is tunable in the forward is the schedule: the depth of the K / V ring,
-whether the two consumers take turns to issue their products (ping-pong), where P waits for its
+whether the consumers take turns to issue their products (ping-pong), where P waits for its
 P V product (registers or shared memory). The backward (``bwd_kernel``) is this backend's
 warp-specialised kernel (``"gluon"``, backward.py; D = 64) or the Triton backend's kernels
 (``"triton"``, kernels/triton/backward.py) with the backward fields of a Triton KernelConfig,
@@ -16,6 +17,8 @@ import itertools
 from dataclasses import asdict, dataclass, fields, replace
 
 STAGES = (2, 3)
+ROWS = (128, 192)  # query rows a CTA: two consumer warpgroups, or three (union.py's lists)
+ROWS_192_HEAD_DIMS = (64,)  # three consumers' accumulators fit the registers at D = 64 only
 BWD_KERNELS = ("auto", "gluon", "triton")
 # the Triton backward's fields (kernels/triton/config.py), passed to it as they are
 BWD_KEYS = ("BWD_BLOCK_M", "BWD_BLOCK_N", "bwd_warps", "bwd_stages", "DQ_BLOCK_N",
@@ -29,6 +32,9 @@ class GluonConfig:
     # P_i as the A operand of P_i V_i: False: registers; True: a shared-memory slot (ptxas
     # keeps the register form's softmax behind the previous P V's wait: NOTES.md)
     p_smem: bool = True
+    # query rows a CTA: 128 (one layout block, two consumers) or 192 (three consumers over one
+    # and a half blocks, walking the union of the two blocks' tile lists: union.py)
+    rows: int = 128
     # the backward (the Triton backend's kernels and fields; defaults: NOTES.md, "The backward")
     BWD_BLOCK_M: int = 128
     BWD_BLOCK_N: int = 128
@@ -45,6 +51,8 @@ class GluonConfig:
     def __post_init__(self):
         if self.stages not in STAGES:
             raise ValueError(f"stages={self.stages} is not supported: use one of {STAGES}")
+        if self.rows not in ROWS:
+            raise ValueError(f"rows={self.rows} is not supported: use one of {ROWS}")
         if self.bwd_kernel not in BWD_KERNELS:
             raise ValueError(f"bwd_kernel={self.bwd_kernel!r} is not a backward: use one of "
                              f"{BWD_KERNELS}")
@@ -76,10 +84,14 @@ def fits(cfg: GluonConfig, head_dim: int) -> str | None:
     if cfg.bwd_kernel == "gluon" and head_dim not in BWD_HEAD_DIMS:
         return (f"bwd_kernel='gluon' is built for head_dim {BWD_HEAD_DIMS} (its accumulators "
                 f"spill at {head_dim}): use bwd_kernel='triton'")
-    need = shared_bytes(cfg.stages, cfg.p_smem, head_dim)
+    if cfg.rows == 192 and head_dim not in ROWS_192_HEAD_DIMS:
+        return (f"rows=192 (three consumers) is built for head_dim {ROWS_192_HEAD_DIMS}: use "
+                f"rows=128")
+    need = shared_bytes(cfg.stages, cfg.p_smem, head_dim, rows=cfg.rows)
     if need > SMEM_LIMIT:
-        return (f"stages={cfg.stages}, p_smem={cfg.p_smem} need {need} bytes of shared memory "
-                f"at head_dim={head_dim} (limit {SMEM_LIMIT}): use stages=2 or p_smem=False")
+        return (f"stages={cfg.stages}, p_smem={cfg.p_smem}, rows={cfg.rows} need {need} bytes "
+                f"of shared memory at head_dim={head_dim} (limit {SMEM_LIMIT}): use stages=2 "
+                f"or p_smem=False")
     return None
 
 

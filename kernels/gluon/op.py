@@ -18,6 +18,7 @@ from ..triton.tiles import tiles_for
 from .backward import backward as gluon_backward
 from .config import GluonConfig
 from .forward import BLOCK_M, BLOCK_N, forward
+from .union import union_for
 
 
 @functools.lru_cache(maxsize=64)
@@ -42,9 +43,14 @@ def _backward_plan(layout: Layout, head_dim: int, dtype: torch.dtype, device: st
     return cfg, tq, tk
 
 
+def _union(tiles, cfg: GluonConfig):
+    """The 192-row lists of ``tiles`` (cached) where ``cfg.rows`` is 192, else None."""
+    return union_for(tiles, tiles.ptr.device) if cfg.rows == 192 else None
+
+
 def prepare(layout: Layout, q: torch.Tensor, cfg: GluonConfig, backward: bool = True) -> None:
     """Build the plan and tile lists (cached) ahead of timing."""
-    _forward_plan(layout, str(q.device))
+    _union(_forward_plan(layout, str(q.device))[1], cfg)
     if backward and cfg.bwd_kernel == "gluon":
         _gluon_backward_tiles(layout, str(q.device))
     elif backward:
@@ -56,7 +62,7 @@ class GluonAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, layout, scale, cfg):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         plan, tiles = _forward_plan(layout, str(q.device))
-        out, lse2 = forward(q, k, v, plan, tiles, scale, cfg)
+        out, lse2 = forward(q, k, v, plan, tiles, scale, cfg, _union(tiles, cfg))
         ctx.save_for_backward(q, k, v, out, lse2)
         ctx.layout, ctx.scale, ctx.plan, ctx.bwd = layout, scale, plan, cfg.backward_config()
         ctx.bwd_kernel = cfg.bwd_kernel

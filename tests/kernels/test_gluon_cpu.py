@@ -103,12 +103,13 @@ def test_config_space(head_dim):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("cfg", [{}, {"stages": 3}, {"p_smem": False, "pingpong": False}],
-                         ids=str)
+@pytest.mark.parametrize("cfg", [{}, {"stages": 3}, {"p_smem": False, "pingpong": False},
+                                 {"rows": 192}], ids=str)
 def test_aot_build_sm90(cfg):
     """Builds for sm_90 without a GPU (in a process without TRITON_INTERPRET, under which Gluon
-    does not compile); the SASS issues wgmma (HGMMA) and TMA loads, shared memory fits, and the
-    FULL-tile loop (consumer 0's first loop) keeps its values in registers."""
+    does not compile); the SASS issues wgmma (HGMMA) and TMA loads, shared memory fits, the
+    FULL-tile loop (consumer 0's first loop) keeps its values in registers, and with three
+    consumers (rows=192, 13 warps at a lower register cap) no loop spills."""
     from stbench.kernels.gluon.forward import SMEM_LIMIT
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -123,6 +124,8 @@ def test_aot_build_sm90(cfg):
     assert full["HGMMA"] > 0 and full["STL"] == 0, f"spills in the FULL-tile loop: {full}"
     # 64 exponentials a thread a step (2 rows x 32 columns) and 2 for the rescale
     assert full["MUFU"] == 66, full
+    if cfg.get("rows") == 192:
+        assert build["stack"] == 0 and build["counts"]["LDL"] == 0, build
 
 
 @pytest.mark.slow

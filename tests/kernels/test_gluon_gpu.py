@@ -65,6 +65,28 @@ def test_forward_variants(cfg, gen):
     _run(LAYOUTS["random_blocks"](2, gen), torch.bfloat16, 64, gen, config=cfg, grads=False)
 
 
+THREE = ({"rows": 192}, {"rows": 192, "pingpong": False, "p_smem": False},
+         {"rows": 192, "stages": 3})
+
+
+@pytest.mark.parametrize("cfg", THREE, ids=lambda c: "-".join(f"{k}{x}" for k, x in c.items()))
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_three_consumers(name, cfg, gen):
+    """192-row CTAs over the union lists (union.py): every kind of entry on each side, NONE
+    included, the last CTA's rows past N (16 blocks: 3 does not divide), forward and the LSE
+    the backward reads."""
+    heads = 1 if name == "mixed" else 2
+    _run(LAYOUTS[name](heads, gen), torch.bfloat16, 64, gen, config=cfg)
+
+
+@pytest.mark.parametrize("n_ctx", (1152, 896, 640), ids=lambda n: f"blocks{n // 128}")
+def test_three_consumers_block_counts(n_ctx, gen):
+    """A block count 3 divides, and two where the last CTA has one or two consumers past N;
+    fp16, B = 3 (the rows past N of one head are the next head's)."""
+    _run(layouts.causal(n_ctx, block=128, heads=2), torch.float16, 64, gen, batch=3,
+         config={"rows": 192})
+
+
 @pytest.mark.parametrize("variant", gconfig.BWD_VARIANTS,
                          ids=lambda v: "-".join(f"{k}{x}" for k, x in v.items()))
 def test_backward_variants(variant, gen):
