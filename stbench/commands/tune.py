@@ -8,6 +8,8 @@ measure the tuner against exhaustive search.
     stbench tune --list                                             # what the cache holds
     stbench tune --layout causal --n-ctx 65536 --backends triton --rows ab.jsonl \\
         --configs null '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'   # these, side by side
+    stbench tune --layout causal --n-ctx 65536 --backends gluon,fa4 \
+        --configs null 'gluon:{"rows": 192}'             # a kernel config beside a peer
     stbench tune --export-picks reports/standard/h200 reports/standard-picks/h200 --gpu h200
 
 The search starts from the best known configurations of each backend (``--no-seeds``: without
@@ -22,7 +24,9 @@ cache has no entry.
 ``--configs`` measures exactly the configurations given (JSON; null: the backend's default) of
 each backend, each checked against the dense reference first and then timed with the sweep's
 timer, prints them side by side and appends one row per (backend, config) to ``--rows`` (the
-result schema; failures are rows); it caches nothing unless ``--cache`` is given.
+result schema; failures are rows); it caches nothing unless ``--cache`` is given. An item
+``BACKEND:JSON`` is measured for that backend alone, beside the plain items (a backend left
+with none runs its default), so one command times a kernel's variants beside a peer.
 """
 
 from __future__ import annotations
@@ -81,9 +85,11 @@ def register(subparsers) -> None:
                    default=["causal", "local", "strided", "fixed", "st_mix"],
                    help="layouts for --evaluate")
     p.add_argument("--list", action="store_true", help="print the cache's entries and exit")
-    p.add_argument("--configs", nargs="+", type=json_value, default=None, metavar="JSON",
+    p.add_argument("--configs", nargs="+", type=config_arg, default=None,
+                   metavar="[BACKEND:]JSON",
                    help="measure exactly these configs (null: the default) side by side instead "
-                   "of tuning; not cached unless --cache is given")
+                   "of tuning; BACKEND:JSON gives one backend a config of its own (the others "
+                   "run the plain ones, or their default); not cached unless --cache is given")
     p.add_argument("--block", type=int, default=None,
                    help="with --configs: re-block the layout to this block first (exact)")
     add_format_option(p)
@@ -230,10 +236,7 @@ def _compare(autotune, prob, args, con) -> int:
     from stbench import results
     from stbench.tuning.measure import BenchSettings
 
-    configs = [c if c is not None else {} for c in args.configs]
-    bad = [c for c in configs if not isinstance(c, dict)]
-    if bad:
-        raise ValueError(f"--configs {bad[0]!r}: each config is a JSON object or null")
+    configs = _configs_by_backend(args.configs, args.backends)
     layout = prob.build_layout()
     block = args.block or layout.block
     layout = layout.reblock(block)  # LayoutError (a ValueError) names a block it cannot take
@@ -250,6 +253,49 @@ def _compare(autotune, prob, args, con) -> int:
         results.append_rows(args.rows, list(last.values()))
         say(con, f"{len(last)} rows appended to {args.rows}")
     return 0 if any(r.status == "ok" for r in last.values()) else 1
+
+
+def config_arg(text: str):
+    """``--configs`` item: (backend or None, JSON value): ``JSON`` for every backend, or
+    ``BACKEND:JSON`` for one (``gluon:{"rows": 192}``), for argparse ``type=``."""
+    import argparse
+
+    try:
+        return None, json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    name, sep, rest = text.partition(":")
+    if sep and name.isidentifier():
+        return name, json_value(rest)
+    raise argparse.ArgumentTypeError(f"{text!r} is not JSON nor BACKEND:JSON: write e.g. "
+                                     "'{\"BLOCK_M\": 64}', null or 'gluon:{\"rows\": 192}'")
+
+
+def _configs_by_backend(items, names) -> list | dict:
+    """The ``--configs`` items as ``autotune.tune`` takes them: a list of dicts for every
+    backend, or where an item names a backend, {backend: the plain configs and its own,
+    None: the plain configs (or the default alone)}. ValueError on a config that is not an
+    object or null, or a backend that is not registered or not in ``--backends``."""
+    from stbench import backends
+
+    out = []
+    for name, cfg in items:
+        cfg = {} if cfg is None else cfg
+        if not isinstance(cfg, dict):
+            raise ValueError(f"--configs {cfg!r}: each config is a JSON object or null")
+        if name is not None and name not in backends.names():
+            raise ValueError(f"--configs {name}:...: no backend {name!r}: use one of "
+                             f"{', '.join(backends.names())}")
+        if name is not None and names and name not in names:
+            raise ValueError(f"--configs {name}:...: {name!r} is not in --backends "
+                             f"{','.join(names)}: add it there")
+        out.append((name, cfg))
+    plain = [c for name, c in out if name is None]
+    named = {}
+    for name, cfg in out:
+        if name is not None:
+            named.setdefault(name, list(plain)).append(cfg)
+    return {None: plain or [{}], **named} if named else plain
 
 
 def _spec(name: str):

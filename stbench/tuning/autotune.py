@@ -79,10 +79,21 @@ def _fwd_relevant(config: dict) -> str:
     return json.dumps(_fwd_keys(config), sort_keys=True)
 
 
+def configs_for(configs, backend: str):
+    """The configs to measure for ``backend``: ``configs`` itself where it is a list (or None:
+    the backend's own space), else ``configs[backend]``, or ``configs[None]`` for a backend it
+    does not name."""
+    if configs is None or isinstance(configs, list):
+        return configs
+    return configs.get(backend, configs.get(None))
+
+
 def candidate_space(problem: Problem, layout, backend: str, blocks=layouts.ALLOWED_BLOCKS,
                     configs=None):
     """(candidates, {block: layout}, notes): every (block, config) of one backend; ``configs``
-    (a list of config dicts) replaces the backend's own space at every block."""
+    (a list of config dicts, or {backend or None: list}: ``configs_for``) replaces the
+    backend's own space at every block."""
+    configs = configs_for(configs, backend)
     module = backends.load(backend)
     variants, notes = {}, []
     for b in blocks:
@@ -152,7 +163,8 @@ def tune(problem: Problem, backend_names=None, *, device=None, strategy: str = "
     ``tuning.precompile.Precompiler`` that compiles each batch of candidates the strategy is
     about to evaluate side by side first; its workers rebuild the layout from ``problem``, so
     pass it only when ``layout`` is ``problem.build_layout()`` (or None). ``configs``: measure
-    these configurations (dicts; {} is the default) of each backend instead of its space.
+    these configurations (dicts; {} is the default) of each backend instead of its space; a
+    dict {backend: [configs]} gives a backend its own (None: every backend it does not name).
     ``seeds``: {backend: [(block, config)]} to start each search from (evaluated first);
     None: the best known ones (``tuning.seeds.known_configs``); {}: none."""
     if strategy not in STRATEGIES:

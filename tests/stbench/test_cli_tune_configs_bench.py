@@ -3,6 +3,8 @@
 
 import json
 
+import pytest
+
 from stbench import results
 from stbench.cli import main
 
@@ -49,3 +51,29 @@ def test_layouts_bench_writes_a_row_per_configuration(tmp_path, capsys):
 def test_layouts_bench_names_an_unknown_layout(tmp_path, capsys):
     assert main(["layouts", "bench", "--out", str(tmp_path / "x"), "--layouts", "fixd"]) == 2
     assert "unknown layouts ['fixd']" in capsys.readouterr().err
+
+
+def test_tune_configs_for_one_backend_beside_the_others(tmp_path, capsys):
+    """``BACKEND:JSON`` is measured for that backend alone, beside the plain items; a backend
+    no item names runs its default."""
+    rows_path = tmp_path / "rows.jsonl"
+    code = main(["tune", "--layout", "causal", "--n-ctx", "256", "--batch", "1", "--heads", "1",
+                 "--head-dim", "32", "--dtype", "float32", "--mode", "fwd",
+                 "--backends", "dense,triton", "--block", "32", "--configs",
+                 'triton:{"BLOCK_M": 32, "BLOCK_N": 32}', "--rows", str(rows_path)])
+    assert code == 0, capsys.readouterr().err
+    got = sorted((r.backend, json.dumps(r.config, sort_keys=True), r.status)
+                 for r in results.read_rows(rows_path))
+    assert [(b, s) for b, _, s in got] == [("dense", "ok"), ("triton", "ok")]
+    assert json.loads(got[1][1])["BLOCK_M"] == 32 and json.loads(got[0][1]) == {}
+
+
+def test_tune_configs_names_a_backend_it_cannot_use(capsys):
+    base = ["tune", "--layout", "causal", "--n-ctx", "256", "--backends", "dense", "--configs"]
+    assert main(base + ['tritn:{"BLOCK_M": 32}']) == 2
+    assert "no backend 'tritn'" in capsys.readouterr().err
+    assert main(base + ['triton:{"BLOCK_M": 32}']) == 2
+    assert "not in --backends dense: add it there" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse's own error: usage and one line
+        main(base + ["triton:{BLOCK_M}"])
+    assert exc.value.code == 2 and "'{BLOCK_M}' is not JSON" in capsys.readouterr().err
