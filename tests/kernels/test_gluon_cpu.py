@@ -62,6 +62,8 @@ def test_config_validation():
         gconfig.GluonConfig(stages=4)
     with pytest.raises(ValueError, match="bwd_kernel='cuda'"):
         gconfig.GluonConfig(bwd_kernel="cuda")
+    with pytest.raises(ValueError, match=r"rows=256 is not supported: use one of \(128, 192\)"):
+        gconfig.GluonConfig(rows=256)
 
 
 def test_fit_and_resolve():
@@ -75,6 +77,12 @@ def test_fit_and_resolve():
     assert gconfig.resolve_config(64, {"bwd_kernel": "gluon"}).bwd_kernel == "gluon"
     with pytest.raises(ValueError, match="head_dim"):
         gconfig.resolve_config(128, {"bwd_kernel": "gluon"})  # its accumulators spill at 128
+    # three consumers: D = 64 only; Q, the ring and P slots for 192 rows fit at 3 stages
+    assert gconfig.resolve_config(64, {"rows": 192, "stages": 3}).rows == 192
+    with pytest.raises(ValueError, match="rows=192 .* use rows=128"):
+        gconfig.resolve_config(128, {"rows": 192, "bwd_kernel": "triton"})
+    # not in the tuner's space until measured on a GPU
+    assert all(c.rows == 128 for c in gconfig.forward_variants(64))
 
 
 @pytest.mark.parametrize("head_dim", (64, 128))
