@@ -2,7 +2,7 @@
 SASS says: registers, spills, shared memory, and per loop of the kernel the instruction mix of
 one step (wgmma, MUFU.EX2, local-memory traffic).
 
-    python -m stbench.kernels.gluon.aot                      # every variant of the tuner's space
+    python -m stbench.kernels.gluon.aot                      # the tuner's space, and rows=192
     python -m stbench.kernels.gluon.aot --json '{"stages": 3}' 64   # one forward, as JSON
     python -m stbench.kernels.gluon.aot --backward 64        # the backward kernel, as JSON
     python -m stbench.kernels.gluon.aot --probe              # the warp_specialize probe (probe.py)
@@ -27,7 +27,7 @@ import torch
 
 from ..sass_loops import innermost_loops
 from .backward import STAGES as BWD_STAGES, STEP_M, _bwd_kernel
-from .config import GluonConfig, forward_variants
+from .config import ROWS_192_HEAD_DIMS, GluonConfig, forward_variants
 from .forward import (
     BLOCK_N, CONSUMER_WARPS, MAX_REGS, MAX_REGS3, WG_ROWS, _fwd_kernel, smem_layout,
 )
@@ -183,7 +183,8 @@ def main(argv=None) -> None:
                           "counts": b.counts, "loops": [[n, c] for n, c in b.loops]}))
         return
     for head_dim in (64, 128):
-        for cfg in forward_variants(head_dim):
+        three = [GluonConfig(rows=192)] if head_dim in ROWS_192_HEAD_DIMS else []
+        for cfg in forward_variants(head_dim) + three:
             b = inspect(compile_forward(cfg, head_dim))
             print(f"D={head_dim} {cfg.as_dict()}: regs {b.regs} stack {b.stack} shared {b.shared} "
                   f"{b.counts}")

@@ -32,7 +32,7 @@ Three consumers (NUM_WG = 3, config ``rows=192``, D = 64): 192-row CTAs, consume
 64 w .. 64 w + 63, ping-pong in the order 0, 1, 2. A CTA spans one and a half layout blocks and
 walks the union of their lists (union.py): the entries FULL on both sides in the FULL loop, the
 rest in one loop where each consumer reads its side's kind at run time (NONE: every score -inf).
-Rows past N (the last CTA) are computed and not stored.
+Rows past N (the last CTA) are computed (on the head's last Q rows) and not stored.
 
 Limits: q, k, v contiguous [B, H, N, D], 16-bit, D = 64 or 128 (backend.HEAD_DIMS); the layout
 block is 128 and unpermuted (TMA loads whole blocks of consecutive rows); scale > 0.
@@ -90,8 +90,10 @@ def _producer(qd, kd, vd, q_smem, k_smem, v_smem, q_bar, k_ready, v_ready, k_emp
     row0 = bh * N  # the head's first row in [B * H * N, D]
     mbarrier.expect(q_bar, NUM_WG * qd.block_type.nbytes)
     for w in gl.static_range(NUM_WG):
-        tma.async_copy_global_to_shared(qd, [row0 + (t * NUM_WG + w) * WG_ROWS, 0], q_bar,
-                                        q_smem.index(w))
+        # a consumer past N (the last 192-row CTA) loads the head's last rows: computed, not
+        # stored, and never a box outside the tensor
+        q_row = gl.minimum((t * NUM_WG + w) * WG_ROWS, N - WG_ROWS)
+        tma.async_copy_global_to_shared(qd, [row0 + q_row, 0], q_bar, q_smem.index(w))
     for i in range(end - start):
         s = i % STAGES
         free = ((i // STAGES) & 1) ^ 1  # a fresh barrier passes the wait for phase 1
