@@ -64,7 +64,7 @@ def union_tiles(tiles: Tiles) -> UnionTiles:
     if (tiles.tile_major, tiles.tile_minor, tiles.transposed) != (BLOCK, BLOCK, False):
         raise ValueError(f"union_tiles takes the {BLOCK} x {BLOCK} forward lists, not "
                          f"{tiles.tile_major} x {tiles.tile_minor}")
-    ptr, split = tiles.ptr.long().cpu(), tiles.split.long().cpu()
+    ptr = tiles.ptr.long().cpu()
     P, n_t = ptr.shape[0], ptr.shape[1] - 1
     n_c = -(-n_t * BLOCK // CTA_ROWS)
     # every entry with its pattern and query block (the lists are stored in that order)

@@ -8,7 +8,7 @@ measure the tuner against exhaustive search.
     stbench tune --list                                             # what the cache holds
     stbench tune --layout causal --n-ctx 65536 --backends triton --rows ab.jsonl \\
         --configs null '{"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8}'   # these, side by side
-    stbench tune --layout causal --n-ctx 65536 --backends gluon,fa4 \
+    stbench tune --layout causal --n-ctx 65536 --backends gluon,fa4 \\
         --configs null 'gluon:{"rows": 192}'             # a kernel config beside a peer
     stbench tune --export-picks reports/standard/h200 reports/standard-picks/h200 --gpu h200
 

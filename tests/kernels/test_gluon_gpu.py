@@ -81,8 +81,8 @@ def test_three_consumers(name, cfg, gen):
 
 @pytest.mark.parametrize("n_ctx", (1152, 896, 640), ids=lambda n: f"blocks{n // 128}")
 def test_three_consumers_block_counts(n_ctx, gen):
-    """A block count 3 divides, and two where the last CTA has one or two consumers past N;
-    fp16, B = 3 (the rows past N of one head are the next head's)."""
+    """A block count 3 divides, and two where the last CTA has one or two consumers past N
+    (they load the head's last Q rows and store nothing); fp16, B = 3."""
     _run(layouts.causal(n_ctx, block=128, heads=2), torch.float16, 64, gen, batch=3,
          config={"rows": 192})
 
